@@ -1,0 +1,66 @@
+"""CSPDarknet53-tiny, the YOLOv4-tiny backbone (Darknet's yolov4-tiny.cfg layers 0-29)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BasicConv(nn.Module):
+    """Conv2d (no bias) + BatchNorm2d + LeakyReLU(0.1), Darknet's `batch_normalize=1 activation=leaky`."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.activation = nn.LeakyReLU(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.bn(self.conv(x)))
+
+
+class ResblockBody(nn.Module):
+    """One CSP stage: conv, split, two convs on the second half, concat, 1x1, concat with the stage input, pool.
+
+    Returns the pooled output (2C channels, half the resolution) and the pre-pool feature (C channels).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.out_channels = out_channels
+        half = out_channels // 2
+        self.conv1 = BasicConv(in_channels, out_channels, 3)
+        self.conv2 = BasicConv(half, half, 3)
+        self.conv3 = BasicConv(half, half, 3)
+        self.conv4 = BasicConv(out_channels, out_channels, 1)
+        self.maxpool = nn.MaxPool2d(2, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        route = self.conv1(x)
+        # Darknet's `groups=2 group_id=1`: keep the second half of the channels.
+        x = route[:, self.out_channels // 2:]
+        route1 = self.conv2(x)
+        x = self.conv3(route1)
+        feat = self.conv4(torch.cat([x, route1], dim=1))
+        return self.maxpool(torch.cat([route, feat], dim=1)), feat
+
+
+class CSPDarknet53Tiny(nn.Module):
+    """Backbone returning feat1 (stride 16, 256 channels) and feat2 (stride 32, 512 channels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = BasicConv(3, 32, 3, stride=2)
+        self.conv2 = BasicConv(32, 64, 3, stride=2)
+        self.resblock_body1 = ResblockBody(64, 64)
+        self.resblock_body2 = ResblockBody(128, 128)
+        self.resblock_body3 = ResblockBody(256, 256)
+        self.conv3 = BasicConv(512, 512, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.conv1(x)  # 3->32, /2
+        x = self.conv2(x)  # 32->64, /4
+        x, _ = self.resblock_body1(x)  # 64->128, /8
+        x, _ = self.resblock_body2(x)  # 128->256, /16
+        x, feat1 = self.resblock_body3(x)  # 256->512, /32; feat1 256 at /16
+        feat2 = self.conv3(x)  # 512->512, /32
+        return feat1, feat2

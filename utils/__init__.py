@@ -1,0 +1,1 @@
+"""Library code: configuration, data, augmentation, loss, decoding, metrics and the training engine."""

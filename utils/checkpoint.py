@@ -1,0 +1,143 @@
+"""Safe, self-describing checkpoints: atomic writes, weights_only loads, strict or partial weight loading."""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from utils.config import ModelConfig, build_model
+
+LOGGER = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used, with a message that says why and what to do."""
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
+    """Write `payload` to `path` atomically: a temporary file in the same folder, fsync, then rename.
+
+    A crash or kill mid-write leaves the previous file untouched (rename is atomic on POSIX and Windows).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """torch.load with weights_only=True: tensors and plain containers only, never code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} not found; check the path (train.py writes logs/<run>/best.pth)")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} holds Python objects other than tensors and was refused, because unpickling it could run "
+            f"code. If you trust its source, re-save just its state_dict: torch.save(model.state_dict(), ...). "
+            f"Detail: {str(err).splitlines()[0]}") from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable PyTorch file (truncated or corrupt?): {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, not a checkpoint or state_dict")
+    return data
+
+
+def state_dict_of(checkpoint: dict[str, Any], prefer_ema: bool = True) -> dict[str, torch.Tensor]:
+    """The model weights inside a checkpoint of ours, a {'state_dict'/'model': ...} wrapper or a bare state_dict."""
+    for key in (("ema", "model") if prefer_ema else ("model",)) + ("state_dict",):
+        value = checkpoint.get(key)
+        if isinstance(value, dict) and value:
+            return value
+    if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return checkpoint
+    raise CheckpointError(f"no model weights found among keys {sorted(checkpoint)[:10]}")
+
+
+def classes_in_state_dict(state_dict: dict[str, torch.Tensor], anchors_per_head: int = 3) -> int | None:
+    """The class count implied by the 13x13 head's output channels, or None when that key is absent."""
+    weight = state_dict.get("yolo_headP5.1.weight")
+    return None if weight is None else weight.shape[0] // anchors_per_head - 5
+
+
+@dataclass
+class LoadReport:
+    """What a partial load did: tensors loaded and those skipped, with the reason for each."""
+
+    loaded: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        text = f"loaded {len(self.loaded)} tensors, skipped {len(self.skipped)}"
+        if self.skipped:
+            shown = list(self.skipped.items())[:8]
+            text += ": " + "; ".join(f"{k} ({v})" for k, v in shown) + (" ..." if len(self.skipped) > 8 else "")
+        return text
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], partial: bool = False,
+                 source: str = "weights") -> LoadReport:
+    """Load `state_dict` into `model`.
+
+    strict (default): every key and shape must match; a different class count is reported with both counts.
+    partial: load each tensor whose name and shape match and report the rest (fine-tuning on other classes).
+    """
+    own = model.state_dict()
+    report = LoadReport()
+    for name, tensor in state_dict.items():
+        if name not in own:
+            report.skipped[name] = "not in this model"
+        elif own[name].shape != tensor.shape:
+            report.skipped[name] = f"shape {tuple(tensor.shape)} vs {tuple(own[name].shape)}"
+        else:
+            report.loaded.append(name)
+    missing = [k for k in own if k not in state_dict]
+    if not partial and (report.skipped or missing):
+        raise CheckpointError(_mismatch_message(model, state_dict, report, missing, source))
+    model.load_state_dict({k: state_dict[k] for k in report.loaded}, strict=False)
+    for name in missing:
+        report.skipped[name] = "missing from the file (kept at initial value)"
+    return report
+
+
+def _mismatch_message(model: nn.Module, state_dict: dict, report: LoadReport, missing: list[str], source: str) -> str:
+    theirs = classes_in_state_dict(state_dict)
+    ours = getattr(model, "num_classes", None)
+    if theirs is not None and ours is not None and theirs != ours:
+        return (f"{source} was trained for {theirs} classes but {ours} were requested. Use the classes file the "
+                f"weights were trained with, or load them partially (train.py --weights loads every matching "
+                f"tensor and reports the rest) to fine-tune on your {ours} classes.")
+    detail = list(report.skipped.items())[:5]
+    return (f"{source} does not match this model ({len(report.skipped)} unexpected or mis-shaped tensors, "
+            f"{len(missing)} missing; e.g. {detail or missing[:5]}). Check the attention type (--phi) it was "
+            f"trained with, or load it partially.")
+
+
+def model_from_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[nn.Module, ModelConfig]:
+    """Rebuild the exact trained model from one of our checkpoints (config stored inside); eval mode, CPU."""
+    checkpoint = load_checkpoint(path)
+    if "config" not in checkpoint:
+        raise CheckpointError(
+            f"{path} has no model config (a bare state_dict?). Wrap it: train.py --weights {path} --epochs 0 "
+            f"writes a self-describing checkpoint, or pass --classes and --phi so the model can be rebuilt.")
+    config = ModelConfig.from_dict(checkpoint["config"])
+    model = build_model(config)
+    load_weights(model, state_dict_of(checkpoint, prefer_ema), source=str(path))
+    return model.eval(), config

@@ -1,0 +1,104 @@
+"""The one model configuration shared by train.py, predict.py and eval.py and stored in every checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nets.attention import attention_name
+from nets.yolo import YoloBody, check_input_size
+
+LOGGER = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_DATA = ROOT / "model_data"
+
+DEFAULT_ANCHORS = [[10, 14], [23, 27], [37, 58], [81, 82], [135, 169], [344, 319]]
+# Darknet's yolov4-tiny.cfg: the stride-32 head uses anchors 3,4,5 and the stride-16 head 1,2,3.
+DEFAULT_ANCHORS_MASK = [[3, 4, 5], [1, 2, 3]]
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a trained model: classes, anchors (input pixels), masks, attention, size."""
+
+    classes: list[str]
+    anchors: list[list[float]] = field(default_factory=lambda: [list(a) for a in DEFAULT_ANCHORS])
+    anchors_mask: list[list[int]] = field(default_factory=lambda: [list(m) for m in DEFAULT_ANCHORS_MASK])
+    attention: str = "none"
+    input_shape: list[int] = field(default_factory=lambda: [416, 416])  # height, width
+    # Darknet's grid-sensitivity factor; 1.0 is the plain sigmoid(t) + grid decoding.
+    scale_x_y: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.attention = attention_name(self.attention)
+        self.classes = [str(c) for c in self.classes]
+        if not self.classes:
+            raise ValueError("the class list is empty; give --classes FILE or annotations with objects")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"duplicate class names in {self.classes}")
+        if isinstance(self.input_shape, int):
+            self.input_shape = [self.input_shape, self.input_shape]
+        self.input_shape = [int(s) for s in self.input_shape]
+        check_input_size(*self.input_shape)
+        self.anchors = [[float(w), float(h)] for w, h in self.anchors]
+        self.anchors_mask = [[int(i) for i in m] for m in self.anchors_mask]
+        bad = [i for m in self.anchors_mask for i in m if not 0 <= i < len(self.anchors)]
+        if bad or len(self.anchors_mask) != 2:
+            raise ValueError(f"anchors_mask {self.anchors_mask} must be two lists of indices into {len(self.anchors)} anchors")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict:
+        """Plain types only, so a checkpoint holding it loads with torch.load(weights_only=True)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            LOGGER.warning("ignoring unknown model config fields %s (checkpoint from a newer version?)", unknown)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def build_model(config: ModelConfig) -> YoloBody:
+    """The YoloBody that `config` describes (random weights)."""
+    return YoloBody(config.anchors_mask, config.num_classes, config.attention)
+
+
+def read_classes(path: str | Path) -> list[str]:
+    """One class name per line; blank lines and surrounding spaces ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classes file {path} not found; give a text file with one class name per line")
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError(f"classes file {path} holds no class names; write one name per line")
+    return names
+
+
+def read_anchors(path: str | Path) -> list[list[float]]:
+    """Anchors as 'w,h, w,h, ...' (Darknet style, any whitespace or newlines), in input pixels."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8").replace("\n", ",")
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise ValueError(f"anchors file {path}: {err}; write 'w,h, w,h, ...' in input pixels") from err
+    if not values or len(values) % 2:
+        raise ValueError(f"anchors file {path} must hold an even number of values (w,h pairs), found {len(values)}")
+    return [values[i:i + 2] for i in range(0, len(values), 2)]
+
+
+def parse_input_shape(text: str | int) -> list[int]:
+    """'416' -> [416, 416]; '320,416' -> [320, 416] (height, width)."""
+    parts = [int(p) for p in str(text).replace("x", ",").split(",") if p.strip()]
+    shape = parts * 2 if len(parts) == 1 else parts
+    if len(shape) != 2:
+        raise ValueError(f"input shape {text!r}: give one size (416) or height,width (320,416)")
+    check_input_size(*shape)
+    return shape
