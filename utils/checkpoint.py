@@ -135,9 +135,36 @@ def model_from_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[nn
     checkpoint = load_checkpoint(path)
     if "config" not in checkpoint:
         raise CheckpointError(
-            f"{path} has no model config (a bare state_dict?). Wrap it: train.py --weights {path} --epochs 0 "
-            f"writes a self-describing checkpoint, or pass --classes and --phi so the model can be rebuilt.")
+            f"{path} has no model config (a bare state_dict?); pass --classes FILE and --phi so the model can be rebuilt")
     config = ModelConfig.from_dict(checkpoint["config"])
+    model = build_model(config)
+    load_weights(model, state_dict_of(checkpoint, prefer_ema), source=str(path))
+    return model.eval(), config
+
+
+def load_model(weights: str | Path, classes: list[str] | None = None, phi: int | str | None = None,
+               cfg: str | Path | None = None, prefer_ema: bool = True) -> tuple[nn.Module, ModelConfig]:
+    """Any supported weights -> (model in eval mode on CPU, its config).
+
+    - our checkpoints: the stored config rebuilds the exact model; `classes`/`phi` are not needed;
+    - a bare reference-layout state_dict: `classes` (and `phi`, default none) describe the model;
+    - Darknet `.weights` with its `.cfg` (utils.darknet).
+    """
+    path = Path(weights)
+    if path.suffix == ".weights" or cfg is not None:
+        from utils.darknet import load_darknet  # local: only Darknet users pay for it
+        if cfg is None:
+            raise CheckpointError(f"{path} is a Darknet weights file; also pass its --cfg (e.g. yolov4-tiny.cfg)")
+        return load_darknet(cfg, path, classes)
+    checkpoint = load_checkpoint(path)
+    if "config" in checkpoint:
+        return model_from_checkpoint(path, prefer_ema)
+    if classes is None:
+        found = classes_in_state_dict(state_dict_of(checkpoint))
+        raise CheckpointError(
+            f"{path} is a bare state_dict without a model config (trained for {found} classes); pass --classes FILE "
+            f"with the class names it was trained on and --phi with its attention type")
+    config = ModelConfig(classes=classes, attention=phi if phi is not None else "none")
     model = build_model(config)
     load_weights(model, state_dict_of(checkpoint, prefer_ema), source=str(path))
     return model.eval(), config

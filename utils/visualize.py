@@ -1,0 +1,47 @@
+"""Drawing boxes on images with OpenCV (no font files), shared by predict, training previews and TensorBoard."""
+from __future__ import annotations
+
+import colorsys
+
+import cv2
+import numpy as np
+
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
+    """A distinct, stable RGB colour per class (evenly spaced hues)."""
+    hues = [i / max(num_classes, 1) for i in range(num_classes)]
+    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h, 0.85, 0.95)) for h in hues]
+
+
+def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, class_names: list[str],
+                    scores: np.ndarray | None = None) -> np.ndarray:
+    """Return a copy of RGB `image` with boxes [K,4] (x1,y1,x2,y2 pixels) and "name score" captions drawn."""
+    canvas = np.ascontiguousarray(image).copy()
+    colors = class_colors(len(class_names))
+    thickness = max(1, round(sum(canvas.shape[:2]) / 600))
+    font_scale = max(0.4, thickness / 3)
+    for i, (box, label) in enumerate(zip(np.asarray(boxes).round().astype(int), np.asarray(labels).astype(int))):
+        color = colors[label % len(colors)]
+        x1, y1, x2, y2 = box.tolist()
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
+        caption = class_names[label] if label < len(class_names) else str(label)
+        if scores is not None:
+            caption += f" {float(scores[i]):.2f}"
+        (tw, th), base = cv2.getTextSize(caption, FONT, font_scale, 1)
+        top = max(y1 - th - base, 0)
+        cv2.rectangle(canvas, (x1, top), (x1 + tw, top + th + base), color, -1)
+        cv2.putText(canvas, caption, (x1, top + th), FONT, font_scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return canvas
+
+
+def image_grid(images: list[np.ndarray], columns: int = 4) -> np.ndarray:
+    """Tile same-sized RGB images into one grid image (missing cells stay black)."""
+    rows = (len(images) + columns - 1) // columns
+    h, w = images[0].shape[:2]
+    grid = np.zeros((rows * h, columns * w, 3), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
+    return grid
