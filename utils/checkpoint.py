@@ -168,3 +168,11 @@ def load_model(weights: str | Path, classes: list[str] | None = None, phi: int |
     model = build_model(config)
     load_weights(model, state_dict_of(checkpoint, prefer_ema), source=str(path))
     return model.eval(), config
+
+
+def latest_weights(logs_dir: str | Path = "logs", name: str = "best.pth") -> Path:
+    """The most recently written logs/*/best.pth (predict.py and eval.py default), or a clear error."""
+    candidates = sorted(Path(logs_dir).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise CheckpointError(f"no {logs_dir}/*/{name} found; train first (python train.py) or pass --weights FILE")
+    return candidates[-1]
