@@ -1,0 +1,152 @@
+"""Reading images from disk: RGB uint8 (H, W, 3), or a clear `ImageReadError` naming the file and the fix.
+
+EXIF orientation is deliberately IGNORED: images are returned in their stored pixel grid, because VOC/COCO boxes are
+annotated in that grid (labelImg, CVAT and the COCO tools all draw on the stored pixels). Rotating by the EXIF tag would
+make every box of a phone photo point at the wrong place. If your annotation tool did apply the EXIF rotation, rotate
+the image files themselves first (e.g. `exiftran -ai *.jpg`).
+
+Bytes are read with `np.fromfile` and decoded with `cv2.imdecode`, so paths with spaces or non-ASCII characters work
+on every platform (cv2.imread fails on non-ASCII paths on Windows).
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# IMREAD_COLOR always yields 3-channel uint8 BGR: grey is replicated, alpha dropped, 16-bit scaled (>> 8) and CMYK
+# converted by libjpeg. IGNORE_ORIENTATION keeps the stored pixel grid (see module docstring).
+_FLAGS = {
+    1: cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION,
+    2: cv2.IMREAD_REDUCED_COLOR_2 | cv2.IMREAD_IGNORE_ORIENTATION,
+    4: cv2.IMREAD_REDUCED_COLOR_4 | cv2.IMREAD_IGNORE_ORIENTATION,
+    8: cv2.IMREAD_REDUCED_COLOR_8 | cv2.IMREAD_IGNORE_ORIENTATION,
+}
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_COLOR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be used; the message names the file, the reason and the fix."""
+
+
+def _fail(path: Path, reason: str, fix: str) -> ImageReadError:
+    return ImageReadError(f"{path}: {reason}; {fix}")
+
+
+def _png_header(data: bytes) -> tuple[int, str] | None:
+    """(bit depth, colour type name) from a PNG's IHDR chunk, or None when the header is short."""
+    if len(data) < 26:
+        return None
+    return data[24], _PNG_COLOR_TYPES.get(data[25], f"colour type {data[25]}")
+
+
+def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
+    """(height, width, components) from a JPEG's frame header; components 1 grey, 3 YCbCr/RGB, 4 CMYK/YCCK."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        if marker in _JPEG_SOF and pos + 10 <= len(data):
+            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+            return height, width, data[pos + 9]
+        pos += 2 + length
+    return None
+
+
+def _conversion_notes(path: Path, data: bytes) -> list[str]:
+    """What `read_image` silently fixes for this file, read from the header (no second decode)."""
+    notes = []
+    suffix = path.suffix.lower()
+    if data.startswith(_PNG_MAGIC):
+        if suffix not in (".png",):
+            notes.append(f"PNG data in a {suffix or 'suffix-less'} file (read as PNG)")
+        header = _png_header(data)
+        if header is not None:
+            depth, colour = header
+            if depth == 16:
+                notes.append("converted 16-bit PNG to 8-bit")
+            if colour != "RGB":
+                notes.append(f"converted {colour} PNG to 3-channel RGB")
+    elif data.startswith(_JPEG_MAGIC):
+        if suffix not in (".jpg", ".jpeg", ".jpe", ".jfif"):
+            notes.append(f"JPEG data in a {suffix or 'suffix-less'} file (read as JPEG)")
+        frame = _jpeg_frame(data)
+        components = frame[2] if frame else None
+        if components == 1:
+            notes.append("converted grayscale JPEG to 3-channel RGB")
+        elif components == 4:
+            notes.append("converted CMYK JPEG to RGB")
+    return notes
+
+
+def _looks_like_text(data: bytes) -> bool:
+    head = data[:512]
+    return all(32 <= b < 127 or b in (9, 10, 13) for b in head)
+
+
+def _diagnose(path: Path, data: bytes) -> ImageReadError:
+    """Explain why OpenCV could not decode `data`."""
+    if data.startswith(_JPEG_MAGIC) and b"\xff\xd9" not in data[-1024:]:
+        return _fail(path, "JPEG is truncated (no end-of-image marker)", "re-download or re-export the file")
+    if data.startswith(_PNG_MAGIC) and b"IEND" not in data[-64:]:
+        return _fail(path, "PNG is truncated (no IEND chunk)", "re-download or re-export the file")
+    if _looks_like_text(data):
+        preview = data[:40].decode("ascii", "replace").strip()
+        return _fail(path, f"is a text file, not an image (starts with {preview!r})",
+                     "replace it with the real image (an HTML error page saved as .jpg?)")
+    return _fail(path, "could not be decoded as an image (corrupt or unsupported format)",
+                 "re-export it as JPEG or PNG, or remove it from the dataset")
+
+
+def read_image(path: str | Path, notes: list[str] | None = None, reduce: int = 1) -> np.ndarray:
+    """Read an image file as RGB uint8 (H, W, 3) in its stored pixel grid (EXIF orientation ignored).
+
+    Grayscale, RGBA, palette, 16-bit and CMYK inputs are converted to 3-channel uint8; each conversion is described
+    by a line appended to `notes` when a list is given. `reduce` in {1, 2, 4, 8} decodes at 1/reduce resolution
+    (JPEG decodes this much faster), so the result is about (H / reduce, W / reduce, 3).
+    Raises ImageReadError (a ValueError) for missing, empty, truncated, text or undecodable files.
+    """
+    path = Path(path)
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except FileNotFoundError:
+        raise _fail(path, "image file is missing", "add the image or remove its annotation") from None
+    except (IsADirectoryError, PermissionError, OSError) as err:
+        raise _fail(path, f"cannot be read ({err.strerror or err})", "check the path and its permissions") from None
+    if raw.size == 0:
+        raise _fail(path, "is an empty file (0 bytes)", "re-download or re-export the image")
+    tail = raw[-1024:].tobytes()
+    image = cv2.imdecode(raw, _FLAGS[reduce])
+    if image is None:
+        raise _diagnose(path, raw.tobytes())
+    if raw[:3].tobytes() == _JPEG_MAGIC and b"\xff\xd9" not in tail:
+        # older libjpeg builds return a grey-filled image with only a warning for truncated files
+        raise _fail(path, "JPEG is truncated (no end-of-image marker)", "re-download or re-export the file")
+    if notes is not None:
+        notes.extend(_conversion_notes(path, raw[:65536].tobytes()))
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """(height, width) read from a JPEG/PNG header without decoding, or None when the header cannot tell."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(65536)
+    except OSError:
+        return None
+    if data.startswith(_PNG_MAGIC) and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return int(height), int(width)
+    frame = _jpeg_frame(data) if data.startswith(_JPEG_MAGIC) else None
+    return (int(frame[0]), int(frame[1])) if frame else None
