@@ -1,5 +1,114 @@
-"""Entry point placeholder: `python train.py` is built in a later issue."""
+"""Train YOLOv4-tiny with an attention block: `python train.py --phi 2` (see README for a real VOC run).
+
+Multi-GPU / multi-process: `torchrun --nproc_per_node N train.py ...` (CPU uses the gloo backend).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
 import sys
 
+from utils.config import parse_input_shape
+
+LOGGER = logging.getLogger("train")
+AUGMENT_FLAGS = ("mosaic", "mixup", "hsv_h", "hsv_s", "hsv_v", "flip", "jitter", "mosaic_epochs_fraction")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--phi", default="0", help="attention: 0/none, 1/se, 2/cbam, 3/eca")
+    p.add_argument("--data", default="VOCdevkit", help="VOCdevkit folder, images/+annotations/ folder, or COCO json")
+    p.add_argument("--classes", default=None, help="class names file (one per line); default: from the annotations")
+    p.add_argument("--anchors", default=None, help="anchors file (w,h, w,h, ...); default model_data/yolo_anchors.txt")
+    p.add_argument("--epochs", type=int, default=60, help="total epochs (a real VOC run: 300)")
+    p.add_argument("--batch-size", type=int, default=8, help="total batch size over all processes")
+    p.add_argument("--freeze-epochs", type=int, default=0, help="epochs with the backbone frozen (VOC with pretrained: 50)")
+    p.add_argument("--freeze-batch-size", type=int, default=16, help="batch size while the backbone is frozen")
+    p.add_argument("--input-shape", default="416", help="input size, a multiple of 32: 416 or height,width")
+    p.add_argument("--weights", default=None, help="initial weights: our .pth, a reference state_dict or a Darknet "
+                                                   ".conv.29/.weights file (every matching tensor is loaded)")
+    p.add_argument("--resume", nargs="?", const=True, default=None,
+                   help="continue a run: its folder or last.pth (no value: the newest logs/*/last.pth)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: best available)")
+    p.add_argument("--workers", type=int, default=2, help="data loading processes per training process")
+    p.add_argument("--seed", type=int, default=0, help="base random seed (augmentation is seeded per worker)")
+    p.add_argument("--save-dir", default="logs", help="folder holding run folders")
+    p.add_argument("--name", default="exp", help="run folder name (exp, exp2, ... never overwritten)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="mixed precision: bf16/fp16 on CUDA, bf16 on CPUs with native support")
+    p.add_argument("--eval-period", type=int, default=5, help="validate every N epochs (and after the last)")
+    p.add_argument("--save-period", type=int, default=0, help="also keep epoch_XXX.pth every N epochs (0: off)")
+    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd", help="optimiser")
+    p.add_argument("--lr", type=float, default=None, help="peak LR at batch 64 (default 1e-2 SGD, 1e-3 Adam/AdamW); "
+                                                          "scaled linearly with the batch size within sane bounds")
+    p.add_argument("--min-lr-ratio", type=float, default=0.01, help="final LR as a fraction of the peak")
+    p.add_argument("--lr-schedule", choices=("cos", "step"), default="cos", help="decay after warm-up")
+    p.add_argument("--warmup-epochs", type=float, default=3.0, help="linear LR warm-up length")
+    p.add_argument("--momentum", type=float, default=0.937, help="SGD momentum / Adam beta1")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="on conv and linear weights only")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="exponential moving average")
+    p.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm (0: off)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="class target smoothing epsilon")
+    p.add_argument("--cache", choices=("ram",), default=None, help="keep decoded images in memory")
+    p.add_argument("--keep-difficult", action="store_true", help="train on VOC difficult objects too")
+    p.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across DDP processes")
+    p.add_argument("--no-preview", dest="preview", action="store_false", help="skip the augmented-samples picture")
+    p.add_argument("--mosaic", type=float, default=None, help="mosaic probability")
+    p.add_argument("--mixup", type=float, default=None, help="mixup probability (after mosaic)")
+    p.add_argument("--hsv-h", type=float, default=None, help="hue jitter")
+    p.add_argument("--hsv-s", type=float, default=None, help="saturation jitter")
+    p.add_argument("--hsv-v", type=float, default=None, help="value jitter")
+    p.add_argument("--flip", type=float, default=None, help="horizontal flip probability")
+    p.add_argument("--jitter", type=float, default=None, help="aspect-ratio jitter")
+    p.add_argument("--mosaic-epochs-fraction", type=float, default=None,
+                   help="mosaic and mixup stop after this fraction of the epochs")
+    p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    from utils.engine import TrainConfig
+    augment = {k: getattr(args, k) for k in AUGMENT_FLAGS if getattr(args, k) is not None}
+    return TrainConfig(
+        data=args.data, classes_file=args.classes, phi=args.phi, input_shape=parse_input_shape(args.input_shape),
+        anchors_file=args.anchors, epochs=args.epochs, batch_size=args.batch_size, freeze_epochs=args.freeze_epochs,
+        freeze_batch_size=args.freeze_batch_size, weights=args.weights, device=args.device, workers=args.workers,
+        seed=args.seed, save_dir=args.save_dir, name=args.name, amp=args.amp, eval_period=args.eval_period,
+        save_period=args.save_period, optimizer=args.optimizer, lr=args.lr, min_lr_ratio=args.min_lr_ratio,
+        momentum=args.momentum, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs, ema=args.ema, grad_clip=args.grad_clip,
+        label_smoothing=args.label_smoothing, augment=augment, cache=args.cache, keep_difficult=args.keep_difficult,
+        sync_bn=args.sync_bn, preview=args.preview)
+
+
+def explicit_overrides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    """Options given on the command line that differ from the defaults (applied on --resume where allowed)."""
+    return {k: v for k, v in vars(args).items() if v != parser.get_default(k)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    from utils.run_logging import setup_logging
+    from utils import distributed
+    setup_logging(args.verbose, main_process=os.environ.get("RANK", "0") == "0")
+    try:
+        from nets.attention import attention_name
+        from utils.engine import train
+        args.phi = attention_name(args.phi)
+        train(config_from_args(args), resume=args.resume, overrides=explicit_overrides(args, parser))
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
+        if args.verbose:
+            raise
+        LOGGER.error("error: %s", err)
+        return 1
+    finally:
+        distributed.cleanup()
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit("train.py is not built yet")
+    sys.exit(main())

@@ -1,0 +1,521 @@
+"""The training engine: setup, `train_one_epoch`, periodic evaluation, checkpoints and resume.
+
+train.py only parses arguments into a TrainConfig and calls `train(config)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from utils import distributed as dist_utils
+from utils.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint, state_dict_of
+from utils.device import autocast, autocast_dtype
+from utils.optim import LRSchedule, set_lr
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Every training option; saved in each checkpoint next to the ModelConfig. Defaults suit the bundled sample."""
+
+    data: str = "VOCdevkit"
+    classes_file: str | None = None
+    phi: str = "none"
+    input_shape: list[int] = field(default_factory=lambda: [416, 416])
+    anchors_file: str | None = None
+    epochs: int = 60
+    batch_size: int = 8
+    freeze_epochs: int = 0
+    freeze_batch_size: int = 16
+    weights: str | None = None
+    device: str | None = None
+    workers: int = 2
+    seed: int = 0
+    save_dir: str = "logs"
+    name: str = "exp"
+    amp: bool = True
+    eval_period: int = 5
+    save_period: int = 0
+    optimizer: str = "sgd"
+    lr: float | None = None  # peak LR at batch 64; None: 1e-2 for SGD, 1e-3 for Adam/AdamW
+    min_lr_ratio: float = 0.01
+    momentum: float = 0.937
+    weight_decay: float = 5e-4
+    lr_schedule: str = "cos"
+    warmup_epochs: float = 3.0
+    ema: bool = True
+    ema_decay: float = 0.9999
+    grad_clip: float = 0.0  # max gradient norm; 0 disables
+    label_smoothing: float = 0.0
+    max_bad_steps: int = 20  # consecutive non-finite losses before training stops
+    augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig fields that differ from its defaults
+    cache: str | None = None
+    keep_difficult: bool = False
+    sync_bn: bool = False
+    preview: bool = True
+    val_split: str = "val"
+    train_split: str = "train"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class TrainState:
+    """Progress that a checkpoint restores: completed epochs, best fitness, per-epoch history."""
+
+    epoch: int = 0
+    best_fitness: float = -1.0
+    history: list[dict] = field(default_factory=list)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive non-finite losses: the run diverged."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside a DDP wrapper."""
+    return model.module if hasattr(model, "module") else model
+
+
+def memory_text(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.memory_reserved(device) / 2**30:.1f}G"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f}G"  # peak RSS (KiB on Linux)
+
+
+def init_head_biases(model: nn.Module, num_anchors: int, num_classes: int, input_shape: list[int]) -> None:
+    """Start objectness near its true rate (a few objects per image) instead of 0.5 everywhere.
+
+    Training from scratch otherwise spends its first epochs just learning that almost every cell is background.
+    """
+    for head, stride in ((model.yolo_headP5[1], 32), (model.yolo_headP4[1], 16)):
+        cells = (input_shape[0] / stride) * (input_shape[1] / stride)
+        with torch.no_grad():
+            bias = head.bias.view(num_anchors, -1)
+            bias[:, 4] = math.log(8 / cells)
+            bias[:, 5:] = math.log(0.6 / max(num_classes - 0.99, 1.0))
+
+
+@dataclass
+class StepResult:
+    """Mean weighted losses of one epoch and how many steps were skipped for non-finite loss."""
+
+    losses: dict[str, float]
+    skipped: int
+    images_per_second: float
+
+
+def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                    ema, schedule: LRSchedule, peak_lr: float, epoch: int, device: torch.device,
+                    config: TrainConfig) -> StepResult:
+    """One pass over `loader`; the LR follows `schedule` every iteration. Non-finite losses skip the step."""
+    model.train()
+    sums: dict[str, float] = {}
+    steps = skipped = consecutive_bad = seen = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not dist_utils.is_main_process(),
+               dynamic_ncols=True, leave=True)
+    for i, (images, targets) in enumerate(bar):
+        lr = peak_lr * schedule.factor(epoch + i / max(len(loader), 1))
+        set_lr(optimizer, lr)
+        images = images.to(device, non_blocking=True).float().div_(255).contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        with autocast(device, config.amp):
+            outputs = model(images)
+        losses = loss_fn(outputs, targets)
+        finite = dist_utils.all_ranks_true(bool(torch.isfinite(losses["total"])), device)
+        if not finite:
+            skipped, consecutive_bad = skipped + 1, consecutive_bad + 1
+            optimizer.zero_grad(set_to_none=True)
+            LOGGER.warning("non-finite loss at epoch %d iteration %d (%s); step skipped", epoch + 1, i,
+                           {k: float(v) for k, v in losses.items()})
+            if consecutive_bad >= config.max_bad_steps:
+                raise NonFiniteLossError(
+                    f"{consecutive_bad} consecutive non-finite losses: training diverged. Lower the learning rate "
+                    f"(--lr), enable --grad-clip 10, or check the data for broken boxes")
+            continue
+        consecutive_bad = 0
+        optimizer_step(model, losses["total"], optimizer, scaler, config.grad_clip)
+        if ema is not None:
+            ema.update_parameters(unwrap(model))
+        steps, seen = steps + 1, seen + images.shape[0]
+        for key, value in losses.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach())
+        bar.set_postfix(box=f"{sums['box'] / steps:.3f}", obj=f"{sums['obj'] / steps:.3f}",
+                        cls=f"{sums['cls'] / steps:.3f}", lr=f"{lr:.2e}", mem=memory_text(device),
+                        img_s=f"{seen / (time.perf_counter() - start):.1f}")
+    bar.close()
+    elapsed = time.perf_counter() - start
+    return StepResult({k: v / max(steps, 1) for k, v in sums.items()}, skipped, seen / max(elapsed, 1e-9))
+
+
+def optimizer_step(model: nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, grad_clip: float) -> None:
+    """Backward, optional gradient clipping, step; the scaler is a no-op unless fp16 needs loss scaling."""
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def make_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
+    """Loss scaling only for fp16 (bf16 has fp32's range and needs none)."""
+    enabled = amp and autocast_dtype(device) == torch.float16
+    return torch.amp.GradScaler(device.type, enabled=enabled)
+
+
+def checkpoint_payload(model: nn.Module, ema, optimizer, scaler, schedule: LRSchedule, state: TrainState,
+                       model_config, train_config: TrainConfig) -> dict[str, Any]:
+    """Everything needed to resume exactly or to rebuild the model for inference (plain types and tensors)."""
+    return {
+        "format_version": 1,
+        "model": unwrap(model).state_dict(),
+        "ema": ema.module.state_dict() if ema is not None else None,
+        "ema_updates": int(ema.n_averaged) if ema is not None else 0,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "scheduler": schedule.state_dict(),
+        "epoch": state.epoch,
+        "best_fitness": state.best_fitness,
+        "history": state.history,
+        "config": model_config.to_dict(),
+        "train_config": train_config.to_dict(),
+    }
+
+
+def restore_training_state(checkpoint: dict, model: nn.Module, ema, optimizer, scaler) -> TrainState:
+    """Load model, EMA, optimizer and scaler state from a checkpoint written by `checkpoint_payload`."""
+    load_weights(unwrap(model), checkpoint["model"], source="resume checkpoint")
+    if ema is not None and checkpoint.get("ema"):
+        ema.module.load_state_dict(checkpoint["ema"])
+        ema.n_averaged.fill_(int(checkpoint.get("ema_updates", 1)))
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    return TrainState(int(checkpoint["epoch"]), float(checkpoint.get("best_fitness", -1.0)),
+                      list(checkpoint.get("history", [])))
+
+
+def load_initial_weights(model: nn.Module, path: str) -> None:
+    """--weights: our checkpoints, reference-layout state_dicts or Darknet files; loads every matching tensor."""
+    from utils.darknet import is_darknet_weights, load_darknet_backbone  # local: optional path
+    if is_darknet_weights(path):
+        layers = load_darknet_backbone(model, path)
+        LOGGER.info("loaded %d Darknet conv layers from %s into the backbone", layers, path)
+        return
+    report = load_weights(model, state_dict_of(load_checkpoint(path)), partial=True, source=path)
+    LOGGER.info("initial weights %s: %s", path, report.summary())
+    if not report.loaded:
+        raise CheckpointError(f"{path}: no tensor matched this model; is it a YOLOv4-tiny checkpoint?")
+
+
+class Trainer:
+    """Owns one run: data, model, EMA, optimiser, run folder. `fit()` trains to `config.epochs`."""
+
+    def __init__(self, config: TrainConfig, resume: dict | None = None, run_dir: Path | None = None):
+        from utils.device import select_device
+        self.config = config
+        self.device = dist_utils.init_distributed(select_device(config.device))
+        self.main = dist_utils.is_main_process()
+        torch.manual_seed(config.seed + dist_utils.rank())
+        self.run_dir = run_dir or self._new_run_dir()
+        self._setup_files()
+        self._setup_data(resume)
+        self._setup_model(resume)
+        self._setup_optimisation(resume)
+        self.writer = self._tensorboard()
+
+    # ----- setup -------------------------------------------------------------------------------------------------
+    def _new_run_dir(self) -> Path:
+        from utils.run_logging import increment_dir, safe_run_name
+        holder = [increment_dir(self.config.save_dir, safe_run_name(self.config.name)) if self.main else None]
+        if dist_utils.world_size() > 1:  # every rank must agree on the folder rank 0 picked
+            torch.distributed.broadcast_object_list(holder, src=0)
+        return Path(holder[0])
+
+    def _setup_files(self) -> None:
+        from utils.run_logging import add_log_file
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            add_log_file(self.run_dir / "train.log")
+            LOGGER.info("run folder: %s", self.run_dir)
+
+    def _setup_data(self, resume: dict | None) -> None:
+        from utils.config import read_classes
+        from utils.datasets import AugmentConfig, TrainDataset, load_split
+        cfg = self.config
+        classes = resume["config"]["classes"] if resume else (read_classes(cfg.classes_file) if cfg.classes_file else None)
+        self.train_index = load_split(cfg.data, cfg.train_split, classes=classes, keep_difficult=cfg.keep_difficult,
+                                      seed=cfg.seed)
+        self.classes = self.train_index.classes
+        self.val_index = load_split(cfg.data, cfg.val_split, classes=self.classes, seed=cfg.seed)
+        if not self.train_index.records:
+            raise ValueError(f"the {cfg.train_split!r} split of {cfg.data} holds no images; check the dataset folder")
+        self.augment = AugmentConfig(**cfg.augment)
+        self.train_dataset = TrainDataset(self.train_index, cfg.input_shape, self.augment, cfg.epochs, cache=cfg.cache)
+        self.train_loader, self.loader_batch = None, None
+        if self.main:
+            self._log_data_summary()
+
+    def _log_data_summary(self) -> None:
+        for split, index in (("train", self.train_index), ("val", self.val_index)):
+            LOGGER.info("%s data: %s", split, index.summary(self.run_dir / f"data_problems_{split}.txt"))
+        LOGGER.info("classes (%d): %s", len(self.classes), ", ".join(self.classes))
+
+    def _setup_model(self, resume: dict | None) -> None:
+        from nets.summary import model_summary
+        from utils.config import ModelConfig, build_model, read_anchors
+        cfg = self.config
+        if resume:
+            self.model_config = ModelConfig.from_dict(resume["config"])
+        else:
+            anchors = read_anchors(cfg.anchors_file) if cfg.anchors_file else None
+            extra = {"anchors": anchors} if anchors else {}
+            self.model_config = ModelConfig(classes=self.classes, attention=cfg.phi, input_shape=cfg.input_shape, **extra)
+        model = build_model(self.model_config)
+        init_head_biases(model, len(self.model_config.anchors_mask[0]), self.model_config.num_classes,
+                         self.model_config.input_shape)
+        if cfg.weights and not resume:
+            load_initial_weights(model, cfg.weights)
+        if self.main:
+            LOGGER.info(model_summary(model, tuple(self.model_config.input_shape)))
+            self._check_anchors()
+        if cfg.sync_bn and dist_utils.world_size() > 1:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(self.device, memory_format=torch.channels_last)
+        self.ddp_model = self.model
+
+    def _check_anchors(self) -> None:
+        from utils.anchors import check_anchors, scaled_box_sizes
+        wh = scaled_box_sizes(self.train_index.records, self.model_config.input_shape)
+        if len(wh):
+            check_anchors(wh, self.model_config.anchors)
+
+    def _setup_optimisation(self, resume: dict | None) -> None:
+        from utils.loss import YoloLoss
+        from utils.optim import DEFAULT_LR, build_optimizer, ema_model
+        cfg = self.config
+        self.base_lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
+        self.optimizer = build_optimizer(self.model, cfg.optimizer, self.base_lr, cfg.momentum, cfg.weight_decay)
+        self.schedule = LRSchedule(cfg.epochs, cfg.warmup_epochs, min_ratio=cfg.min_lr_ratio, kind=cfg.lr_schedule)
+        self.scaler = make_scaler(self.device, cfg.amp)
+        self.ema = ema_model(self.model, cfg.ema_decay) if cfg.ema else None
+        if self.ema is not None:
+            self.ema.requires_grad_(False)
+        self.loss_fn = YoloLoss(self.model_config, label_smoothing=cfg.label_smoothing)
+        self.state = TrainState()
+        if resume:
+            self.state = restore_training_state(resume, self.model, self.ema, self.optimizer, self.scaler)
+            LOGGER.info("resumed after epoch %d of %d", self.state.epoch, cfg.epochs)
+
+    def _tensorboard(self):
+        if not self.main:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+        return SummaryWriter(str(self.run_dir))
+
+    # ----- the loop --------------------------------------------------------------------------------------------
+    def fit(self) -> TrainState:
+        """Train from the current state to config.epochs; Ctrl-C saves last.pth before leaving."""
+        if self.main and self.config.preview and self.state.epoch == 0:
+            self._save_preview()
+        try:
+            for epoch in range(self.state.epoch, self.config.epochs):
+                self._train_epoch(epoch)
+        except KeyboardInterrupt:
+            if self.main:
+                LOGGER.warning("interrupted: saving %s (resume with --resume %s)", self.run_dir / "last.pth", self.run_dir)
+                self._save("last.pth")
+            raise
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        if self.main:
+            LOGGER.info("done: %d epochs, best val mAP50 %.4f; results in %s", self.state.epoch,
+                        max(self.state.best_fitness, 0.0), self.run_dir)
+        return self.state
+
+    def _train_epoch(self, epoch: int) -> None:
+        loader = self._prepare_phase(epoch)
+        result = train_one_epoch(self.ddp_model, loader, self.loss_fn, self.optimizer, self.scaler, self.ema,
+                                 self.schedule, self._peak_lr(), epoch, self.device, self.config)
+        row = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in result.losses.items()},
+               "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": result.skipped,
+               "images_per_s": result.images_per_second}
+        if self._should_evaluate(epoch) and self.main:
+            row.update(self._evaluate(epoch))
+        dist_utils.barrier()
+        self.state.epoch = epoch + 1
+        self.state.history.append(row)
+        if self.main:
+            self._end_of_epoch_outputs(row)
+
+    def _phase_batch_size(self, epoch: int) -> int:
+        return self.config.freeze_batch_size if epoch < self.config.freeze_epochs else self.config.batch_size
+
+    def _peak_lr(self) -> float:
+        from utils.optim import scaled_lr
+        return scaled_lr(self.base_lr, self.loader_batch * dist_utils.world_size(), self.config.optimizer)
+
+    def _prepare_phase(self, epoch: int):
+        """Freeze or unfreeze the backbone and (re)build the loader when the phase's batch size changes."""
+        frozen = epoch < self.config.freeze_epochs
+        self.model.backbone.requires_grad_(not frozen)
+        batch = self._phase_batch_size(epoch)
+        if self.train_loader is None or batch != self.loader_batch or frozen != getattr(self, "_frozen", None):
+            self._build_train_loader(batch)
+            self._wrap_ddp()
+            self._frozen = frozen
+            if frozen:
+                LOGGER.info("backbone frozen for epochs 1-%d (batch %d)", self.config.freeze_epochs, batch)
+        self.train_dataset.set_epoch(epoch)
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        return self.train_loader
+
+    def _build_train_loader(self, batch: int) -> None:
+        from utils.datasets import build_loader, train_collate
+        world = dist_utils.world_size()
+        per_rank = max(batch // world, 1)
+        self.train_loader = build_loader(self.train_dataset, per_rank, self.config.workers, shuffle=True,
+                                         seed=self.config.seed, rank=dist_utils.rank(), world_size=world,
+                                         drop_last=len(self.train_dataset) > per_rank * world,
+                                         collate_fn=train_collate)
+        self.loader_batch = per_rank
+
+    def _wrap_ddp(self) -> None:
+        """DDP must be rebuilt when the set of trainable parameters changes (freeze/unfreeze)."""
+        if dist_utils.world_size() > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def _should_evaluate(self, epoch: int) -> bool:
+        period = self.config.eval_period
+        last = epoch + 1 == self.config.epochs
+        return bool(self.val_index.records) and (last or (period > 0 and (epoch + 1) % period == 0))
+
+    # ----- evaluation and outputs ------------------------------------------------------------------------------
+    def eval_model(self) -> nn.Module:
+        """The weights evaluated and shipped: the EMA when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _val_loader(self):
+        if getattr(self, "val_loader", None) is None:
+            from utils.datasets import EvalDataset, build_loader, eval_collate
+            dataset = EvalDataset(self.val_index, self.model_config.input_shape)
+            self.val_loader = build_loader(dataset, max(self.config.batch_size, 1), min(self.config.workers, 2),
+                                           shuffle=False, seed=self.config.seed, collate_fn=eval_collate)
+        return self.val_loader
+
+    def _evaluate(self, epoch: int) -> dict[str, float]:
+        """Val mAP with exactly eval.py's code path, thresholds and letterbox."""
+        from utils.evaluation import evaluate
+        metrics = evaluate(self.eval_model(), self._val_loader(), self.model_config, self.device, amp=self.config.amp)
+        LOGGER.info("epoch %d val: mAP50 %.4f, mAP50-95 %.4f", epoch + 1, metrics["mAP50"], metrics["mAP50_95"])
+        self._log_val_images(epoch)
+        return {"val/mAP50": float(metrics["mAP50"]), "val/mAP50_95": float(metrics["mAP50_95"])}
+
+    def _log_val_images(self, epoch: int, count: int = 4) -> None:
+        """A few validation images with the EMA model's detections, to TensorBoard and val_predictions.png."""
+        from utils.inference import Detector
+        from utils.image_io import read_image
+        from utils.visualize import draw_detections, image_grid
+        import cv2
+        records = self.val_index.records[:count]
+        if not records:
+            return
+        detector = Detector(self.eval_model(), self.model_config, self.device, conf=0.25, iou=0.45, fuse=False,
+                            amp=self.config.amp)
+        images = [read_image(r.path) for r in records]
+        drawn = [draw_detections(img, d[:, :4], d[:, 5], self.classes, d[:, 4]) for img, d in zip(images, detector(images))]
+        tiles = [cv2.resize(img, (320, 320)) for img in drawn]
+        grid = image_grid(tiles, columns=min(count, 4))
+        cv2.imwrite(str(self.run_dir / "val_predictions.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        self.writer.add_image("val/predictions", grid, epoch + 1, dataformats="HWC")
+
+    def _end_of_epoch_outputs(self, row: dict) -> None:
+        from utils.run_logging import plot_results, write_results_csv
+        fitness = row.get("val/mAP50")
+        if fitness is not None and fitness > self.state.best_fitness:
+            self.state.best_fitness = fitness
+            self._save("best.pth")
+        elif fitness is None and self.state.best_fitness < 0 and not self.val_index.records:
+            self._save("best.pth")  # no validation data: the latest weights are the best we know
+        self._save("last.pth")
+        period = self.config.save_period
+        if period > 0 and self.state.epoch % period == 0:
+            self._save(f"epoch_{self.state.epoch:03d}.pth")
+        write_results_csv(self.state.history, self.run_dir / "results.csv")
+        plot_results(self.state.history, self.run_dir / "results.png")
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, row["epoch"])
+        self.writer.flush()
+
+    def _save(self, name: str) -> None:
+        payload = checkpoint_payload(self.model, self.ema, self.optimizer, self.scaler, self.schedule, self.state,
+                                     self.model_config, self.config)
+        save_checkpoint(payload, self.run_dir / name)
+
+    def _save_preview(self) -> None:
+        from utils.datasets import save_preview
+        save_preview(self.train_dataset, self.run_dir / "train_batch_preview.png")
+        LOGGER.info("augmented training samples: %s", self.run_dir / "train_batch_preview.png")
+
+
+RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "eval_period", "save_period")
+
+
+def resume_checkpoint_path(resume: str | bool, save_dir: str = "logs") -> Path:
+    """--resume with no value: the newest logs/*/last.pth; a folder: its last.pth; a file: itself."""
+    if resume is True or resume in ("", None):
+        from utils.checkpoint import latest_weights
+        return latest_weights(save_dir, "last.pth")
+    path = Path(resume)
+    return path / "last.pth" if path.is_dir() else path
+
+
+def train(config: TrainConfig, resume: str | bool | None = None, overrides: dict | None = None) -> Path:
+    """Run training (fresh, or resumed from a run folder / last.pth); returns the run folder."""
+    checkpoint, run_dir = None, None
+    if resume:
+        path = resume_checkpoint_path(resume, config.save_dir)
+        checkpoint = load_checkpoint(path)
+        if "train_config" not in checkpoint:
+            raise CheckpointError(f"{path} is not a training checkpoint of this project; use --weights to start from it")
+        config = TrainConfig.from_dict(checkpoint["train_config"])
+        for key, value in (overrides or {}).items():
+            if key in RESUMABLE_OVERRIDES:
+                setattr(config, key, value)
+        run_dir = path.parent
+    trainer = Trainer(config, resume=checkpoint, run_dir=run_dir)
+    try:
+        if checkpoint and trainer.state.epoch >= config.epochs:
+            LOGGER.info("%s already finished %d of %d epochs; pass --epochs N to train longer",
+                        run_dir, trainer.state.epoch, config.epochs)
+        else:
+            trainer.fit()
+    finally:
+        dist_utils.cleanup()
+    return trainer.run_dir
