@@ -137,16 +137,46 @@ def read_image(path: str | Path, notes: list[str] | None = None, reduce: int = 1
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def image_size(path: str | Path) -> tuple[int, int] | None:
-    """(height, width) read from a JPEG/PNG header without decoding, or None when the header cannot tell."""
+def probe_image(path: str | Path) -> tuple[int, int, list[str]]:
+    """(height, width, conversion notes) of an image file, reading only its header and tail when it is JPEG/PNG.
+
+    Catches missing, empty, text and truncated files cheaply (dataset indexing calls this for every image); other
+    formats are fully decoded. Raises ImageReadError like `read_image`.
+    """
     path = Path(path)
     try:
         with open(path, "rb") as handle:
-            data = handle.read(65536)
+            head = handle.read(65536)
+            handle.seek(max(0, handle.seek(0, 2) - 1024))
+            tail = handle.read()
+    except FileNotFoundError:
+        raise _fail(path, "image file is missing", "add the image or remove its annotation") from None
+    except OSError as err:
+        raise _fail(path, f"cannot be read ({err.strerror or err})", "check the path and its permissions") from None
+    if not head:
+        raise _fail(path, "is an empty file (0 bytes)", "re-download or re-export the image")
+    size = _header_size(head)
+    truncated = (head.startswith(_JPEG_MAGIC) and b"\xff\xd9" not in tail) or (
+        head.startswith(_PNG_MAGIC) and b"IEND" not in tail[-64:])
+    if size is None or truncated:
+        notes: list[str] = []
+        image = read_image(path, notes)  # raises the precise error, or decodes an exotic format
+        return image.shape[0], image.shape[1], notes
+    return size[0], size[1], _conversion_notes(path, head)
+
+
+def _header_size(head: bytes) -> tuple[int, int] | None:
+    if head.startswith(_PNG_MAGIC) and len(head) >= 24:
+        width, height = struct.unpack(">II", head[16:24])
+        return int(height), int(width)
+    frame = _jpeg_frame(head) if head.startswith(_JPEG_MAGIC) else None
+    return (int(frame[0]), int(frame[1])) if frame else None
+
+
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """(height, width) read from a JPEG/PNG header without decoding, or None when the header cannot tell."""
+    try:
+        with open(path, "rb") as handle:
+            return _header_size(handle.read(65536))
     except OSError:
         return None
-    if data.startswith(_PNG_MAGIC) and len(data) >= 24:
-        width, height = struct.unpack(">II", data[16:24])
-        return int(height), int(width)
-    frame = _jpeg_frame(data) if data.startswith(_JPEG_MAGIC) else None
-    return (int(frame[0]), int(frame[1])) if frame else None

@@ -1,0 +1,162 @@
+"""Parsing annotation files: Pascal VOC XML and COCO `instances_*.json`. Boxes come out as (x1, y1, x2, y2) pixels.
+
+Nothing here raises on a single bad object: each problem becomes a note (a short phrase) so the dataset index can
+report one line per file. Only a file that cannot be used at all raises `AnnotationError`.
+"""
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Entity declarations allow "billion laughs" expansion and external-entity reads; VOC files never need them.
+_UNSAFE_XML = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+
+
+class AnnotationError(ValueError):
+    """An annotation file that cannot be used; the message names the file and the fix."""
+
+
+@dataclass
+class RawAnnotation:
+    """Objects of one image before class names are mapped to indices.
+
+    boxes: float32 [N, 4] (x1, y1, x2, y2) in the annotation's pixel grid; names: N class names;
+    difficult: bool [N] (VOC difficult=1, or COCO iscrowd); size: (height, width) stated by the file, None if absent.
+    """
+
+    names: list[str]
+    boxes: np.ndarray
+    difficult: np.ndarray
+    size: tuple[int, int] | None
+    notes: list[str] = field(default_factory=list)
+    filename: str | None = None
+
+
+def _text(node: ET.Element, tag: str) -> str | None:
+    child = node.find(tag)
+    return None if child is None or child.text is None else child.text.strip()
+
+
+def _read_xml(path: Path) -> ET.Element:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise AnnotationError(f"{path}: cannot be read ({err.strerror or err}); check the file and its permissions") from None
+    if not data.strip():
+        raise AnnotationError(f"{path}: is an empty XML file; re-export the annotation")
+    if _UNSAFE_XML.search(data):
+        raise AnnotationError(f"{path}: contains a DOCTYPE/ENTITY declaration, refused for safety (entity expansion, "
+                              "external entities); remove the declaration (VOC annotations never need one)")
+    try:
+        return ET.fromstring(data)
+    except ET.ParseError as err:
+        raise AnnotationError(f"{path}: malformed XML ({err}); fix or re-export the annotation") from None
+
+
+def _xml_size(root: ET.Element, notes: list[str]) -> tuple[int, int] | None:
+    size = root.find("size")
+    if size is None:
+        notes.append("no <size> in XML (used the real image size)")
+        return None
+    try:
+        width, height = int(float(_text(size, "width") or "")), int(float(_text(size, "height") or ""))
+    except ValueError:
+        notes.append("unreadable <size> in XML (used the real image size)")
+        return None
+    if width <= 0 or height <= 0:
+        notes.append(f"<size> {width}x{height} in XML is not positive (used the real image size)")
+        return None
+    return height, width
+
+
+def _xml_object(obj: ET.Element, number: int, notes: list[str]) -> tuple[str, list[float], bool] | None:
+    """(name, [x1, y1, x2, y2], difficult) of one <object>, or None (with a note) when unusable."""
+    name = _text(obj, "name")
+    if not name:
+        notes.append(f"object {number} has no <name> (dropped)")
+        return None
+    bndbox = obj.find("bndbox")
+    if bndbox is None:
+        notes.append(f"object {number} ({name!r}) has no <bndbox> (dropped)")
+        return None
+    coords = []
+    for tag in ("xmin", "ymin", "xmax", "ymax"):
+        value = _text(bndbox, tag)
+        try:
+            coords.append(float(value))
+        except (TypeError, ValueError):
+            notes.append(f"object {number} ({name!r}) has non-numeric {tag}={value!r} (dropped)")
+            return None
+    if not all(np.isfinite(coords)):
+        notes.append(f"object {number} ({name!r}) has a non-finite coordinate (dropped)")
+        return None
+    return name, coords, _text(obj, "difficult") == "1"
+
+
+def parse_voc_xml(path: str | Path) -> RawAnnotation:
+    """Parse one Pascal VOC XML file. Raises AnnotationError for unreadable, unsafe or malformed files."""
+    path = Path(path)
+    root = _read_xml(path)
+    if root.tag != "annotation":
+        raise AnnotationError(f"{path}: root element is <{root.tag}>, not <annotation>; is this a VOC XML file?")
+    notes: list[str] = []
+    size = _xml_size(root, notes)
+    parsed = [_xml_object(obj, i + 1, notes) for i, obj in enumerate(root.iter("object"))]
+    parsed = [p for p in parsed if p is not None]
+    boxes = np.array([p[1] for p in parsed], dtype=np.float32).reshape(-1, 4)
+    return RawAnnotation(names=[p[0] for p in parsed], boxes=boxes,
+                         difficult=np.array([p[2] for p in parsed], dtype=np.bool_), size=size, notes=notes,
+                         filename=_text(root, "filename"))
+
+
+@dataclass
+class CocoImage:
+    """One COCO image entry with its annotations; category ids kept as in the file."""
+
+    coco_id: int
+    file_name: str
+    size: tuple[int, int]  # (height, width) stated by the json
+    annotation: RawAnnotation
+    category_ids: list[int]
+
+
+def parse_coco_json(path: str | Path) -> tuple[list[CocoImage], dict[int, str]]:
+    """Read a COCO instances json: (images in file order, {category id: name} in id order).
+
+    bbox [x, y, w, h] -> (x1, y1, x2, y2); iscrowd regions are flagged difficult (kept for evaluation, never targets).
+    """
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AnnotationError(f"{path}: cannot be read as JSON ({err}); is it a COCO instances file?") from None
+    if not isinstance(content, dict) or not {"images", "annotations", "categories"} <= content.keys():
+        raise AnnotationError(f"{path}: not a COCO instances file (needs 'images', 'annotations' and 'categories')")
+    categories = {int(c["id"]): str(c["name"]) for c in sorted(content["categories"], key=lambda c: int(c["id"]))}
+    by_image: dict[int, list[dict]] = {}
+    for ann in content["annotations"]:
+        by_image.setdefault(int(ann["image_id"]), []).append(ann)
+    return [_coco_image(entry, by_image.get(int(entry["id"]), []), categories) for entry in content["images"]], categories
+
+
+def _coco_image(entry: dict, anns: list[dict], categories: dict[int, str]) -> CocoImage:
+    notes: list[str] = []
+    kept = []
+    for ann in anns:
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
+            notes.append(f"annotation {ann.get('id')} has an invalid bbox {bbox!r} (dropped)")
+            continue
+        kept.append(ann)
+    boxes = np.array([a["bbox"] for a in kept], dtype=np.float32).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]
+    category_ids = [int(a["category_id"]) for a in kept]
+    annotation = RawAnnotation(names=[categories.get(c, f"<category id {c}>") for c in category_ids], boxes=boxes,
+                               difficult=np.array([bool(a.get("iscrowd", 0)) for a in kept], dtype=np.bool_),
+                               size=(int(entry["height"]), int(entry["width"])), notes=notes)
+    return CocoImage(int(entry["id"]), str(entry["file_name"]), annotation.size, annotation, category_ids)

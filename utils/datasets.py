@@ -1,0 +1,354 @@
+"""Dataset indexing: VOCdevkit, a plain images/ + annotations/ folder pair, or COCO json -> `DatasetIndex`.
+
+Where data enters the project. `load_split` reads every annotation, checks every image header, and turns each problem
+into one line naming the file (logged and kept in `DatasetIndex.problems`): nothing crashes, nothing is dropped
+silently. Boxes are (x1, y1, x2, y2) in the stored pixel grid of the image (EXIF orientation ignored, see
+utils/image_io.py). Records always hold every known-class object, with `difficult` flagging VOC difficult=1 and COCO
+iscrowd; the training dataset leaves those out unless `keep_difficult`, evaluation uses the flag (VOC protocol).
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from utils.annotations import AnnotationError, RawAnnotation, parse_coco_json, parse_voc_xml
+from utils.image_io import ImageReadError, probe_image
+
+LOGGER = logging.getLogger(__name__)
+SPLITS = ("train", "val", "trainval", "test")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe", ".jfif")
+TEST_FRACTION = 0.1  # generated splits: 10% test, then 10% of trainval as val (the usual VOC-style 90/10 twice)
+VAL_FRACTION = 0.1
+
+
+@dataclass
+class ImageRecord:
+    """One usable image. boxes: float32 [N, 4] (x1, y1, x2, y2) original pixels; labels: int64 [N];
+    difficult: bool [N]; width/height: the real image size; coco_id: the json's image id for COCO sources."""
+
+    path: Path
+    image_id: str
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+    width: int = 0
+    height: int = 0
+    coco_id: int | None = None
+
+
+@dataclass
+class DatasetIndex:
+    """The records of one split, the class list, and every problem met while reading it (one line per file)."""
+
+    records: list[ImageRecord]
+    classes: list[str]
+    problems: list[str] = field(default_factory=list)
+    split: str = "train"
+    fixed: int = 0
+    skipped: int = 0
+    background: int = 0
+    unknown_objects: dict[str, int] = field(default_factory=dict)
+    keep_difficult: bool = False
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def summary(self, problems_file: str | Path | None = None) -> str:
+        """One line such as '200 images (3 background), 2 fixed, 1 skipped (see runs/x/data_problems_train.txt)'."""
+        line = f"{len(self.records)} images ({self.background} background), {self.fixed} fixed, {self.skipped} skipped"
+        if self.unknown_objects:
+            unknown = ", ".join(f"{name} x{count}" for name, count in sorted(self.unknown_objects.items()))
+            line += f"; objects of classes not in the class list (not used): {unknown}"
+        if self.problems:
+            line += f" (see {problems_file})" if problems_file else " (see DatasetIndex.problems)"
+        return line
+
+    def write_problems(self, run_dir: str | Path) -> Path:
+        """Write every problem line into `run_dir/data_problems_<split>.txt` and return that path."""
+        path = Path(run_dir) / f"data_problems_{self.split}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = f"# {self.summary()}\n"
+        path.write_text(header + "".join(line + "\n" for line in self.problems), encoding="utf-8")
+        return path
+
+    def training_targets(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(boxes float32 [N, 4], labels int64 [N]) of record i used as training targets (difficult left out
+        unless keep_difficult)."""
+        record = self.records[i]
+        keep = slice(None) if self.keep_difficult else ~record.difficult
+        return record.boxes[keep], record.labels[keep]
+
+
+@dataclass
+class _Entry:
+    """One image/annotation pair found in the source, before checking."""
+
+    image: Path | None
+    annotation: Path
+    raw: RawAnnotation | AnnotationError
+    coco_id: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------- splits
+def make_splits(ids: list[str], seed: int = 0) -> dict[str, list[str]]:
+    """Deterministic split of ids: 10% test, the rest trainval, of which 10% val. Each list sorted."""
+    order = np.random.default_rng(seed).permutation(sorted(ids)).tolist()
+    n_test = int(round(len(order) * TEST_FRACTION))
+    test, trainval = order[:n_test], order[n_test:]
+    n_val = int(round(len(trainval) * VAL_FRACTION))
+    val, train = trainval[:n_val], trainval[n_val:]
+    return {"train": sorted(train), "val": sorted(val), "trainval": sorted(trainval), "test": sorted(test)}
+
+
+def _select(ids: list[str], split: str, seed: int) -> list[str]:
+    return sorted(ids) if split == "all" else make_splits(ids, seed)[split]
+
+
+def _read_id_file(path: Path) -> list[str]:
+    # class-specific VOC lists read "000005 -1"; the id is the first token
+    return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _write_splits(main: Path, splits: dict[str, list[str]], seed: int) -> None:
+    """Write generated splits into ImageSets/Main, or keep them in memory (and say so) when that is not possible."""
+    try:
+        main.mkdir(parents=True, exist_ok=True)
+        for name, ids in splits.items():
+            (main / f"{name}.txt").write_text("".join(i + "\n" for i in ids), encoding="utf-8")
+    except OSError as err:
+        LOGGER.warning("%s: no split files and cannot write them (%s); using a seed-%d split kept in memory "
+                       "(deterministic, so train and val still do not overlap)", main, err.strerror or err, seed)
+        return
+    LOGGER.warning("%s: no split files; wrote a seed-%d split (%d train, %d val, %d test; trainval = train + val)",
+                   main, seed, len(splits["train"]), len(splits["val"]), len(splits["test"]))
+
+
+def _voc_split_ids(year: Path, split: str, seed: int) -> list[str] | None:
+    """Ids of `split` in one VOC<year> folder; None when the year has split files but not this one."""
+    main = year / "ImageSets" / "Main"
+    all_ids = sorted(p.stem for p in (year / "Annotations").glob("*.xml"))
+    if split == "all":
+        return all_ids
+    if (main / f"{split}.txt").is_file():
+        return _read_id_file(main / f"{split}.txt")
+    if any((main / f"{name}.txt").is_file() for name in SPLITS):
+        LOGGER.info("%s has no ImageSets/Main/%s.txt; it contributes no images to '%s'", year, split, split)
+        return None
+    splits = make_splits(all_ids, seed)
+    _write_splits(main, splits, seed)
+    return splits[split]
+
+
+# ---------------------------------------------------------------------------------------------------------- sources
+def _image_lookup(folder: Path) -> dict[str, Path]:
+    """{stem: image path} of a folder, preferring .jpg when a stem exists with several suffixes."""
+    found: dict[str, Path] = {}
+    if folder.is_dir():
+        for path in sorted(folder.iterdir(), key=lambda p: p.suffix.lower() != ".jpg"):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                found.setdefault(path.stem, path)
+    return found
+
+
+def _parse(path: Path) -> RawAnnotation | AnnotationError:
+    try:
+        return parse_voc_xml(path)
+    except AnnotationError as err:
+        return err
+
+
+def _xml_entries(ids: list[str], xml_dir: Path, images: dict[str, Path], problems: list[str]) -> list[_Entry]:
+    entries = []
+    for image_id in ids:
+        xml = xml_dir / f"{image_id}.xml"
+        if not xml.is_file():
+            problems.append(f"skipped: {xml}: annotation listed in the split but missing; add it or remove the id")
+            continue
+        entries.append(_Entry(images.get(image_id), xml, _parse(xml)))
+    return entries
+
+
+def _orphans(images: dict[str, Path], xml_dir: Path, problems: list[str]) -> None:
+    for stem, path in images.items():
+        if not (xml_dir / f"{stem}.xml").is_file():
+            problems.append(f"skipped: {path}: image has no annotation {xml_dir / (stem + '.xml')}; add one "
+                            "(an XML without objects makes it a background image)")
+
+
+def _voc_entries(root: Path, split: str, seed: int, problems: list[str]) -> list[_Entry]:
+    years = [root] if (root / "Annotations").is_dir() else sorted(
+        p for p in root.iterdir() if p.is_dir() and (p / "Annotations").is_dir())
+    if not years:
+        raise FileNotFoundError(f"{root}: no VOC<year>/Annotations folder inside; expected a VOCdevkit layout")
+    entries = []
+    for year in years:
+        ids = _voc_split_ids(year, split, seed)
+        if ids is not None:
+            images = _image_lookup(year / "JPEGImages")
+            entries += _xml_entries(ids, year / "Annotations", images, problems)
+            if split == "all":
+                _orphans(images, year / "Annotations", problems)
+    return entries
+
+
+def _folder_entries(root: Path, split: str, seed: int, problems: list[str]) -> list[_Entry]:
+    xml_dir, images = root / "annotations", _image_lookup(root / "images")
+    ids = _select([p.stem for p in xml_dir.glob("*.xml")], split, seed)
+    if split != "all":
+        LOGGER.info("%s has no split files; using the seed-%d '%s' split made in memory", root, seed, split)
+    _orphans(images, xml_dir, problems)
+    return _xml_entries(ids, xml_dir, images, problems)
+
+
+def _coco_json_for(root: Path, split: str) -> Path | None:
+    if root.is_file() and root.suffix == ".json":
+        return root
+    for name in (f"instances_{split}2017.json", f"instances_{split}.json"):
+        if (root / "annotations" / name).is_file():
+            return root / "annotations" / name
+    return None
+
+
+def _coco_image_dir(json_path: Path) -> Path:
+    """The image folder of instances_<name>.json: <root>/<name>, beside the json, or an images/ folder."""
+    name = json_path.stem.removeprefix("instances_")
+    candidates = [json_path.parent.parent / name, json_path.parent / name, json_path.parent.parent / "images" / name,
+                  json_path.parent / "images", json_path.parent.parent / "images"]
+    for folder in candidates:
+        if folder.is_dir():
+            return folder
+    raise FileNotFoundError(f"{json_path}: no image folder found (looked for {', '.join(map(str, candidates[:3]))}); "
+                            "put the images beside the annotations as in COCO (train2017/, val2017/)")
+
+
+def _coco_entries(json_path: Path) -> tuple[list[_Entry], list[str]]:
+    """Entries of a COCO json and its category names in id order (contiguous index = position)."""
+    images, categories = parse_coco_json(json_path)
+    folder = _coco_image_dir(json_path)
+    entries = [_Entry(folder / image.file_name, json_path, image.annotation, image.coco_id) for image in images]
+    return entries, list(categories.values())
+
+
+# ---------------------------------------------------------------------------------------------------------- checking
+def _box_notes(boxes: np.ndarray, height: int, width: int, notes: list[str]) -> np.ndarray:
+    """Clip boxes to the image; return the mask of boxes kept (positive area after clipping). Notes what changed."""
+    inverted = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    clipped = boxes.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
+    outside = ~inverted & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
+    changed = ~inverted & ~outside & np.any(clipped != boxes, axis=1)
+    if inverted.any():
+        notes.append(f"{int(inverted.sum())} box(es) with zero or negative area (dropped)")
+    if outside.any():
+        notes.append(f"{int(outside.sum())} box(es) entirely outside the {width}x{height} image (dropped)")
+    if changed.any():
+        notes.append(f"{int(changed.sum())} box(es) reaching outside the image (clipped)")
+    boxes[:] = clipped
+    return ~inverted & ~outside
+
+
+def _check_entry(entry: _Entry, class_index: dict[str, int], unknown: Counter) -> tuple[ImageRecord, list[str]]:
+    """Turn an entry into a record; returns (record, notes of what was fixed). Raises ImageReadError/AnnotationError."""
+    if isinstance(entry.raw, AnnotationError):
+        raise entry.raw
+    if entry.image is None:
+        raise ImageReadError(f"{entry.annotation}: its image is missing (no file with this stem in the image "
+                             "folder); add the image or remove the annotation")
+    height, width, notes = probe_image(entry.image)
+    raw = entry.raw
+    notes = raw.notes + notes
+    if raw.size is not None and raw.size != (height, width):
+        notes.append(f"annotation says {raw.size[1]}x{raw.size[0]} but the image is {width}x{height} "
+                     "(used the image size; boxes kept as written)")
+    known = np.array([name in class_index for name in raw.names], dtype=np.bool_)
+    if not known.all():
+        missing = Counter(name for name in raw.names if name not in class_index)
+        unknown.update(missing)
+        notes.append("objects of classes not in the class list (not used): "
+                     + ", ".join(f"{name} x{count}" for name, count in sorted(missing.items())))
+    boxes = raw.boxes[known].astype(np.float32, copy=True)
+    labels = np.array([class_index[n] for n in raw.names if n in class_index], dtype=np.int64)
+    keep = _box_notes(boxes, height, width, notes)
+    record = ImageRecord(entry.image, entry.image.stem, boxes[keep], labels[keep], raw.difficult[known][keep],
+                         width, height, entry.coco_id)
+    return record, notes
+
+
+def _build_index(entries: list[_Entry], classes: list[str], split: str, problems: list[str],
+                 keep_difficult: bool, keep_empty: bool) -> DatasetIndex:
+    index = DatasetIndex([], list(classes), problems, split, keep_difficult=keep_difficult)
+    class_index = {name: i for i, name in enumerate(classes)}
+    unknown: Counter = Counter()
+    for entry in entries:
+        try:
+            record, notes = _check_entry(entry, class_index, unknown)
+        except (ImageReadError, AnnotationError) as err:
+            problems.append(f"skipped: {err}")
+            continue
+        if notes:
+            index.fixed += 1
+            problems.append(f"fixed: {record.path if entry.coco_id is not None else entry.annotation}: "
+                            + "; ".join(notes))
+        if len(record.boxes) == 0:
+            if not keep_empty:
+                continue
+            index.background += 1
+        index.records.append(record)
+    index.skipped = sum(line.startswith("skipped:") for line in problems)
+    index.unknown_objects = dict(unknown)
+    return index
+
+
+def _discover(entries: list[_Entry]) -> list[str]:
+    return sorted({name for e in entries if isinstance(e.raw, RawAnnotation) for name in e.raw.names})
+
+
+def discover_classes(data: str | Path, split: str = "trainval", seed: int = 0) -> list[str]:
+    """Class names found in the annotations of `split`: sorted names for VOC XML, category order for COCO."""
+    data = Path(data)
+    json_path = _coco_json_for(data, split)
+    if json_path is not None:
+        return list(parse_coco_json(json_path)[1].values())
+    return _discover(_xml_source_entries(data, split, seed, []))
+
+
+def _xml_source_entries(data: Path, split: str, seed: int, problems: list[str]) -> list[_Entry]:
+    if (data / "annotations").is_dir() and (data / "images").is_dir():
+        return _folder_entries(data, split, seed, problems)
+    return _voc_entries(data, split, seed, problems)
+
+
+def load_split(data: str | Path, split: str, classes: list[str] | None = None, keep_difficult: bool = False,
+               keep_empty: bool = True, seed: int = 0) -> DatasetIndex:
+    """Index one split of a dataset. `data`: a VOCdevkit (or one VOC<year>) folder, an images/ + annotations/
+    folder pair, a COCO instances json, or a folder with annotations/instances_<split>2017.json.
+
+    split: train, val, trainval, test, or all (every annotated image). classes=None discovers them (sorted names for
+    VOC XML, category-id order for COCO). Every problem is logged once and listed in the index's `problems`.
+    """
+    data = Path(data)
+    if not data.exists():
+        raise FileNotFoundError(f"dataset {data} does not exist; pass --data a VOCdevkit folder, an images/ + "
+                                "annotations/ folder pair or a COCO instances json")
+    if split not in SPLITS + ("all",):
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS + ('all',))}")
+    problems: list[str] = []
+    json_path = _coco_json_for(data, split)
+    if json_path is not None:
+        entries, found = _coco_entries(json_path)
+    else:
+        entries = _xml_source_entries(data, split, seed, problems)
+        found = _discover(entries)
+    index = _build_index(entries, classes or found, split, problems, keep_difficult, keep_empty)
+    for line in problems:
+        LOGGER.warning("%s", line)
+    if not index.records:
+        raise ValueError(f"{data}: split '{split}' has no usable images ({index.summary()}); check the paths and "
+                         "the problems logged above")
+    LOGGER.info("%s %s: %s", data, split, index.summary())
+    return index
