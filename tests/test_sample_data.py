@@ -1,0 +1,145 @@
+"""The bundled synthetic VOC sample: determinism, valid VOC annotations, tight boxes, committed copy in sync."""
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from utils import sample_data
+from utils.sample_data import CLASSES, README_TITLE, add_object, generate, main
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMITTED = ROOT / "VOCdevkit"
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def read_objects(xml_path: Path) -> tuple[tuple[int, int], list[dict]]:
+    root = ET.parse(xml_path).getroot()
+    size = (int(root.findtext("size/height")), int(root.findtext("size/width")))
+    objects = [{"name": o.findtext("name"), "difficult": int(o.findtext("difficult")),
+                "truncated": int(o.findtext("truncated")),
+                "box": [int(o.findtext(f"bndbox/{t}")) for t in ("xmin", "ymin", "xmax", "ymax")]}
+               for o in root.iter("object")]
+    return size, objects
+
+
+def test_same_seed_gives_identical_bytes(tmp_path):
+    generate(tmp_path / "a", seed=3, images=6)
+    generate(tmp_path / "b", seed=3, images=6)
+    generate(tmp_path / "c", seed=4, images=6)
+    first, second, other = (files_of(tmp_path / n) for n in "abc")
+    assert len(first) == 6 * 2 + 4 + 1  # jpg + xml per image, four split files, README
+    assert first == second
+    assert first["VOC2007/JPEGImages/000001.jpg"] != other["VOC2007/JPEGImages/000001.jpg"]
+
+
+def test_annotations_are_valid_voc_and_splits_partition(tmp_path):
+    splits = generate(tmp_path, seed=0, images=12)
+    voc = tmp_path / "VOC2007"
+    ids = sorted(p.stem for p in (voc / "JPEGImages").glob("*.jpg"))
+    assert sorted(p.stem for p in (voc / "Annotations").glob("*.xml")) == ids
+    for name, split in splits.items():
+        assert (voc / "ImageSets" / "Main" / f"{name}.txt").read_text().split() == split
+    assert sorted(splits["train"] + splits["val"] + splits["test"]) == ids
+    assert splits["trainval"] == sorted(splits["train"] + splits["val"])
+    assert not set(splits["test"]) & set(splits["trainval"])
+    for image_id in ids:
+        (height, width), objects = read_objects(voc / "Annotations" / f"{image_id}.xml")
+        assert cv2.imread(str(voc / "JPEGImages" / f"{image_id}.jpg")).shape == (height, width, 3)
+        assert 320 <= min(height, width) and max(height, width) <= 512
+        for obj in objects:
+            xmin, ymin, xmax, ymax = obj["box"]
+            assert obj["name"] in CLASSES
+            assert 1 <= xmin < xmax <= width and 1 <= ymin < ymax <= height  # VOC 1-based, inclusive
+            assert obj["truncated"] or not obj["difficult"]  # only border-cut objects are difficult here
+
+
+def painted_extent(canvas: np.ndarray, grey: int) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2) continuous pixel edges of every pixel that differs from the flat `grey` canvas."""
+    ys, xs = np.nonzero((canvas != grey).any(axis=2))
+    return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_box_is_tight_around_the_painted_shape(seed):
+    """Reference: the extent of the pixels that painting changed, on a flat canvas."""
+    rng = np.random.default_rng(seed)
+    for _ in range(4):
+        canvas = np.full((360, 420, 3), 128, np.uint8)
+        obj = add_object(rng, canvas, [])
+        assert obj is not None
+        painted = painted_extent(canvas, 128)
+        box = (obj.box[0] - 1, obj.box[1] - 1, obj.box[2], obj.box[3])  # VOC 1-based -> continuous
+        # Inside the painted area, missing at most the faint anti-aliased rim (up to 2 px at sharp triangle tips).
+        assert all(painted[i] <= box[i] <= painted[i] + 2 for i in (0, 1))
+        assert all(painted[i] - 2 <= box[i] <= painted[i] for i in (2, 3))
+
+
+def test_box_uses_voc_one_based_inclusive_indices(monkeypatch):
+    """A hard-edged (not anti-aliased) shape gives an exact reference for the VOC convention."""
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:30, 8:36] = 255
+    monkeypatch.setattr(sample_data, "shape_mask", lambda rng, name, size: mask)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        canvas = np.full((330, 350, 3), 128, np.uint8)
+        obj = add_object(rng, canvas, [])
+        x1, y1, x2, y2 = painted_extent(canvas, 128)
+        assert obj.box == (x1 + 1, y1 + 1, x2, y2)  # first pixel index + 1 ... last pixel index + 1
+
+
+def test_sample_has_backgrounds_difficult_and_every_class(tmp_path):
+    generate(tmp_path, seed=0, images=40)
+    per_image = [read_objects(p)[1] for p in sorted((tmp_path / "VOC2007" / "Annotations").glob("*.xml"))]
+    objects = [o for image in per_image for o in image]
+    assert sum(not image for image in per_image) >= 1
+    assert all(len(image) <= 5 for image in per_image)
+    assert {o["name"] for o in objects} == set(CLASSES)
+    assert any(o["difficult"] for o in objects)
+    sides = [min(o["box"][2] - o["box"][0], o["box"][3] - o["box"][1]) + 1 for o in objects if not o["truncated"]]
+    assert 20 <= min(sides) and max(sides) <= 200
+
+
+def test_regenerating_replaces_own_sample_but_refuses_foreign_data(tmp_path):
+    generate(tmp_path / "ours", images=8)
+    generate(tmp_path / "ours", images=4)
+    assert len(list((tmp_path / "ours" / "VOC2007" / "JPEGImages").glob("*.jpg"))) == 4  # no stale files
+    foreign = tmp_path / "real" / "VOC2007" / "Annotations"
+    foreign.mkdir(parents=True)
+    (foreign / "000005.xml").write_text("<annotation/>")
+    with pytest.raises(FileExistsError, match="did not write"):
+        generate(tmp_path / "real", images=4)
+    assert (foreign / "000005.xml").exists()
+
+
+def test_cli(tmp_path, capsys):
+    assert main(["--out", str(tmp_path), "--images", "3", "--seed", "1"]) == 0
+    assert "wrote 3 images" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--images", "2"])
+
+
+@pytest.mark.skipif(not (COMMITTED / "README.md").is_file()
+                    or not (COMMITTED / "README.md").read_text().startswith(README_TITLE),
+                    reason="VOCdevkit/ holds user data, not the bundled sample")
+def test_committed_sample_matches_generator(tmp_path):
+    command = re.search(r"--seed (\d+) --images (\d+) --quality (\d+)", (COMMITTED / "README.md").read_text())
+    seed, images, quality = map(int, command.groups())
+    generate(tmp_path, seed=seed, images=images, quality=quality)
+    fresh, committed = files_of(tmp_path), files_of(COMMITTED)
+    assert fresh.keys() == committed.keys(), "regenerate with the command in VOCdevkit/README.md"
+    for name, data in fresh.items():
+        if name.endswith(".jpg"):  # another JPEG encoder build may differ in bits, never visibly
+            diff = np.abs(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).astype(np.int16)
+                          - cv2.imdecode(np.frombuffer(committed[name], np.uint8), cv2.IMREAD_COLOR))
+            assert diff.mean() < 1.0, name
+        else:
+            assert data == committed[name], f"{name} differs: regenerate with the command in VOCdevkit/README.md"
+    assert sum(len(d) for d in committed.values()) < 3_000_000
