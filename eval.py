@@ -1,5 +1,138 @@
-"""Entry point placeholder: `python eval.py` is built in a later issue."""
+"""Evaluate a trained model: `python eval.py --weights logs/exp/best.pth --data VOCdevkit --split test`.
+
+VOC mAP@0.5 (devkit matching; all-point, or 11-point with --voc07), COCO mAP@0.5:0.95 / AP50 / AP75 / APs/m/l from
+pycocotools on the same detections, per-class AP, precision/recall/F1 at --score-thresh, PR curves. Everything goes
+into a new run folder (logs/eval, logs/eval2, ...): metrics.json, pr_*.png and, with --save-json, detections.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
 import sys
+from pathlib import Path
+
+LOGGER = logging.getLogger("eval")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weights", default=None, help="our .pth (default: the newest logs/*/best.pth), a bare "
+                                                   "state_dict (with --classes/--phi) or Darknet .weights (with --cfg)")
+    p.add_argument("--cfg", default=None, help="Darknet .cfg for --weights *.weights")
+    p.add_argument("--classes", default=None, help="class names file, for bare state_dicts only")
+    p.add_argument("--phi", default=None, help="attention of a bare state_dict: 0/none, 1/se, 2/cbam, 3/eca")
+    p.add_argument("--data", default="VOCdevkit", help="VOCdevkit folder, images/+annotations/ folder, or COCO json")
+    p.add_argument("--split", default="test", help="train, val, trainval, test or all")
+    p.add_argument("--conf", type=float, default=0.001, help="score threshold before NMS (low: full PR curve)")
+    p.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=300, help="detections kept per image")
+    p.add_argument("--voc07", action="store_true", help="VOC2007 11-point AP instead of all-point interpolation")
+    p.add_argument("--score-thresh", type=float, default=0.5, help="score for the precision/recall/F1 figures")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2, help="image loading processes")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: best available)")
+    p.add_argument("--input-shape", default=None, help="input size (multiple of 32); default: the checkpoint's")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="mixed precision: bf16/fp16 on CUDA, bf16 on CPUs with native support")
+    p.add_argument("--save-json", action="store_true", help="also write detections.json in COCO results format")
+    p.add_argument("--save-dir", default="logs/eval", help="run folder; a number is appended if it exists")
+    p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
+    return p
+
+
+def run_dir(save_dir: str | Path) -> Path:
+    """A new folder: save_dir, else save_dir2, save_dir3, ... (never an existing one)."""
+    from utils.run_logging import increment_dir
+    save_dir = Path(save_dir)
+    while True:
+        path = increment_dir(save_dir.parent, save_dir.name)
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:  # another eval took that name meanwhile
+            continue
+
+
+def load(args: argparse.Namespace):
+    """(model on its device, config, dataset index, device, weights path) from the arguments."""
+    from utils.checkpoint import latest_weights, load_model
+    from utils.config import parse_input_shape, read_classes
+    from utils.datasets import load_split
+    from utils.device import select_device
+    weights = Path(args.weights) if args.weights else latest_weights()
+    classes = read_classes(args.classes) if args.classes else None
+    model, config = load_model(weights, classes, args.phi, args.cfg)
+    if args.input_shape:
+        config.input_shape = parse_input_shape(args.input_shape)
+    LOGGER.info("model %s: %d classes, attention %s, input %s", weights, config.num_classes, config.attention,
+                config.input_shape)
+    index = load_split(args.data, args.split, classes=config.classes, keep_empty=True)
+    device = select_device(args.device)
+    return model.to(device), config, index, device, weights
+
+
+def evaluate_split(args: argparse.Namespace) -> tuple[dict, Path]:
+    """Run the evaluation the arguments describe; returns (metrics, run folder)."""
+    from utils.dataloader import EvalDataset, build_loader, eval_collate
+    from utils.evaluation import collect_detections, compute_metrics, iou_pixel_offset
+    from utils.metrics import coco_results, plot_pr_curves
+    model, config, index, device, weights = load(args)
+    loader = build_loader(EvalDataset(index, config.input_shape), args.batch_size, args.workers, shuffle=False,
+                          seed=0, collate_fn=eval_collate)
+    detections = collect_detections(model, loader, config, device, args.conf, args.iou, args.max_det, args.amp,
+                                    progress=True)
+    metrics, voc = compute_metrics(detections, index.records, config.classes, args.voc07, args.score_thresh,
+                                   pixel_offset=iou_pixel_offset(index.records))
+    out = run_dir(args.save_dir)
+    metrics.update(weights=str(weights), data=str(args.data), split=args.split, conf=args.conf,
+                   nms_iou=args.iou, input_shape=config.input_shape, classes=config.classes,
+                   unknown_objects=index.unknown_objects)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    plot_pr_curves(voc, out)
+    if args.save_json:
+        results = coco_results(detections, [r.image_id for r in index.records], list(range(config.num_classes)))
+        (out / "detections.json").write_text(json.dumps(results), encoding="utf-8")
+    return metrics, out
+
+
+def format_table(metrics: dict) -> str:
+    """Per-class AP50 / P / R / F1 table and the summary lines."""
+    def num(value) -> str:
+        return "     -" if value is None else f"{value:6.3f}"
+    width = max([len(name) for name in metrics["per_class"]] + [5])
+    lines = [f"{'class':<{width}}  {'gt':>6} {'dets':>7}   AP50      P      R     F1"]
+    for name, row in metrics["per_class"].items():
+        lines.append(f"{name:<{width}}  {row['num_gt']:>6} {row['num_det']:>7} {num(row['AP50'])} "
+                     f"{num(row['precision'])} {num(row['recall'])} {num(row['f1'])}")
+    coco = metrics["coco"]
+    total_gt = sum(row["num_gt"] for row in metrics["per_class"].values())
+    lines.append(f"{'all':<{width}}  {total_gt:>6} {metrics['detections']:>7} {num(metrics['mAP50'])} "
+                 f"{num(metrics['precision'])} {num(metrics['recall'])} {num(metrics['f1'])}   "
+                 f"({metrics['images']} images; P/R/F1 at score >= {metrics['score_thresh']})")
+    lines.append(f"VOC mAP50 {'(11-point) ' if metrics['voc07'] else ''}{metrics['mAP50']:.4f}  |  COCO mAP50-95 "
+                 f"{coco['mAP50_95']:.4f}  AP50 {coco['AP50']:.4f}  AP75 {coco['AP75']:.4f}  "
+                 f"APs {coco['APs']:.4f}  APm {coco['APm']:.4f}  APl {coco['APl']:.4f}")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    from utils.checkpoint import CheckpointError
+    from utils.run_logging import setup_logging
+    setup_logging(args.verbose)
+    try:
+        metrics, out = evaluate_split(args)
+    except KeyboardInterrupt:
+        return 130
+    except (CheckpointError, FileNotFoundError, ValueError, OSError) as err:
+        if args.verbose:
+            raise
+        LOGGER.error("error: %s", err)
+        return 1
+    print(format_table(metrics))
+    print(f"results in {out}")
+    return 0
+
 
 if __name__ == "__main__":
-    sys.exit("eval.py is not built yet")
+    sys.exit(main(get_args_parser().parse_args()))
