@@ -19,9 +19,9 @@ from torch import nn
 
 from tests.conftest import DARKNET_CFG, needs_shared
 from utils.config import ModelConfig, build_model
-from utils.darknet import (CONV_LAYER_INDEX, DarknetFormatError, darknet_convs, export_darknet, is_darknet_weights,
-                           load_darknet, load_darknet_backbone, parse_cfg, read_darknet_cfg, read_weights, write_cfg,
-                           write_partial, write_weights)
+from utils.darknet import (CONV_LAYER_INDEX, DarknetFormatError, cfg_sections, darknet_convs, export_darknet,
+                           format_cfg, is_darknet_weights, load_darknet, load_darknet_backbone, parse_cfg,
+                           read_darknet_cfg, read_weights, write_cfg, write_partial, write_weights)
 from utils.decode import decode_outputs
 
 needs_opencv_darknet = pytest.mark.skipif(not hasattr(cv2.dnn, "readNetFromDarknet"),
@@ -289,23 +289,13 @@ def test_backbone_file_of_wrong_length(tmp_path):
         load_darknet_backbone(build_model(ModelConfig(classes=["a"])), path)
 
 
-def test_conv_layer_indices_match_the_stock_layout():
-    config = ModelConfig(classes=["a"])
-    layers = parse_cfg_text(write_cfg_text(config))[1:]
-    assert [i for i, s in enumerate(layers) if s["type"] == "convolutional"] == CONV_LAYER_INDEX
-
-
 def write_cfg_text(config: ModelConfig) -> str:
-    from utils.darknet import cfg_sections, format_cfg
     return format_cfg(cfg_sections(config))
 
 
-def parse_cfg_text(text: str) -> list[dict[str, str]]:
-    import tempfile
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "x.cfg"
-        path.write_text(text)
-        return parse_cfg(path)
+def test_conv_layer_indices_match_the_stock_layout(tmp_path):
+    layers = parse_cfg(write_cfg(ModelConfig(classes=["a"]), tmp_path / "x.cfg"))[1:]
+    assert [i for i, s in enumerate(layers) if s["type"] == "convolutional"] == CONV_LAYER_INDEX
 
 
 @needs_shared

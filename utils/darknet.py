@@ -179,7 +179,10 @@ def _ints(section: dict[str, str], key: str, default: int | None = None) -> list
 def _layer_signature(index: int, section: dict[str, str]) -> tuple:
     """What a layer computes, with Darknet's defaults filled in; hyper-parameters (jitter, ...) are left out."""
     kind = section["type"]
-    get = lambda key, default: _ints(section, key, default)[0]  # noqa: E731 - a local shorthand
+
+    def get(key: str, default: int) -> int:
+        return _ints(section, key, default)[0]
+
     if kind == "convolutional":
         size = get("size", 1)
         padding = size // 2 if get("pad", 0) else get("padding", 0)
