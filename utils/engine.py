@@ -262,7 +262,9 @@ class Trainer:
 
     def _setup_data(self, resume: dict | None) -> None:
         from utils.config import read_classes
-        from utils.datasets import AugmentConfig, TrainDataset, load_split
+        from utils.augment import AugmentConfig
+        from utils.dataloader import TrainDataset
+        from utils.datasets import load_split
         cfg = self.config
         classes = resume["config"]["classes"] if resume else (read_classes(cfg.classes_file) if cfg.classes_file else None)
         self.train_index = load_split(cfg.data, cfg.train_split, classes=classes, keep_difficult=cfg.keep_difficult,
@@ -279,7 +281,8 @@ class Trainer:
 
     def _log_data_summary(self) -> None:
         for split, index in (("train", self.train_index), ("val", self.val_index)):
-            LOGGER.info("%s data: %s", split, index.summary(self.run_dir / f"data_problems_{split}.txt"))
+            problems = index.write_problems(self.run_dir) if index.problems else None
+            LOGGER.info("%s data: %s", split, index.summary(problems))
         LOGGER.info("classes (%d): %s", len(self.classes), ", ".join(self.classes))
 
     def _setup_model(self, resume: dict | None) -> None:
@@ -306,10 +309,10 @@ class Trainer:
         self.ddp_model = self.model
 
     def _check_anchors(self) -> None:
-        from utils.anchors import check_anchors, scaled_box_sizes
-        wh = scaled_box_sizes(self.train_index.records, self.model_config.input_shape)
+        from utils.anchors import boxes_wh, check_anchors, used_anchors
+        wh = boxes_wh(self.train_index.records, self.model_config.input_shape)
         if len(wh):
-            check_anchors(wh, self.model_config.anchors)
+            check_anchors(wh, used_anchors(self.model_config))
 
     def _setup_optimisation(self, resume: dict | None) -> None:
         from utils.loss import YoloLoss
@@ -395,7 +398,7 @@ class Trainer:
         return self.train_loader
 
     def _build_train_loader(self, batch: int) -> None:
-        from utils.datasets import build_loader, train_collate
+        from utils.dataloader import build_loader, train_collate
         world = dist_utils.world_size()
         per_rank = max(batch // world, 1)
         self.train_loader = build_loader(self.train_dataset, per_rank, self.config.workers, shuffle=True,
@@ -422,7 +425,7 @@ class Trainer:
 
     def _val_loader(self):
         if getattr(self, "val_loader", None) is None:
-            from utils.datasets import EvalDataset, build_loader, eval_collate
+            from utils.dataloader import EvalDataset, build_loader, eval_collate
             dataset = EvalDataset(self.val_index, self.model_config.input_shape)
             self.val_loader = build_loader(dataset, max(self.config.batch_size, 1), min(self.config.workers, 2),
                                            shuffle=False, seed=self.config.seed, collate_fn=eval_collate)
@@ -438,15 +441,15 @@ class Trainer:
 
     def _log_val_images(self, epoch: int, count: int = 4) -> None:
         """A few validation images with the EMA model's detections, to TensorBoard and val_predictions.png."""
-        from utils.inference import Detector
+        from utils.inference import DetectOptions, Detector
         from utils.image_io import read_image
         from utils.visualize import draw_detections, image_grid
         import cv2
         records = self.val_index.records[:count]
         if not records:
             return
-        detector = Detector(self.eval_model(), self.model_config, self.device, conf=0.25, iou=0.45, fuse=False,
-                            amp=self.config.amp)
+        detector = Detector(self.eval_model(), self.model_config, self.device, DetectOptions(conf_thres=0.25),
+                            optimize=False, amp=self.config.amp)
         images = [read_image(r.path) for r in records]
         drawn = [draw_detections(img, d[:, :4], d[:, 5], self.classes, d[:, 4]) for img, d in zip(images, detector(images))]
         tiles = [cv2.resize(img, (320, 320)) for img in drawn]
@@ -479,7 +482,7 @@ class Trainer:
         save_checkpoint(payload, self.run_dir / name)
 
     def _save_preview(self) -> None:
-        from utils.datasets import save_preview
+        from utils.dataloader import save_preview
         save_preview(self.train_dataset, self.run_dir / "train_batch_preview.png")
         LOGGER.info("augmented training samples: %s", self.run_dir / "train_batch_preview.png")
 
