@@ -1,5 +1,160 @@
-"""Entry point placeholder: `python predict.py` is built in a later issue."""
+"""Detect objects in images, folders, globs, videos or a webcam, or export a model to ONNX / Darknet.
+
+    python predict.py --source photo.jpg                      # newest logs/*/best.pth
+    python predict.py --weights logs/run/best.pth --source clips/street.mp4 --save-txt --fps
+    python predict.py --weights model.onnx --source "data/**/*.jpg" --classes person car
+    python predict.py --weights logs/run/best.pth --export onnx
+
+Outputs go to a new run folder (logs/predict, logs/predict2, ...); nothing is overwritten.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
 import sys
+from pathlib import Path
+
+import cv2
+
+from utils.checkpoint import CheckpointError, latest_weights, load_model
+from utils.config import ROOT, ModelConfig, parse_input_shape, read_classes
+from utils.inference import BaseDetector, DetectOptions, Detector
+from utils.predicting import ResultWriter, display_available, predict_source
+from utils.run_logging import increment_dir, setup_logging
+from utils.sources import SourceError, open_source
+
+LOGGER = logging.getLogger("predict")
+DEFAULT_SOURCE = ROOT / "VOCdevkit" / "VOC2007" / "JPEGImages"
+# Errors that reach the user as one sentence (tracebacks with --verbose).
+USER_ERRORS = (CheckpointError, SourceError, ValueError, OSError, RuntimeError, ImportError, cv2.error)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--weights", help="our checkpoint (.pth), a bare state_dict (with --names), a Darknet "
+                       ".weights (with --cfg) or an exported .onnx; default: the newest logs/*/best.pth")
+    model.add_argument("--names", help="class names file (one per line), only for bare state_dicts and Darknet files")
+    model.add_argument("--phi", default=None, help="attention of a bare state_dict: 0-3 or none/se/cbam/eca")
+    model.add_argument("--cfg", help="Darknet .cfg for a .weights file")
+    model.add_argument("--input-shape", type=parse_input_shape, help="e.g. 416 or 320,416 (default: the model's)")
+    model.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: best available)")
+    model.add_argument("--fp32", action="store_true", help="no bf16/fp16 autocast (fused model kept)")
+    model.add_argument("--plain", action="store_true", help="unfused fp32 model, the slow reference path")
+    detect = parser.add_argument_group("detection")
+    detect.add_argument("--source", help=f"image, folder, glob, video file or webcam index (default {DEFAULT_SOURCE})")
+    detect.add_argument("--conf", type=float, default=0.5, help="score threshold (objectness x class probability)")
+    detect.add_argument("--iou", type=float, default=0.3, help="NMS IoU threshold")
+    detect.add_argument("--max-det", type=int, default=300, help="most detections kept per image")
+    detect.add_argument("--agnostic-nms", action="store_true", help="NMS across classes")
+    detect.add_argument("--classes", nargs="+", help="keep only these classes, by name or index (e.g. 0 2 or dog)")
+    detect.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    output = parser.add_argument_group("output")
+    output.add_argument("--save-dir", default="logs/predict", help="run folder; numbered when it exists (predict2)")
+    output.add_argument("--nosave", action="store_true", help="do not save annotated images/videos")
+    output.add_argument("--save-txt", action="store_true", help="labels/<image>.txt: class xc yc w h conf (0-1)")
+    output.add_argument("--save-crop", action="store_true", help="crops/<class>/<image>_<k>.jpg")
+    output.add_argument("--heatmap", action="store_true", help="draw over the objectness heat map")
+    output.add_argument("--show", action="store_true", help="show results in a window (q quits)")
+    output.add_argument("--fps", action="store_true", help="print pre-process / inference / NMS ms and images/s")
+    output.add_argument("--export", choices=("onnx", "darknet"), help="export the model into the run folder; no detection")
+    output.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
+    return parser
+
+
+def class_filter(values: list[str] | None, names: list[str]) -> list[int] | None:
+    """--classes entries (names or indices, spaces or commas) -> sorted class indices."""
+    if not values:
+        return None
+    indices = set()
+    for value in (v.strip() for text in values for v in text.split(",") if v.strip()):
+        if value.isdigit() and int(value) < len(names):
+            indices.add(int(value))
+        elif value in names:
+            indices.add(names.index(value))
+        else:
+            raise ValueError(f"--classes {value!r} is neither a class name nor an index below {len(names)}; "
+                             f"the model's classes are {', '.join(names)}")
+    return sorted(indices)
+
+
+def load_detector(args: argparse.Namespace) -> BaseDetector:
+    weights = Path(args.weights) if args.weights else latest_weights()
+    LOGGER.info("weights %s", weights)
+    if weights.suffix == ".onnx":
+        from utils.export import OnnxDetector
+        detector = OnnxDetector(weights, input_shape=args.input_shape)
+    else:
+        model, config = load_model(weights, read_classes(args.names) if args.names else None, args.phi, args.cfg)
+        detector = Detector(model, config, args.device or None, input_shape=args.input_shape,
+                            optimize=not args.plain, amp=not (args.fp32 or args.plain))
+    detector.options = DetectOptions(args.conf, args.iou, args.max_det, args.agnostic_nms,
+                                     class_filter(args.classes, detector.config.classes))
+    return detector
+
+
+def export(args: argparse.Namespace, save_dir: Path) -> list[Path]:
+    weights = Path(args.weights) if args.weights else latest_weights()
+    if weights.suffix == ".onnx":
+        raise ValueError(f"{weights} is already ONNX; --export needs PyTorch or Darknet weights")
+    model, config = load_model(weights, read_classes(args.names) if args.names else None, args.phi, args.cfg)
+    if args.input_shape:
+        config = ModelConfig.from_dict(config.to_dict() | {"input_shape": args.input_shape})
+    save_dir.mkdir(parents=True, exist_ok=True)
+    if args.export == "onnx":
+        from utils.export import export_onnx
+        return [export_onnx(model, config, save_dir / f"{weights.stem}.onnx")]
+    from utils.darknet import export_darknet
+    return list(export_darknet(model, config, save_dir / weights.stem))
+
+
+def run(args: argparse.Namespace) -> None:
+    save_dir = increment_dir(Path(args.save_dir).parent, Path(args.save_dir).name)
+    if args.export:
+        for path in export(args, save_dir):
+            print(f"exported {path}")
+        return
+    if args.show and not display_available():
+        raise OSError("--show needs a display (no DISPLAY or WAYLAND_DISPLAY set); drop --show and open the saved "
+                      "images, or run with X forwarding")
+    if args.source is None and not DEFAULT_SOURCE.is_dir():
+        raise SourceError(f"no --source given and the sample folder {DEFAULT_SOURCE} is absent; pass --source")
+    source = open_source(args.source or DEFAULT_SOURCE)
+    detector = load_detector(args)
+    saving = not args.nosave or args.save_txt or args.save_crop
+    writer = ResultWriter(save_dir if saving else None, detector.config.classes, not args.nosave, args.save_txt,
+                          args.save_crop, video_fps=source.fps)
+    try:
+        predict_source(detector, source, writer, args.batch_size, args.heatmap, args.show)
+    finally:
+        writer.close()
+        if args.show:
+            cv2.destroyAllWindows()
+    report(detector, writer, args.fps)
+
+
+def report(detector: BaseDetector, writer: ResultWriter, fps: bool) -> None:
+    print(f"{writer.images} image(s): {writer.counts_text()}")
+    if writer.save_dir is not None:
+        print(f"results saved to {writer.save_dir}")
+    if fps:
+        s = detector.times.summary()
+        h, w = detector.input_shape
+        print(f"speed at {h}x{w}: pre-process {s['pre_ms']:.1f} ms, inference {s['infer_ms']:.1f} ms, "
+              f"NMS {s['nms_ms']:.1f} ms per image; {s['images_per_s']:.1f} images/s end to end")
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose)
+    try:
+        run(args)
+    except USER_ERRORS as err:
+        if args.verbose:
+            raise
+        LOGGER.error("error: %s", err)
+        return 1
+    return 0
+
 
 if __name__ == "__main__":
-    sys.exit("predict.py is not built yet")
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,234 @@
+"""predict.py end to end (image, folder, glob, video; run folders; --save-txt; errors) and the Detector's maths:
+fused + channels_last equals the plain model, batched equals per-image, streaming equals direct calls."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import predict
+from nets.attention import ATTENTION_NAMES
+from utils.boxes import letterbox
+from utils.checkpoint import save_checkpoint
+from utils.config import ModelConfig, build_model
+from utils.decode import decode_outputs
+from utils.inference import DetectOptions, Detector, Prefetcher, objectness_map
+from utils.sources import SourceError, open_source
+
+CLASSES = ["cat", "dog", "bird"]
+SIZE = 128
+
+
+def make_model(attention: str = "none", seed: int = 0) -> tuple[torch.nn.Module, ModelConfig]:
+    """Random weights with non-trivial BatchNorm statistics (so fusing has something to fold) and head biases that
+    make anchor 0 of every cell a confident 'cat', so even an untrained model yields detections at --conf 0.5."""
+    torch.manual_seed(seed)
+    config = ModelConfig(classes=CLASSES, attention=attention, input_shape=[SIZE, SIZE])
+    model = build_model(config).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.3, 0.3)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+        for head in (model.yolo_headP5[1], model.yolo_headP4[1]):
+            head.weight.mul_(0.1)
+            bias = head.bias.view(3, 5 + len(CLASSES))
+            bias[:, 4] = -8.0
+            bias[0, 4] = bias[0, 5] = 6.0
+    return model, config
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    model, config = make_model()
+    path = tmp_path_factory.mktemp("weights") / "best.pth"
+    save_checkpoint({"model": model.state_dict(), "ema": None, "config": config.to_dict(), "format_version": 1}, path)
+    return path
+
+
+def random_image(height: int, width: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    for i, (h, w) in enumerate([(96, 160), (200, 120), (128, 128)]):
+        cv2.imwrite(str(folder / f"img{i}.jpg"), random_image(h, w, i))
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def run_predict(*argv: str) -> int:
+    return predict.main(predict.get_args_parser().parse_args(list(argv)))
+
+
+@pytest.mark.parametrize("kind", ["image", "folder", "glob"])
+def test_predict_writes_annotated_images(kind, checkpoint, image_dir, tmp_path, capsys):
+    source = {"image": image_dir / "img1.jpg", "folder": image_dir, "glob": image_dir / "img[02].jpg"}[kind]
+    expected = {"image": ["img1.jpg"], "folder": ["img0.jpg", "img1.jpg", "img2.jpg"],
+                "glob": ["img0.jpg", "img2.jpg"]}[kind]
+    save_dir = tmp_path / "logs" / "predict"
+    assert run_predict("--weights", str(checkpoint), "--source", str(source), "--save-dir", str(save_dir),
+                       "--batch-size", "2", "--max-det", "20", "--fps") == 0
+    assert sorted(p.name for p in save_dir.iterdir()) == expected
+    for name in expected:  # annotated copies keep the original size
+        assert cv2.imread(str(save_dir / name)).shape == cv2.imread(str(image_dir / name)).shape
+    out = capsys.readouterr().out
+    assert f"{len(expected)} image(s):" in out and " cat" in out and "images/s end to end" in out
+
+
+def test_run_folders_are_numbered(checkpoint, image_dir, tmp_path):
+    save_dir = tmp_path / "logs" / "predict"
+    for _ in range(2):
+        assert run_predict("--weights", str(checkpoint), "--source", str(image_dir / "img0.jpg"),
+                           "--save-dir", str(save_dir), "--max-det", "5") == 0
+    assert sorted(p.name for p in save_dir.parent.iterdir()) == ["predict", "predict2"]
+
+
+def test_save_txt_and_crops_match_the_detector(checkpoint, image_dir, tmp_path):
+    save_dir = tmp_path / "run"
+    assert run_predict("--weights", str(checkpoint), "--source", str(image_dir), "--save-dir", str(save_dir),
+                       "--nosave", "--save-txt", "--save-crop", "--max-det", "10", "--fp32") == 0
+    assert not list(save_dir.glob("*.jpg"))  # --nosave: no annotated images
+    model, config = make_model()
+    detector = Detector(model, config, "cpu", DetectOptions(0.5, 0.3, 10), amp=False)
+    image = cv2.cvtColor(cv2.imread(str(image_dir / "img1.jpg")), cv2.COLOR_BGR2RGB)
+    (dets,) = detector([image])
+    rows = np.loadtxt(save_dir / "labels" / "img1.txt", ndmin=2)
+    assert rows.shape == (len(dets), 6) and len(dets) > 0
+    h, w = image.shape[:2]
+    expected = np.stack([dets[:, 5], (dets[:, 0] + dets[:, 2]) / 2 / w, (dets[:, 1] + dets[:, 3]) / 2 / h,
+                         (dets[:, 2] - dets[:, 0]) / w, (dets[:, 3] - dets[:, 1]) / h, dets[:, 4]], axis=1)
+    np.testing.assert_allclose(rows, expected, atol=2e-6)
+    assert ((rows[:, 1:5] >= 0) & (rows[:, 1:5] <= 1)).all() and (rows[:, 5] >= 0.5).all()
+    assert len(list((save_dir / "crops" / "cat").glob("img1_*.jpg"))) == len(dets)
+
+
+def write_video(path: Path, frames: int = 4, size: tuple[int, int] = (160, 96)) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
+    assert writer.isOpened(), "OpenCV cannot write MJPG/avi here"
+    for i in range(frames):
+        writer.write(random_image(size[1], size[0], i))
+    writer.release()
+    return path
+
+
+def test_predict_video_writes_annotated_video(checkpoint, tmp_path, capsys):
+    video = write_video(tmp_path / "clip.avi")
+    save_dir = tmp_path / "run"
+    assert run_predict("--weights", str(checkpoint), "--source", str(video), "--save-dir", str(save_dir),
+                       "--batch-size", "3", "--max-det", "5", "--heatmap", "--save-txt") == 0
+    capture = cv2.VideoCapture(str(save_dir / "clip.mp4"))
+    assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    ok, frame = capture.read()
+    assert ok and frame.shape == (96, 160, 3)
+    capture.release()
+    assert sorted(p.name for p in (save_dir / "labels").iterdir())[0] == "clip_000000.txt"
+    assert "4 image(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("make_source, message", [
+    (lambda d: d / "missing.jpg", "not found"),
+    (lambda d: d / "nothing*.png", "matches no files"),
+    (lambda d: (d / "notes.txt").write_text("x") and d / "notes.txt", "unsupported type .txt; supported: images"),
+    (lambda d: (d / "broken.mp4").write_bytes(b"garbage" * 64) and d / "broken.mp4", "cannot be opened"),
+    (lambda d: (d / "broken.jpg").write_bytes(b"<html>oops</html>") and d / "broken.jpg", "is a text file"),
+])
+def test_bad_sources_give_one_clear_error(make_source, message, checkpoint, tmp_path, capsys):
+    source = make_source(tmp_path)
+    code = run_predict("--weights", str(checkpoint), "--source", str(source), "--save-dir", str(tmp_path / "r"))
+    assert code == 1
+    lines = [line for line in "".join(capsys.readouterr()).splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0] and str(source) in lines[0]
+
+
+def test_missing_weights_and_verbose_traceback(image_dir, tmp_path, capsys):
+    assert run_predict("--weights", str(tmp_path / "nope.pth"), "--source", str(image_dir)) == 1
+    assert "nope.pth not found" in "".join(capsys.readouterr())
+    with pytest.raises(Exception, match="not found"):
+        run_predict("--weights", str(tmp_path / "nope.pth"), "--source", str(image_dir), "--verbose")
+
+
+def test_no_webcam_is_a_clear_error():
+    with pytest.raises(SourceError, match="no webcam at index 97"):
+        open_source("97")
+
+
+def test_class_filter_by_name_or_index(checkpoint, image_dir, tmp_path, capsys):
+    assert predict.class_filter(["dog", "2"], CLASSES) == [1, 2]
+    assert predict.class_filter(["0,bird"], CLASSES) == [0, 2]
+    with pytest.raises(ValueError, match="neither a class name nor an index below 3"):
+        predict.class_filter(["horse"], CLASSES)
+    assert run_predict("--weights", str(checkpoint), "--source", str(image_dir), "--nosave", "--classes", "dog") == 0
+    assert "no detections" in capsys.readouterr().out  # every confident box is a cat
+
+
+def assert_same_rows(a: np.ndarray, b: np.ndarray, tol: float = 1e-4) -> None:
+    """Equal detections up to order: boxes whose scores tie to 1e-7 (grey padding cells) may swap places."""
+    assert a.shape == b.shape
+    gap = np.abs(a[:, None] - b[None]).max(axis=2)
+    assert gap.min(axis=1).max(initial=0) < tol and gap.min(axis=0).max(initial=0) < tol
+
+
+@pytest.mark.parametrize("attention", ATTENTION_NAMES)
+def test_fused_channels_last_equals_plain_model(attention):
+    model, config = make_model(attention)
+    batch = np.stack([letterbox(random_image(100, 140, i), (SIZE, SIZE))[0] for i in range(2)])
+    plain = Detector(model, config, "cpu", optimize=False, amp=False)
+    fast = Detector(model, config, "cpu", optimize=True, amp=False)
+    assert fast.to_tensor(batch).is_contiguous(memory_format=torch.channels_last)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.model.modules())
+    for a, b in zip(plain.raw_outputs(batch), fast.raw_outputs(batch)):
+        assert a.shape == b.shape
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+def test_batched_equals_per_image_and_stream_equals_call():
+    model, config = make_model("cbam")
+    images = [random_image(h, w, i) for i, (h, w) in enumerate([(90, 150), (160, 100), (128, 128)])]
+    detector = Detector(model, config, "cpu", DetectOptions(0.5, 0.3, 50), amp=False)
+    batched = detector(images)
+    assert len(batched) == 3 and all(len(d) > 0 for d in batched)
+    for image, dets in zip(images, batched):
+        assert_same_rows(detector([image])[0], dets)
+    streamed = [d for _, results, _ in detector.stream(images, batch_size=2) for d in results]
+    for a, b in zip(streamed, batched):
+        assert_same_rows(a, b)
+    assert detector.times.images == 3 + 3 + 3 and detector.times.summary()["images_per_s"] > 0
+
+
+def test_detections_are_clipped_to_the_original_image():
+    model, config = make_model()
+    image = random_image(60, 200, 0)
+    (dets,) = Detector(model, config, "cpu", DetectOptions(0.5, 0.3, 100), amp=False)([image])
+    assert len(dets) and dets[:, [0, 2]].max() <= 200 and dets[:, [1, 3]].max() <= 60 and dets[:, :4].min() >= 0
+
+
+def test_prefetcher_keeps_order_and_reraises_errors():
+    assert list(Prefetcher(range(20), lambda x: x * x, depth=3)) == [x * x for x in range(20)]
+
+    def fail_at_5(x: int) -> int:
+        if x == 5:
+            raise ValueError("bad item 5")
+        return x
+
+    seen = []
+    with pytest.raises(ValueError, match="bad item 5"):
+        for value in Prefetcher(range(10), fail_at_5, depth=2):
+            seen.append(value)
+    assert seen == [0, 1, 2, 3, 4]
+
+
+def test_objectness_map_covers_the_canvas_and_peaks_at_the_max():
+    model, config = make_model()
+    with torch.no_grad():
+        decoded = decode_outputs(model(torch.rand(1, 3, SIZE, SIZE)), config)[0]
+    heat = objectness_map(decoded, config, (SIZE, SIZE))
+    assert heat.shape == (SIZE, SIZE)
+    assert heat.max() == pytest.approx(float(decoded[:, 4].max()), abs=1e-5) and heat.min() >= 0
