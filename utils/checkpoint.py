@@ -41,6 +41,18 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete `.<name>.pth.*.tmp` files that a killed `save_checkpoint` left in `folder` (never valid checkpoints).
+
+    Call only when no other process is writing checkpoints into `folder` (e.g. when resuming its run).
+    """
+    stale = sorted(Path(folder).glob(".*.pth.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+        LOGGER.info("removed %s, a checkpoint write interrupted by an earlier crash", path)
+    return stale
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """torch.load with weights_only=True: tensors and plain containers only, never code."""
     path = Path(path)

@@ -1,0 +1,183 @@
+"""Helpers for the fault suite (tests/test_faults_*.py): run the CLIs as real subprocesses, build tiny datasets, take
+file snapshots, and a child-side hook runner that marks phases of a training run so a test can SIGKILL it there.
+
+Run as a script it is that hook runner:
+
+    python tests/fault_helpers.py MARKER_DIR [SAVE_PAUSE_S] -- train.py ARGS...
+
+It runs train.py unchanged (runpy) after wrapping three functions so that they leave marker files in MARKER_DIR:
+`step_<epoch>_<i>` before training iteration i, `eval_<epoch>` when validation starts (then it pauses 1 s so the parent
+can kill inside it), and `save_<name>_<epoch>` once half of a checkpoint's bytes are in its temporary file (then it
+pauses SAVE_PAUSE_S before writing the rest). The kills themselves are real SIGKILLs of this process.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "VOCdevkit" / "VOC2007"
+
+
+def child_env() -> dict[str, str]:
+    """Environment for CLI subprocesses: one thread each (CI has 2 cores), headless matplotlib, UTF-8 output."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONIOENCODING="utf-8",
+               PYTHONUNBUFFERED="1")
+    env.pop("DISPLAY", None)
+    return env
+
+
+def cli(script: str, *args: str, timeout: float = 240, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run `python <script> args...` from the repository root; stdout and stderr merged into `.stdout`."""
+    command = [sys.executable, str(ROOT / script), *map(str, args)]
+    return subprocess.run(command, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, encoding="utf-8", errors="replace", timeout=timeout)
+
+
+TRAIN_FAST = ("--input-shape", "64", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--no-preview",
+              "--eval-period", "1", "--no-amp", "--mosaic", "0", "--mixup", "0")
+
+
+def tiny_voc(dest: Path, train: int = 8, val: int = 4) -> Path:
+    """A VOCdevkit with `train` + `val` images copied from the bundled sample and explicit split files."""
+    ids = sorted(p.stem for p in (SAMPLE / "Annotations").glob("*.xml"))[: train + val]
+    year = dest / "VOC2007"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (year / sub).mkdir(parents=True, exist_ok=True)
+    for stem in ids:
+        shutil.copy(SAMPLE / "Annotations" / f"{stem}.xml", year / "Annotations")
+        shutil.copy(SAMPLE / "JPEGImages" / f"{stem}.jpg", year / "JPEGImages")
+    main = year / "ImageSets" / "Main"
+    (main / "train.txt").write_text("\n".join(ids[:train]) + "\n", encoding="utf-8")
+    (main / "val.txt").write_text("\n".join(ids[train:]) + "\n", encoding="utf-8")
+    (main / "test.txt").write_text("\n".join(ids[train:]) + "\n", encoding="utf-8")
+    (main / "trainval.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
+    return dest
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """{relative path: (sha256, mtime_ns)} of every file under `folder`."""
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def wait_for(predicate, timeout: float, process: subprocess.Popen | None = None, poll: float = 0.005):
+    """Poll `predicate()` until it returns something truthy (returned) or `timeout` passes / `process` exits (None)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            return predicate() or None
+        time.sleep(poll)
+    return None
+
+
+def kill_hard(process: subprocess.Popen) -> None:
+    """SIGKILL the process (and only it) and reap it."""
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def start_hooked(markers: Path, output: Path, *train_args: str, save_pause: float = 0.0) -> subprocess.Popen:
+    """Start train.py under the marker hooks (see the module docstring); its output goes to the file `output`."""
+    markers.mkdir(parents=True, exist_ok=True)
+    with open(output, "ab") as sink:  # a file, not a pipe: a full pipe would stall the child
+        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(markers), str(save_pause), "--",
+                                 "train.py", *map(str, train_args)], cwd=ROOT, env=child_env(), stdout=sink,
+                                stderr=subprocess.STDOUT)
+
+
+def marker_epochs(markers: Path) -> int:
+    """The highest epoch (1-based) that any marker names: the epoch in progress when the process stopped."""
+    epochs = [int(p.name.split("_")[-1 if p.name.startswith(("eval", "save")) else 1]) for p in markers.iterdir()]
+    return max(epochs, default=0)
+
+
+# ---------------------------------------------------------------------------------------------------- child side
+def _touch(folder: Path, name: str) -> None:
+    (folder / name).write_bytes(b"")
+
+
+def install_hooks(markers: Path, save_pause: float) -> None:
+    """Wrap utils.engine.train_one_epoch, utils.evaluation.evaluate and torch.save (as utils.checkpoint sees it)."""
+    import inspect
+
+    import torch
+    import utils.checkpoint as checkpoint
+    import utils.engine as engine
+    import utils.evaluation as evaluation
+
+    real_epoch, real_eval, real_save = engine.train_one_epoch, evaluation.evaluate, torch.save
+    current = {"epoch": 0}
+
+    def marked(loader, epoch: int):
+        for i, batch in enumerate(loader):
+            _touch(markers, f"step_{epoch}_{i}")
+            yield batch
+
+    def train_one_epoch(model, loader, *args, **kwargs):
+        epoch = inspect.signature(real_epoch).bind(model, loader, *args, **kwargs).arguments["epoch"] + 1
+        current["epoch"] = epoch
+        return real_epoch(model, _Sized(marked(loader, epoch), len(loader)), *args, **kwargs)
+
+    def evaluate(*args, **kwargs):
+        _touch(markers, f"eval_{current['epoch']}")
+        time.sleep(1.0)  # a window inside validation for the parent's kill
+        return real_eval(*args, **kwargs)
+
+    def save(payload, handle, *args, **kwargs):
+        if not hasattr(handle, "write") or save_pause <= 0:
+            return real_save(payload, handle, *args, **kwargs)
+        buffer = io.BytesIO()
+        real_save(payload, buffer, *args, **kwargs)
+        data = buffer.getvalue()
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+        # save_checkpoint hands over an os.fdopen handle (its .name is the fd): ask the OS for the temp file name
+        name = Path(os.readlink(f"/proc/self/fd/{handle.fileno()}")).name.split(".")[1]  # .last.pth.X.tmp -> last
+        _touch(markers, f"save_{name}_{payload.get('epoch')}")
+        time.sleep(save_pause)  # half a checkpoint on disk: the parent kills here
+        handle.write(data[len(data) // 2:])
+        return None
+
+    engine.train_one_epoch = train_one_epoch
+    evaluation.evaluate = evaluate
+    checkpoint.torch.save = save  # patches torch.save for this child process only
+
+
+class _Sized:
+    """An iterable with a length (train_one_epoch calls len(loader) for the LR schedule and the progress bar)."""
+
+    def __init__(self, iterable, length: int) -> None:
+        self.iterable, self.length = iterable, length
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def main(argv: list[str]) -> None:
+    split = argv.index("--")
+    markers, save_pause = Path(argv[0]), float(argv[1]) if split > 1 else 0.0
+    sys.path.insert(0, str(ROOT))
+    install_hooks(markers, save_pause)
+    script = argv[split + 1]
+    sys.argv = [script, *argv[split + 2:]]
+    import runpy
+    runpy.run_path(str(ROOT / script), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
