@@ -18,7 +18,8 @@ from torch import nn
 from tqdm import tqdm
 
 from utils import distributed as dist_utils
-from utils.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint, state_dict_of
+from utils.checkpoint import (CheckpointError, load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint,
+                              state_dict_of)
 from utils.device import autocast, autocast_dtype
 from utils.optim import LRSchedule, set_lr
 
@@ -496,6 +497,9 @@ def resume_checkpoint_path(resume: str | bool, save_dir: str = "logs") -> Path:
         from utils.checkpoint import latest_weights
         return latest_weights(save_dir, "last.pth")
     path = Path(resume)
+    if path.is_dir() and not (path / "last.pth").is_file():
+        raise FileNotFoundError(f"{path} holds no last.pth (the run stopped before its first epoch ended, or this is "
+                                "not a run folder); start the run again without --resume")
     return path / "last.pth" if path.is_dir() else path
 
 
@@ -512,6 +516,7 @@ def train(config: TrainConfig, resume: str | bool | None = None, overrides: dict
             if key in RESUMABLE_OVERRIDES:
                 setattr(config, key, value)
         run_dir = path.parent
+        remove_stale_temporaries(run_dir)  # half-written checkpoints of a killed predecessor
     trainer = Trainer(config, resume=checkpoint, run_dir=run_dir)
     try:
         if checkpoint and trainer.state.epoch >= config.epochs:
