@@ -1,0 +1,169 @@
+"""End-to-end CPU inference throughput (read, letterbox, forward, decode, NMS) on a folder of real images, and the
+mAP50 cost of the optimisations.
+
+Variants, each at every --batch-sizes:
+- baseline: the plain fp32 model (BatchNorm unfused, NCHW), images read one after another (like the reference
+  implementation, which does about 18 images/s here at phi 2, 416 px);
+- fused_fp32: Detector with Conv+BN fused, channels_last, image reading/letterboxing on a prefetch thread;
+- fused_amp: the same with autocast (bf16 on CPUs with native bf16, see utils.device), when the CPU has it;
+- onnxruntime: the model exported with utils.export (decoding inside) run by onnxruntime, same prefetching.
+
+Prints one JSON line per measurement, then one summary line with each variant's speed-up over the baseline.
+images_per_s is wall clock; images_per_cpu_s divides by this process's CPU time, which is less sensitive to other
+processes on a shared machine (wall-clock figures on a busy machine are pessimistic).
+
+Speed:  python benchmarks/bench_infer.py                      # random weights, phi 2 (cbam), 416 px, raccoon images
+mAP:    python benchmarks/bench_infer.py --weights logs/<run>/best.pth --data VOCdevkit --split test
+        (trained weights; prints mAP50 of each variant and its difference to the fp32 baseline, target within 0.5)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from utils.checkpoint import load_model  # noqa: E402
+from utils.config import ModelConfig, build_model  # noqa: E402
+from utils.datasets import IMAGE_SUFFIXES  # noqa: E402
+from utils.device import autocast_dtype  # noqa: E402
+from utils.image_io import read_image  # noqa: E402
+from utils.inference import BaseDetector, DetectOptions, Detector  # noqa: E402
+
+LOGGER = logging.getLogger("bench_infer")
+DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "raccoon_dataset" / "images"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of images for the speed test")
+    parser.add_argument("--limit", type=int, default=200, help="images used per measurement")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--size", type=int, default=416)
+    parser.add_argument("--phi", default="cbam", help="attention for random weights (default phi 2 = cbam)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--variants", nargs="+", default=["baseline", "fused_fp32", "fused_amp", "onnxruntime"])
+    parser.add_argument("--conf", type=float, default=0.5, help="speed test score threshold (predict's default)")
+    parser.add_argument("--weights", help="trained checkpoint: speed uses it, and with --data mAP50 is compared")
+    parser.add_argument("--data", help="dataset for the mAP50 comparison (VOCdevkit, images/+annotations/, COCO json)")
+    parser.add_argument("--split", default="test")
+    return parser
+
+
+def make_detector(variant: str, model: torch.nn.Module, config: ModelConfig, options: DetectOptions,
+                  workdir: Path) -> BaseDetector | None:
+    """The detector of one variant, or None when this machine cannot run it (no bf16, no onnxruntime)."""
+    if variant == "baseline":
+        return Detector(model, config, "cpu", options, optimize=False, amp=False)
+    if variant == "fused_fp32":
+        return Detector(model, config, "cpu", options, optimize=True, amp=False)
+    if variant == "fused_amp":
+        if autocast_dtype(torch.device("cpu")) is None:
+            LOGGER.warning("fused_amp skipped: this CPU has no native bf16, so autocast would be slower than fp32")
+            return None
+        return Detector(model, config, "cpu", options, optimize=True, amp=True)
+    if variant == "onnxruntime":
+        try:
+            from utils.export import OnnxDetector, export_onnx
+        except ImportError:
+            LOGGER.warning("onnxruntime variant skipped: onnx/onnxruntime not installed")
+            return None
+        path = workdir / "model.onnx"
+        if not path.exists():
+            export_onnx(model, config, path)
+        return OnnxDetector(path, options)
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+def measure(detector: BaseDetector, paths: list[Path], batch_size: int, prefetch: bool) -> dict:
+    """Wall-clock and CPU-time throughput over `paths`, after one warm-up batch."""
+    for _ in detector.stream(paths[:batch_size], batch_size, image_of=read_image, prefetch=prefetch):
+        pass
+    detector.times = type(detector.times)()
+    wall, cpu = time.perf_counter(), time.process_time()
+    detections = 0
+    for _, results, _ in detector.stream(paths, batch_size, image_of=read_image, prefetch=prefetch):
+        detections += sum(len(r) for r in results)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    stages = detector.times.summary()
+    return {"images": len(paths), "images_per_s": round(len(paths) / wall, 2),
+            "images_per_cpu_s": round(len(paths) / cpu, 2), "pre_ms": round(stages["pre_ms"], 2),
+            "infer_ms": round(stages["infer_ms"], 2), "nms_ms": round(stages["nms_ms"], 2), "detections": detections}
+
+
+def speed(args: argparse.Namespace, model: torch.nn.Module, config: ModelConfig, workdir: Path) -> None:
+    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:args.limit]
+    options = DetectOptions(conf_thres=args.conf, iou_thres=0.3)
+    rates: dict[tuple[str, int], float] = {}
+    for variant in args.variants:
+        detector = make_detector(variant, model, config, options, workdir)
+        if detector is None:
+            continue
+        for batch_size in args.batch_sizes:
+            result = measure(detector, paths, batch_size, prefetch=variant != "baseline")
+            rates[variant, batch_size] = result["images_per_s"]
+            print(json.dumps({"bench": "infer", "variant": variant, "batch": batch_size, "size": args.size,
+                              "attention": config.attention, "threads": torch.get_num_threads(),
+                              "load_avg_1min": round(os.getloadavg()[0], 2), **result}), flush=True)
+    for reference in sorted({("baseline", b) for _, b in rates} | {("baseline", 1)}):
+        if reference in rates:  # speed-up over the baseline at batch 1 (the reference's way) and at the same batch
+            same = {f"{v}_b{b}": round(r / rates[reference], 2) for (v, b), r in rates.items()
+                    if b == reference[1] or reference[1] == 1}
+            print(json.dumps({"bench": f"infer_speedup_vs_baseline_b{reference[1]}", **same}), flush=True)
+
+
+def map50(args: argparse.Namespace, model: torch.nn.Module, config: ModelConfig, workdir: Path) -> None:
+    """mAP50 of every variant on --data/--split with evaluation thresholds (conf 0.001, NMS IoU 0.5)."""
+    from utils.datasets import load_split
+    from utils.evaluation import compute_metrics, iou_pixel_offset
+
+    records = load_split(args.data, args.split, classes=config.classes).records
+    options = DetectOptions(conf_thres=0.001, iou_thres=0.5, max_det=300)
+    reference = None
+    for variant in args.variants:
+        detector = make_detector(variant, model, config, options, workdir)
+        if detector is None:
+            continue
+        detections = [d for _, results, _ in detector.stream(records, 8, image_of=lambda r: read_image(r.path))
+                      for d in results]
+        metrics, _ = compute_metrics(detections, records, config.classes, coco=False,
+                                     pixel_offset=iou_pixel_offset(records))
+        value = 100 * metrics["mAP50"]
+        if variant == "baseline":
+            reference = value
+        print(json.dumps({"bench": "infer_map", "variant": variant, "data": str(args.data), "split": args.split,
+                          "images": len(records), "mAP50": round(value, 3),
+                          "delta_vs_baseline_points": None if reference is None else round(value - reference, 3) + 0.0}), flush=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.weights:
+        model, config = load_model(args.weights)
+        config = ModelConfig.from_dict(config.to_dict() | {"input_shape": [args.size, args.size]})
+    else:
+        config = ModelConfig(classes=["raccoon"], attention=args.phi, input_shape=[args.size, args.size])
+        model = build_model(config).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.images.is_dir():
+            speed(args, model, config, Path(tmp))
+        else:
+            print(json.dumps({"bench": "infer", "skipped": f"{args.images} is absent"}))
+        if args.weights and args.data:
+            map50(args, model, config, Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
