@@ -138,6 +138,8 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
         set_lr(optimizer, lr)
         images = images.to(device, non_blocking=True).float().div_(255).contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
+        buffers = float_buffers(model)
+        saved = [b.clone() for b in buffers]  # BatchNorm statistics, restored if this batch turns out non-finite
         with autocast(device, config.amp):
             outputs = model(images)
         losses = loss_fn(outputs, targets)
@@ -145,8 +147,10 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
         if not finite:
             skipped, consecutive_bad = skipped + 1, consecutive_bad + 1
             optimizer.zero_grad(set_to_none=True)
+            if buffers:
+                torch._foreach_copy_(buffers, saved)  # a NaN forward already reached the running statistics
             LOGGER.warning("non-finite loss at epoch %d iteration %d (%s); step skipped", epoch + 1, i,
-                           {k: float(v) for k, v in losses.items()})
+                           {k: float(v.detach()) for k, v in losses.items()})
             if consecutive_bad >= config.max_bad_steps:
                 raise NonFiniteLossError(
                     f"{consecutive_bad} consecutive non-finite losses: training diverged. Lower the learning rate "
@@ -165,6 +169,11 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
     bar.close()
     elapsed = time.perf_counter() - start
     return StepResult({k: v / max(steps, 1) for k, v in sums.items()}, skipped, seen / max(elapsed, 1e-9))
+
+
+def float_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """The floating-point buffers (BatchNorm running mean/var) that a forward pass in train mode updates."""
+    return [b for b in model.buffers() if b.is_floating_point()]
 
 
 def optimizer_step(model: nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
