@@ -2,6 +2,7 @@
 fused + channels_last equals the plain model, batched equals per-image, streaming equals direct calls."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import cv2
@@ -232,3 +233,21 @@ def test_objectness_map_covers_the_canvas_and_peaks_at_the_max():
     heat = objectness_map(decoded, config, (SIZE, SIZE))
     assert heat.shape == (SIZE, SIZE)
     assert heat.max() == pytest.approx(float(decoded[:, 4].max()), abs=1e-5) and heat.min() >= 0
+
+
+def test_folder_skips_an_unreadable_image_with_a_warning(image_dir, tmp_path, caplog):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes((image_dir / "img0.jpg").read_bytes())
+    (folder / "b.jpg").write_bytes(b"")
+    source = open_source(folder)
+    assert source.length == 2 and [f.name for f in source] == ["a.jpg"]
+    assert "b.jpg" in caplog.text and "empty file" in caplog.text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="DISPLAY decides only on Linux/X11")
+def test_show_without_a_display_is_a_clear_error(checkpoint, image_dir, monkeypatch, capsys):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert run_predict("--weights", str(checkpoint), "--source", str(image_dir), "--show", "--nosave") == 1
+    assert "--show needs a display" in "".join(capsys.readouterr())
