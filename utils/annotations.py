@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
+from xml.parsers import expat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,28 @@ def _text(node: ET.Element, tag: str) -> str | None:
     return None if child is None or child.text is None else child.text.strip()
 
 
+class _Doctype(Exception):
+    pass
+
+
+def _raise_doctype(*_args) -> None:
+    raise _Doctype
+
+
+def _declares_doctype(data: bytes) -> bool:
+    """True when expat meets a DOCTYPE. Catches what the byte regex cannot see (UTF-16/32 encoded files); expat stops
+    at the declaration's start, before any entity is defined or expanded (the check defusedxml makes)."""
+    parser = expat.ParserCreate()
+    parser.StartDoctypeDeclHandler = _raise_doctype
+    try:
+        parser.Parse(data, True)
+    except _Doctype:
+        return True
+    except expat.ExpatError:
+        return False  # malformed: ElementTree reports it with its position
+    return False
+
+
 def _read_xml(path: Path) -> ET.Element:
     try:
         data = path.read_bytes()
@@ -49,7 +72,7 @@ def _read_xml(path: Path) -> ET.Element:
         raise AnnotationError(f"{path}: cannot be read ({err.strerror or err}); check the file and its permissions") from None
     if not data.strip():
         raise AnnotationError(f"{path}: is an empty XML file; re-export the annotation")
-    if _UNSAFE_XML.search(data):
+    if _UNSAFE_XML.search(data) or _declares_doctype(data):
         raise AnnotationError(f"{path}: contains a DOCTYPE/ENTITY declaration, refused for safety (entity expansion, "
                               "external entities); remove the declaration (VOC annotations never need one)")
     try:
