@@ -252,6 +252,17 @@ def _box_notes(boxes: np.ndarray, height: int, width: int, notes: list[str]) -> 
     return ~inverted & ~outside
 
 
+def _duplicates(boxes: np.ndarray, labels: np.ndarray, keep: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Mask of kept objects that repeat an earlier kept object exactly (same class and box). A duplicate would count
+    one object twice: evaluation could never match both, and training would weight it double."""
+    rows = np.concatenate([labels[:, None].astype(np.float32), boxes], axis=1)
+    duplicate = keep.copy()
+    duplicate[np.flatnonzero(keep)[np.unique(rows[keep], axis=0, return_index=True)[1]]] = False
+    if duplicate.any():
+        notes.append(f"{int(duplicate.sum())} duplicated object(s) with the same class and box (dropped)")
+    return duplicate
+
+
 def _check_entry(entry: _Entry, class_index: dict[str, int], unknown: Counter) -> tuple[ImageRecord, list[str]]:
     """Turn an entry into a record; returns (record, notes of what was fixed). Raises ImageReadError/AnnotationError."""
     if isinstance(entry.raw, AnnotationError):
@@ -274,6 +285,7 @@ def _check_entry(entry: _Entry, class_index: dict[str, int], unknown: Counter) -
     boxes = raw.boxes[known].astype(np.float32, copy=True)
     labels = np.array([class_index[n] for n in raw.names if n in class_index], dtype=np.int64)
     keep = _box_notes(boxes, height, width, notes)
+    keep &= ~_duplicates(boxes, labels, keep, notes)
     record = ImageRecord(entry.image, entry.image.stem, boxes[keep], labels[keep], raw.difficult[known][keep],
                          width, height, entry.coco_id)
     return record, notes

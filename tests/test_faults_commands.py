@@ -1,0 +1,84 @@
+"""Bad commands: each exits non-zero with one clear sentence (no traceback without --verbose) and leaves every file
+already in the logs folder untouched (same bytes, same modification time)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fault_helpers import TRAIN_FAST, cli, snapshot, tiny_voc
+from utils.checkpoint import save_checkpoint
+from utils.config import ModelConfig, build_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny dataset, a logs folder holding earlier runs, weights for 5 classes and a few bad inputs."""
+    root = tmp_path_factory.mktemp("commands")
+    data = tiny_voc(root / "data", train=2, val=1)
+    empty = tiny_voc(root / "empty", train=2, val=1)
+    (empty / "VOC2007" / "ImageSets" / "Main" / "train.txt").write_text("", encoding="utf-8")
+    (empty / "VOC2007" / "ImageSets" / "Main" / "test.txt").write_text("\n", encoding="utf-8")
+    logs = root / "logs"
+    for run, names in {"exp": ("last.pth", "best.pth", "results.csv", "train.log"), "eval": ("metrics.json",),
+                       "predict": ("a.jpg",), "exp2": ("train.log",)}.items():
+        (logs / run).mkdir(parents=True)
+        for name in names:
+            (logs / run / name).write_bytes(f"earlier {run}/{name}".encode())
+    five = ModelConfig(classes=[f"class{i}" for i in range(5)], input_shape=[64, 64])
+    torch.manual_seed(0)
+    state = build_model(five).state_dict()
+    torch.save(state, root / "five_classes_state_dict.pth")
+    save_checkpoint({"model": state, "ema": None, "config": five.to_dict(), "format_version": 1}, root / "five.pth")
+    (root / "three.txt").write_text("circle\nsquare\ntriangle\n", encoding="utf-8")
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    (root / "notes.xyz").write_text("not an image", encoding="utf-8")
+    return root, data, empty, logs
+
+
+# (id, script, arguments, words that the one error line must contain)
+CASES = [
+    ("wrong-phi", "train.py", ["--phi", "7", "--data", "{data}"], ["invalid phi 7", "none"]),
+    ("input-not-multiple-of-32", "train.py", ["--input-shape", "100", "--data", "{data}"], ["100", "multiple of 32"]),
+    ("missing-dataset", "train.py", ["--data", "{root}/no such folder"], ["does not exist", "--data"]),
+    ("empty-train-split", "train.py", ["--data", "{empty}"], ["train", "no usable images"]),
+    ("resume-without-checkpoint", "train.py", ["--resume", "{logs}/exp2"], ["no last.pth", "without --resume"]),
+    ("other-class-count", "eval.py", ["--weights", "{root}/five_classes_state_dict.pth", "--classes",
+                                      "{root}/three.txt", "--data", "{data}"], ["5 classes", "3 were requested"]),
+    ("empty-test-split", "eval.py", ["--weights", "{root}/five.pth", "--data", "{empty}"], ["test", "no usable"]),
+    ("unknown-source", "predict.py", ["--weights", "{root}/five.pth", "--source", "{root}/missing.jpg"],
+     ["missing.jpg", "not found"]),
+    ("unsupported-source", "predict.py", ["--weights", "{root}/five.pth", "--source", "{root}/notes.xyz"],
+     ["unsupported type .xyz"]),
+    ("broken-video", "predict.py", ["--weights", "{root}/five.pth", "--source", "{root}/broken.mp4"],
+     ["broken.mp4", "cannot be opened"]),
+]
+EXTRA = {"train.py": [*TRAIN_FAST, "--epochs", "1"], "eval.py": ["--device", "cpu", "--workers", "0"],
+         "predict.py": ["--device", "cpu"]}
+SAVE_DIR = {"train.py": "{logs}", "eval.py": "{logs}/eval", "predict.py": "{logs}/predict"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_command_fails_with_one_clear_sentence(setup, case):
+    root, data, empty, logs = setup
+    name, script, args, words = case
+    fill = {"root": root, "data": data, "empty": empty, "logs": logs}
+    before = snapshot(logs)
+    args = EXTRA[script] + [a.format(**fill) for a in args] + ["--save-dir", SAVE_DIR[script].format(**fill)]
+    result = cli(script, *args)
+    output = result.stdout
+    assert result.returncode != 0, output[-2000:]
+    assert "Traceback" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output[-2000:]
+    assert all(word in errors[0] for word in words), errors[0]
+    after = snapshot(logs)
+    assert {k: v for k, v in after.items() if k in before} == before, "an existing file in logs/ was changed"
+    assert set(before) <= set(after), "a file in logs/ was deleted"
+
+
+def test_verbose_shows_the_traceback(setup):
+    root, data, empty, logs = setup
+    result = cli("train.py", "--data", f"{root}/no such folder", "--verbose", "--save-dir", logs, *TRAIN_FAST)
+    assert result.returncode != 0 and "Traceback" in result.stdout and "does not exist" in result.stdout
