@@ -66,3 +66,9 @@ def test_ema_follows_weights_with_ramped_decay():
     lag = float(model[0].weight - ema.module[0].weight)
     assert 0 < lag < 20  # averaged, trailing behind, but not stuck at the start
     assert int(ema.module[1].num_batches_tracked) == int(model[1].num_batches_tracked)
+
+
+def test_lr_bounds_follow_an_explicit_base_rate():
+    assert scaled_lr(1e-3, 4, "adam") == pytest.approx(3e-4)  # the reference's floor for Adam
+    assert scaled_lr(3e-3, 4, "adam") == pytest.approx(9e-4)  # floor moved with the chosen base
+    assert scaled_lr(1e-1, 8, "sgd") == pytest.approx(1.25e-2)

@@ -121,15 +121,18 @@ class StepResult:
     losses: dict[str, float]
     skipped: int
     images_per_second: float
+    bad_streak: int  # consecutive non-finite losses at the end of the epoch (carried into the next)
 
 
 def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                     ema, schedule: LRSchedule, peak_lr: float, epoch: int, device: torch.device,
-                    config: TrainConfig) -> StepResult:
-    """One pass over `loader`; the LR follows `schedule` every iteration. Non-finite losses skip the step."""
+                    config: TrainConfig, bad_streak: int = 0) -> StepResult:
+    """One pass over `loader`; the LR follows `schedule` every iteration. Non-finite losses skip the step;
+    `config.max_bad_steps` of them in a row (counted across epochs from `bad_streak`) stop training."""
     model.train()
     sums: dict[str, float] = {}
-    steps = skipped = consecutive_bad = seen = 0
+    steps = skipped = seen = 0
+    consecutive_bad = bad_streak
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not dist_utils.is_main_process(),
                dynamic_ncols=True, leave=True)
@@ -168,7 +171,8 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
                         img_s=f"{seen / (time.perf_counter() - start):.1f}")
     bar.close()
     elapsed = time.perf_counter() - start
-    return StepResult({k: v / max(steps, 1) for k, v in sums.items()}, skipped, seen / max(elapsed, 1e-9))
+    return StepResult({k: v / max(steps, 1) for k, v in sums.items()}, skipped, seen / max(elapsed, 1e-9),
+                      consecutive_bad)
 
 
 def float_buffers(model: nn.Module) -> list[torch.Tensor]:
@@ -337,6 +341,7 @@ class Trainer:
             self.ema.requires_grad_(False)
         self.loss_fn = YoloLoss(self.model_config, label_smoothing=cfg.label_smoothing)
         self.state = TrainState()
+        self.bad_streak = 0
         if resume:
             self.state = restore_training_state(resume, self.model, self.ema, self.optimizer, self.scaler)
             LOGGER.info("resumed after epoch %d of %d", self.state.epoch, cfg.epochs)
@@ -371,7 +376,8 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> None:
         loader = self._prepare_phase(epoch)
         result = train_one_epoch(self.ddp_model, loader, self.loss_fn, self.optimizer, self.scaler, self.ema,
-                                 self.schedule, self._peak_lr(), epoch, self.device, self.config)
+                                 self.schedule, self._peak_lr(), epoch, self.device, self.config, self.bad_streak)
+        self.bad_streak = result.bad_streak
         row = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in result.losses.items()},
                "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": result.skipped,
                "images_per_s": result.images_per_second}

@@ -15,8 +15,13 @@ LR_BOUNDS = {"sgd": (5e-4, 5e-2), "adam": (3e-4, 1e-3), "adamw": (3e-4, 1e-3)}
 
 
 def scaled_lr(base_lr: float, batch_size: int, optimizer: str) -> float:
-    """`base_lr` x batch / 64, clamped to sane bounds for the optimiser."""
-    low, high = LR_BOUNDS[optimizer]
+    """`base_lr` x batch / 64, clamped to sane bounds.
+
+    The bounds are the reference implementation's for the default rate of each optimiser, moved proportionally
+    when the user picks another base rate (so --lr 3e-3 with Adam is not silently cut back to 1e-3).
+    """
+    relative = base_lr / DEFAULT_LR[optimizer]
+    low, high = (bound * relative for bound in LR_BOUNDS[optimizer])
     return min(max(base_lr * batch_size / NOMINAL_BATCH, low), high)
 
 

@@ -1,0 +1,44 @@
+"""A tiny VOC dataset of coloured rectangles, written on the fly for training and evaluation tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+COLOURS = {"red": (0, 0, 255), "green": (0, 200, 0), "blue": (255, 0, 0)}  # BGR for cv2.imwrite
+
+
+def voc_xml(name: str, width: int, height: int, objects: list[tuple[str, tuple[int, int, int, int]]]) -> str:
+    rows = "".join(
+        f"<object><name>{cls}</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
+        f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>" for cls, (x1, y1, x2, y2) in objects)
+    return (f"<annotation><filename>{name}.jpg</filename><size><width>{width}</width><height>{height}</height>"
+            f"<depth>3</depth></size>{rows}</annotation>")
+
+
+def make_voc(root: Path, images: int = 4, size: tuple[int, int] = (96, 128), classes: tuple[str, ...] = ("red", "blue"),
+             seed: int = 0, splits: dict[str, list[int]] | None = None) -> Path:
+    """Write VOC2007/{Annotations,JPEGImages,ImageSets/Main} under `root`; by default every split holds every image."""
+    rng = np.random.default_rng(seed)
+    year = root / "VOC2007"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (year / sub).mkdir(parents=True, exist_ok=True)
+    height, width = size
+    for i in range(images):
+        image = np.full((height, width, 3), 235, np.uint8)
+        objects = []
+        for k in range(1 + i % 2):
+            cls = classes[(i + k) % len(classes)]
+            w, h = int(rng.integers(width // 5, width // 3)), int(rng.integers(height // 5, height // 3))
+            x1 = int(rng.integers(0, width // 2 - w)) + (width // 2 if k else 0)
+            y1 = int(rng.integers(0, height - h))
+            cv2.rectangle(image, (x1, y1), (x1 + w, y1 + h), COLOURS[cls], -1)
+            objects.append((cls, (x1, y1, x1 + w, y1 + h)))
+        cv2.imwrite(str(year / "JPEGImages" / f"img{i:03d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        (year / "Annotations" / f"img{i:03d}.xml").write_text(voc_xml(f"img{i:03d}", width, height, objects))
+    ids = [f"img{i:03d}" for i in range(images)]
+    splits = splits or {name: list(range(images)) for name in ("train", "val", "trainval", "test")}
+    for name, members in splits.items():
+        (year / "ImageSets" / "Main" / f"{name}.txt").write_text("".join(ids[m] + "\n" for m in members))
+    return root

@@ -1,0 +1,132 @@
+"""Training: overfitting a few images, exact resume, DDP on gloo, the non-finite-loss guard, atomic checkpoints."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from synthetic import make_voc
+from utils import engine
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.engine import NonFiniteLossError, Trainer, TrainConfig, train
+from utils.loss import YoloLoss
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_AUGMENT = {"mosaic": 0.0, "mixup": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "flip": 0.0, "jitter": 0.0,
+              "scale": (1.0, 1.0), "translate": False}
+
+
+@pytest.fixture(scope="module")
+def tiny_voc(tmp_path_factory):
+    return make_voc(tmp_path_factory.mktemp("data"), images=4)
+
+
+def tiny_config(data, save_dir, **overrides) -> TrainConfig:
+    values = dict(data=str(data), phi="cbam", input_shape=[64, 64], epochs=2, batch_size=2, workers=0,
+                  save_dir=str(save_dir), eval_period=1, preview=False, augment=dict(NO_AUGMENT), warmup_epochs=1)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.mark.slow
+def test_overfits_a_few_images(tiny_voc, tmp_path):
+    """From scratch on 4 images at 128 px: the loss falls and val mAP50 on those images reaches 0.9."""
+    config = tiny_config(tiny_voc, tmp_path, input_shape=[128, 128], epochs=45, optimizer="adam", lr=3e-3,
+                         eval_period=15, ema=False)
+    state = Trainer(config).fit()
+    history = state.history
+    assert history[-1]["train/total"] < 0.5 * history[0]["train/total"]
+    assert history[-1]["val/mAP50"] >= 0.9, history[-1]
+
+
+def test_resume_restores_epoch_lr_optimizer_and_ema(tiny_voc, tmp_path):
+    run_dir = train(tiny_config(tiny_voc, tmp_path, epochs=2))
+    saved = load_checkpoint(run_dir / "last.pth")
+    assert saved["epoch"] == 2 and [row["epoch"] for row in saved["history"]] == [1, 2]
+    resumed = Trainer(engine.TrainConfig.from_dict(saved["train_config"]), resume=saved, run_dir=run_dir)
+    assert resumed.state.epoch == 2
+    restored = resumed.optimizer.state_dict()
+    for key, value in saved["optimizer"]["state"].items():
+        assert torch.equal(restored["state"][key]["momentum_buffer"], value["momentum_buffer"])
+    for key, value in saved["ema"].items():
+        assert torch.equal(resumed.ema.module.state_dict()[key], value)
+    assert int(resumed.ema.n_averaged) == saved["ema_updates"] > 0
+    assert resumed.schedule.factor(2.0) == pytest.approx(engine.LRSchedule(**saved["scheduler"]).factor(2.0))
+    # resume to 3 epochs: only epoch 3 is trained, and the results keep one row per epoch
+    train(tiny_config(tiny_voc, tmp_path), resume=str(run_dir), overrides={"epochs": 3})
+    final = load_checkpoint(run_dir / "last.pth")
+    assert final["epoch"] == 3 and [row["epoch"] for row in final["history"]] == [1, 2, 3]
+    assert (run_dir / "results.csv").read_text().count("\n") == 4  # header + 3 epochs
+
+
+def nan_on_calls(bad_calls: set[int] | None):
+    """A YoloLoss.forward that returns a NaN total on the chosen calls (all when None): a numerically broken batch."""
+    original, calls = YoloLoss.forward, [0]
+
+    def forward(module, outputs, targets):
+        losses = original(module, outputs, targets)
+        calls[0] += 1
+        if bad_calls is None or calls[0] in bad_calls:
+            losses = {**losses, "total": losses["total"] * float("nan")}
+        return losses
+    return forward
+
+
+def test_non_finite_loss_is_skipped_and_state_stays_finite(tiny_voc, tmp_path, monkeypatch):
+    monkeypatch.setattr(YoloLoss, "forward", nan_on_calls({2, 3}))
+    trainer = Trainer(tiny_config(tiny_voc, tmp_path, epochs=2, eval_period=0))
+    state = trainer.fit()
+    assert sum(row["skipped_steps"] for row in state.history) == 2
+    assert state.epoch == 2
+    for tensor in list(trainer.model.state_dict().values()) + list(trainer.ema.module.state_dict().values()):
+        assert torch.isfinite(tensor.float()).all()
+    for value in trainer.optimizer.state.values():
+        assert torch.isfinite(value["momentum_buffer"]).all()
+
+
+def test_many_non_finite_losses_stop_training_clearly(tiny_voc, tmp_path, monkeypatch):
+    monkeypatch.setattr(YoloLoss, "forward", nan_on_calls(None))
+    trainer = Trainer(tiny_config(tiny_voc, tmp_path, epochs=3, max_bad_steps=3, eval_period=0))
+    with pytest.raises(NonFiniteLossError, match="consecutive non-finite losses"):
+        trainer.fit()
+
+
+def test_interrupted_checkpoint_write_keeps_the_good_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    save_checkpoint({"epoch": 1, "weights": torch.ones(3)}, path)
+
+    def crash_mid_write(obj, handle, *args, **kwargs):
+        handle.write(b"PK\x03\x04 half a zip file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_mid_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"epoch": 2, "weights": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_gloo(tiny_voc, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "train.py", "--data", str(tiny_voc), "--input-shape", "64", "--epochs", "2",
+               "--batch-size", "4", "--workers", "0", "--device", "cpu", "--save-dir", str(tmp_path), "--name", "ddp",
+               "--eval-period", "1", "--no-preview", "--sync-bn", "--mosaic", "0", "--mixup", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dirs = list(tmp_path.iterdir())
+    assert [d.name for d in run_dirs] == ["ddp"]  # one folder: only rank 0 writes
+    checkpoint = load_checkpoint(run_dirs[0] / "last.pth")
+    assert checkpoint["epoch"] == 2 and "val/mAP50" in checkpoint["history"][-1]
