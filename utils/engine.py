@@ -318,7 +318,11 @@ class Trainer:
             LOGGER.info(model_summary(model, tuple(self.model_config.input_shape)))
             self._check_anchors()
         if cfg.sync_bn and dist_utils.world_size() > 1:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            elif self.main:  # PyTorch implements SyncBatchNorm for CUDA only
+                LOGGER.warning("--sync-bn needs CUDA devices; ignored on %s (each process keeps its own BN statistics)",
+                               self.device)
         self.model = model.to(self.device, memory_format=torch.channels_last)
         self.ddp_model = self.model
 
