@@ -3,11 +3,11 @@ file snapshots, and a child-side hook runner that marks phases of a training run
 
 Run as a script it is that hook runner:
 
-    python tests/fault_helpers.py MARKER_DIR [SAVE_PAUSE_S] -- train.py ARGS...
+    python tests/fault_helpers.py MARKER_DIR SAVE_PAUSE_S EVAL_PAUSE_S -- train.py ARGS...
 
 It runs train.py unchanged (runpy) after wrapping three functions so that they leave marker files in MARKER_DIR:
-`step_<epoch>_<i>` before training iteration i, `eval_<epoch>` when validation starts (then it pauses 1 s so the parent
-can kill inside it), and `save_<name>_<epoch>` once half of a checkpoint's bytes are in its temporary file (then it
+`step_<epoch>_<i>` before training iteration i, `eval_<epoch>` when validation starts (then it pauses EVAL_PAUSE_S so
+the parent can kill inside it), and `save_<name>_<epoch>` once half of a checkpoint's bytes are in its temporary file (then it
 pauses SAVE_PAUSE_S before writing the rest). The kills themselves are real SIGKILLs of this process.
 """
 from __future__ import annotations
@@ -39,6 +39,13 @@ def cli(script: str, *args: str, timeout: float = 240, cwd: Path = ROOT) -> subp
     command = [sys.executable, str(ROOT / script), *map(str, args)]
     return subprocess.run(command, cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, encoding="utf-8", errors="replace", timeout=timeout)
+
+
+def cli_many(jobs: list[tuple[str, list]], workers: int = 2) -> list[subprocess.CompletedProcess]:
+    """Run several `cli(script, *args)` jobs, two at a time: CI has 2 cores and each start is mostly importing torch."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda job: cli(job[0], *job[1]), jobs))
 
 
 TRAIN_FAST = ("--input-shape", "64", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--no-preview",
@@ -88,11 +95,13 @@ def kill_hard(process: subprocess.Popen) -> None:
     process.wait(timeout=30)
 
 
-def start_hooked(markers: Path, output: Path, *train_args: str, save_pause: float = 0.0) -> subprocess.Popen:
+def start_hooked(markers: Path, output: Path, *train_args: str, save_pause: float = 0.0,
+                 eval_pause: float = 0.0) -> subprocess.Popen:
     """Start train.py under the marker hooks (see the module docstring); its output goes to the file `output`."""
     markers.mkdir(parents=True, exist_ok=True)
     with open(output, "ab") as sink:  # a file, not a pipe: a full pipe would stall the child
-        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(markers), str(save_pause), "--",
+        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(markers), str(save_pause),
+                                 str(eval_pause), "--",
                                  "train.py", *map(str, train_args)], cwd=ROOT, env=child_env(), stdout=sink,
                                 stderr=subprocess.STDOUT)
 
@@ -108,7 +117,7 @@ def _touch(folder: Path, name: str) -> None:
     (folder / name).write_bytes(b"")
 
 
-def install_hooks(markers: Path, save_pause: float) -> None:
+def install_hooks(markers: Path, save_pause: float, eval_pause: float) -> None:
     """Wrap utils.engine.train_one_epoch, utils.evaluation.evaluate and torch.save (as utils.checkpoint sees it)."""
     import inspect
 
@@ -132,7 +141,7 @@ def install_hooks(markers: Path, save_pause: float) -> None:
 
     def evaluate(*args, **kwargs):
         _touch(markers, f"eval_{current['epoch']}")
-        time.sleep(1.0)  # a window inside validation for the parent's kill
+        time.sleep(eval_pause)  # a window inside validation for the parent's kill
         return real_eval(*args, **kwargs)
 
     def save(payload, handle, *args, **kwargs):
@@ -170,9 +179,9 @@ class _Sized:
 
 def main(argv: list[str]) -> None:
     split = argv.index("--")
-    markers, save_pause = Path(argv[0]), float(argv[1]) if split > 1 else 0.0
+    markers, save_pause, eval_pause = Path(argv[0]), float(argv[1]), float(argv[2])
     sys.path.insert(0, str(ROOT))
-    install_hooks(markers, save_pause)
+    install_hooks(markers, save_pause, eval_pause)
     script = argv[split + 1]
     sys.argv = [script, *argv[split + 2:]]
     import runpy
