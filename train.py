@@ -19,6 +19,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--phi", default="0", help="attention: 0/none, 1/se, 2/cbam, 3/eca")
     p.add_argument("--data", default="VOCdevkit", help="VOCdevkit folder, images/+annotations/ folder, or COCO json")
+    p.add_argument("--train-split", default="train", help="split to train on (VOC07+12: trainval)")
+    p.add_argument("--val-split", default="val", help="split for validation mAP during training (VOC07+12: test)")
     p.add_argument("--classes", default=None, help="class names file (one per line); default: from the annotations")
     p.add_argument("--anchors", default=None, help="anchors file (w,h, w,h, ...); default model_data/yolo_anchors.txt")
     p.add_argument("--epochs", type=int, default=60, help="total epochs (a real VOC run: 300)")
@@ -79,7 +81,8 @@ def config_from_args(args: argparse.Namespace):
         momentum=args.momentum, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         warmup_epochs=args.warmup_epochs, ema=args.ema, grad_clip=args.grad_clip,
         label_smoothing=args.label_smoothing, augment=augment, cache=args.cache, keep_difficult=args.keep_difficult,
-        sync_bn=args.sync_bn, preview=args.preview)
+        sync_bn=args.sync_bn, preview=args.preview,
+        train_split=args.train_split, val_split=args.val_split)
 
 
 def explicit_overrides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
