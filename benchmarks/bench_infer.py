@@ -8,8 +8,9 @@ Variants, each at every --batch-sizes:
 - fused_amp: the same with autocast (bf16 on CPUs with native bf16, see utils.device), when the CPU has it;
 - onnxruntime: the model exported with utils.export (decoding inside) run by onnxruntime, same prefetching.
 
-Prints one JSON line per measurement, then one summary line with each variant's speed-up over the baseline.
-images_per_s is wall clock; images_per_cpu_s divides by this process's CPU time, which is less sensitive to other
+The (variant, batch) runs are interleaved in --rounds rounds over slices of the images, so a shared machine's
+changing load weighs on all of them alike. Prints one JSON line per (variant, batch), then speed-up lines over the
+baseline at batch 1 and at equal batch. images_per_s is wall clock; images_per_cpu_s divides by this process's CPU time, which is less sensitive to other
 processes on a shared machine (wall-clock figures on a busy machine are pessimistic).
 
 Speed:  python benchmarks/bench_infer.py                      # random weights, phi 2 (cbam), 416 px, raccoon images
@@ -47,6 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of images for the speed test")
     parser.add_argument("--limit", type=int, default=200, help="images used per measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (each runs 1/rounds of the images)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--size", type=int, default=416)
     parser.add_argument("--phi", default="cbam", help="attention for random weights (default phi 2 = cbam)")
@@ -84,38 +86,48 @@ def make_detector(variant: str, model: torch.nn.Module, config: ModelConfig, opt
     raise ValueError(f"unknown variant {variant!r}")
 
 
-def measure(detector: BaseDetector, paths: list[Path], batch_size: int, prefetch: bool) -> dict:
-    """Wall-clock and CPU-time throughput over `paths`, after one warm-up batch."""
-    for _ in detector.stream(paths[:batch_size], batch_size, image_of=read_image, prefetch=prefetch):
-        pass
-    detector.times = type(detector.times)()
-    wall, cpu = time.perf_counter(), time.process_time()
-    detections = 0
+def run_once(detector: BaseDetector, paths: list[Path], batch_size: int, prefetch: bool) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, detections) for one pass over `paths`."""
+    wall, cpu, detections = time.perf_counter(), time.process_time(), 0
     for _, results, _ in detector.stream(paths, batch_size, image_of=read_image, prefetch=prefetch):
         detections += sum(len(r) for r in results)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    stages = detector.times.summary()
-    return {"images": len(paths), "images_per_s": round(len(paths) / wall, 2),
-            "images_per_cpu_s": round(len(paths) / cpu, 2), "pre_ms": round(stages["pre_ms"], 2),
-            "infer_ms": round(stages["infer_ms"], 2), "nms_ms": round(stages["nms_ms"], 2), "detections": detections}
+    return time.perf_counter() - wall, time.process_time() - cpu, detections
 
 
 def speed(args: argparse.Namespace, model: torch.nn.Module, config: ModelConfig, workdir: Path) -> None:
+    """Every (variant, batch) runs one slice of the images per round, interleaved, so that the load of a shared
+    machine, which changes by the minute, weighs on all variants alike."""
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:args.limit]
     options = DetectOptions(conf_thres=args.conf, iou_thres=0.3)
-    rates: dict[tuple[str, int], float] = {}
+    runs = {}
     for variant in args.variants:
-        detector = make_detector(variant, model, config, options, workdir)
-        if detector is None:
-            continue
         for batch_size in args.batch_sizes:
-            result = measure(detector, paths, batch_size, prefetch=variant != "baseline")
-            rates[variant, batch_size] = result["images_per_s"]
-            print(json.dumps({"bench": "infer", "variant": variant, "batch": batch_size, "size": args.size,
-                              "attention": config.attention, "threads": torch.get_num_threads(),
-                              "load_avg_1min": round(os.getloadavg()[0], 2), **result}), flush=True)
-    for reference in sorted({("baseline", b) for _, b in rates} | {("baseline", 1)}):
-        if reference in rates:  # speed-up over the baseline at batch 1 (the reference's way) and at the same batch
+            detector = make_detector(variant, model, config, options, workdir)
+            if detector is not None:
+                run_once(detector, paths[:batch_size], batch_size, prefetch=True)  # warm-up (oneDNN primitives)
+                detector.times = type(detector.times)()
+                runs[variant, batch_size] = (detector, [0.0, 0.0, 0])
+    slices = [paths[i::args.rounds] for i in range(args.rounds)]
+    for chunk in slices:
+        for (variant, batch_size), (detector, total) in runs.items():
+            for i, value in enumerate(run_once(detector, chunk, batch_size, prefetch=variant != "baseline")):
+                total[i] += value
+    rates = {}
+    for (variant, batch_size), (detector, (wall, cpu, detections)) in runs.items():
+        stages = detector.times.summary()
+        rates[variant, batch_size] = len(paths) / wall
+        print(json.dumps({"bench": "infer", "variant": variant, "batch": batch_size, "size": args.size,
+                          "attention": config.attention, "threads": torch.get_num_threads(), "images": len(paths),
+                          "images_per_s": round(len(paths) / wall, 2), "images_per_cpu_s": round(len(paths) / cpu, 2),
+                          **{k: round(stages[k], 2) for k in ("pre_ms", "infer_ms", "nms_ms")},
+                          "detections": detections, "load_avg_1min": round(os.getloadavg()[0], 2)}), flush=True)
+    print_speedups(rates)
+
+
+def print_speedups(rates: dict[tuple[str, int], float]) -> None:
+    """Speed-up over the baseline at batch 1 (the reference's way of running) and over the baseline at equal batch."""
+    for reference in sorted({("baseline", b) for _, b in rates}):
+        if reference in rates:
             same = {f"{v}_b{b}": round(r / rates[reference], 2) for (v, b), r in rates.items()
                     if b == reference[1] or reference[1] == 1}
             print(json.dumps({"bench": f"infer_speedup_vs_baseline_b{reference[1]}", **same}), flush=True)
