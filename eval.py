@@ -20,7 +20,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="our .pth (default: the newest logs/*/best.pth), a bare "
                                                    "state_dict (with --classes/--phi) or Darknet .weights (with --cfg)")
     p.add_argument("--cfg", default=None, help="Darknet .cfg for --weights *.weights")
-    p.add_argument("--classes", default=None, help="class names file, for bare state_dicts only")
+    p.add_argument("--names", "--classes", dest="classes", default=None,
+                   help="class names file, for bare state_dicts and Darknet files only")
     p.add_argument("--phi", default=None, help="attention of a bare state_dict: 0/none, 1/se, 2/cbam, 3/eca")
     p.add_argument("--data", default="VOCdevkit", help="VOCdevkit folder, images/+annotations/ folder, or COCO json")
     p.add_argument("--split", default="test", help="train, val, trainval, test or all")
