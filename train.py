@@ -51,6 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=5e-4, help="on conv and linear weights only")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="exponential moving average")
     p.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm (0: off)")
+    p.add_argument("--max-bad-steps", type=int, default=20,
+                   help="consecutive non-finite losses (each skipped) before training stops")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="class target smoothing epsilon")
     p.add_argument("--cache", choices=("ram",), default=None, help="keep decoded images in memory")
     p.add_argument("--keep-difficult", action="store_true", help="train on VOC difficult objects too")
@@ -80,7 +82,7 @@ def config_from_args(args: argparse.Namespace):
         save_period=args.save_period, optimizer=args.optimizer, lr=args.lr, min_lr_ratio=args.min_lr_ratio,
         momentum=args.momentum, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         warmup_epochs=args.warmup_epochs, ema=args.ema, grad_clip=args.grad_clip,
-        label_smoothing=args.label_smoothing, augment=augment, cache=args.cache, keep_difficult=args.keep_difficult,
+        label_smoothing=args.label_smoothing, max_bad_steps=args.max_bad_steps, augment=augment, cache=args.cache, keep_difficult=args.keep_difficult,
         sync_bn=args.sync_bn, preview=args.preview,
         train_split=args.train_split, val_split=args.val_split)
 

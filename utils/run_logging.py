@@ -6,6 +6,7 @@ import io
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -22,7 +23,7 @@ class TqdmHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            tqdm.write(self.format(record))
+            tqdm.write(self.format(record), file=sys.stderr)
         except (OSError, ValueError):
             self.handleError(record)
 
