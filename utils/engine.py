@@ -33,9 +33,9 @@ class TrainConfig:
     data: str = "VOCdevkit"
     classes_file: str | None = None
     phi: str = "none"
-    input_shape: list[int] = field(default_factory=lambda: [416, 416])
+    input_shape: list[int] = field(default_factory=lambda: [320, 320])
     anchors_file: str | None = None
-    epochs: int = 60
+    epochs: int = 50
     batch_size: int = 8
     freeze_epochs: int = 0
     freeze_batch_size: int = 16
@@ -49,7 +49,7 @@ class TrainConfig:
     eval_period: int = 5
     save_period: int = 0
     optimizer: str = "sgd"
-    lr: float | None = None  # peak LR at batch 64; None: 1e-2 for SGD, 1e-3 for Adam/AdamW
+    lr: float | None = None  # peak LR at batch 64; None: utils.optim.DEFAULT_LR (SGD 0.05, Adam/AdamW 1e-3)
     min_lr_ratio: float = 0.01
     momentum: float = 0.937
     weight_decay: float = 5e-4
