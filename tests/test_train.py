@@ -35,8 +35,8 @@ def tiny_config(data, save_dir, **overrides) -> TrainConfig:
 @pytest.mark.slow
 def test_overfits_a_few_images(tiny_voc, tmp_path):
     """From scratch on 4 images at 128 px: the loss falls and val mAP50 on those images reaches 0.9."""
-    config = tiny_config(tiny_voc, tmp_path, input_shape=[128, 128], epochs=45, optimizer="adam", lr=3e-3,
-                         eval_period=15, ema=False)
+    config = tiny_config(tiny_voc, tmp_path, input_shape=[128, 128], epochs=50, optimizer="adam", lr=1e-2,
+                         eval_period=10, ema=False, warmup_epochs=2)
     state = Trainer(config).fit()
     history = state.history
     assert history[-1]["train/total"] < 0.5 * history[0]["train/total"]
