@@ -71,7 +71,7 @@ class DatasetIndex:
         """Write every problem line into `run_dir/data_problems_<split>.txt` and return that path."""
         path = Path(run_dir) / f"data_problems_{self.split}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        header = f"# {self.summary()}\n"
+        header = f"# {self.summary(path)}\n"
         path.write_text(header + "".join(line + "\n" for line in self.problems), encoding="utf-8")
         return path
 
@@ -304,8 +304,9 @@ def _build_index(entries: list[_Entry], classes: list[str], split: str, problems
             continue
         if notes:
             index.fixed += 1
-            problems.append(f"fixed: {record.path if entry.coco_id is not None else entry.annotation}: "
-                            + "; ".join(notes))
+            # name both files: a note may be about the image (16-bit, CMYK) or the annotation (boxes, size)
+            where = record.path if entry.coco_id is not None else f"{entry.annotation} (image {record.path.name})"
+            problems.append(f"fixed: {where}: " + "; ".join(notes))
         if len(record.boxes) == 0:
             if not keep_empty:
                 continue

@@ -253,8 +253,10 @@ class Trainer:
         self.main = dist_utils.is_main_process()
         torch.manual_seed(config.seed + dist_utils.rank())
         self.run_dir = run_dir or self._new_run_dir()
+        self._setup_data(resume)  # before the run folder exists: a dataset error leaves no empty run behind
         self._setup_files()
-        self._setup_data(resume)
+        if self.main:
+            self._log_data_summary()
         self._setup_model(resume)
         self._setup_optimisation(resume)
         self.writer = self._tensorboard()
@@ -290,8 +292,6 @@ class Trainer:
         self.augment = AugmentConfig(**cfg.augment)
         self.train_dataset = TrainDataset(self.train_index, cfg.input_shape, self.augment, cfg.epochs, cache=cfg.cache)
         self.train_loader, self.loader_batch = None, None
-        if self.main:
-            self._log_data_summary()
 
     def _log_data_summary(self) -> None:
         for split, index in (("train", self.train_index), ("val", self.val_index)):
