@@ -6,6 +6,7 @@ Variants, each at every --batch-sizes:
   implementation, which does about 18 images/s here at phi 2, 416 px);
 - fused_fp32: Detector with Conv+BN fused, channels_last, image reading/letterboxing on a prefetch thread;
 - fused_amp: the same with autocast (bf16 on CPUs with native bf16, see utils.device), when the CPU has it;
+- compiled_fp32: fused_fp32 through torch.compile (inductor, frozen weights); compiled before timing;
 - onnxruntime: the model exported with utils.export (decoding inside) run by onnxruntime, same prefetching.
 
 The (variant, batch) runs are interleaved in --rounds rounds over slices of the images, so a shared machine's
@@ -53,7 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=416)
     parser.add_argument("--phi", default="cbam", help="attention for random weights (default phi 2 = cbam)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--variants", nargs="+", default=["baseline", "fused_fp32", "fused_amp", "onnxruntime"])
+    parser.add_argument("--variants", nargs="+", default=["baseline", "fused_fp32", "compiled_fp32", "fused_amp", "onnxruntime"])
     parser.add_argument("--conf", type=float, default=0.5, help="speed test score threshold (predict's default)")
     parser.add_argument("--weights", help="trained checkpoint: speed uses it, and with --data mAP50 is compared")
     parser.add_argument("--data", help="dataset for the mAP50 comparison (VOCdevkit, images/+annotations/, COCO json)")
@@ -62,12 +63,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def make_detector(variant: str, model: torch.nn.Module, config: ModelConfig, options: DetectOptions,
-                  workdir: Path) -> BaseDetector | None:
+                  workdir: Path, batch_sizes: tuple[int, ...] = (1,)) -> BaseDetector | None:
     """The detector of one variant, or None when this machine cannot run it (no bf16, no onnxruntime)."""
     if variant == "baseline":
         return Detector(model, config, "cpu", options, optimize=False, amp=False)
     if variant == "fused_fp32":
         return Detector(model, config, "cpu", options, optimize=True, amp=False)
+    if variant == "compiled_fp32":
+        detector = Detector(model, config, "cpu", options, optimize=True, amp=False, compile=True)
+        detector.warmup(batch_sizes)  # compile outside the timed runs
+        return detector
     if variant == "fused_amp":
         if autocast_dtype(torch.device("cpu")) is None:
             LOGGER.warning("fused_amp skipped: this CPU has no native bf16, so autocast would be slower than fp32")
@@ -102,7 +107,7 @@ def speed(args: argparse.Namespace, model: torch.nn.Module, config: ModelConfig,
     runs = {}
     for variant in args.variants:
         for batch_size in args.batch_sizes:
-            detector = make_detector(variant, model, config, options, workdir)
+            detector = make_detector(variant, model, config, options, workdir, tuple(args.batch_sizes))
             if detector is not None:
                 run_once(detector, paths[:batch_size], batch_size, prefetch=True)  # warm-up (oneDNN primitives)
                 detector.times = type(detector.times)()
@@ -142,7 +147,7 @@ def map50(args: argparse.Namespace, model: torch.nn.Module, config: ModelConfig,
     options = DetectOptions(conf_thres=0.001, iou_thres=0.5, max_det=300)
     reference = None
     for variant in args.variants:
-        detector = make_detector(variant, model, config, options, workdir)
+        detector = make_detector(variant, model, config, options, workdir, (8,))
         if detector is None:
             continue
         detections = [d for _, results, _ in detector.stream(records, 8, image_of=lambda r: read_image(r.path))

@@ -305,8 +305,10 @@ def _build_index(entries: list[_Entry], classes: list[str], split: str, problems
         if notes:
             index.fixed += 1
             # name both files: a note may be about the image (16-bit, CMYK) or the annotation (boxes, size)
-            where = record.path if entry.coco_id is not None else f"{entry.annotation} (image {record.path.name})"
-            problems.append(f"fixed: {where}: " + "; ".join(notes))
+            if entry.coco_id is not None:
+                problems.append(f"fixed: {record.path}: " + "; ".join(notes))
+            else:
+                problems.append(f"fixed: {entry.annotation}: " + "; ".join(notes) + f" (image {record.path.name})")
         if len(record.boxes) == 0:
             if not keep_empty:
                 continue

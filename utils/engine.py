@@ -461,10 +461,12 @@ class Trainer:
 
     def _log_val_images(self, epoch: int, count: int = 4) -> None:
         """A few validation images with the EMA model's detections, to TensorBoard and val_predictions.png."""
-        from utils.inference import DetectOptions, Detector
-        from utils.image_io import read_image
-        from utils.visualize import draw_detections, image_grid
         import cv2
+
+        from utils.boxes import letterbox
+        from utils.image_io import read_image
+        from utils.inference import DetectOptions, Detector
+        from utils.visualize import draw_detections, image_grid
         records = self.val_index.records[:count]
         if not records:
             return
@@ -472,7 +474,7 @@ class Trainer:
                             optimize=False, amp=self.config.amp)
         images = [read_image(r.path) for r in records]
         drawn = [draw_detections(img, d[:, :4], d[:, 5], self.classes, d[:, 4]) for img, d in zip(images, detector(images))]
-        tiles = [cv2.resize(img, (320, 320)) for img in drawn]
+        tiles = [letterbox(img, (320, 320))[0] for img in drawn]  # keeps the aspect ratio
         grid = image_grid(tiles, columns=min(count, 4))
         cv2.imwrite(str(self.run_dir / "val_predictions.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
         self.writer.add_image("val/predictions", grid, epoch + 1, dataformats="HWC")

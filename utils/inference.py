@@ -224,13 +224,22 @@ class Detector(BaseDetector):
 
     def __init__(self, model: nn.Module, config: ModelConfig, device: str | torch.device | None = "cpu",
                  options: DetectOptions | None = None, input_shape: Sequence[int] | None = None,
-                 optimize: bool = True, amp: bool = True):
+                 optimize: bool = True, amp: bool = True, compile: bool = False):
         super().__init__(config, options, input_shape)
         self.device = device if isinstance(device, torch.device) else select_device(device)
         self.amp = amp and autocast_dtype(self.device) is not None
         self.memory_format = torch.channels_last if optimize else torch.contiguous_format
         model = fuse_conv_bn(model) if optimize else model.eval()
         self.model = model.to(self.device, memory_format=self.memory_format)
+        if compile:
+            # Inductor with frozen weights: oneDNN weight prepacking and conv+activation fusion. Compiling takes
+            # ~30-60 s per batch size on a small CPU, then a forward pass runs ~1.7x faster (folders, videos).
+            self.model = torch.compile(self.model, options={"freezing": True}, dynamic=False)
+
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Run once per batch size, so compilation (with compile=True) happens before timing or streaming."""
+        for size in batch_sizes:
+            self.raw_outputs(np.full((size, *self.input_shape, 3), 128, np.uint8))
         LOGGER.debug("Detector: %s, %s, %s", "fused+channels_last" if optimize else "plain",
                      autocast_dtype(self.device) if self.amp else torch.float32, self.device)
 
