@@ -42,8 +42,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--fp32", action="store_true", help="no bf16/fp16 autocast (fused model kept)")
     model.add_argument("--plain", action="store_true", help="unfused fp32 model, the slow reference path")
     model.add_argument("--compile", action="store_true",
-                       help="torch.compile the model (inductor, frozen weights): ~30-60 s once, then about 1.7x "
-                            "faster on CPU; worth it for folders and videos")
+                       help="torch.compile the model (inductor, frozen weights): ~30-60 s once per batch size, "
+                            "then ~1.1x faster end to end on a 2-core CPU at batch 1; for long videos")
     detect = parser.add_argument_group("detection")
     detect.add_argument("--source", help=f"image, folder, glob, video file or webcam index (default {DEFAULT_SOURCE})")
     detect.add_argument("--conf", type=float, default=0.5, help="score threshold (objectness x class probability)")

@@ -6,7 +6,8 @@ Variants, each at every --batch-sizes:
   implementation, which does about 18 images/s here at phi 2, 416 px);
 - fused_fp32: Detector with Conv+BN fused, channels_last, image reading/letterboxing on a prefetch thread;
 - fused_amp: the same with autocast (bf16 on CPUs with native bf16, see utils.device), when the CPU has it;
-- compiled_fp32: fused_fp32 through torch.compile (inductor, frozen weights); compiled before timing;
+- compiled_fp32 (opt-in via --variants): fused_fp32 through torch.compile (inductor, frozen weights), compiled
+  before timing; each partial last batch recompiles, so use it at batch 1;
 - onnxruntime: the model exported with utils.export (decoding inside) run by onnxruntime, same prefetching.
 
 The (variant, batch) runs are interleaved in --rounds rounds over slices of the images, so a shared machine's
@@ -54,7 +55,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=416)
     parser.add_argument("--phi", default="cbam", help="attention for random weights (default phi 2 = cbam)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--variants", nargs="+", default=["baseline", "fused_fp32", "compiled_fp32", "fused_amp", "onnxruntime"])
+    parser.add_argument("--variants", nargs="+", default=["baseline", "fused_fp32", "fused_amp", "onnxruntime"])
     parser.add_argument("--conf", type=float, default=0.5, help="speed test score threshold (predict's default)")
     parser.add_argument("--weights", help="trained checkpoint: speed uses it, and with --data mAP50 is compared")
     parser.add_argument("--data", help="dataset for the mAP50 comparison (VOCdevkit, images/+annotations/, COCO json)")

@@ -233,7 +233,8 @@ class Detector(BaseDetector):
         self.model = model.to(self.device, memory_format=self.memory_format)
         if compile:
             # Inductor with frozen weights: oneDNN weight prepacking and conv+activation fusion. Compiling takes
-            # ~30-60 s per batch size on a small CPU, then a forward pass runs ~1.7x faster (folders, videos).
+            # ~30-60 s per batch size on a small CPU; the forward pass alone then runs ~1.7x faster at batch 1 (end to
+            # end ~1.1x on 2 cores, where pre-processing competes for them). Each new batch size recompiles.
             self.model = torch.compile(self.model, options={"freezing": True}, dynamic=False)
         LOGGER.debug("Detector: %s, %s, %s", "fused+channels_last" if optimize else "plain",
                      autocast_dtype(self.device) if self.amp else torch.float32, self.device)
