@@ -51,3 +51,15 @@ def unletterbox_boxes(boxes: torch.Tensor, info: LetterboxInfo) -> torch.Tensor:
     out[:, [0, 2]] = ((out[:, [0, 2]] - info.pad_x) / info.scale).clamp(0, info.orig_width)
     out[:, [1, 3]] = ((out[:, [1, 3]] - info.pad_y) / info.scale).clamp(0, info.orig_height)
     return out
+
+
+def detections_to_original(detections: torch.Tensor, info: LetterboxInfo) -> np.ndarray:
+    """Tensor[K, 6] (x1, y1, x2, y2, score, class) on the canvas -> float32 ndarray[K', 6] in original pixels.
+
+    Boxes lying wholly in the grey padding collapse to zero area when clipped to the image and are dropped, so
+    predict.py, eval.py and training's validation all count the same detections.
+    """
+    dets = detections.float().cpu()
+    dets[:, :4] = unletterbox_boxes(dets[:, :4], info)
+    visible = (dets[:, 2] > dets[:, 0]) & (dets[:, 3] > dets[:, 1])
+    return dets[visible].numpy()

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from utils.boxes import unletterbox_boxes
+from utils.boxes import detections_to_original
 from utils.config import ModelConfig
 from utils.decode import decode_outputs, non_max_suppression
 from utils.device import autocast
@@ -42,9 +42,7 @@ def collect_detections(model: nn.Module, loader, config: ModelConfig, device: to
                     outputs = model(batch)
                 decoded = decode_outputs(outputs, config, input_shape=tuple(batch.shape[2:]))
                 for dets, i, info in zip(non_max_suppression(decoded, conf, iou, max_det), indices, infos):
-                    dets = dets.float().cpu()
-                    dets[:, :4] = unletterbox_boxes(dets[:, :4], info)
-                    detections[i] = dets.numpy()
+                    detections[i] = detections_to_original(dets, info)
     finally:
         model.train(was_training)
     missing = sum(d is None for d in detections)

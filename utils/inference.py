@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from nets.backbone import BasicConv
-from utils.boxes import LetterboxInfo, letterbox, unletterbox_boxes
+from utils.boxes import LetterboxInfo, detections_to_original, letterbox
 from utils.config import ModelConfig
 from utils.decode import decode_outputs, non_max_suppression
 from utils.device import autocast, autocast_dtype, select_device
@@ -176,11 +176,7 @@ class BaseDetector:
                                    opts.classes)
         results = []
         for dets, p in zip(kept, prepared):
-            dets = dets.float().cpu()
-            dets[:, :4] = unletterbox_boxes(dets[:, :4], p.info)
-            # boxes lying wholly in the grey padding collapse to zero area when clipped to the image
-            visible = (dets[:, 2] > dets[:, 0]) & (dets[:, 3] > dets[:, 1])
-            results.append(dets[visible].numpy())
+            results.append(detections_to_original(dets, p.info))
         self.times.add("infer", middle - start)
         self.times.add("nms", time.perf_counter() - middle, images=len(prepared))
         return results, decoded
