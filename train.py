@@ -75,19 +75,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace):
+    """TrainConfig from the parsed arguments: same-named options map one to one."""
+    import dataclasses
     from utils.engine import TrainConfig
-    augment = {k: getattr(args, k) for k in AUGMENT_FLAGS if getattr(args, k) is not None}
-    return TrainConfig(
-        data=args.data, classes_file=args.classes, phi=args.phi, input_shape=parse_input_shape(args.input_shape),
-        anchors_file=args.anchors, epochs=args.epochs, batch_size=args.batch_size, freeze_epochs=args.freeze_epochs,
-        freeze_batch_size=args.freeze_batch_size, weights=args.weights, device=args.device, workers=args.workers,
-        seed=args.seed, save_dir=args.save_dir, name=args.name, amp=args.amp, eval_period=args.eval_period,
-        save_period=args.save_period, optimizer=args.optimizer, lr=args.lr, min_lr_ratio=args.min_lr_ratio,
-        momentum=args.momentum, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
-        warmup_epochs=args.warmup_epochs, ema=args.ema, grad_clip=args.grad_clip,
-        label_smoothing=args.label_smoothing, max_bad_steps=args.max_bad_steps, augment=augment, cache=args.cache, keep_difficult=args.keep_difficult,
-        sync_bn=args.sync_bn, preview=args.preview,
-        train_split=args.train_split, val_split=args.val_split)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values.update(classes_file=args.classes, anchors_file=args.anchors,
+                  input_shape=parse_input_shape(args.input_shape),
+                  augment={k: getattr(args, k) for k in AUGMENT_FLAGS if getattr(args, k) is not None})
+    return TrainConfig(**values)
 
 
 def explicit_overrides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
