@@ -118,21 +118,14 @@ def format_table(metrics: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from utils.checkpoint import CheckpointError
-    from utils.run_logging import setup_logging
+    from utils.run_logging import run_command, setup_logging
     setup_logging(args.verbose)
-    try:
+
+    def evaluate_and_print() -> None:
         metrics, out = evaluate_split(args)
-    except KeyboardInterrupt:
-        return 130
-    except (CheckpointError, FileNotFoundError, ValueError, OSError) as err:
-        if args.verbose:
-            raise
-        LOGGER.error("error: %s", err)
-        return 1
-    print(format_table(metrics))
-    print(f"results in {out}")
-    return 0
+        print(format_table(metrics))
+        print(f"results in {out}")
+    return run_command(evaluate_and_print, args.verbose, LOGGER)
 
 
 if __name__ == "__main__":

@@ -16,17 +16,18 @@ from pathlib import Path
 
 import cv2
 
-from utils.checkpoint import CheckpointError, latest_weights, load_model
+from utils.checkpoint import latest_weights, load_model
 from utils.config import ROOT, ModelConfig, parse_input_shape, read_classes
 from utils.inference import BaseDetector, DetectOptions, Detector
 from utils.predicting import ResultWriter, display_available, predict_source
-from utils.run_logging import increment_dir, setup_logging
+from utils.run_logging import USER_ERRORS as COMMON_USER_ERRORS
+from utils.run_logging import increment_dir, run_command, setup_logging
 from utils.sources import SourceError, open_source
 
 LOGGER = logging.getLogger("predict")
 DEFAULT_SOURCE = ROOT / "VOCdevkit" / "VOC2007" / "JPEGImages"
 # Errors that reach the user as one sentence (tracebacks with --verbose).
-USER_ERRORS = (CheckpointError, SourceError, ValueError, OSError, RuntimeError, ImportError, cv2.error)
+USER_ERRORS = COMMON_USER_ERRORS + (SourceError, cv2.error)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -150,14 +151,7 @@ def report(detector: BaseDetector, writer: ResultWriter, fps: bool) -> None:
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
-    try:
-        run(args)
-    except USER_ERRORS as err:
-        if args.verbose:
-            raise
-        LOGGER.error("error: %s", err)
-        return 1
-    return 0
+    return run_command(lambda: run(args), args.verbose, LOGGER, USER_ERRORS)
 
 
 if __name__ == "__main__":

@@ -94,24 +94,19 @@ def explicit_overrides(args: argparse.Namespace, parser: argparse.ArgumentParser
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    from utils.run_logging import setup_logging
     from utils import distributed
+    from utils.run_logging import run_command, setup_logging
     setup_logging(args.verbose, main_process=os.environ.get("RANK", "0") == "0")
-    try:
+
+    def train_from_args() -> None:
         from nets.attention import attention_name
         from utils.engine import train
         args.phi = attention_name(args.phi)
         train(config_from_args(args), resume=args.resume, overrides=explicit_overrides(args, parser))
-    except KeyboardInterrupt:
-        return 130
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
-        if args.verbose:
-            raise
-        LOGGER.error("error: %s", err)
-        return 1
+    try:
+        return run_command(train_from_args, args.verbose, LOGGER)
     finally:
         distributed.cleanup()
-    return 0
 
 
 if __name__ == "__main__":

@@ -104,7 +104,6 @@ def test_predict_exports_and_runs_onnx(tmp_path, capsys):
 
 
 def test_predict_exports_darknet(tmp_path, capsys):
-    pytest.importorskip("utils.darknet", reason="utils/darknet.py is not in this checkout")
     model, config = make_model("none")
     weights = tmp_path / "plain.pth"
     save_checkpoint({"model": model.state_dict(), "config": config.to_dict(), "format_version": 1}, weights)

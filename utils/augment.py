@@ -11,7 +11,7 @@ a single warp is both closer to the reference and about twice as fast (see bench
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import albumentations as A
 import cv2
@@ -45,9 +45,6 @@ class AugmentConfig:
         """No augmentation: every sample is the image letterboxed onto the canvas (used for validation)."""
         return cls(mosaic=0.0, mixup=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, flip=0.0, scale=(1.0, 1.0), jitter=0.0,
                    translate=False)
-
-    def without_mosaic(self) -> "AugmentConfig":
-        return replace(self, mosaic=0.0, mixup=0.0)
 
 
 def colour_jitter(config: AugmentConfig) -> A.ColorJitter | None:

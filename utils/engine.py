@@ -291,7 +291,8 @@ class Trainer:
             raise ValueError(f"the {cfg.train_split!r} split of {cfg.data} holds no images; check the dataset folder")
         self.augment = AugmentConfig(**cfg.augment)
         self.train_dataset = TrainDataset(self.train_index, cfg.input_shape, self.augment, cfg.epochs, cache=cfg.cache)
-        self.train_loader, self.loader_batch = None, None
+        self.train_loader, self.loader_batch, self.frozen = None, None, None  # built per phase by _prepare_phase
+        self.val_loader = None  # built on the first validation
 
     def _log_data_summary(self) -> None:
         for split, index in (("train", self.train_index), ("val", self.val_index)):
@@ -405,10 +406,10 @@ class Trainer:
         frozen = epoch < self.config.freeze_epochs
         self.model.backbone.requires_grad_(not frozen)
         batch = self._phase_batch_size(epoch)
-        if self.train_loader is None or batch != self.loader_batch or frozen != getattr(self, "_frozen", None):
+        if self.train_loader is None or batch != self.loader_batch or frozen != self.frozen:
             self._build_train_loader(batch)
             self._wrap_ddp()
-            self._frozen = frozen
+            self.frozen = frozen
             if frozen:
                 LOGGER.info("backbone frozen for epochs 1-%d (batch %d)", self.config.freeze_epochs, batch)
         self.train_dataset.set_epoch(epoch)
@@ -444,7 +445,7 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _val_loader(self):
-        if getattr(self, "val_loader", None) is None:
+        if self.val_loader is None:
             from utils.dataloader import EvalDataset, build_loader, eval_collate
             dataset = EvalDataset(self.val_index, self.model_config.input_shape)
             self.val_loader = build_loader(dataset, max(self.config.batch_size, 1), min(self.config.workers, 2),

@@ -94,3 +94,23 @@ def safe_run_name(name: str) -> str:
     """A run name usable as a folder name on every OS (spaces and non-ASCII letters are fine)."""
     cleaned = re.sub(r'[<>:"/\\|?*\x00-\x1f]', "_", name).strip()
     return cleaned or "exp"
+
+
+# Errors that reach the user of a command-line tool as one sentence (a traceback only with --verbose):
+# bad values, missing or unreadable files, refused checkpoints (CheckpointError is a RuntimeError).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, ImportError)
+
+
+def run_command(action, verbose: bool, logger: logging.Logger,
+                errors: tuple[type[BaseException], ...] = USER_ERRORS) -> int:
+    """Run `action()` for an entry script: exit status 0, 1 with one `error: ...` line, or 130 on Ctrl-C."""
+    try:
+        action()
+    except KeyboardInterrupt:
+        return 130
+    except errors as err:
+        if verbose:
+            raise
+        logger.error("error: %s", err)
+        return 1
+    return 0
