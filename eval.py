@@ -18,7 +18,7 @@ LOGGER = logging.getLogger("eval")
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--weights", default=None, help="our .pth (default: the newest logs/*/best.pth), a bare "
-                                                   "state_dict (with --classes/--phi) or Darknet .weights (with --cfg)")
+                   "state_dict (with --classes/--phi), Darknet .weights (with --cfg) or an exported .onnx (int8 too)")
     p.add_argument("--cfg", default=None, help="Darknet .cfg for --weights *.weights")
     p.add_argument("--names", "--classes", dest="classes", default=None,
                    help="class names file, for bare state_dicts and Darknet files only")
@@ -56,21 +56,27 @@ def run_dir(save_dir: str | Path) -> Path:
 
 
 def load(args: argparse.Namespace):
-    """(model on its device, config, dataset index, device, weights path) from the arguments."""
+    """(model on its device or an OnnxDetector, config, dataset index, device, weights path) from the arguments."""
     from utils.checkpoint import latest_weights, load_model
     from utils.config import parse_input_shape, read_classes
     from utils.datasets import load_split
     from utils.device import select_device
     weights = Path(args.weights) if args.weights else latest_weights()
-    classes = read_classes(args.classes) if args.classes else None
-    model, config = load_model(weights, classes, args.phi, args.cfg)
-    if args.input_shape:
-        config.input_shape = parse_input_shape(args.input_shape)
+    if weights.suffix == ".onnx":  # an export (fp32 or int8) run by onnxruntime on the CPU, decoding inside
+        from utils.export import OnnxDetector
+        model = OnnxDetector(weights, input_shape=parse_input_shape(args.input_shape) if args.input_shape else None)
+        config, device = model.config, select_device("cpu")
+    else:
+        classes = read_classes(args.classes) if args.classes else None
+        model, config = load_model(weights, classes, args.phi, args.cfg)
+        if args.input_shape:
+            config.input_shape = parse_input_shape(args.input_shape)
+        device = select_device(args.device)
+        model = model.to(device)
     LOGGER.info("model %s: %d classes, attention %s, input %s", weights, config.num_classes, config.attention,
                 config.input_shape)
     index = load_split(args.data, args.split, classes=config.classes, keep_empty=True)
-    device = select_device(args.device)
-    return model.to(device), config, index, device, weights
+    return model, config, index, device, weights
 
 
 def evaluate_split(args: argparse.Namespace) -> tuple[dict, Path]:

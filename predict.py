@@ -4,6 +4,7 @@
     python predict.py --weights logs/run/best.pth --source clips/street.mp4 --save-txt --fps
     python predict.py --weights model.onnx --source "data/**/*.jpg" --classes person car
     python predict.py --weights logs/run/best.pth --export onnx
+    python predict.py --weights logs/run/best.pth --export onnx --int8        # also best_int8.onnx (CPU, ~2x)
 
 Outputs go to a new run folder (logs/predict, logs/predict2, ...); nothing is overwritten.
 """
@@ -22,10 +23,12 @@ from utils.inference import BaseDetector, DetectOptions, Detector
 from utils.predicting import ResultWriter, display_available, predict_source
 from utils.run_logging import USER_ERRORS as COMMON_USER_ERRORS
 from utils.run_logging import increment_dir, run_command, setup_logging
-from utils.sources import SourceError, open_source
+from utils.datasets import load_split
+from utils.sources import ImageSource, SourceError, open_source
 
 LOGGER = logging.getLogger("predict")
 DEFAULT_SOURCE = ROOT / "VOCdevkit" / "VOC2007" / "JPEGImages"
+DEFAULT_DATA = ROOT / "VOCdevkit"
 # Errors that reach the user as one sentence (tracebacks with --verbose).
 USER_ERRORS = COMMON_USER_ERRORS + (SourceError, cv2.error)
 
@@ -62,6 +65,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     output.add_argument("--show", action="store_true", help="show results in a window (q quits)")
     output.add_argument("--fps", action="store_true", help="print pre-process / inference / NMS ms and images/s")
     output.add_argument("--export", choices=("onnx", "darknet"), help="export the model into the run folder; no detection")
+    output.add_argument("--int8", action="store_true",
+                        help="with --export onnx: also write <name>_int8.onnx, quantized with onnxruntime and "
+                             "calibrated on --source images (default: VOCdevkit's train split); about 2x faster "
+                             "on CPUs with VNNI; check its mAP with eval.py --weights <name>_int8.onnx")
+    output.add_argument("--calib-images", type=int, default=100, help="calibration images for --int8")
     output.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return parser
 
@@ -108,13 +116,33 @@ def export(args: argparse.Namespace, save_dir: Path) -> list[Path]:
     save_dir.mkdir(parents=True, exist_ok=True)
     if args.export == "onnx":
         from utils.export import export_onnx
-        return [export_onnx(model, config, save_dir / f"{weights.stem}.onnx")]
+        exported = export_onnx(model, config, save_dir / f"{weights.stem}.onnx")
+        return [exported, quantize(args, exported, config)] if args.int8 else [exported]
     from utils.darknet import export_darknet
     return list(export_darknet(model, config, save_dir / weights.stem))
 
 
+def quantize(args: argparse.Namespace, exported: Path, config: ModelConfig) -> Path:
+    """<exported>_int8.onnx, calibrated on up to --calib-images images of --source (default: the bundled VOCdevkit's
+    train split, so that its test split stays unseen for eval.py)."""
+    from utils.quantize import letterboxed, quantize_onnx
+
+    if args.source is None and DEFAULT_DATA.is_dir():
+        source = ImageSource([record.path for record in load_split(DEFAULT_DATA, "train").records])
+    else:
+        source = open_source(args.source or DEFAULT_SOURCE)
+    if source.kind != "images":
+        raise SourceError(f"--int8 calibrates on images; --source {args.source} is a {source.kind}: give a folder "
+                          "or glob of images like those the model will see")
+    images = (frame.image for frame in source)
+    canvases = letterboxed(images, config.input_shape, args.calib_images)
+    return quantize_onnx(exported, exported.with_name(f"{exported.stem}_int8.onnx"), canvases)
+
+
 def run(args: argparse.Namespace) -> None:
     save_dir = increment_dir(Path(args.save_dir).parent, Path(args.save_dir).name)
+    if args.int8 and args.export != "onnx":
+        raise ValueError("--int8 quantizes an ONNX export: add --export onnx")
     if args.export:
         for path in export(args, save_dir):
             print(f"exported {path}")

@@ -8,7 +8,9 @@ Variants, each at every --batch-sizes:
 - fused_amp: the same with autocast (bf16 on CPUs with native bf16, see utils.device), when the CPU has it;
 - compiled_fp32 (opt-in via --variants): fused_fp32 through torch.compile (inductor, frozen weights), compiled
   before timing; each partial last batch recompiles, so use it at batch 1;
-- onnxruntime: the model exported with utils.export (decoding inside) run by onnxruntime, same prefetching.
+- onnxruntime: the model exported with utils.export (decoding inside) run by onnxruntime, same prefetching;
+- onnxruntime_int8: that export quantized by utils.quantize (static int8, calibrated on 100 images of --data's
+  --calib-split, or of --images without --data), as `predict.py --export onnx --int8` makes it.
 
 The (variant, batch) runs are interleaved in --rounds rounds over slices of the images, so a shared machine's
 changing load weighs on all of them alike. Prints one JSON line per (variant, batch), then speed-up lines over the
@@ -44,6 +46,7 @@ from utils.inference import BaseDetector, DetectOptions, Detector  # noqa: E402
 
 LOGGER = logging.getLogger("bench_infer")
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "raccoon_dataset" / "images"
+CALIBRATION_IMAGES = 100  # predict.py --int8's default
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -55,16 +58,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=416)
     parser.add_argument("--phi", default="cbam", help="attention for random weights (default phi 2 = cbam)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--variants", nargs="+", default=["baseline", "fused_fp32", "fused_amp", "onnxruntime"])
+    parser.add_argument("--variants", nargs="+", default=["baseline", "fused_fp32", "fused_amp", "onnxruntime", "onnxruntime_int8"])
     parser.add_argument("--conf", type=float, default=0.5, help="speed test score threshold (predict's default)")
     parser.add_argument("--weights", help="trained checkpoint: speed uses it, and with --data mAP50 is compared")
     parser.add_argument("--data", help="dataset for the mAP50 comparison (VOCdevkit, images/+annotations/, COCO json)")
     parser.add_argument("--split", default="test")
+    parser.add_argument("--calib-split", default="train", help="--data split that calibrates the int8 model")
     return parser
 
 
 def make_detector(variant: str, model: torch.nn.Module, config: ModelConfig, options: DetectOptions,
-                  workdir: Path, batch_sizes: tuple[int, ...] = (1,)) -> BaseDetector | None:
+                  workdir: Path, batch_sizes: tuple[int, ...] = (1,),
+                  calibration: list[Path] = ()) -> BaseDetector | None:
     """The detector of one variant, or None when this machine cannot run it (no bf16, no onnxruntime)."""
     if variant == "baseline":
         return Detector(model, config, "cpu", options, optimize=False, amp=False)
@@ -79,17 +84,40 @@ def make_detector(variant: str, model: torch.nn.Module, config: ModelConfig, opt
             LOGGER.warning("fused_amp skipped: this CPU has no native bf16, so autocast would be slower than fp32")
             return None
         return Detector(model, config, "cpu", options, optimize=True, amp=True)
-    if variant == "onnxruntime":
+    if variant in ("onnxruntime", "onnxruntime_int8"):
         try:
-            from utils.export import OnnxDetector, export_onnx
+            from utils.export import OnnxDetector
         except ImportError:
-            LOGGER.warning("onnxruntime variant skipped: onnx/onnxruntime not installed")
+            LOGGER.warning("%s variant skipped: onnx/onnxruntime not installed", variant)
             return None
-        path = workdir / "model.onnx"
-        if not path.exists():
-            export_onnx(model, config, path)
-        return OnnxDetector(path, options)
+        return OnnxDetector(onnx_file(variant, model, config, workdir, calibration), options)
     raise ValueError(f"unknown variant {variant!r}")
+
+
+def onnx_file(variant: str, model: torch.nn.Module, config: ModelConfig, workdir: Path,
+              calibration: list[Path]) -> Path:
+    """The fp32 export (made once), or its int8 version calibrated on `calibration` (made once)."""
+    from utils.export import export_onnx
+    from utils.quantize import letterboxed, quantize_onnx
+
+    fp32, int8 = workdir / "model.onnx", workdir / "model_int8.onnx"
+    if not fp32.exists():
+        export_onnx(model, config, fp32)
+    if variant == "onnxruntime_int8" and not int8.exists():
+        images = (read_image(path) for path in calibration)
+        quantize_onnx(fp32, int8, letterboxed(images, config.input_shape, CALIBRATION_IMAGES))
+    return int8 if variant == "onnxruntime_int8" else fp32
+
+
+def calibration_images(args: argparse.Namespace) -> list[Path]:
+    """Images for int8 calibration: with --data its --calib-split (never the split whose mAP is measured),
+    else the speed-test images."""
+    if args.data:
+        from utils.datasets import load_split
+        if args.calib_split == args.split:
+            raise ValueError(f"--calib-split {args.calib_split} is the measured split; calibrate on another one")
+        return [record.path for record in load_split(args.data, args.calib_split).records[:CALIBRATION_IMAGES]]
+    return sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:CALIBRATION_IMAGES]
 
 
 def run_once(detector: BaseDetector, paths: list[Path], batch_size: int, prefetch: bool) -> tuple[float, float, int]:
@@ -105,10 +133,12 @@ def speed(args: argparse.Namespace, model: torch.nn.Module, config: ModelConfig,
     machine, which changes by the minute, weighs on all variants alike."""
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:args.limit]
     options = DetectOptions(conf_thres=args.conf, iou_thres=0.3)
+    calibration = calibration_images(args)
     runs = {}
     for variant in args.variants:
         for batch_size in args.batch_sizes:
-            detector = make_detector(variant, model, config, options, workdir, tuple(args.batch_sizes))
+            detector = make_detector(variant, model, config, options, workdir, tuple(args.batch_sizes),
+                                     calibration)
             if detector is not None:
                 run_once(detector, paths[:batch_size], batch_size, prefetch=True)  # warm-up (oneDNN primitives)
                 detector.times = type(detector.times)()
@@ -146,9 +176,10 @@ def map50(args: argparse.Namespace, model: torch.nn.Module, config: ModelConfig,
 
     records = load_split(args.data, args.split, classes=config.classes).records
     options = DetectOptions(conf_thres=0.001, iou_thres=0.5, max_det=300)
+    calibration = calibration_images(args)
     reference = None
     for variant in args.variants:
-        detector = make_detector(variant, model, config, options, workdir, (8,))
+        detector = make_detector(variant, model, config, options, workdir, (8,), calibration)
         if detector is None:
             continue
         detections = [d for _, results, _ in detector.stream(records, 8, image_of=lambda r: read_image(r.path))

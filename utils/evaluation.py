@@ -18,12 +18,13 @@ from utils.boxes import detections_to_original
 from utils.config import ModelConfig
 from utils.decode import decode_outputs, non_max_suppression
 from utils.device import autocast
+from utils.inference import BaseDetector
 from utils.metrics import Annotated, VOCResult, coco_evaluate, voc_evaluate
 
 LOGGER = logging.getLogger(__name__)
 
 
-def collect_detections(model: nn.Module, loader, config: ModelConfig, device: torch.device, conf: float = 0.001,
+def collect_detections(model: nn.Module | BaseDetector, loader, config: ModelConfig, device: torch.device, conf: float = 0.001,
                        iou: float = 0.5, max_det: int = 300, amp: bool = True,
                        progress: bool = False) -> list[np.ndarray]:
     """One float32 ndarray[K, 6] (x1, y1, x2, y2, score, class) in original-image pixels per dataset record.
@@ -32,24 +33,37 @@ def collect_detections(model: nn.Module, loader, config: ModelConfig, device: to
     restored afterwards, so training can call this on its live model.
     """
     detections: list[np.ndarray | None] = [None] * len(loader.dataset)
-    was_training = model.training
-    model.eval()
+    is_module = isinstance(model, nn.Module)
+    was_training = is_module and model.training
+    if is_module:
+        model.eval()
     try:
         with torch.inference_mode():
             for images, indices, infos in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
-                batch = images.to(device, non_blocking=True).float() / 255
-                with autocast(device, amp):
-                    outputs = model(batch)
-                decoded = decode_outputs(outputs, config, input_shape=tuple(batch.shape[2:]))
+                decoded = decoded_batch(model, images, config, device, amp)
                 for dets, i, info in zip(non_max_suppression(decoded, conf, iou, max_det), indices, infos):
                     detections[i] = detections_to_original(dets, info)
     finally:
-        model.train(was_training)
+        if is_module:
+            model.train(was_training)
     missing = sum(d is None for d in detections)
     if missing:  # e.g. a sampler that covers only part of the dataset
         LOGGER.warning("%d of %d images were not in the loader; counted as images without detections",
                        missing, len(detections))
     return [np.zeros((0, 6), np.float32) if d is None else d for d in detections]
+
+
+def decoded_batch(model: nn.Module | BaseDetector, images: torch.Tensor, config: ModelConfig, device: torch.device,
+                  amp: bool) -> torch.Tensor:
+    """uint8 letterboxed images [B, 3, H, W] -> decoded predictions [B, N, 5 + nc] (see utils.decode).
+
+    `model` is a YoloBody, or a detector that decodes by itself (an exported .onnx run by onnxruntime)."""
+    if isinstance(model, BaseDetector):
+        return model.forward(images.permute(0, 2, 3, 1).numpy())
+    batch = images.to(device, non_blocking=True).float() / 255
+    with autocast(device, amp):
+        outputs = model(batch)
+    return decode_outputs(outputs, config, input_shape=tuple(batch.shape[2:]))
 
 
 def compute_metrics(detections: Sequence[np.ndarray], records: Sequence[Annotated], class_names: Sequence[str],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -107,6 +108,17 @@ def read_onnx_config(path: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(json.loads(props[CONFIG_KEY]))
 
 
+def session_options():
+    """onnxruntime options for detection: no busy-waiting of idle pool threads between runs (by default they spin,
+    taking the cores that reading and letterboxing the next image and NMS on the last one need)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if os.environ.get("YOLO_ORT_SPIN", "0") != "1":
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OnnxDetector(BaseDetector):
     """The Detector interface over an exported .onnx file, run by onnxruntime (CPU unless `providers` says)."""
 
@@ -119,7 +131,8 @@ class OnnxDetector(BaseDetector):
             raise ExportError(f"{path} was exported for input {config.input_shape}; it cannot run at "
                               f"{list(input_shape)} (re-export with --input-shape)")
         super().__init__(config, options, config.input_shape)
-        self.session = onnxruntime.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
+        self.session = onnxruntime.InferenceSession(str(path), session_options(),
+                                                    providers=providers or ["CPUExecutionProvider"])
 
     def forward(self, batch: np.ndarray) -> torch.Tensor:
         images = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / 255
