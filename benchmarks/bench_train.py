@@ -1,6 +1,7 @@
 """Images/s of the full training step (data loading and augmentation included) at 416, batch 8.
 
-    python benchmarks/bench_train.py [--data ../shared/data/raccoon_dataset] [--iters 30] [--no-amp]
+    python benchmarks/bench_train.py [--data ../shared/data/raccoon_dataset] [--iters 30] [--modes fp32,amp]
+    python benchmarks/bench_train.py --modes fp32 --breakdown    # + where a step's time goes, conv speed per dtype
 
 Prints one JSON line per configuration. The reference implementation's loop runs at about 6.4 images/s on a
 2-core CPU (fp32, phi 2, 2 workers); the target is at least twice that.
@@ -50,6 +51,56 @@ def measure(loader, config: ModelConfig, device: torch.device, amp: bool, iters:
     return seen / (time.perf_counter() - start)
 
 
+def conv_gflops(dtype: torch.dtype, backward: bool, repeats: int = 5) -> float:
+    """GFLOP/s of one YOLO-sized 3x3 convolution (batch 8, 128 -> 128 channels, 52x52, channels_last) in `dtype`,
+    forward only or forward + backward (backward = 2 forward-sized convolutions)."""
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(dtype, memory_format=torch.channels_last)
+    x = torch.randn(8, 128, 52, 52, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(backward)
+
+    def run() -> None:
+        with torch.set_grad_enabled(backward):
+            y = conv(x)
+            if backward:
+                y.sum().backward()
+    run()  # kernel selection, weight reorder
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    flops = 2 * 8 * 128 * 128 * 9 * 52 * 52 * (3 if backward else 1) * repeats
+    return flops / (time.perf_counter() - start) / 1e9
+
+
+def breakdown(config: ModelConfig, device: torch.device, batch: int, steps: int = 4) -> dict:
+    """Where a training step's time goes (model only, no data loading): the profiler's share of convolutions,
+    forward and backward, gives the rate the step could reach if everything else were free."""
+    from torch.profiler import profile
+
+    model = build_model(config).to(device, memory_format=torch.channels_last).train()
+    loss_fn, optimizer = YoloLoss(config), build_optimizer(model, "sgd", 1e-3, 0.937, 5e-4)
+    images = torch.rand(batch, 3, *config.input_shape, device=device).contiguous(memory_format=torch.channels_last)
+    targets = torch.tensor([[i, 0, 0.5, 0.5, 0.3, 0.4] for i in range(batch)], device=device)
+
+    def step() -> None:
+        optimizer_step(model, loss_fn(model(images), targets)["total"], optimizer, make_scaler(device, False), 0.0)
+    step()
+    start = time.perf_counter()
+    with profile() as prof:
+        for _ in range(steps):
+            step()
+    seconds = time.perf_counter() - start
+    events = prof.key_averages()
+    conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key) / 1e6
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    rate = batch * steps / seconds
+    return {"benchmark": "train_breakdown", "model_only_images_per_s": round(rate, 2),
+            "convolution_share": round(conv / total, 3),
+            "convolutions_only_ceiling_images_per_s": round(rate * total / conv, 2),
+            **{f"conv3x3_{name}_gflops": round(conv_gflops(dtype, backward), 1)
+               for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16"), (torch.float16, "fp16"))
+               for backward, name in ((False, f"{label}_fwd"), (True, f"{label}_fwd_bwd"))}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "raccoon_dataset"))
@@ -60,6 +111,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default=None)
     parser.add_argument("--modes", default="fp32,amp", help="comma list of fp32 and amp")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also profile a model-only step (convolution share and the rate it bounds) and time a "
+                             "3x3 convolution in fp32, bf16 and fp16")
     args = parser.parse_args()
     if not Path(args.data).exists():
         print(json.dumps({"skipped": f"dataset {args.data} not found"}))
@@ -70,6 +124,8 @@ def main() -> None:
     dataset = TrainDataset(index, config.input_shape, AugmentConfig(), epochs=TrainConfig().epochs)
     loader = build_loader(dataset, args.batch_size, args.workers, shuffle=True, seed=0, drop_last=True,
                           collate_fn=train_collate)
+    if args.breakdown:
+        print(json.dumps({**breakdown(config, device, args.batch_size), "threads": torch.get_num_threads()}), flush=True)
     for mode in args.modes.split(","):
         amp = mode == "amp"
         rate = measure(loader, config, device, amp, args.iters, args.warmup)

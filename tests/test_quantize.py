@@ -14,11 +14,11 @@ import predict
 from tests.synthetic import make_voc
 from utils.checkpoint import save_checkpoint
 from utils.config import ModelConfig, build_model
-from utils.export import OnnxDetector, export_onnx, read_onnx_config
+from utils.export import OnnxDetector, export_onnx, model_input, read_onnx_config
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (requirements-dev.txt)")
 from utils.quantize import (QUANTIZATION_KEY, QuantizationError, letterboxed, nodes_to_quantize,  # noqa: E402
-                            output_convs, quantize_onnx, to_model_input)
+                            output_convs, quantize_onnx)
 
 SIZE = (96, 128)  # height, width
 
@@ -102,7 +102,7 @@ def test_no_calibration_images_is_an_error(quantized, tmp_path):
 def test_model_input_is_planar_float_in_unit_range():
     canvases = np.zeros((2, 4, 6, 3), np.uint8)
     canvases[..., 2] = 255
-    x = to_model_input(canvases)
+    x = model_input(canvases)
     assert x.shape == (2, 3, 4, 6) and x.dtype == np.float32 and x[:, 2].min() == 1.0 and x[:, :2].max() == 0.0
 
 

@@ -108,6 +108,13 @@ def read_onnx_config(path: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(json.loads(props[CONFIG_KEY]))
 
 
+def model_input(canvases: np.ndarray) -> np.ndarray:
+    """uint8 letterboxed canvases [B, H, W, 3] -> float32 [B, 3, H, W] in [0, 1], the exported model's input.
+    One pass into a preallocated array: 4x faster than astype-then-divide, which matters at batch 1 on 2 cores."""
+    out = np.empty((canvases.shape[0], 3, *canvases.shape[1:3]), np.float32)
+    return np.divide(canvases.transpose(0, 3, 1, 2), np.float32(255), out=out, dtype=np.float32)
+
+
 def session_options():
     """onnxruntime options for detection: no busy-waiting of idle pool threads between runs (by default they spin,
     taking the cores that reading and letterboxing the next image and NMS on the last one need)."""
@@ -135,5 +142,4 @@ class OnnxDetector(BaseDetector):
                                                     providers=providers or ["CPUExecutionProvider"])
 
     def forward(self, batch: np.ndarray) -> torch.Tensor:
-        images = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / 255
-        return torch.from_numpy(self.session.run(None, {"images": images})[0])
+        return torch.from_numpy(self.session.run(None, {"images": model_input(batch)})[0])

@@ -20,6 +20,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from utils.export import model_input
+
 LOGGER = logging.getLogger(__name__)
 
 # Ops quantized inside the network: chains of conv -> leaky ReLU -> max-pool / concat / upsample then stay in int8
@@ -32,11 +34,6 @@ QUANTIZATION_KEY = "quantization"
 
 class QuantizationError(RuntimeError):
     """An ONNX file that cannot be quantized, or calibration without images; the message says what to do."""
-
-
-def to_model_input(canvases: np.ndarray) -> np.ndarray:
-    """uint8 letterboxed canvases [B, H, W, 3] -> float32 [B, 3, H, W] in [0, 1], the exported model's input."""
-    return np.ascontiguousarray(canvases.transpose(0, 3, 1, 2), dtype=np.float32) / 255
 
 
 def output_convs(graph) -> set[str]:
@@ -71,7 +68,7 @@ def calibration_reader(canvases: Sequence[np.ndarray], input_name: str = "images
             if canvas is None:
                 return None
             self.count += 1
-            return {input_name: to_model_input(canvas[None])}
+            return {input_name: model_input(canvas[None])}
 
     return _Reader()
 
