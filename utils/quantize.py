@@ -13,6 +13,7 @@ project's 2-core reference CPU, where bf16 is slower than fp32, it is the fastes
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 from pathlib import Path
@@ -100,13 +101,25 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, canvases: Iterabl
         # cannot follow the decoder's batch-dependent grid, and ONNX's own inference is enough for QDQ.
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_quantize=nodes_to_quantize(source.graph), calibrate_method=methods[method])
+        with _root_logger_at(logging.WARNING):  # onnxruntime logs a line per shared bias through the root logger
+            quantize_static(str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_quantize=nodes_to_quantize(source.graph), calibrate_method=methods[method])
     _copy_metadata(source, out_path, f"int8 static QDQ, per-channel weights; {method} calibration on "
                                      f"{reader.count} calibration images")
     LOGGER.info("quantized %s -> %s (%d calibration images, %s)", fp32_path.name, out_path, reader.count, method)
     return out_path
+
+
+@contextlib.contextmanager
+def _root_logger_at(level: int) -> Iterator[None]:
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(max(level, before))
+    try:
+        yield
+    finally:
+        root.setLevel(before)
 
 
 def _copy_metadata(source, out_path: Path, description: str) -> None:
