@@ -143,6 +143,8 @@ def run(args: argparse.Namespace) -> None:
     save_dir = increment_dir(Path(args.save_dir).parent, Path(args.save_dir).name)
     if args.int8 and args.export != "onnx":
         raise ValueError("--int8 quantizes an ONNX export: add --export onnx")
+    if args.int8 and args.calib_images < 1:
+        raise ValueError(f"--calib-images {args.calib_images}: int8 calibration needs at least 1 image (100 is usual)")
     if args.export:
         for path in export(args, save_dir):
             print(f"exported {path}")

@@ -135,8 +135,9 @@ def test_predict_exports_int8_that_predict_runs(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--int8"], "add --export onnx"),
     (["--int8", "--export", "darknet"], "add --export onnx"),
+    (["--int8", "--export", "onnx", "--calib-images", "0"], "at least 1 image"),
 ])
-def test_int8_needs_an_onnx_export(tmp_path, capsys, argv, message):
+def test_bad_int8_options_are_one_clear_error(tmp_path, capsys, argv, message):
     model, config = make_model("none")
     weights = write_checkpoint(tmp_path / "w.pth", model, config)
     args = ["--weights", str(weights), "--save-dir", str(tmp_path / "x"), *argv]
