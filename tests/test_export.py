@@ -111,3 +111,18 @@ def test_predict_exports_darknet(tmp_path, capsys):
     assert predict.main(predict.get_args_parser().parse_args(args)) == 0
     assert (tmp_path / "dk" / "plain.cfg").is_file() and (tmp_path / "dk" / "plain.weights").is_file()
     assert "exported" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content", [b"not a model", b"\x08\x07\x12\x05"])
+def test_broken_onnx_file_is_one_clear_error(tmp_path, capsys, content):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(content)
+    image = tmp_path / "in.png"
+    import cv2
+    cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
+    args = ["--weights", str(path), "--source", str(image), "--save-dir", str(tmp_path / "run")]
+    assert predict.main(predict.get_args_parser().parse_args(args)) == 1
+    printed = "".join(capsys.readouterr())
+    errors = [line for line in printed.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "broken.onnx" in errors[0] and "export" in errors[0]
+    assert "Traceback" not in printed

@@ -99,8 +99,13 @@ def check_onnx(path: str | Path, wrapped: nn.Module, input_shape: Sequence[int],
 def read_onnx_config(path: str | Path) -> ModelConfig:
     """The ModelConfig stored in an .onnx file by export_onnx."""
     import onnx
+    from google.protobuf.message import DecodeError  # onnx's own dependency
 
-    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except DecodeError as err:
+        raise ExportError(f"{path} is not a readable ONNX model ({err}); it may be truncated or another kind of "
+                          "file: export it again with predict.py --export onnx") from None
     props = {p.key: p.value for p in proto.metadata_props}
     if CONFIG_KEY not in props:
         raise ExportError(f"{path} has no '{CONFIG_KEY}' metadata, so its classes and input size are unknown; "
