@@ -136,8 +136,12 @@ class OnnxDetector(BaseDetector):
 
     def __init__(self, path: str | Path, options: DetectOptions | None = None,
                  input_shape: Sequence[int] | None = None, providers: list[str] | None = None):
-        import onnxruntime
-
+        try:
+            import onnx  # noqa: F401  (read_onnx_config)
+            import onnxruntime
+        except ImportError as err:
+            raise ImportError(f"running {path} needs onnx and onnxruntime ({err}): "
+                              "pip install -r requirements-dev.txt") from err
         config = read_onnx_config(path)
         if input_shape is not None and list(input_shape) != list(config.input_shape):
             raise ExportError(f"{path} was exported for input {config.input_shape}; it cannot run at "
