@@ -21,6 +21,7 @@ from utils.checkpoint import latest_weights, load_model
 from utils.config import ROOT, ModelConfig, parse_input_shape, read_classes
 from utils.inference import BaseDetector, DetectOptions, Detector
 from utils.predicting import ResultWriter, display_available, predict_source
+from utils.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx
 from utils.run_logging import USER_ERRORS as COMMON_USER_ERRORS
 from utils.run_logging import increment_dir, run_command, setup_logging
 from utils.datasets import load_split
@@ -69,7 +70,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="with --export onnx: also write <name>_int8.onnx, quantized with onnxruntime and "
                              "calibrated on --source images (default: VOCdevkit's train split); about 2x faster "
                              "on CPUs with VNNI; check its mAP with eval.py --weights <name>_int8.onnx")
-    output.add_argument("--calib-images", type=int, default=100, help="calibration images for --int8")
+    output.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+                        help="calibration images for --int8")
     output.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return parser
 
@@ -125,8 +127,6 @@ def export(args: argparse.Namespace, save_dir: Path) -> list[Path]:
 def quantize(args: argparse.Namespace, exported: Path, config: ModelConfig) -> Path:
     """<exported>_int8.onnx, calibrated on up to --calib-images images of --source (default: the bundled VOCdevkit's
     train split, so that its test split stays unseen for eval.py)."""
-    from utils.quantize import letterboxed, quantize_onnx
-
     if args.source is None and DEFAULT_DATA.is_dir():
         source = ImageSource([record.path for record in load_split(DEFAULT_DATA, "train").records])
     else:

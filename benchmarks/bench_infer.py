@@ -43,10 +43,10 @@ from utils.datasets import IMAGE_SUFFIXES  # noqa: E402
 from utils.device import autocast_dtype  # noqa: E402
 from utils.image_io import read_image  # noqa: E402
 from utils.inference import BaseDetector, DetectOptions, Detector  # noqa: E402
+from utils.quantize import DEFAULT_CALIBRATION_IMAGES  # noqa: E402
 
 LOGGER = logging.getLogger("bench_infer")
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "raccoon_dataset" / "images"
-CALIBRATION_IMAGES = 100  # predict.py --int8's default
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -105,7 +105,7 @@ def onnx_file(variant: str, model: torch.nn.Module, config: ModelConfig, workdir
         export_onnx(model, config, fp32)
     if variant == "onnxruntime_int8" and not int8.exists():
         images = (read_image(path) for path in calibration)
-        quantize_onnx(fp32, int8, letterboxed(images, config.input_shape, CALIBRATION_IMAGES))
+        quantize_onnx(fp32, int8, letterboxed(images, config.input_shape, DEFAULT_CALIBRATION_IMAGES))
     return int8 if variant == "onnxruntime_int8" else fp32
 
 
@@ -116,8 +116,10 @@ def calibration_images(args: argparse.Namespace) -> list[Path]:
         from utils.datasets import load_split
         if args.calib_split == args.split:
             raise ValueError(f"--calib-split {args.calib_split} is the measured split; calibrate on another one")
-        return [record.path for record in load_split(args.data, args.calib_split).records[:CALIBRATION_IMAGES]]
-    return sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:CALIBRATION_IMAGES]
+        paths = [record.path for record in load_split(args.data, args.calib_split).records]
+    else:
+        paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return paths[:DEFAULT_CALIBRATION_IMAGES]
 
 
 def run_once(detector: BaseDetector, paths: list[Path], batch_size: int, prefetch: bool) -> tuple[float, float, int]:
