@@ -66,6 +66,8 @@ def load(args: argparse.Namespace):
         from utils.export import OnnxDetector
         model = OnnxDetector(weights, input_shape=parse_input_shape(args.input_shape) if args.input_shape else None)
         config, device = model.config, select_device("cpu")
+        if args.device not in (None, "", "cpu"):
+            LOGGER.warning("--device %s ignored: %s runs on the CPU with onnxruntime", args.device, weights.name)
     else:
         classes = read_classes(args.classes) if args.classes else None
         model, config = load_model(weights, classes, args.phi, args.cfg)

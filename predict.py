@@ -19,12 +19,12 @@ import cv2
 
 from utils.checkpoint import latest_weights, load_model
 from utils.config import ROOT, ModelConfig, parse_input_shape, read_classes
+from utils.datasets import load_split
 from utils.inference import BaseDetector, DetectOptions, Detector
 from utils.predicting import ResultWriter, display_available, predict_source
 from utils.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx
 from utils.run_logging import USER_ERRORS as COMMON_USER_ERRORS
 from utils.run_logging import increment_dir, run_command, setup_logging
-from utils.datasets import load_split
 from utils.sources import ImageSource, SourceError, open_source
 
 LOGGER = logging.getLogger("predict")

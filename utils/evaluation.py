@@ -24,8 +24,8 @@ from utils.metrics import Annotated, VOCResult, coco_evaluate, voc_evaluate
 LOGGER = logging.getLogger(__name__)
 
 
-def collect_detections(model: nn.Module | BaseDetector, loader, config: ModelConfig, device: torch.device, conf: float = 0.001,
-                       iou: float = 0.5, max_det: int = 300, amp: bool = True,
+def collect_detections(model: nn.Module | BaseDetector, loader, config: ModelConfig, device: torch.device,
+                       conf: float = 0.001, iou: float = 0.5, max_det: int = 300, amp: bool = True,
                        progress: bool = False) -> list[np.ndarray]:
     """One float32 ndarray[K, 6] (x1, y1, x2, y2, score, class) in original-image pixels per dataset record.
 

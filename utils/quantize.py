@@ -62,14 +62,10 @@ def calibration_reader(canvases: Sequence[np.ndarray], input_name: str = "images
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self.items: Iterator[np.ndarray] = iter(canvases)
-            self.count = 0
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             canvas = next(self.items, None)
-            if canvas is None:
-                return None
-            self.count += 1
-            return {input_name: model_input(canvas[None])}
+            return None if canvas is None else {input_name: model_input(canvas[None])}
 
     return _Reader()
 
@@ -103,8 +99,8 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, canvases: Iterabl
                             nodes_to_quantize=nodes_to_quantize(source.graph),
                             calibrate_method=CalibrationMethod.MinMax)
     _copy_metadata(source, out_path, f"int8 static QDQ, per-channel weights; min-max calibration on "
-                                     f"{reader.count} calibration images")
-    LOGGER.info("quantized %s -> %s (%d calibration images)", fp32_path.name, out_path, reader.count)
+                                     f"{len(canvases)} calibration images")
+    LOGGER.info("quantized %s -> %s (%d calibration images)", fp32_path.name, out_path, len(canvases))
     return out_path
 
 
