@@ -6,6 +6,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.checkpoint import save_checkpoint
+from utils.config import ModelConfig
+
 COLOURS = {"red": (0, 0, 255), "green": (0, 200, 0), "blue": (255, 0, 0)}  # BGR for cv2.imwrite
 
 
@@ -42,3 +45,9 @@ def make_voc(root: Path, images: int = 4, size: tuple[int, int] = (96, 128), cla
     for name, members in splits.items():
         (year / "ImageSets" / "Main" / f"{name}.txt").write_text("".join(ids[m] + "\n" for m in members))
     return root
+
+
+def write_weights(path: Path, state: dict, config: ModelConfig) -> Path:
+    """A minimal checkpoint of ours (weights + config), as predict.py and eval.py load it."""
+    save_checkpoint({"model": state, "config": config.to_dict(), "format_version": 1}, path)
+    return path

@@ -15,8 +15,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_infer  # noqa: E402
 import bench_train  # noqa: E402
-from tests.synthetic import make_voc  # noqa: E402
-from utils.checkpoint import save_checkpoint  # noqa: E402
+from tests.synthetic import make_voc, write_weights  # noqa: E402
 from utils.config import ModelConfig, build_model  # noqa: E402
 
 
@@ -45,9 +44,7 @@ def test_bench_infer_compares_map_of_variants(tmp_path, capsys):
     pytest.importorskip("onnxruntime", reason="the onnxruntime variants need onnxruntime (requirements-dev.txt)")
     data = make_voc(tmp_path / "VOCdevkit", images=4)
     config = ModelConfig(classes=["red", "blue"], attention="cbam", input_shape=[64, 64])
-    weights = tmp_path / "w.pth"
-    save_checkpoint({"model": build_model(config).state_dict(), "config": config.to_dict(), "format_version": 1},
-                    weights)
+    weights = write_weights(tmp_path / "w.pth", build_model(config).state_dict(), config)
     argv = ["--images", str(tmp_path / "absent"), "--weights", str(weights), "--data", str(data), "--size", "64",
             "--variants", "baseline", "onnxruntime", "onnxruntime_int8"]
     assert bench_infer.main(bench_infer.get_args_parser().parse_args(argv)) == 0

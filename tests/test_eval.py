@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tests.conftest import ROOT
-from utils.checkpoint import save_checkpoint
+from tests.synthetic import write_weights
 from utils.config import ModelConfig, build_model
 from utils.dataloader import EvalDataset, build_loader, eval_collate
 from utils.datasets import load_split
@@ -144,8 +144,7 @@ def test_class_list_mismatch_is_refused(tmp_path):
 def random_checkpoint(path, classes=CLASSES):
     config = ModelConfig(classes, attention="eca", input_shape=[128, 128])
     torch.manual_seed(0)
-    save_checkpoint({"model": build_model(config).state_dict(), "config": config.to_dict(), "format_version": 1}, path)
-    return path
+    return write_weights(path, build_model(config).state_dict(), config)
 
 
 @pytest.fixture

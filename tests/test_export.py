@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import predict
-from utils.checkpoint import save_checkpoint
+from tests.synthetic import write_weights
 from utils.config import ModelConfig, build_model
 from utils.decode import decode_outputs
 from utils.export import ExportError, OnnxDetector, export_onnx, read_onnx_config
@@ -88,8 +88,7 @@ def test_export_check_catches_a_wrong_graph(tmp_path):
 
 def test_predict_exports_and_runs_onnx(tmp_path, capsys):
     model, config = make_model("eca")
-    weights = tmp_path / "best.pth"
-    save_checkpoint({"model": model.state_dict(), "config": config.to_dict(), "format_version": 1}, weights)
+    weights = write_weights(tmp_path / "best.pth", model.state_dict(), config)
     args = ["--weights", str(weights), "--export", "onnx", "--save-dir", str(tmp_path / "export")]
     assert predict.main(predict.get_args_parser().parse_args(args)) == 0
     onnx_path = tmp_path / "export" / "best.onnx"
@@ -105,8 +104,7 @@ def test_predict_exports_and_runs_onnx(tmp_path, capsys):
 
 def test_predict_exports_darknet(tmp_path, capsys):
     model, config = make_model("none")
-    weights = tmp_path / "plain.pth"
-    save_checkpoint({"model": model.state_dict(), "config": config.to_dict(), "format_version": 1}, weights)
+    weights = write_weights(tmp_path / "plain.pth", model.state_dict(), config)
     args = ["--weights", str(weights), "--export", "darknet", "--save-dir", str(tmp_path / "dk")]
     assert predict.main(predict.get_args_parser().parse_args(args)) == 0
     assert (tmp_path / "dk" / "plain.cfg").is_file() and (tmp_path / "dk" / "plain.weights").is_file()

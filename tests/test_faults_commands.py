@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fault_helpers import TRAIN_FAST, cli, cli_many, snapshot, tiny_voc
-from utils.checkpoint import save_checkpoint
+from tests.synthetic import write_weights
 from utils.config import ModelConfig, build_model
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     state = build_model(five).state_dict()
     torch.save(state, root / "five_classes_state_dict.pth")
-    save_checkpoint({"model": state, "ema": None, "config": five.to_dict(), "format_version": 1}, root / "five.pth")
+    write_weights(root / "five.pth", state, five)
     (root / "three.txt").write_text("circle\nsquare\ntriangle\n", encoding="utf-8")
     (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
     (root / "notes.xyz").write_text("not an image", encoding="utf-8")

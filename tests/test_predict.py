@@ -13,7 +13,7 @@ import torch
 import predict
 from nets.attention import ATTENTION_NAMES
 from utils.boxes import letterbox
-from utils.checkpoint import save_checkpoint
+from tests.synthetic import write_weights
 from utils.config import ModelConfig, build_model
 from utils.decode import decode_outputs
 from utils.inference import DetectOptions, Detector, Prefetcher, objectness_map
@@ -47,9 +47,7 @@ def make_model(attention: str = "none", seed: int = 0) -> tuple[torch.nn.Module,
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     model, config = make_model()
-    path = tmp_path_factory.mktemp("weights") / "best.pth"
-    save_checkpoint({"model": model.state_dict(), "ema": None, "config": config.to_dict(), "format_version": 1}, path)
-    return path
+    return write_weights(tmp_path_factory.mktemp("weights") / "best.pth", model.state_dict(), config)
 
 
 def random_image(height: int, width: int, seed: int) -> np.ndarray:

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 import predict
-from tests.synthetic import make_voc
-from utils.checkpoint import save_checkpoint
+from tests.synthetic import make_voc, write_weights
 from utils.config import ModelConfig, build_model
 from utils.export import OnnxDetector, export_onnx, model_input, read_onnx_config
 
@@ -108,14 +107,9 @@ def test_model_input_is_planar_float_in_unit_range():
 
 # ---- scripts ----
 
-def write_checkpoint(path, model, config):
-    save_checkpoint({"model": model.state_dict(), "config": config.to_dict(), "format_version": 1}, path)
-    return path
-
-
 def test_predict_exports_int8_that_predict_runs(tmp_path, capsys):
     model, config = make_model("se")
-    weights = write_checkpoint(tmp_path / "best.pth", model, config)
+    weights = write_weights(tmp_path / "best.pth", model.state_dict(), config)
     images = tmp_path / "calib"
     images.mkdir()
     for i, image in enumerate(scenes(6)):
@@ -139,7 +133,7 @@ def test_predict_exports_int8_that_predict_runs(tmp_path, capsys):
 ])
 def test_bad_int8_options_are_one_clear_error(tmp_path, capsys, argv, message):
     model, config = make_model("none")
-    weights = write_checkpoint(tmp_path / "w.pth", model, config)
+    weights = write_weights(tmp_path / "w.pth", model.state_dict(), config)
     args = ["--weights", str(weights), "--save-dir", str(tmp_path / "x"), *argv]
     assert predict.main(predict.get_args_parser().parse_args(args)) == 1
     errors = [line for line in "".join(capsys.readouterr()).splitlines() if line.startswith("error:")]
@@ -155,7 +149,7 @@ def test_eval_scores_an_onnx_file_like_its_checkpoint(tmp_path, monkeypatch):
     with torch.no_grad():  # confident boxes, so there is something to score
         for head in (model.yolo_headP5[1], model.yolo_headP4[1]):
             head.bias.view(3, 7)[:, 4] = 2.0
-    weights = write_checkpoint(tmp_path / "w.pth", model, config)
+    weights = write_weights(tmp_path / "w.pth", model.state_dict(), config)
     fp32 = export_onnx(model, config, tmp_path / "w.onnx")
     int8 = quantize_onnx(fp32, tmp_path / "w_int8.onnx", letterboxed(scenes(8), SIZE, limit=8))
 
