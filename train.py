@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 
+from nets.yolo import ATTENTION_PLACES
 from utils.config import parse_input_shape
 
 LOGGER = logging.getLogger("train")
@@ -17,7 +18,13 @@ AUGMENT_FLAGS = ("mosaic", "mixup", "hsv_h", "hsv_s", "hsv_v", "flip", "jitter",
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--phi", default="0", help="attention: 0/none, 1/se, 2/cbam, 3/eca")
+    p.add_argument("--phi", default="0", help="attention: 0/none, 1/se, 2/cbam, 3/eca, 4/ca (coordinate attention)")
+    p.add_argument("--attention-at", choices=ATTENTION_PLACES, default="neck",
+                   help="where attention goes: neck (the reference's 3 places), backbone (inside each CSP stage, "
+                        "starting as the identity), both")
+    p.add_argument("--attention-reduction", type=int, default=None,
+                   help="channel reduction ratio of SE, CBAM and CA (default: the reference's, SE 16, CBAM 8, CA 16)")
+    p.add_argument("--cbam-kernel", type=int, choices=(3, 7), default=7, help="CBAM's spatial attention kernel")
     p.add_argument("--data", default="VOCdevkit", help="VOCdevkit folder, images/+annotations/ folder, or COCO json")
     p.add_argument("--train-split", default="train", help="split to train on (VOC07+12: trainval)")
     p.add_argument("--val-split", default="val", help="split for validation mAP during training (VOC07+12: test)")

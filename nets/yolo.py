@@ -1,13 +1,29 @@
-"""YOLOv4-tiny body with an optional attention block on feat1, feat2 and the upsampled P5."""
+"""YOLOv4-tiny body with attention blocks in the neck (the reference's three places), inside the backbone, or both."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from nets.attention import attention_name, create_attention
+from nets.attention import OPTION_FLAGS, AttentionBlock, attention_name, create_attention, identify_block
 from nets.backbone import BasicConv, CSPDarknet53Tiny
 
 STRIDE = 32  # the coarsest head's stride: inputs must be a multiple of it
+
+# Where attention goes (--attention-at). neck: feat1, feat2 and the upsampled P5, as the reference (its state_dict
+# layout); backbone: inside each CSP stage (nets.backbone.ResblockBody); both: the two together.
+ATTENTION_PLACES = ("neck", "backbone", "both")
+# Backbone blocks start as the identity (2 x sigmoid gates over zeroed gate layers, AttentionBlock.start_as_identity):
+# they are usually inserted into a pretrained backbone, whose features a 0.5-gate would halve at every stage.
+# Neck blocks keep the reference's plain sigmoid and PyTorch's default initialisation, so reference weights match.
+BACKBONE_IDENTITY_START = True
+
+
+def attention_place(at: str) -> str:
+    """Validate --attention-at."""
+    text = str(at).strip().lower()
+    if text not in ATTENTION_PLACES:
+        raise ValueError(f"invalid --attention-at {at!r}; valid values: {', '.join(ATTENTION_PLACES)}")
+    return text
 
 
 class Upsample(nn.Module):
@@ -36,24 +52,40 @@ def check_input_size(height: int, width: int) -> None:
 class YoloBody(nn.Module):
     """YOLOv4-tiny. Returns (out0, out1): the stride-32 and stride-16 heads, each len(mask) * (5 + nc) channels.
 
-    `phi` is 0..3 or a name from nets.attention.ATTENTION_NAMES (none, se, cbam, eca).
+    `phi` is 0..4 or a name from nets.attention.ATTENTION_NAMES (none, se, cbam, eca, ca); `attention_at` one of
+    ATTENTION_PLACES; `reduction` / `cbam_kernel` the block options (None: the reference's).
     """
 
-    def __init__(self, anchors_mask: list[list[int]], num_classes: int, phi: int | str = 0):
+    def __init__(self, anchors_mask: list[list[int]], num_classes: int, phi: int | str = 0, attention_at: str = "neck",
+                 reduction: int | None = None, cbam_kernel: int | None = None):
         super().__init__()
         self.attention = attention_name(phi)
+        self.attention_at = attention_place(attention_at)
         self.num_classes = num_classes
-        self.backbone = CSPDarknet53Tiny()
+        self._block_options = {"reduction": reduction, "kernel_size": cbam_kernel if self.attention == "cbam" else None}
+        in_backbone = self.attention != "none" and self.attention_at in ("backbone", "both")
+        in_neck = self.attention != "none" and self.attention_at in ("neck", "both")
+        self.backbone = CSPDarknet53Tiny(self._backbone_block if in_backbone else None)
         self.conv_for_P5 = BasicConv(512, 256, 1)
         self.yolo_headP5 = yolo_head((512, len(anchors_mask[0]) * (5 + num_classes)), 256)
         self.upsample = Upsample(256, 128)
         self.yolo_headP4 = yolo_head((256, len(anchors_mask[1]) * (5 + num_classes)), 384)
-        if self.attention != "none":
-            self.feat1_att = create_attention(self.attention, 256)
-            self.feat2_att = create_attention(self.attention, 512)
-            self.upsample_att = create_attention(self.attention, 128)
-        else:  # Identity keeps forward() branch-free and adds no state_dict entries.
-            self.feat1_att = self.feat2_att = self.upsample_att = nn.Identity()
+        # Identity keeps forward() branch-free and adds no state_dict entries.
+        self.feat1_att = self._new_block(256) if in_neck else nn.Identity()
+        self.feat2_att = self._new_block(512) if in_neck else nn.Identity()
+        self.upsample_att = self._new_block(128) if in_neck else nn.Identity()
+
+    def _new_block(self, channels: int) -> nn.Module:
+        # A forked RNG: the layers every variant shares get the same initial weights for a given seed whatever the
+        # attention and its placement, so an ablation compares attention, not initialisation luck.
+        with torch.random.fork_rng(devices=[]):
+            return create_attention(self.attention, channels, **self._block_options)
+
+    def _backbone_block(self, channels: int) -> nn.Module:
+        block = self._new_block(channels)
+        if BACKBONE_IDENTITY_START:
+            block.start_as_identity()
+        return block
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_input_size(x.shape[-2], x.shape[-1])
@@ -65,3 +97,69 @@ class YoloBody(nn.Module):
         p4 = torch.cat([p5_up, feat1], dim=1)  # 128+256=384/16
         out1 = self.yolo_headP4(p4)  # 384->256->A(5+nc)/16
         return out0, out1
+
+    def attention_blocks(self) -> dict[str, AttentionBlock]:
+        """Every attention block by its module name (e.g. 'feat1_att', 'backbone.resblock_body2.feat_att')."""
+        return {name: module for name, module in self.named_modules() if isinstance(module, AttentionBlock)}
+
+    def freeze_backbone(self, frozen: bool) -> None:
+        """Freeze (or unfreeze) the backbone's pretrained layers; attention blocks inside it always train, since they
+        are the new part of a model fine-tuned from a plain pretrained backbone."""
+        self.backbone.requires_grad_(not frozen)
+        for block in self.backbone.modules():
+            if isinstance(block, AttentionBlock):
+                block.requires_grad_(True)
+
+    def attention_mismatch(self, state_dict: dict[str, torch.Tensor]) -> str | None:
+        """Why `state_dict`'s attention blocks do not fit this model, naming the option to change; None if they fit."""
+        return attention_mismatch(self, state_dict)
+
+
+def attention_prefixes(keys) -> list[str]:
+    """Module names of attention blocks among state_dict keys: every block's name ends in '_att' (feat1_att,
+    backbone.resblock_body1.feat_att, ...)."""
+    prefixes = []
+    for key in keys:
+        parts = key.split(".")
+        ends = [i for i, part in enumerate(parts[:-1]) if part.endswith("_att")]
+        if ends and (prefix := ".".join(parts[:ends[0] + 1])) not in prefixes:
+            prefixes.append(prefix)
+    return prefixes
+
+
+def _block_entries(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) + 1:]: v for k, v in state_dict.items() if k.startswith(prefix + ".")}
+
+
+def _placement(prefixes: list[str]) -> str | None:
+    places = {"backbone" if p.startswith("backbone.") else "neck" for p in prefixes}
+    return "both" if len(places) == 2 else next(iter(places), None)
+
+
+def _placement_text(at: str | None) -> str:
+    if at is None:
+        return "no attention blocks (--phi none)"
+    where = "the neck and the backbone" if at == "both" else f"the {at}"
+    return f"attention blocks in {where} (--attention-at {at})"
+
+
+def attention_mismatch(model: YoloBody, state_dict: dict[str, torch.Tensor]) -> str | None:
+    """Compare the attention blocks found in `state_dict` (type, options, placement) with `model`'s."""
+    ours = model.attention_blocks()
+    found = {prefix: identify_block(_block_entries(state_dict, prefix)) for prefix in attention_prefixes(state_dict)}
+    theirs_at, ours_at = _placement(list(found)), _placement(list(ours))
+    if theirs_at != ours_at:
+        return f"the weights have {_placement_text(theirs_at)} but this model has {_placement_text(ours_at)}"
+    for prefix, identity in found.items():
+        block = ours.get(prefix)
+        mine = identify_block(block.state_dict()) if block is not None else None
+        if identity is None or mine is None:
+            continue
+        if identity[0] != mine[0]:
+            return (f"the weights hold {identity[0]} attention blocks (--phi {identity[0]}) but this model has "
+                    f"{mine[0]} blocks (--phi {mine[0]})")
+        differing = [k for k in identity[1] if identity[1][k] != mine[1].get(k)]
+        if differing:
+            options = ", ".join(f"{OPTION_FLAGS[k]} {identity[1][k]} (this model: {mine[1].get(k)})" for k in differing)
+            return f"the weights' attention blocks were built with {options}; build the model with the same options"
+    return None

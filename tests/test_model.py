@@ -16,7 +16,7 @@ from utils.config import ModelConfig, build_model
 
 MASK = [[3, 4, 5], [1, 2, 3]]
 FIXTURES = Path(__file__).parent / "fixtures"
-PHIS = [(0, "none"), (1, "se"), (2, "cbam"), (3, "eca")]
+PHIS = [(0, "none"), (1, "se"), (2, "cbam"), (3, "eca"), (4, "ca")]
 
 
 def reference_layout(phi: int, name: str, nc: int) -> tuple[list[tuple[str, tuple[int, ...]]], int]:
@@ -46,7 +46,7 @@ def test_rectangular_input():
     assert out0.shape[-2:] == (10, 13) and out1.shape[-2:] == (20, 26)
 
 
-@pytest.mark.parametrize("name", ["se", "cbam", "eca"])
+@pytest.mark.parametrize("name", ["se", "cbam", "eca", "ca"])
 @pytest.mark.parametrize("channels", [128, 256, 512])
 def test_attention_keeps_shape(name, channels):
     x = torch.randn(2, channels, 7, 9)
@@ -54,7 +54,7 @@ def test_attention_keeps_shape(name, channels):
 
 
 def test_attention_factory_names_and_types():
-    assert ATTENTION_NAMES == ("none", "se", "cbam", "eca")
+    assert ATTENTION_NAMES == ("none", "se", "cbam", "eca", "ca")
     assert isinstance(create_attention(1, 64), SEBlock)
     assert isinstance(create_attention("CBAM", 64), CBAMBlock)
     assert isinstance(create_attention("3", 64), ECABlock)
@@ -66,7 +66,7 @@ def test_eca_kernel_sizes():
     assert [eca_kernel_size(c) for c in (16, 64, 128, 256, 512, 1024)] == [3, 3, 5, 5, 5, 5]
 
 
-@pytest.mark.parametrize("bad", [4, -1, "sk", "", 1.5, True])
+@pytest.mark.parametrize("bad", [5, -1, "sk", "", 1.5, True])
 def test_bad_phi_raises_value_error(bad):
     with pytest.raises(ValueError, match="valid values"):
         YoloBody(MASK, 20, bad)
@@ -104,7 +104,7 @@ def test_state_dict_matches_reference_layout(phi, name, nc):
 
 def test_published_parameter_counts():
     counts = {name: count_parameters(YoloBody(MASK, 80, phi)) for phi, name in PHIS}
-    assert counts == {"none": 6_056_606, "se": 6_099_614, "cbam": 6_142_916, "eca": 6_056_621}
+    assert counts == {"none": 6_056_606, "se": 6_099_614, "cbam": 6_142_916, "eca": 6_056_621, "ca": 6_121_230}
     assert count_parameters(YoloBody(MASK, 20, 0)) == 5_918_006
 
 

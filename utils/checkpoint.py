@@ -136,6 +136,9 @@ def _mismatch_message(model: nn.Module, state_dict: dict, report: LoadReport, mi
         return (f"{source} was trained for {theirs} classes but {ours} were requested. Use the classes file the "
                 f"weights were trained with, or load them partially (train.py --weights loads every matching "
                 f"tensor and reports the rest) to fine-tune on your {ours} classes.")
+    hint = model.attention_mismatch(state_dict) if hasattr(model, "attention_mismatch") else None
+    if hint:  # wrong --phi, --attention-at, --attention-reduction or --cbam-kernel: say which
+        return f"{source} does not match this model: {hint}"
     detail = list(report.skipped.items())[:5]
     return (f"{source} does not match this model ({len(report.skipped)} unexpected or mis-shaped tensors, "
             f"{len(missing)} missing; e.g. {detail or missing[:5]}). Check the attention type (--phi) it was "

@@ -6,8 +6,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nets.attention import attention_name
-from nets.yolo import YoloBody, check_input_size
+from nets.attention import OPTION_FLAGS, attention_name, block_options
+from nets.yolo import YoloBody, attention_place, check_input_size
 
 LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,9 +29,15 @@ class ModelConfig:
     input_shape: list[int] = field(default_factory=lambda: [416, 416])  # height, width
     # Darknet's grid-sensitivity factor; 1.0 is the plain sigmoid(t) + grid decoding.
     scale_x_y: float = 1.0
+    # Attention placement and block options (nets/yolo.py, nets/attention.py). The defaults are the reference layout,
+    # and checkpoints written before these fields existed load with them.
+    attention_at: str = "neck"  # neck | backbone | both
+    attention_reduction: int | None = None  # None: the block's reference ratio (SE 16, CBAM 8, CA 16; ECA has none)
+    cbam_kernel: int = 7  # CBAM's spatial kernel, 3 or 7
 
     def __post_init__(self) -> None:
         self.attention = attention_name(self.attention)
+        self._check_attention_options()
         self.classes = [str(c) for c in self.classes]
         if not self.classes:
             raise ValueError("the class list is empty; give --classes FILE or annotations with objects")
@@ -46,6 +52,28 @@ class ModelConfig:
         bad = [i for m in self.anchors_mask for i in m if not 0 <= i < len(self.anchors)]
         if bad or len(self.anchors_mask) != 2:
             raise ValueError(f"anchors_mask {self.anchors_mask} must be two lists of indices into {len(self.anchors)} anchors")
+
+    def _check_attention_options(self) -> None:
+        """Validate placement and options; an option the chosen block lacks is dropped with a warning (so that one
+        ablation command can pass --attention-reduction to SE, CBAM and CA and still run ECA and none)."""
+        self.attention_at = attention_place(self.attention_at) if self.attention != "none" else "neck"
+        if self.cbam_kernel not in (3, 7):
+            raise ValueError(f"{OPTION_FLAGS['kernel_size']} must be 3 or 7, got {self.cbam_kernel!r}")
+        options = block_options(self.attention)
+        if self.attention_reduction is not None:
+            if "reduction" not in options:
+                LOGGER.warning("%s %s ignored: attention %s has no reduction ratio", OPTION_FLAGS["reduction"],
+                               self.attention_reduction, self.attention)
+                self.attention_reduction = None
+            elif isinstance(self.attention_reduction, bool) or int(self.attention_reduction) < 1:
+                raise ValueError(f"{OPTION_FLAGS['reduction']} must be a positive integer, got "
+                                 f"{self.attention_reduction!r}")
+            else:
+                self.attention_reduction = int(self.attention_reduction)
+        if self.cbam_kernel != 7 and "kernel_size" not in options:
+            LOGGER.warning("%s %s ignored: it is an option of cbam, not %s", OPTION_FLAGS["kernel_size"],
+                           self.cbam_kernel, self.attention)
+            self.cbam_kernel = 7
 
     @property
     def num_classes(self) -> int:
@@ -66,7 +94,8 @@ class ModelConfig:
 
 def build_model(config: ModelConfig) -> YoloBody:
     """The YoloBody that `config` describes (random weights)."""
-    return YoloBody(config.anchors_mask, config.num_classes, config.attention)
+    return YoloBody(config.anchors_mask, config.num_classes, config.attention, config.attention_at,
+                    config.attention_reduction, config.cbam_kernel)
 
 
 def read_classes(path: str | Path) -> list[str]:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from nets.yolo import attention_prefixes
 from utils import distributed as dist_utils
 from utils.checkpoint import (CheckpointError, load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint,
                               state_dict_of)
@@ -24,6 +25,7 @@ from utils.device import autocast, autocast_dtype
 from utils.optim import LRSchedule, set_lr
 
 LOGGER = logging.getLogger(__name__)
+SPLIT_SEED = 0  # the seed of splits made on the fly (no split files); eval.py uses the same default
 
 
 @dataclass
@@ -33,6 +35,9 @@ class TrainConfig:
     data: str = "VOCdevkit"
     classes_file: str | None = None
     phi: str = "none"
+    attention_at: str = "neck"  # ModelConfig.attention_at
+    attention_reduction: int | None = None  # ModelConfig.attention_reduction
+    cbam_kernel: int = 7  # ModelConfig.cbam_kernel
     input_shape: list[int] = field(default_factory=lambda: [320, 320])
     anchors_file: str | None = None
     epochs: int = 50
@@ -236,11 +241,28 @@ def load_initial_weights(model: nn.Module, path: str) -> None:
     if is_darknet_weights(path):
         layers = load_darknet_backbone(model, path)
         LOGGER.info("loaded %d Darknet conv layers from %s into the backbone", layers, path)
+        log_new_attention_blocks(model, set())
         return
-    report = load_weights(model, state_dict_of(load_checkpoint(path)), partial=True, source=path)
+    state_dict = state_dict_of(load_checkpoint(path))
+    report = load_weights(model, state_dict, partial=True, source=path)
     LOGGER.info("initial weights %s: %s", path, report.summary())
     if not report.loaded:
         raise CheckpointError(f"{path}: no tensor matched this model; is it a YOLOv4-tiny checkpoint?")
+    log_new_attention_blocks(model, set(report.loaded))
+    dropped = [k for k in attention_prefixes(state_dict) if any(s.startswith(k + ".") for s in report.skipped)]
+    if dropped:  # attention tensors of the file that did not fit: say which option differs
+        LOGGER.warning("initial weights %s: attention tensors of %s not loaded: %s", path, ", ".join(dropped),
+                       model.attention_mismatch(state_dict) or "their shapes differ")
+
+
+def log_new_attention_blocks(model: nn.Module, loaded: set[str]) -> list[str]:
+    """Log (and return) the attention blocks that got no tensor from the initial weights: they keep their
+    initialisation (identity-start inside the backbone, see nets/yolo.py)."""
+    new = [name for name, block in model.attention_blocks().items()
+           if not any(f"{name}.{key}" in loaded for key in block.state_dict())]
+    if new:
+        LOGGER.info("newly initialised attention blocks (%d): %s", len(new), ", ".join(new))
+    return new
 
 
 class Trainer:
@@ -283,10 +305,12 @@ class Trainer:
         from utils.datasets import load_split
         cfg = self.config
         classes = resume["config"]["classes"] if resume else (read_classes(cfg.classes_file) if cfg.classes_file else None)
+        # Splits made on the fly (no split files) use SPLIT_SEED, not --seed, as eval.py does: another training seed
+        # must not move images between train and test (an ablation over seeds evaluates every run on one test split).
         self.train_index = load_split(cfg.data, cfg.train_split, classes=classes, keep_difficult=cfg.keep_difficult,
-                                      seed=cfg.seed)
+                                      seed=SPLIT_SEED)
         self.classes = self.train_index.classes
-        self.val_index = load_split(cfg.data, cfg.val_split, classes=self.classes, seed=cfg.seed)
+        self.val_index = load_split(cfg.data, cfg.val_split, classes=self.classes, seed=SPLIT_SEED)
         if not self.train_index.records:
             raise ValueError(f"the {cfg.train_split!r} split of {cfg.data} holds no images; check the dataset folder")
         self.augment = AugmentConfig(**cfg.augment)
@@ -309,7 +333,9 @@ class Trainer:
         else:
             anchors = read_anchors(cfg.anchors_file) if cfg.anchors_file else None
             extra = {"anchors": anchors} if anchors else {}
-            self.model_config = ModelConfig(classes=self.classes, attention=cfg.phi, input_shape=cfg.input_shape, **extra)
+            self.model_config = ModelConfig(classes=self.classes, attention=cfg.phi, input_shape=cfg.input_shape,
+                                            attention_at=cfg.attention_at, attention_reduction=cfg.attention_reduction,
+                                            cbam_kernel=cfg.cbam_kernel, **extra)
         model = build_model(self.model_config)
         init_head_biases(model, len(self.model_config.anchors_mask[0]), self.model_config.num_classes,
                          self.model_config.input_shape)
@@ -404,7 +430,7 @@ class Trainer:
     def _prepare_phase(self, epoch: int):
         """Freeze or unfreeze the backbone and (re)build the loader when the phase's batch size changes."""
         frozen = epoch < self.config.freeze_epochs
-        self.model.backbone.requires_grad_(not frozen)
+        self.model.freeze_backbone(frozen)  # attention blocks inside the backbone keep training
         batch = self._phase_batch_size(epoch)
         if self.train_loader is None or batch != self.loader_batch or frozen != self.frozen:
             self._build_train_loader(batch)
