@@ -1,4 +1,5 @@
-"""Parameter count and GFLOPs of a YoloBody: `python -m nets.summary --phi 2 --input-shape 416`."""
+"""Parameter count and GFLOPs of a YoloBody: `python -m nets.summary --phi 2 --input-shape 416`, or of every
+(attention, placement) as a Markdown table: `python -m nets.summary --table --num-classes 80`."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nets.yolo import YoloBody
+from nets.attention import ATTENTION_NAMES
+from nets.yolo import ATTENTION_PLACES, YoloBody
 
 LOGGER = logging.getLogger(__name__)
 
@@ -39,20 +41,46 @@ def model_summary(model: nn.Module, input_shape: tuple[int, int]) -> str:
     params = count_parameters(model)
     gflops = count_gflops(model, input_shape)
     attention = getattr(model, "attention", "?")
+    placement = f", at={model.attention_at}" if attention not in ("none", "?") else ""
     classes = getattr(model, "num_classes", "?")
-    return (f"YoloBody(attention={attention}, classes={classes}): {params:,} parameters, "
+    return (f"YoloBody(attention={attention}{placement}, classes={classes}): {params:,} parameters, "
             f"{gflops:.2f} GFLOPs at {input_shape[0]}x{input_shape[1]}")
+
+
+def variants() -> list[tuple[str, str]]:
+    """Every (attention, placement); none has no placement and appears once."""
+    return [("none", "-")] + [(name, at) for name in ATTENTION_NAMES[1:] for at in ATTENTION_PLACES]
+
+
+def summary_table(num_classes: int, input_shape: tuple[int, int]) -> str:
+    """Markdown table of parameters and GFLOPs for every (attention, placement), with the change against none."""
+    mask = [[3, 4, 5], [1, 2, 3]]
+    rows = ["| attention | placement | parameters | vs none | GFLOPs | vs none |", "|---|---|---|---|---|---|"]
+    base = None
+    for name, at in variants():
+        model = YoloBody(mask, num_classes, name, at if at != "-" else "neck")
+        params, gflops = count_parameters(model), count_gflops(model, input_shape)
+        base = base or (params, gflops)
+        rows.append(f"| {name} | {at} | {params:,} | {params - base[0]:+,} | {gflops:.3f} | "
+                    f"{gflops - base[1]:+.3f} |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> None:
     from utils.config import parse_input_shape  # local: utils imports nets, keep nets import-light
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--phi", default="0", help="attention: 0/none, 1/se, 2/cbam, 3/eca")
+    parser.add_argument("--phi", default="0", help="attention: 0/none, 1/se, 2/cbam, 3/eca, 4/ca")
+    parser.add_argument("--attention-at", choices=ATTENTION_PLACES, default="neck", help="attention placement")
     parser.add_argument("--num-classes", type=int, default=20, help="number of classes (20 for VOC, 80 for COCO)")
     parser.add_argument("--input-shape", default="416", help="416 or height,width; multiples of 32")
+    parser.add_argument("--table", action="store_true", help="a Markdown table of every (attention, placement)")
     args = parser.parse_args(argv)
-    model = YoloBody([[3, 4, 5], [1, 2, 3]], args.num_classes, args.phi)
-    print(model_summary(model, tuple(parse_input_shape(args.input_shape))))
+    input_shape = tuple(parse_input_shape(args.input_shape))
+    if args.table:
+        print(summary_table(args.num_classes, input_shape))
+        return
+    model = YoloBody([[3, 4, 5], [1, 2, 3]], args.num_classes, args.phi, args.attention_at)
+    print(model_summary(model, input_shape))
 
 
 if __name__ == "__main__":

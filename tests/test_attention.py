@@ -11,14 +11,21 @@ import pytest
 import torch
 from torch import nn
 
-from nets.attention import (ATTENTION_NAMES, CA_MIN_HIDDEN, AttentionBlock, CoordinateAttention, block_options,
-                            create_attention, identify_block)
+from nets.attention import (
+    ATTENTION_NAMES,
+    CA_MIN_HIDDEN,
+    AttentionBlock,
+    CoordinateAttention,
+    block_options,
+    create_attention,
+    identify_block,
+)
 from nets.summary import count_parameters
 from nets.yolo import ATTENTION_PLACES, YoloBody
-from synthetic import make_voc, write_weights
+from tests.synthetic import make_voc, write_weights
 from utils.checkpoint import CheckpointError, load_weights, model_from_checkpoint, save_checkpoint
 from utils.config import ModelConfig, build_model
-from utils.engine import Trainer, TrainConfig, load_initial_weights
+from utils.engine import TrainConfig, Trainer, load_initial_weights
 
 MASK = [[3, 4, 5], [1, 2, 3]]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -26,7 +33,7 @@ BLOCKS = [n for n in ATTENTION_NAMES if n != "none"]
 
 
 class ReferenceCABlock(nn.Module):
-    """The reference implementation's CA_Block, written out plainly (bubbliiiing/yolov4-tiny-pytorch, nets/attention.py)."""
+    """The CA_Block of the reference implementation (bubbliiiing/yolov4-tiny-pytorch), written out plainly."""
 
     def __init__(self, channel: int, reduction: int = 16):
         super().__init__()
@@ -113,7 +120,7 @@ def test_reference_layout_ca_model_cross_loads_strictly_with_equal_outputs(nc):
     ours_again.load_state_dict(reference.state_dict(), strict=True)  # reference -> ours
     x = torch.rand(1, 3, 96, 128)
     with torch.no_grad():
-        for a, b, c in zip(ours(x), reference.eval()(x), ours_again(x)):
+        for a, b, c in zip(ours(x), reference.eval()(x), ours_again(x), strict=True):
             assert torch.allclose(a, b, atol=1e-5) and torch.equal(a, c)
     assert count_parameters(ours) == (5_982_630 if nc == 20 else 6_121_230)
 
@@ -207,9 +214,9 @@ def test_backbone_blocks_start_as_the_identity(name):
     load_weights(inserted, plain.state_dict(), partial=True)
     x = torch.rand(2, 3, 96, 96)
     with torch.no_grad():
-        for a, b in zip(plain(x), inserted(x)):
+        for a, b in zip(plain(x), inserted(x), strict=True):
             assert torch.allclose(a, b, atol=1e-6)
-    for (_, block), channels in zip(sorted(inserted.attention_blocks().items()), (64, 128, 256)):
+    for (_, block), channels in zip(sorted(inserted.attention_blocks().items()), (64, 128, 256), strict=True):
         assert block.gain == 2.0
         feature = torch.randn(1, channels, 5, 6)
         assert torch.allclose(block(feature), feature, atol=1e-6)
