@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cv2
 
+from utils.attention_maps import attention_detector, write_attention_maps
 from utils.checkpoint import latest_weights, load_model
 from utils.config import ROOT, ModelConfig, parse_input_shape, read_classes
 from utils.datasets import load_split
@@ -40,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--weights", help="our checkpoint (.pth), a bare state_dict (with --names), a Darknet "
                        ".weights (with --cfg) or an exported .onnx; default: the newest logs/*/best.pth")
     model.add_argument("--names", help="class names file (one per line), only for bare state_dicts and Darknet files")
-    model.add_argument("--phi", default=None, help="attention of a bare state_dict: 0-3 or none/se/cbam/eca")
+    model.add_argument("--phi", default=None, help="attention of a bare state_dict: 0-4 or none/se/cbam/eca/ca")
     model.add_argument("--cfg", help="Darknet .cfg for a .weights file")
     model.add_argument("--input-shape", type=parse_input_shape, help="e.g. 416 or 320,416 (default: the model's)")
     model.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: best available)")
@@ -63,6 +64,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     output.add_argument("--save-txt", action="store_true", help="labels/<image>.txt: class xc yc w h conf (0-1)")
     output.add_argument("--save-crop", action="store_true", help="crops/<class>/<image>_<k>.jpg")
     output.add_argument("--heatmap", action="store_true", help="draw over the objectness heat map")
+    output.add_argument("--attention-maps", action="store_true",
+                        help="also write <image>_attention.jpg per image: detections, objectness and every attention "
+                             "block's map (CBAM spatial gate, CA height x width gates, SE/ECA channel-weighted "
+                             "energy); same layout for any checkpoint, to compare models side by side")
     output.add_argument("--show", action="store_true", help="show results in a window (q quits)")
     output.add_argument("--fps", action="store_true", help="print pre-process / inference / NMS ms and images/s")
     output.add_argument("--export", choices=("onnx", "darknet"), help="export the model into the run folder; no detection")
@@ -155,12 +160,17 @@ def run(args: argparse.Namespace) -> None:
     if args.source is None and not DEFAULT_SOURCE.is_dir():
         raise SourceError(f"no --source given and the sample folder {DEFAULT_SOURCE} is absent; pass --source")
     source = open_source(args.source or DEFAULT_SOURCE)
+    if args.attention_maps and not isinstance(source, ImageSource):
+        raise SourceError("--attention-maps draws one picture per image: give an image, a folder or a glob")
     detector = load_detector(args)
+    maps_detector = attention_detector(detector) if args.attention_maps else None  # a plain copy, hooked
     saving = not args.nosave or args.save_txt or args.save_crop
     writer = ResultWriter(save_dir if saving else None, detector.config.classes, not args.nosave, args.save_txt,
                           args.save_crop, video_fps=source.fps)
     try:
         predict_source(detector, source, writer, args.batch_size, args.heatmap, args.show)
+        if maps_detector is not None:  # a second pass on the hooked copy: the fast path above stays as it is
+            write_attention_maps(maps_detector, source, save_dir)
     finally:
         writer.close()
         if args.show:

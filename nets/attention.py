@@ -15,6 +15,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 # The command-line flag behind each block option, for messages.
 OPTION_FLAGS = {"reduction": "--attention-reduction", "kernel_size": "--cbam-kernel"}
@@ -44,6 +45,8 @@ def channel_energy(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 class AttentionBlock(nn.Module):
     """Shared interface: `attention_map(x)` [B, h, w] for visualisation, `start_as_identity()` for insertion into a
     trained network. Subclasses list the layers whose outputs feed a sigmoid gate in `gate_layers()`."""
+
+    map_kind = "attention"  # what attention_map shows, for captions
 
     def __init__(self, gain: float = 1.0):
         super().__init__()
@@ -75,6 +78,8 @@ class AttentionBlock(nn.Module):
 
 class SEBlock(AttentionBlock):
     """Squeeze-and-Excitation (Hu et al., 2018, arXiv:1709.01507): global average pool, two linear layers."""
+
+    map_kind = "channel-weighted energy"
 
     def __init__(self, channels: int, reduction: int = 16, gain: float = 1.0):
         super().__init__(gain)
@@ -145,6 +150,8 @@ class CBAMBlock(AttentionBlock):
 
     Reference layout: channel reduction 8, spatial kernel 7 (the paper's; seed 004 argues for 3)."""
 
+    map_kind = "spatial gate"
+
     def __init__(self, channels: int, reduction: int = 8, kernel_size: int = 7, gain: float = 1.0):
         super().__init__(gain)
         self.channelattention = ChannelAttention(channels, ratio=reduction)
@@ -178,6 +185,8 @@ class ECABlock(AttentionBlock):
     """Efficient Channel Attention (Wang et al., 2020, arXiv:1910.03151): a 1D conv across pooled channels.
 
     No reduction: the kernel size adapts to the channel count (`eca_kernel_size`)."""
+
+    map_kind = "channel-weighted energy"
 
     def __init__(self, channels: int, b: int = 1, gamma: int = 2, gain: float = 1.0):
         super().__init__(gain)
@@ -214,6 +223,8 @@ class CoordinateAttention(AttentionBlock):
     Average-pool along the width and along the height, concatenate, 1x1 conv + BN + ReLU, split, one 1x1 conv per
     direction, and multiply the two sigmoid gates (height [B,C,H,1] and width [B,C,1,W]) onto the input."""
 
+    map_kind = "h x w gate product"
+
     def __init__(self, channels: int, reduction: int = 16, gain: float = 1.0):
         super().__init__(gain)
         hidden = hidden_width(channels, reduction, minimum=CA_MIN_HIDDEN)
@@ -242,6 +253,12 @@ class CoordinateAttention(AttentionBlock):
 
     def gate_layers(self) -> list[nn.Module]:
         return [self.F_h, self.F_w]
+
+    def fuse_conv_bn_(self) -> None:
+        """Fold the BatchNorm into conv_1x1 (eval mode only; used by the fast inference path)."""
+        if isinstance(self.bn, nn.BatchNorm2d):
+            self.conv_1x1 = fuse_conv_bn_eval(self.conv_1x1.eval(), self.bn.eval())
+            self.bn = nn.Identity()
 
     @staticmethod
     def options_of(tensors: dict[str, torch.Tensor]) -> dict[str, int]:

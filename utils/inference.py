@@ -85,6 +85,8 @@ def fuse_conv_bn(model: nn.Module) -> nn.Module:
             module.bn = nn.Identity()
             if isinstance(module.activation, nn.LeakyReLU):  # in place on the conv's fresh output: less memory traffic
                 module.activation = nn.LeakyReLU(module.activation.negative_slope, inplace=True)
+        elif hasattr(module, "fuse_conv_bn_"):  # attention blocks with their own conv + BN (coordinate attention)
+            module.fuse_conv_bn_()
     return fused
 
 
