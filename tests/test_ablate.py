@@ -127,3 +127,46 @@ def test_killed_study_resumes_without_redoing_finished_runs(tmp_path):
                                                   or "worse" in table[2])
     assert "| eca | neck | 2 |" in resumed.stdout and (study / "ablation.png").stat().st_size > 0
     assert "| eca | neck | 2 |" in (study / "ablation.md").read_text()
+
+
+def test_devices_default_to_every_cuda_device_else_the_cpu(monkeypatch):
+    monkeypatch.setattr(ablate.torch.cuda, "device_count", lambda: 2)
+    assert ablate.study_devices(None) == ["cuda:0", "cuda:1"]
+    assert ablate.study_devices("1") == ["cuda:1"] and ablate.study_devices("cpu") == ["cpu"]
+    with pytest.raises(ValueError, match="2 CUDA device"):
+        ablate.study_devices("0,2")
+    monkeypatch.setattr(ablate.torch.cuda, "device_count", lambda: 0)
+    assert ablate.study_devices(None) == ["cpu"]
+
+
+def test_each_device_runs_one_run_at_a_time_and_every_run_once(tmp_path, monkeypatch):
+    import threading
+    monkeypatch.setattr(ablate.torch.cuda, "device_count", lambda: 3)
+    args = ablate.get_args_parser().parse_args(["--phi", "none,se,ca", "--at", "neck,backbone", "--seeds", "2",
+                                                "--study", str(tmp_path / "s"), "--epochs", "1"])
+    study = ablate.Study(args, [])
+    busy, started, lock = {}, [], threading.Lock()
+
+    def fake_run(run: Run, device: str) -> bool:
+        with lock:
+            assert not busy.get(device), f"{device} got a second run"
+            busy[device] = True
+            started.append((run, device))
+        time.sleep(0.02)
+        with lock:
+            busy[device] = False
+        return True
+    monkeypatch.setattr(study, "execute_run", fake_run)
+    study.execute()
+    assert sorted(r.name for r, _ in started) == sorted(r.name for r in study.runs) and len(started) == 10
+    assert {d for _, d in started} == {"cuda:0", "cuda:1", "cuda:2"}
+
+
+def test_a_failing_first_run_stops_the_study(tmp_path, monkeypatch):
+    args = ablate.get_args_parser().parse_args(["--phi", "none,se", "--seeds", "3", "--study", str(tmp_path / "s"),
+                                                "--devices", "cpu"])
+    study = ablate.Study(args, [])
+    calls = []
+    monkeypatch.setattr(study, "execute_run", lambda run, device: calls.append(run) or False)
+    study.execute()
+    assert len(calls) == 1 and study.failed == calls and study.stop.is_set()

@@ -252,15 +252,24 @@ def test_freezing_the_backbone_keeps_its_attention_trainable():
 
 
 # ------------------------------------------------------------------------------------------ pretrained weights
-def test_pretrained_pth_loads_into_backbone_placement_and_names_new_blocks(tmp_path, caplog):
-    plain = YoloBody(MASK, 2, "cbam")  # a neck model of ours: its neck blocks fit 'both', backbone blocks are new
-    path = write_weights(tmp_path / "plain.pth", plain.state_dict(), ModelConfig(classes=["a", "b"], attention="cbam"))
-    model = YoloBody(MASK, 2, "cbam", "both")
+@pytest.mark.parametrize("source", ["ours", "reference"])
+def test_pretrained_pth_loads_into_backbone_placement_and_names_new_blocks(tmp_path, caplog, source):
+    """Our checkpoint of a neck model, or a bare reference-layout state_dict: its neck blocks fit 'both', the
+    backbone blocks are new."""
+    if source == "ours":
+        state = YoloBody(MASK, 20, "cbam").state_dict()
+        path = write_weights(tmp_path / "cbam.pth", state, ModelConfig(classes=list("abcdefghijklmnopqrst"),
+                                                                       attention="cbam"))
+    else:
+        state = reference_state_dict("state_dict_phi2_cbam_nc{nc}.txt", 20)
+        path = tmp_path / "reference_cbam.pth"
+        torch.save(state, path)
+    model = YoloBody(MASK, 20, "cbam", "both")
     with caplog.at_level(logging.INFO):
         load_initial_weights(model, str(path))
     assert "newly initialised attention blocks (3): backbone.resblock_body1.feat_att, " \
            "backbone.resblock_body2.feat_att, backbone.resblock_body3.feat_att" in caplog.text
-    for key, value in plain.state_dict().items():
+    for key, value in state.items():
         assert torch.equal(model.state_dict()[key], value), key
 
 

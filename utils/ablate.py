@@ -533,14 +533,15 @@ def plot_study(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     labels = [r["attention"] if r["placement"] == "-" else f"{r['attention']}\n{r['placement']}" for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(5 + 1.6 * len(rows), 4), squeeze=False)
+    fig, axes = plt.subplots(1, 3, figsize=(max(13.0, 4 + 2.4 * len(rows)), 4.2), squeeze=False)
     for ax, key, title in ((axes[0][0], "mAP50", "mAP50"), (axes[0][1], "mAP50_95", "mAP50-95")):
         means = [r[f"{key}_mean"] for r in rows]
         errors = [r[f"{key}_std"] or 0.0 for r in rows]
         ax.bar(range(len(rows)), means, yerr=errors, capsize=4, color="#4c72b0")
         ax.set_xticks(range(len(rows)), labels, fontsize=8)
-        ax.set_title(f"{title} (mean ± std over seeds)")
-        ax.set_ylim(min(means) * 0.9 if means else 0, None)
+        ax.set_title(f"{title}, mean ± std over seeds", fontsize=10)
+        low = min(m - e for m, e in zip(means, errors, strict=True))
+        ax.set_ylim(max(0.0, low - 0.1 * (max(means) - low + 1e-9)), None)  # differences are small: zoom in
         ax.grid(axis="y", alpha=0.3)
     _plot_deltas(axes[0][2], rows)
     fig.tight_layout()
@@ -559,8 +560,8 @@ def _plot_deltas(ax, rows: list[dict]) -> None:
         ax.errorbar(means, ys, xerr=[low, high], fmt="o", capsize=4, color=color, label=key.replace("_", "-"))
     ax.axvline(0.0, color="grey", lw=1)
     ax.set_yticks(range(len(compared)), [f"{r['attention']} {r['placement']}" for r in compared], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_title("vs none: paired mean difference, 95% CI")
+    ax.set_ylim(len(compared) - 0.5, -0.5)  # first variant on top
+    ax.set_title("attention - none (paired by seed), 95% CI", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="x", alpha=0.3)
 
