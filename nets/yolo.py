@@ -12,10 +12,6 @@ STRIDE = 32  # the coarsest head's stride: inputs must be a multiple of it
 # Where attention goes (--attention-at). neck: feat1, feat2 and the upsampled P5, as the reference (its state_dict
 # layout); backbone: inside each CSP stage (nets.backbone.ResblockBody); both: the two together.
 ATTENTION_PLACES = ("neck", "backbone", "both")
-# Backbone blocks start as the identity (2 x sigmoid gates over zeroed gate layers, AttentionBlock.start_as_identity):
-# they are usually inserted into a pretrained backbone, whose features a 0.5-gate would halve at every stage.
-# Neck blocks keep the reference's plain sigmoid and PyTorch's default initialisation, so reference weights match.
-BACKBONE_IDENTITY_START = True
 
 
 def attention_place(at: str) -> str:
@@ -60,7 +56,7 @@ class YoloBody(nn.Module):
                  reduction: int | None = None, cbam_kernel: int | None = None):
         super().__init__()
         self.attention = attention_name(phi)
-        self.attention_at = attention_place(attention_at)
+        self.attention_at = attention_place(attention_at) if self.attention != "none" else "neck"
         self.num_classes = num_classes
         self._block_options = {"reduction": reduction, "kernel_size": cbam_kernel if self.attention == "cbam" else None}
         in_backbone = self.attention != "none" and self.attention_at in ("backbone", "both")
@@ -82,9 +78,11 @@ class YoloBody(nn.Module):
             return create_attention(self.attention, channels, **self._block_options)
 
     def _backbone_block(self, channels: int) -> nn.Module:
+        # Backbone blocks start as the identity (2 x sigmoid gates over zeroed gate layers): they are usually inserted
+        # into a pretrained backbone, whose features fresh 0.5-gates would halve at every stage. Neck blocks keep the
+        # reference's plain sigmoid and PyTorch's default initialisation, so reference weights mean the same.
         block = self._new_block(channels)
-        if BACKBONE_IDENTITY_START:
-            block.start_as_identity()
+        block.start_as_identity()
         return block
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
