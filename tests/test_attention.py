@@ -327,3 +327,23 @@ def test_attention_blocks_are_attention_block_instances():
     for name in BLOCKS:
         assert isinstance(create_attention(name, 64), AttentionBlock)
     assert ATTENTION_PLACES == ("neck", "backbone", "both")
+
+
+def test_bench_attention_init_reports_an_exact_identity_start(tiny_voc, tmp_path):
+    import json
+    import subprocess
+    import sys
+    config = ModelConfig(classes=["blue", "red"], attention="none", input_shape=[64, 64])
+    weights = write_weights(tmp_path / "plain.pth", randomise_bn(build_model(config)).state_dict(), config)
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_attention_init.py"
+    done = subprocess.run([sys.executable, str(script), "--weights", str(weights), "--data", str(tiny_voc),
+                           "--attention", "se,ca"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [(r["attention"], r.get("init")) for r in rows[1:]] == [
+        (a, i) for a in ("se", "ca") for i in ("default", "zero-gate", "identity")]
+    for row in rows[1:]:
+        if row["init"] == "identity":
+            assert row["relative_head_change"] == 0.0 and row["mAP50"] == rows[0]["mAP50"]
+        else:
+            assert row["relative_head_change"] > 0.01

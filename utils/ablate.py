@@ -34,12 +34,21 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from nets.attention import attention_name
+from nets.summary import count_gflops, count_parameters
 from nets.yolo import ATTENTION_PLACES, attention_place
+from utils.checkpoint import model_from_checkpoint
+from utils.inference import Detector
+from utils.run_logging import run_command, setup_logging
+from utils.stats import mean_std, paired_difference
+
+matplotlib.use("Agg")  # files only; studies run on machines without a display
+import matplotlib.pyplot as plt  # noqa: E402
 
 LOGGER = logging.getLogger("ablate")
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +117,7 @@ def parse_list(text: str, parse, what: str) -> list[str]:
 
 def check_train_flags(extra: list[str]) -> None:
     """The pass-through flags must be valid train.py flags and must not set what the study sets per run."""
-    import train
+    import train  # the script at the repository root, whose parser defines the flags; only needed here
     parser = train.get_args_parser()
     parser.prog = "train.py flags given to utils.ablate"
     sentinel = object()
@@ -429,9 +438,6 @@ def images_per_second(detectors: dict, device: torch.device, images: int, rounds
 
 def measure_variants(study: Study, results: list[dict]) -> dict[tuple[str, str], dict]:
     """Parameters, GFLOPs and images/s of every variant with a finished run, from that run's checkpoint."""
-    from nets.summary import count_gflops, count_parameters
-    from utils.checkpoint import model_from_checkpoint
-    from utils.inference import Detector
     device = torch.device(study.devices[0])
     chosen: dict[tuple[str, str], Path] = {}
     for result in results:
@@ -462,7 +468,6 @@ def summarise(results: list[dict], measured: dict | None = None, order: list[tup
               ) -> list[dict]:
     """One row per (attention, placement): mean and std over seeds, sizes and speed, and against none the mean
     paired difference with its 95% interval and verdict (only seeds that both have count)."""
-    from utils.stats import mean_std, paired_difference
     by_variant: dict[tuple[str, str], dict[int, dict]] = {}
     for result in results:
         by_variant.setdefault((result["attention"], result["placement"]), {})[int(result["seed"])] = result
@@ -529,9 +534,6 @@ def write_csv(rows: list[dict], path: Path, columns: tuple[str, ...] = COLUMNS) 
 def plot_study(rows: list[dict], path: Path) -> None:
     """mAP50 and mAP50-95 (mean +- std over seeds) per variant, and the paired differences against none with their
     95% intervals."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     labels = [r["attention"] if r["placement"] == "-" else f"{r['attention']}\n{r['placement']}" for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(max(13.0, 4 + 2.4 * len(rows)), 4.2), squeeze=False)
     for ax, key, title in ((axes[0][0], "mAP50", "mAP50"), (axes[0][1], "mAP50_95", "mAP50-95")):
@@ -638,7 +640,6 @@ def run_study(args: argparse.Namespace, train_flags: list[str], command: str) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from utils.run_logging import run_command, setup_logging
     parser = get_args_parser()
     args, train_flags = parser.parse_known_args(argv)
     setup_logging(args.verbose)
