@@ -20,18 +20,16 @@ import cv2
 from utils.checkpoint import latest_weights, load_model
 from utils.config import ROOT, ModelConfig, parse_input_shape, read_classes
 from utils.datasets import load_split
+from utils.errors import ConfigError
 from utils.inference import BaseDetector, DetectOptions, Detector
 from utils.predicting import ResultWriter, display_available, predict_source
 from utils.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx
-from utils.run_logging import USER_ERRORS as COMMON_USER_ERRORS
 from utils.run_logging import increment_dir, run_command, setup_logging
 from utils.sources import ImageSource, SourceError, open_source
 
 LOGGER = logging.getLogger("predict")
 DEFAULT_SOURCE = ROOT / "VOCdevkit" / "VOC2007" / "JPEGImages"
 DEFAULT_DATA = ROOT / "VOCdevkit"
-# Errors that reach the user as one sentence (tracebacks with --verbose).
-USER_ERRORS = COMMON_USER_ERRORS + (SourceError, cv2.error)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -87,7 +85,7 @@ def class_filter(values: list[str] | None, names: list[str]) -> list[int] | None
         elif value in names:
             indices.add(names.index(value))
         else:
-            raise ValueError(f"--classes {value!r} is neither a class name nor an index below {len(names)}; "
+            raise ConfigError(f"--classes {value!r} is neither a class name nor an index below {len(names)}; "
                              f"the model's classes are {', '.join(names)}")
     return sorted(indices)
 
@@ -111,7 +109,7 @@ def load_detector(args: argparse.Namespace) -> BaseDetector:
 def export(args: argparse.Namespace, save_dir: Path) -> list[Path]:
     weights = Path(args.weights) if args.weights else latest_weights()
     if weights.suffix == ".onnx":
-        raise ValueError(f"{weights} is already ONNX; --export needs PyTorch or Darknet weights")
+        raise ConfigError(f"{weights} is already ONNX; --export needs PyTorch or Darknet weights")
     model, config = load_model(weights, read_classes(args.names) if args.names else None, args.phi, args.cfg)
     if args.input_shape:
         config = ModelConfig.from_dict(config.to_dict() | {"input_shape": args.input_shape})
@@ -142,9 +140,9 @@ def quantize(args: argparse.Namespace, exported: Path, config: ModelConfig) -> P
 def run(args: argparse.Namespace) -> None:
     save_dir = increment_dir(Path(args.save_dir).parent, Path(args.save_dir).name)
     if args.int8 and args.export != "onnx":
-        raise ValueError("--int8 quantizes an ONNX export: add --export onnx")
+        raise ConfigError("--int8 quantizes an ONNX export: add --export onnx")
     if args.int8 and args.calib_images < 1:
-        raise ValueError(f"--calib-images {args.calib_images}: int8 calibration needs at least 1 image (100 is usual)")
+        raise ConfigError(f"--calib-images {args.calib_images}: int8 calibration needs at least 1 image (100 is usual)")
     if args.export:
         for path in export(args, save_dir):
             print(f"exported {path}")
@@ -181,7 +179,7 @@ def report(detector: BaseDetector, writer: ResultWriter, fps: bool) -> None:
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
-    return run_command(lambda: run(args), args.verbose, LOGGER, USER_ERRORS)
+    return run_command(lambda: run(args), args.verbose, LOGGER)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from torch import nn
 
 from nets.attention import attention_name, create_attention
 from nets.backbone import BasicConv, CSPDarknet53Tiny
+from utils.errors import ConfigError
 
 STRIDE = 32  # the coarsest head's stride: inputs must be a multiple of it
 
@@ -27,9 +28,9 @@ def yolo_head(channels: tuple[int, int], in_channels: int) -> nn.Sequential:
 
 
 def check_input_size(height: int, width: int) -> None:
-    """Raise ValueError unless both sides are positive multiples of 32."""
+    """Raise ConfigError (a ValueError) unless both sides are positive multiples of 32."""
     if height <= 0 or width <= 0 or height % STRIDE or width % STRIDE:
-        raise ValueError(
+        raise ConfigError(
             f"input size {height}x{width} is not a multiple of {STRIDE}; use e.g. 320, 416, 512 or 608")
 
 

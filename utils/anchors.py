@@ -15,6 +15,7 @@ import torch
 from torchvision.ops import box_iou
 
 from utils.config import DEFAULT_ANCHORS_MASK, MODEL_DATA, ModelConfig, parse_input_shape, read_anchors
+from utils.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
 # A box counts as recallable when its best anchor is within this factor in both width and height (the peers'
@@ -39,7 +40,7 @@ def _check_wh(wh: np.ndarray, n: int) -> np.ndarray:
     if (wh <= 0).any():
         raise ValueError("box sizes must be positive; drop empty boxes first")
     if len(wh) < n:
-        raise ValueError(f"{len(wh)} boxes cannot make {n} anchors; use a bigger split or fewer anchors")
+        raise ConfigError(f"{len(wh)} boxes cannot make {n} anchors; use a bigger split or fewer anchors")
     return wh
 
 

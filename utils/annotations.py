@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.errors import UserError
+
 # Entity declarations allow "billion laughs" expansion and external-entity reads; VOC files never need them.
 _UNSAFE_XML = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation file that cannot be used; the message names the file and the fix."""
 
 

@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 from utils.config import ModelConfig, build_model
+from utils.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used, with a message that says why and what to do."""
 
 
@@ -148,10 +149,19 @@ def model_from_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[nn
     if "config" not in checkpoint:
         raise CheckpointError(
             f"{path} has no model config (a bare state_dict?); pass --classes FILE and --phi so the model can be rebuilt")
-    config = ModelConfig.from_dict(checkpoint["config"])
+    config = stored_config(checkpoint, path)
     model = build_model(config)
     load_weights(model, state_dict_of(checkpoint, prefer_ema), source=str(path))
     return model.eval(), config
+
+
+def stored_config(checkpoint: dict[str, Any], path: str | Path) -> ModelConfig:
+    """The ModelConfig inside one of our checkpoints; a CheckpointError naming the file when it is not valid."""
+    try:
+        return ModelConfig.from_dict(checkpoint["config"])
+    except (TypeError, ValueError, KeyError, AttributeError) as err:  # ValueError covers ConfigError
+        raise CheckpointError(f"{path}: its stored model config is not valid ({err}); use a checkpoint written by "
+                              "train.py, or a bare state_dict with --names and --phi") from None
 
 
 def load_model(weights: str | Path, classes: list[str] | None = None, phi: int | str | None = None,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nets.attention import attention_name
 from nets.yolo import YoloBody, check_input_size
+from utils.errors import ConfigError, MissingFileError
 
 LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,9 +35,9 @@ class ModelConfig:
         self.attention = attention_name(self.attention)
         self.classes = [str(c) for c in self.classes]
         if not self.classes:
-            raise ValueError("the class list is empty; give --classes FILE or annotations with objects")
+            raise ConfigError("the class list is empty; give --classes FILE or annotations with objects")
         if len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"duplicate class names in {self.classes}")
+            raise ConfigError(f"duplicate class names in {self.classes}")
         if isinstance(self.input_shape, int):
             self.input_shape = [self.input_shape, self.input_shape]
         self.input_shape = [int(s) for s in self.input_shape]
@@ -45,7 +46,7 @@ class ModelConfig:
         self.anchors_mask = [[int(i) for i in m] for m in self.anchors_mask]
         bad = [i for m in self.anchors_mask for i in m if not 0 <= i < len(self.anchors)]
         if bad or len(self.anchors_mask) != 2:
-            raise ValueError(f"anchors_mask {self.anchors_mask} must be two lists of indices into {len(self.anchors)} anchors")
+            raise ConfigError(f"anchors_mask {self.anchors_mask} must be two lists of indices into {len(self.anchors)} anchors")
 
     @property
     def num_classes(self) -> int:
@@ -69,36 +70,49 @@ def build_model(config: ModelConfig) -> YoloBody:
     return YoloBody(config.anchors_mask, config.num_classes, config.attention)
 
 
+def read_text_file(path: Path, what: str, fix: str) -> str:
+    """The UTF-8 text of the user's `what` file (classes, anchors), or a UserError that names it and says `fix`."""
+    if not path.is_file():
+        raise MissingFileError(f"{what} file {path} not found; {fix}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} file {path} is not UTF-8 text ({err.reason} at byte {err.start}); {fix}") from None
+
+
 def read_classes(path: str | Path) -> list[str]:
     """One class name per line; blank lines and surrounding spaces ignored."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"classes file {path} not found; give a text file with one class name per line")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [line.strip() for line in read_text_file(path, "classes", "give a text file with one class name per line")
+             .splitlines()]
     names = [n for n in names if n]
     if not names:
-        raise ValueError(f"classes file {path} holds no class names; write one name per line")
+        raise ConfigError(f"classes file {path} holds no class names; write one name per line")
     return names
 
 
 def read_anchors(path: str | Path) -> list[list[float]]:
     """Anchors as 'w,h, w,h, ...' (Darknet style, any whitespace or newlines), in input pixels."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8").replace("\n", ",")
+    text = read_text_file(path, "anchors", "write 'w,h, w,h, ...' in input pixels").replace("\n", ",")
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
-        raise ValueError(f"anchors file {path}: {err}; write 'w,h, w,h, ...' in input pixels") from err
+        raise ConfigError(f"anchors file {path}: {err}; write 'w,h, w,h, ...' in input pixels") from err
     if not values or len(values) % 2:
-        raise ValueError(f"anchors file {path} must hold an even number of values (w,h pairs), found {len(values)}")
+        raise ConfigError(f"anchors file {path} must hold an even number of values (w,h pairs), found {len(values)}")
     return [values[i:i + 2] for i in range(0, len(values), 2)]
 
 
 def parse_input_shape(text: str | int) -> list[int]:
     """'416' -> [416, 416]; '320,416' -> [320, 416] (height, width)."""
-    parts = [int(p) for p in str(text).replace("x", ",").split(",") if p.strip()]
+    try:
+        parts = [int(p) for p in str(text).replace("x", ",").split(",") if p.strip()]
+    except ValueError:
+        raise ConfigError(f"input shape {text!r} is not a whole number; give one size (416) or height,width "
+                          "(320,416)") from None
     shape = parts * 2 if len(parts) == 1 else parts
     if len(shape) != 2:
-        raise ValueError(f"input shape {text!r}: give one size (416) or height,width (320,416)")
+        raise ConfigError(f"input shape {text!r}: give one size (416) or height,width (320,416)")
     check_input_size(*shape)
     return shape

@@ -23,6 +23,7 @@ from torch import nn
 from nets.backbone import BasicConv
 from nets.yolo import YoloBody
 from utils.config import ModelConfig, build_model, read_classes
+from utils.errors import ConfigError, MissingFileError, UserError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ WEIGHTS_HEADER = (0, 2, 5)  # what AlexeyAB's Darknet writes; (0, 2) means a 64-
 SECTION_ALIASES = {"conv": "convolutional", "max": "maxpool", "network": "net", "local_avgpool": "avgpool"}
 
 
-class DarknetFormatError(ValueError):
+class DarknetFormatError(UserError, ValueError):
     """A .cfg or .weights file that does not describe this model, with what was expected and what to do."""
 
 
@@ -78,9 +79,14 @@ def parse_cfg(path: str | Path) -> list[dict[str, str]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Darknet cfg {path} not found; give --cfg with the .cfg that matches the weights")
+        raise MissingFileError(f"Darknet cfg {path} not found; give --cfg with the .cfg that matches the weights")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DarknetFormatError(f"{path} is not a text file ({err.reason} at byte {err.start}); give --cfg the "
+                                 "Darknet .cfg that matches the weights") from None
     sections: list[dict[str, str]] = []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = "".join(raw.split())
         if not line or line[0] in "#;":
             continue
@@ -271,7 +277,7 @@ def read_darknet_cfg(cfg_path: str | Path, classes: list[str] | str | Path | Non
 # ------------------------------------------------------------------------------------------------------- weights
 def _require_plain(attention: str) -> None:
     if attention != "none":
-        raise ValueError(
+        raise ConfigError(
             f"a model with attention {attention!r} cannot be written or read as Darknet .cfg/.weights: Darknet's "
             f"yolov4-tiny has no SE/CBAM/ECA layers. Keep the PyTorch checkpoint for it, or train with "
             f"--attention none for Darknet deployment (backbone transfer with load_darknet_backbone works for all)")
@@ -303,7 +309,7 @@ def read_weights(path: str | Path) -> tuple[WeightsHeader, np.ndarray]:
     """Header and all float32 values of a Darknet .weights / .conv.N file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Darknet weights {path} not found; check the path")
+        raise MissingFileError(f"Darknet weights {path} not found; check the path")
     data = path.read_bytes()
     if len(data) < 16:
         raise DarknetFormatError(f"{path} is {len(data)} bytes, shorter than a Darknet header (16 or 20 bytes)")

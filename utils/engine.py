@@ -21,6 +21,7 @@ from utils import distributed as dist_utils
 from utils.checkpoint import (CheckpointError, load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint,
                               state_dict_of)
 from utils.device import autocast, autocast_dtype
+from utils.errors import DatasetError, MissingFileError, UserError
 from utils.optim import LRSchedule, set_lr
 
 LOGGER = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Too many consecutive non-finite losses: the run diverged."""
 
 
@@ -288,7 +289,7 @@ class Trainer:
         self.classes = self.train_index.classes
         self.val_index = load_split(cfg.data, cfg.val_split, classes=self.classes, seed=cfg.seed)
         if not self.train_index.records:
-            raise ValueError(f"the {cfg.train_split!r} split of {cfg.data} holds no images; check the dataset folder")
+            raise DatasetError(f"the {cfg.train_split!r} split of {cfg.data} holds no images; check the dataset folder")
         self.augment = AugmentConfig(**cfg.augment)
         self.train_dataset = TrainDataset(self.train_index, cfg.input_shape, self.augment, cfg.epochs, cache=cfg.cache)
         self.train_loader, self.loader_batch, self.frozen = None, None, None  # built per phase by _prepare_phase
@@ -520,7 +521,7 @@ def resume_checkpoint_path(resume: str | bool, save_dir: str = "logs") -> Path:
         return latest_weights(save_dir, "last.pth")
     path = Path(resume)
     if path.is_dir() and not (path / "last.pth").is_file():
-        raise FileNotFoundError(f"{path} holds no last.pth (the run stopped before its first epoch ended, or this is "
+        raise MissingFileError(f"{path} holds no last.pth (the run stopped before its first epoch ended, or this is "
                                 "not a run folder); start the run again without --resume")
     return path / "last.pth" if path.is_dir() else path
 

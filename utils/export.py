@@ -21,6 +21,7 @@ from torch import nn
 
 from utils.config import ModelConfig
 from utils.decode import decode_outputs
+from utils.errors import MissingDependencyError, UserError
 from utils.inference import BaseDetector, DetectOptions
 
 LOGGER = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ CONFIG_KEY = "model_config"
 RELATIVE_TOLERANCE = 1e-3  # |onnx - torch| <= 1e-3 * max(1, |torch|) elementwise
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export that failed or does not reproduce PyTorch's outputs."""
 
 
@@ -110,7 +111,11 @@ def read_onnx_config(path: str | Path) -> ModelConfig:
     if CONFIG_KEY not in props:
         raise ExportError(f"{path} has no '{CONFIG_KEY}' metadata, so its classes and input size are unknown; "
                           "export it with predict.py --export onnx")
-    return ModelConfig.from_dict(json.loads(props[CONFIG_KEY]))
+    try:
+        return ModelConfig.from_dict(json.loads(props[CONFIG_KEY]))
+    except (TypeError, ValueError, KeyError, AttributeError) as err:  # ValueError covers JSON and ConfigError
+        raise ExportError(f"{path}: its '{CONFIG_KEY}' metadata is not a valid model config ({err}); export it "
+                          "again with predict.py --export onnx") from None
 
 
 def model_input(canvases: np.ndarray) -> np.ndarray:
@@ -140,7 +145,7 @@ class OnnxDetector(BaseDetector):
             import onnx  # noqa: F401  (read_onnx_config)
             import onnxruntime
         except ImportError as err:
-            raise ImportError(f"running {path} needs onnx and onnxruntime ({err}): "
+            raise MissingDependencyError(f"running {path} needs onnx and onnxruntime ({err}): "
                               "pip install -r requirements-dev.txt") from err
         config = read_onnx_config(path)
         if input_shape is not None and list(input_shape) != list(config.input_shape):

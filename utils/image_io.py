@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.errors import UserError
+
 # IMREAD_COLOR always yields 3-channel uint8 BGR: grey is replicated, alpha dropped, 16-bit scaled (>> 8) and CMYK
 # converted by libjpeg. IGNORE_ORIENTATION keeps the stored pixel grid (see module docstring).
 _FLAGS = {
@@ -30,7 +32,7 @@ _PNG_COLOR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha"
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError, ValueError):
     """An image file that cannot be used; the message names the file, the reason and the fix."""
 
 

@@ -16,6 +16,7 @@ from torchvision.ops import box_iou, complete_box_iou_loss
 from nets.yolo import STRIDE
 from utils.config import ModelConfig
 from utils.decode import make_grid
+from utils.errors import ConfigError
 
 HEAD_BALANCE = (0.4, 1.0)  # objectness weight of the stride-32 (13x13) and stride-16 (26x26) heads
 BOX_RATIO = 0.05
@@ -82,7 +83,7 @@ class YoloLoss(nn.Module):
     def __init__(self, config: ModelConfig, label_smoothing: float = 0.0, ignore_threshold: float = 0.5):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing {label_smoothing} must be in [0, 1)")
+            raise ConfigError(f"label_smoothing {label_smoothing} (--label-smoothing) must be in [0, 1)")
         self.anchors_mask = [list(m) for m in config.anchors_mask]
         self.num_classes = config.num_classes
         self.scale_x_y = config.scale_x_y

@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from utils.errors import MissingDependencyError, UserError
 from utils.export import model_input
 
 LOGGER = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ DEFAULT_CALIBRATION_IMAGES = 100
 QUANTIZATION_KEY = "quantization"
 
 
-class QuantizationError(RuntimeError):
+class QuantizationError(UserError, RuntimeError):
     """An ONNX file that cannot be quantized, or calibration without images; the message says what to do."""
 
 
@@ -79,7 +80,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, canvases: Iterabl
         from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
                                               quantize_static)
     except ImportError as err:
-        raise ImportError(f"int8 quantization needs onnx and onnxruntime ({err}): "
+        raise MissingDependencyError(f"int8 quantization needs onnx and onnxruntime ({err}): "
                           "pip install -r requirements-dev.txt") from err
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)

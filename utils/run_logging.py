@@ -8,12 +8,16 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Callable
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; training machines often have no display
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
+
+from utils.errors import UserError  # noqa: E402
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -96,21 +100,30 @@ def safe_run_name(name: str) -> str:
     return cleaned or "exp"
 
 
-# Errors that reach the user of a command-line tool as one sentence (a traceback only with --verbose):
-# bad values, missing or unreadable files, refused checkpoints (CheckpointError is a RuntimeError).
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, ImportError)
+# Running out of host or GPU memory is no bug: say what to lower (the original error with --verbose).
+OUT_OF_MEMORY = (MemoryError, torch.cuda.OutOfMemoryError)
+OUT_OF_MEMORY_FIX = "lower --batch-size, --input-shape or --workers (run with --verbose for the original error)"
 
 
-def run_command(action, verbose: bool, logger: logging.Logger,
-                errors: tuple[type[BaseException], ...] = USER_ERRORS) -> int:
-    """Run `action()` for an entry script: exit status 0, 1 with one `error: ...` line, or 130 on Ctrl-C."""
+def run_command(action: Callable[[], object], verbose: bool, logger: logging.Logger) -> int:
+    """Run `action()` for an entry script and return its exit status.
+
+    0 on success; 130 on Ctrl-C; 1 with one `error: ...` line for what the user can fix (UserError, OSError) and with
+    one line naming the fix for running out of memory. With `verbose` those re-raise, so the traceback shows.
+    Anything else (a bug here, in torch or in a dependency) propagates with its traceback: it is what to report.
+    """
     try:
         action()
     except KeyboardInterrupt:
         return 130
-    except errors as err:
+    except (UserError, OSError) as err:
         if verbose:
             raise
         logger.error("error: %s", err)
+        return 1
+    except OUT_OF_MEMORY as err:
+        if verbose:
+            raise
+        logger.error("error: out of memory (%s): %s", type(err).__name__, OUT_OF_MEMORY_FIX)
         return 1
     return 0

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from utils.datasets import IMAGE_SUFFIXES
+from utils.errors import UserError
 from utils.image_io import ImageReadError, read_image
 
 LOGGER = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv
 GLOB_CHARS = "*?["
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """An input that cannot be used as a --source; the message names it and says what to do."""
 
 
