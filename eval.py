@@ -42,19 +42,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_dir(save_dir: str | Path) -> Path:
-    """A new folder: save_dir, else save_dir2, save_dir3, ... (never an existing one)."""
-    from utils.run_logging import increment_dir
-    save_dir = Path(save_dir)
-    while True:
-        path = increment_dir(save_dir.parent, save_dir.name)
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:  # another eval took that name meanwhile
-            continue
-
-
 def load(args: argparse.Namespace):
     """(model on its device or an OnnxDetector, config, dataset index, device, weights path) from the arguments."""
     from utils.checkpoint import latest_weights, load_model
@@ -86,6 +73,7 @@ def evaluate_split(args: argparse.Namespace) -> tuple[dict, Path]:
     from utils.dataloader import EvalDataset, build_loader, eval_collate
     from utils.evaluation import collect_detections, compute_metrics, iou_pixel_offset
     from utils.metrics import coco_results, plot_pr_curves
+    from utils.run_logging import claim_run_dir
     model, config, index, device, weights = load(args)
     loader = build_loader(EvalDataset(index, config.input_shape), args.batch_size, args.workers, shuffle=False,
                           seed=0, collate_fn=eval_collate)
@@ -93,7 +81,8 @@ def evaluate_split(args: argparse.Namespace) -> tuple[dict, Path]:
                                     progress=True)
     metrics, voc = compute_metrics(detections, index.records, config.classes, args.voc07, args.score_thresh,
                                    pixel_offset=iou_pixel_offset(index.records))
-    out = run_dir(args.save_dir)
+    save_dir = Path(args.save_dir)
+    out = claim_run_dir(save_dir.parent, save_dir.name)
     metrics.update(weights=str(weights), data=str(args.data), split=args.split, conf=args.conf,
                    nms_iou=args.iou, input_shape=config.input_shape, classes=config.classes,
                    unknown_objects=index.unknown_objects)

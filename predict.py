@@ -24,7 +24,7 @@ from utils.errors import ConfigError
 from utils.inference import BaseDetector, DetectOptions, Detector
 from utils.predicting import ResultWriter, display_available, predict_source
 from utils.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx
-from utils.run_logging import increment_dir, run_command, setup_logging
+from utils.run_logging import claim_run_dir, run_command, setup_logging
 from utils.sources import ImageSource, SourceError, open_source
 
 LOGGER = logging.getLogger("predict")
@@ -106,14 +106,14 @@ def load_detector(args: argparse.Namespace) -> BaseDetector:
     return detector
 
 
-def export(args: argparse.Namespace, save_dir: Path) -> list[Path]:
+def export(args: argparse.Namespace) -> list[Path]:
     weights = Path(args.weights) if args.weights else latest_weights()
     if weights.suffix == ".onnx":
         raise ConfigError(f"{weights} is already ONNX; --export needs PyTorch or Darknet weights")
     model, config = load_model(weights, read_classes(args.names) if args.names else None, args.phi, args.cfg)
     if args.input_shape:
         config = ModelConfig.from_dict(config.to_dict() | {"input_shape": args.input_shape})
-    save_dir.mkdir(parents=True, exist_ok=True)
+    save_dir = claim_save_dir(args)
     if args.export == "onnx":
         from utils.export import export_onnx
         exported = export_onnx(model, config, save_dir / f"{weights.stem}.onnx")
@@ -137,14 +137,19 @@ def quantize(args: argparse.Namespace, exported: Path, config: ModelConfig) -> P
     return quantize_onnx(exported, exported.with_name(f"{exported.stem}_int8.onnx"), canvases)
 
 
+def claim_save_dir(args: argparse.Namespace) -> Path:
+    """A new run folder: --save-dir, else --save-dir numbered (logs/predict2, ...); claimed atomically."""
+    save_dir = Path(args.save_dir)
+    return claim_run_dir(save_dir.parent, save_dir.name)
+
+
 def run(args: argparse.Namespace) -> None:
-    save_dir = increment_dir(Path(args.save_dir).parent, Path(args.save_dir).name)
     if args.int8 and args.export != "onnx":
         raise ConfigError("--int8 quantizes an ONNX export: add --export onnx")
     if args.int8 and args.calib_images < 1:
         raise ConfigError(f"--calib-images {args.calib_images}: int8 calibration needs at least 1 image (100 is usual)")
     if args.export:
-        for path in export(args, save_dir):
+        for path in export(args):
             print(f"exported {path}")
         return
     if args.show and not display_available():
@@ -155,7 +160,7 @@ def run(args: argparse.Namespace) -> None:
     source = open_source(args.source or DEFAULT_SOURCE)
     detector = load_detector(args)
     saving = not args.nosave or args.save_txt or args.save_crop
-    writer = ResultWriter(save_dir if saving else None, detector.config.classes, not args.nosave, args.save_txt,
+    writer = ResultWriter(claim_save_dir(args) if saving else None, detector.config.classes, not args.nosave, args.save_txt,
                           args.save_crop, video_fps=source.fps)
     try:
         predict_source(detector, source, writer, args.batch_size, args.heatmap, args.show)

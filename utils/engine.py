@@ -253,8 +253,8 @@ class Trainer:
         self.device = dist_utils.init_distributed(select_device(config.device))
         self.main = dist_utils.is_main_process()
         torch.manual_seed(config.seed + dist_utils.rank())
-        self.run_dir = run_dir or self._new_run_dir()
         self._setup_data(resume)  # before the run folder exists: a dataset error leaves no empty run behind
+        self.run_dir = run_dir or self._claim_run_dir()
         self._setup_files()
         if self.main:
             self._log_data_summary()
@@ -263,10 +263,10 @@ class Trainer:
         self.writer = self._tensorboard()
 
     # ----- setup -------------------------------------------------------------------------------------------------
-    def _new_run_dir(self) -> Path:
-        from utils.run_logging import increment_dir, safe_run_name
-        holder = [increment_dir(self.config.save_dir, safe_run_name(self.config.name)) if self.main else None]
-        if dist_utils.world_size() > 1:  # every rank must agree on the folder rank 0 picked
+    def _claim_run_dir(self) -> Path:
+        from utils.run_logging import claim_run_dir
+        holder = [claim_run_dir(self.config.save_dir, self.config.name) if self.main else None]
+        if dist_utils.world_size() > 1:  # every rank must agree on the folder rank 0 claimed
             torch.distributed.broadcast_object_list(holder, src=0)
         return Path(holder[0])
 

@@ -51,13 +51,22 @@ def add_log_file(path: Path) -> None:
     logging.getLogger().addHandler(handler)
 
 
-def increment_dir(save_dir: str | Path, name: str) -> Path:
-    """logs/exp, logs/exp2, logs/exp3, ...: a new run never overwrites an old one."""
-    base = Path(save_dir)
-    candidate, n = base / name, 2
-    while candidate.exists():
-        candidate, n = base / f"{name}{n}", n + 1
-    return candidate
+def claim_run_dir(save_dir: str | Path, name: str) -> Path:
+    """Create and return a new run folder: save_dir/name, else name2, name3, ... (never an existing one).
+
+    mkdir without exist_ok is atomic, so two processes that start at the same moment never get the same folder: the
+    loser of each race moves on to the next number. `name` is made safe as a folder name (see safe_run_name).
+    """
+    base, name = Path(save_dir), safe_run_name(name)
+    base.mkdir(parents=True, exist_ok=True)
+    number = 1
+    while True:
+        candidate = base / (name if number == 1 else f"{name}{number}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:  # an earlier run, or another process that took this name meanwhile
+            number += 1
 
 
 def write_results_csv(history: list[dict], path: Path) -> None:
