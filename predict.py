@@ -17,15 +17,15 @@ from pathlib import Path
 
 import cv2
 
-from utils.checkpoint import latest_weights, load_model
-from utils.config import ROOT, ModelConfig, parse_input_shape, read_classes
+from utils.config import ROOT, ModelConfig, parse_input_shape
 from utils.datasets import load_split
 from utils.errors import ConfigError
-from utils.inference import BaseDetector, DetectOptions, Detector
+from utils.inference import BaseDetector, DetectOptions
 from utils.predicting import ResultWriter, display_available, predict_source
 from utils.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx
 from utils.run_logging import claim_run_dir, run_command, setup_logging
 from utils.sources import ImageSource, SourceError, open_source
+from utils.weights import load_runnable
 
 LOGGER = logging.getLogger("predict")
 DEFAULT_SOURCE = ROOT / "VOCdevkit" / "VOC2007" / "JPEGImages"
@@ -91,35 +91,25 @@ def class_filter(values: list[str] | None, names: list[str]) -> list[int] | None
 
 
 def load_detector(args: argparse.Namespace) -> BaseDetector:
-    weights = Path(args.weights) if args.weights else latest_weights()
-    LOGGER.info("weights %s", weights)
-    if weights.suffix == ".onnx":
-        from utils.export import OnnxDetector
-        detector = OnnxDetector(weights, input_shape=args.input_shape)
-    else:
-        model, config = load_model(weights, read_classes(args.names) if args.names else None, args.phi, args.cfg)
-        detector = Detector(model, config, args.device or None, input_shape=args.input_shape,
-                            optimize=not args.plain, amp=not (args.fp32 or args.plain),
-                            compile=args.compile and not args.plain)
+    loaded = load_runnable(args.weights, args.names, args.phi, args.cfg, args.device, args.input_shape)
+    detector = loaded.detector(optimize=not args.plain, amp=not (args.fp32 or args.plain),
+                               compile=args.compile and not args.plain)
     detector.options = DetectOptions(args.conf, args.iou, args.max_det, args.agnostic_nms,
                                      class_filter(args.classes, detector.config.classes))
     return detector
 
 
 def export(args: argparse.Namespace) -> list[Path]:
-    weights = Path(args.weights) if args.weights else latest_weights()
-    if weights.suffix == ".onnx":
-        raise ConfigError(f"{weights} is already ONNX; --export needs PyTorch or Darknet weights")
-    model, config = load_model(weights, read_classes(args.names) if args.names else None, args.phi, args.cfg)
-    if args.input_shape:
-        config = ModelConfig.from_dict(config.to_dict() | {"input_shape": args.input_shape})
+    loaded = load_runnable(args.weights, args.names, args.phi, args.cfg, "cpu", args.input_shape)
+    if loaded.model is None:
+        raise ConfigError(f"{loaded.path} is already ONNX; --export needs PyTorch or Darknet weights")
     save_dir = claim_save_dir(args)
     if args.export == "onnx":
         from utils.export import export_onnx
-        exported = export_onnx(model, config, save_dir / f"{weights.stem}.onnx")
-        return [exported, quantize(args, exported, config)] if args.int8 else [exported]
+        exported = export_onnx(loaded.model, loaded.config, save_dir / f"{loaded.path.stem}.onnx")
+        return [exported, quantize(args, exported, loaded.config)] if args.int8 else [exported]
     from utils.darknet import export_darknet
-    return list(export_darknet(model, config, save_dir / weights.stem))
+    return list(export_darknet(loaded.model, loaded.config, save_dir / loaded.path.stem))
 
 
 def quantize(args: argparse.Namespace, exported: Path, config: ModelConfig) -> Path:

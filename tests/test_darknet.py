@@ -85,8 +85,8 @@ def source_model(source: str) -> tuple[nn.Module, ModelConfig]:
     path = os.environ.get(CHECKPOINT_ENV)
     if not path:
         pytest.skip(f"set {CHECKPOINT_ENV} to one of our checkpoints (attention none) to check trained weights")
-    from utils.checkpoint import model_from_checkpoint
-    return model_from_checkpoint(path)
+    from utils.checkpoint import load_model
+    return load_model(path)
 
 
 def opencv_outputs(cfg: Path, weights: Path, x: torch.Tensor) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -11,7 +11,7 @@ import torch
 from nets.attention import ATTENTION_NAMES, CBAMBlock, ECABlock, SEBlock, create_attention, eca_kernel_size
 from nets.summary import count_gflops, count_parameters
 from nets.yolo import YoloBody
-from utils.checkpoint import CheckpointError, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
+from utils.checkpoint import CheckpointError, load_checkpoint, load_model, load_weights, save_checkpoint
 from utils.config import ModelConfig, build_model
 
 MASK = [[3, 4, 5], [1, 2, 3]]
@@ -159,7 +159,7 @@ def test_checkpoint_round_trip_rebuilds_model(tmp_path):
     config = ModelConfig(classes=["cat", "dog"], attention="eca", input_shape=[320, 320])
     model = build_model(config)
     save_checkpoint({"model": model.state_dict(), "config": config.to_dict()}, tmp_path / "m.pth")
-    rebuilt, loaded_config = model_from_checkpoint(tmp_path / "m.pth")
+    rebuilt, loaded_config = load_model(tmp_path / "m.pth")
     assert loaded_config == config
     x = torch.randn(1, 3, 320, 320)
     model.eval()

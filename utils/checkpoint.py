@@ -143,18 +143,6 @@ def _mismatch_message(model: nn.Module, state_dict: dict, report: LoadReport, mi
             f"trained with, or load it partially.")
 
 
-def model_from_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[nn.Module, ModelConfig]:
-    """Rebuild the exact trained model from one of our checkpoints (config stored inside); eval mode, CPU."""
-    checkpoint = load_checkpoint(path)
-    if "config" not in checkpoint:
-        raise CheckpointError(
-            f"{path} has no model config (a bare state_dict?); pass --classes FILE and --phi so the model can be rebuilt")
-    config = stored_config(checkpoint, path)
-    model = build_model(config)
-    load_weights(model, state_dict_of(checkpoint, prefer_ema), source=str(path))
-    return model.eval(), config
-
-
 def stored_config(checkpoint: dict[str, Any], path: str | Path) -> ModelConfig:
     """The ModelConfig inside one of our checkpoints; a CheckpointError naming the file when it is not valid."""
     try:
@@ -166,11 +154,12 @@ def stored_config(checkpoint: dict[str, Any], path: str | Path) -> ModelConfig:
 
 def load_model(weights: str | Path, classes: list[str] | None = None, phi: int | str | None = None,
                cfg: str | Path | None = None, prefer_ema: bool = True) -> tuple[nn.Module, ModelConfig]:
-    """Any supported weights -> (model in eval mode on CPU, its config).
+    """Any PyTorch-side weights -> (model in eval mode on CPU, its config); a checkpoint file is read once.
 
     - our checkpoints: the stored config rebuilds the exact model; `classes`/`phi` are not needed;
     - a bare reference-layout state_dict: `classes` (and `phi`, default none) describe the model;
     - Darknet `.weights` with its `.cfg` (utils.darknet).
+    utils.weights.load_runnable wraps this for predict.py and eval.py (and adds exported .onnx files).
     """
     path = Path(weights)
     if path.suffix == ".weights" or cfg is not None:
@@ -180,13 +169,14 @@ def load_model(weights: str | Path, classes: list[str] | None = None, phi: int |
         return load_darknet(cfg, path, classes)
     checkpoint = load_checkpoint(path)
     if "config" in checkpoint:
-        return model_from_checkpoint(path, prefer_ema)
-    if classes is None:
+        config = stored_config(checkpoint, path)
+    elif classes is None:
         found = classes_in_state_dict(state_dict_of(checkpoint))
         raise CheckpointError(
-            f"{path} is a bare state_dict without a model config (trained for {found} classes); pass --classes FILE "
+            f"{path} is a bare state_dict without a model config (trained for {found} classes); pass --names FILE "
             f"with the class names it was trained on and --phi with its attention type")
-    config = ModelConfig(classes=classes, attention=phi if phi is not None else "none")
+    else:
+        config = ModelConfig(classes=classes, attention=phi if phi is not None else "none")
     model = build_model(config)
     load_weights(model, state_dict_of(checkpoint, prefer_ema), source=str(path))
     return model.eval(), config

@@ -5,6 +5,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from nets.attention import attention_name
 from nets.yolo import YoloBody, check_input_size
@@ -38,10 +39,7 @@ class ModelConfig:
             raise ConfigError("the class list is empty; give --classes FILE or annotations with objects")
         if len(set(self.classes)) != len(self.classes):
             raise ConfigError(f"duplicate class names in {self.classes}")
-        if isinstance(self.input_shape, int):
-            self.input_shape = [self.input_shape, self.input_shape]
-        self.input_shape = [int(s) for s in self.input_shape]
-        check_input_size(*self.input_shape)
+        self.input_shape = parse_input_shape(self.input_shape)
         self.anchors = [[float(w), float(h)] for w, h in self.anchors]
         self.anchors_mask = [[int(i) for i in m] for m in self.anchors_mask]
         bad = [i for m in self.anchors_mask for i in m if not 0 <= i < len(self.anchors)]
@@ -104,15 +102,18 @@ def read_anchors(path: str | Path) -> list[list[float]]:
     return [values[i:i + 2] for i in range(0, len(values), 2)]
 
 
-def parse_input_shape(text: str | int) -> list[int]:
-    """'416' -> [416, 416]; '320,416' -> [320, 416] (height, width)."""
+def parse_input_shape(value: str | int | Sequence[int]) -> list[int]:
+    """The one parser of input sizes, for every command line and ModelConfig: '416' or 416 -> [416, 416];
+    '320,416', '320x416' or [320, 416] -> [320, 416] (height, width). ConfigError unless both sides are positive
+    multiples of 32."""
+    parts = str(value).replace("x", ",").split(",") if isinstance(value, (str, int)) else list(value)
     try:
-        parts = [int(p) for p in str(text).replace("x", ",").split(",") if p.strip()]
-    except ValueError:
-        raise ConfigError(f"input shape {text!r} is not a whole number; give one size (416) or height,width "
+        sizes = [int(p) for p in parts if str(p).strip()]
+    except (TypeError, ValueError):
+        raise ConfigError(f"input shape {value!r} is not a whole number; give one size (416) or height,width "
                           "(320,416)") from None
-    shape = parts * 2 if len(parts) == 1 else parts
+    shape = sizes * 2 if len(sizes) == 1 else sizes
     if len(shape) != 2:
-        raise ConfigError(f"input shape {text!r}: give one size (416) or height,width (320,416)")
+        raise ConfigError(f"input shape {value!r}: give one size (416) or height,width (320,416)")
     check_input_size(*shape)
     return shape
