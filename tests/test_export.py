@@ -23,7 +23,7 @@ def make_model(attention: str = "cbam") -> tuple[torch.nn.Module, ModelConfig]:
     config = ModelConfig(classes=["a", "b"], attention=attention, input_shape=list(SIZE))
     model = build_model(config).eval()
     with torch.no_grad():  # confident anchor-0 'a' boxes so NMS has something to keep
-        for head in (model.yolo_headP5[1], model.yolo_headP4[1]):
+        for head in model.head_output_convs():
             head.bias.view(3, 7)[0, 4] = 4.0
     return model, config
 

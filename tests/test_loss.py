@@ -21,7 +21,7 @@ def random_outputs(config: ModelConfig, batch: int, input_hw, std: float = 0.5, 
     """Raw heads; a small std keeps predicted boxes near anchor size, so some overlap ground truths (ignore)."""
     h, w = input_hw
     outs = []
-    for stride, mask in zip((32, 16), config.anchors_mask):
+    for stride, mask in zip(config.strides, config.anchors_mask, strict=True):
         out = torch.randn(batch, len(mask) * (5 + config.num_classes), h // stride, w // stride) * std
         outs.append(out.requires_grad_(requires_grad))
     return tuple(outs)
@@ -366,6 +366,6 @@ def test_yolobody_outputs_feed_the_loss():
     targets = torch.tensor([[0, 0, 10, 8, 50, 40], [1, 1, 40, 20, 90, 60]], dtype=torch.float32)
     result = YoloLoss(config)(model(torch.rand(2, 3, 64, 96)), targets)
     result["total"].backward()
-    for head in (model.yolo_headP5, model.yolo_headP4):
-        grad = head[1].weight.grad
+    for head in model.head_output_convs():
+        grad = head.weight.grad
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0

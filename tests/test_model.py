@@ -1,6 +1,7 @@
 """The network: shapes, gradients, reference state_dict layout, parameter counts, phi validation, safe loading."""
 from __future__ import annotations
 
+import math
 import pickle
 import re
 from pathlib import Path
@@ -44,6 +45,34 @@ def test_output_shapes(phi, size):
 def test_rectangular_input():
     out0, out1 = YoloBody(MASK, 3, "eca").eval()(torch.zeros(1, 3, 320, 416))
     assert out0.shape[-2:] == (10, 13) and out1.shape[-2:] == (20, 26)
+
+
+def test_the_model_knows_its_strides_and_head_convs():
+    """strides (what the loss, decoding and heat maps use) match the real outputs, head by head, in order."""
+    model = YoloBody(MASK, 3, "cbam").eval()
+    outputs = model(torch.zeros(1, 3, 320, 416))
+    assert model.strides == ModelConfig(classes=["a"]).strides
+    assert len(outputs) == len(model.strides) == len(model.head_output_convs())
+    for out, stride, conv in zip(outputs, model.strides, model.head_output_convs(), strict=True):
+        assert out.shape[-2:] == (320 // stride, 416 // stride) and out.shape[1] == conv.out_channels == 3 * 8
+
+
+def test_initialize_biases_sets_the_objectness_and_class_priors():
+    model = YoloBody(MASK, 3, 0)
+    model.initialize_biases([320, 416])
+    for conv, stride in zip(model.head_output_convs(), model.strides, strict=True):
+        bias = conv.bias.detach().view(3, 8)
+        cells = (320 / stride) * (416 / stride)  # about 8 objects per image, spread over every anchor and cell
+        assert torch.allclose(bias[:, 4], torch.full((3,), math.log(8 / cells)))
+        assert torch.allclose(bias[:, 5:], torch.full((3, 3), math.log(0.6 / 2.01)))
+        assert not conv.bias.requires_grad or conv.bias.grad is None
+
+
+def test_one_anchor_mask_per_head():
+    with pytest.raises(ValueError, match="one list of indices into the 6 anchors per head"):
+        ModelConfig(classes=["a"], anchors_mask=[[3, 4, 5], [1, 2, 3], [0, 1, 2]])
+    with pytest.raises(ValueError, match="one mask per head"):
+        YoloBody([[3, 4, 5]], 3, 0)
 
 
 @pytest.mark.parametrize("name", ["se", "cbam", "eca"])

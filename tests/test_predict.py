@@ -36,7 +36,7 @@ def make_model(attention: str = "none", seed: int = 0) -> tuple[torch.nn.Module,
                 module.running_var.uniform_(0.5, 2.0)
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.2, 0.2)
-        for head in (model.yolo_headP5[1], model.yolo_headP4[1]):
+        for head in model.head_output_convs():
             head.weight.mul_(0.1)
             bias = head.bias.view(3, 5 + len(CLASSES))
             bias[:, 4] = -8.0

@@ -147,7 +147,7 @@ def test_eval_scores_an_onnx_file_like_its_checkpoint(tmp_path, monkeypatch):
     data = make_voc(tmp_path / "VOCdevkit", images=4, classes=("red", "blue"))
     model, config = make_model("eca")
     with torch.no_grad():  # confident boxes, so there is something to score
-        for head in (model.yolo_headP5[1], model.yolo_headP4[1]):
+        for head in model.head_output_convs():
             head.bias.view(3, 7)[:, 4] = 2.0
     weights = write_weights(tmp_path / "w.pth", model.state_dict(), config)
     fp32 = export_onnx(model, config, tmp_path / "w.onnx")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nets.attention import attention_name
-from nets.yolo import YoloBody, check_input_size
+from nets.yolo import HEAD_STRIDES, YoloBody, check_input_size
 from utils.errors import ConfigError, MissingFileError
 
 LOGGER = logging.getLogger(__name__)
@@ -43,12 +43,18 @@ class ModelConfig:
         self.anchors = [[float(w), float(h)] for w, h in self.anchors]
         self.anchors_mask = [[int(i) for i in m] for m in self.anchors_mask]
         bad = [i for m in self.anchors_mask for i in m if not 0 <= i < len(self.anchors)]
-        if bad or len(self.anchors_mask) != 2:
-            raise ConfigError(f"anchors_mask {self.anchors_mask} must be two lists of indices into {len(self.anchors)} anchors")
+        if bad or len(self.anchors_mask) != len(self.strides):
+            raise ConfigError(f"anchors_mask {self.anchors_mask} must hold one list of indices into the "
+                              f"{len(self.anchors)} anchors per head of the model ({len(self.strides)} heads)")
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Output stride of each head, in the model's output order (nets.yolo.HEAD_STRIDES: 32, then 16)."""
+        return HEAD_STRIDES
 
     def to_dict(self) -> dict:
         """Plain types only, so a checkpoint holding it loads with torch.load(weights_only=True)."""

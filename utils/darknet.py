@@ -386,7 +386,7 @@ def _full_file_classes(found: int, model: YoloBody) -> int | None:
     """The class count for which a complete yolov4-tiny .weights file holds `found` values, else None."""
     layers = darknet_convs(model)
     fixed = _count(layers[:NUM_TRANSFER_CONVS]) + _count(layers[18:20])  # all but the two class-dependent convs
-    heads = (model.yolo_headP5[1], model.yolo_headP4[1])
+    heads = model.head_output_convs()
     anchors = [h.out_channels // (5 + model.num_classes) for h in heads]
     per_class_slot = sum(a * (h.in_channels + 1) for a, h in zip(anchors, heads))  # weights + bias per output
     extra = found - fixed

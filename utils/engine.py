@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import resource
 import time
 from dataclasses import dataclass, field
@@ -100,19 +99,6 @@ def memory_text(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.memory_reserved(device) / 2**30:.1f}G"
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f}G"  # peak RSS (KiB on Linux)
-
-
-def init_head_biases(model: nn.Module, num_anchors: int, num_classes: int, input_shape: list[int]) -> None:
-    """Start objectness near its true rate (a few objects per image) instead of 0.5 everywhere.
-
-    Training from scratch otherwise spends its first epochs just learning that almost every cell is background.
-    """
-    for head, stride in ((model.yolo_headP5[1], 32), (model.yolo_headP4[1], 16)):
-        cells = (input_shape[0] / stride) * (input_shape[1] / stride)
-        with torch.no_grad():
-            bias = head.bias.view(num_anchors, -1)
-            bias[:, 4] = math.log(8 / cells)
-            bias[:, 5:] = math.log(0.6 / max(num_classes - 0.99, 1.0))
 
 
 @dataclass
@@ -312,8 +298,7 @@ class Trainer:
             extra = {"anchors": anchors} if anchors else {}
             self.model_config = ModelConfig(classes=self.classes, attention=cfg.phi, input_shape=cfg.input_shape, **extra)
         model = build_model(self.model_config)
-        init_head_biases(model, len(self.model_config.anchors_mask[0]), self.model_config.num_classes,
-                         self.model_config.input_shape)
+        model.initialize_biases(self.model_config.input_shape)
         if cfg.weights and not resume:
             load_initial_weights(model, cfg.weights)
         if self.main:

@@ -264,7 +264,7 @@ def objectness_map(decoded: torch.Tensor, config: ModelConfig, input_shape: Sequ
     objectness = decoded[:, 4].float().cpu().numpy()
     heat = np.zeros((height, width), np.float32)
     start = 0
-    for mask, stride in zip(config.anchors_mask, (32, 16)):  # decode_outputs' head order: stride 32, then 16
+    for mask, stride in zip(config.anchors_mask, config.strides, strict=True):  # decode_outputs' head order
         h, w = height // stride, width // stride
         head = objectness[start:start + len(mask) * h * w].reshape(len(mask), h, w).max(axis=0)
         start += len(mask) * h * w

@@ -13,12 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_iou, complete_box_iou_loss
 
-from nets.yolo import STRIDE
 from utils.config import ModelConfig
 from utils.decode import make_grid
 from utils.errors import ConfigError
 
-HEAD_BALANCE = (0.4, 1.0)  # objectness weight of the stride-32 (13x13) and stride-16 (26x26) heads
+# Objectness weight of a head by its stride: the reference's 0.4 for stride 32 (13x13 at 416) and 1.0 for stride 16;
+# 4.0 for stride 8 is YOLOv5's value for P3, for a three-head variant.
+HEAD_BALANCE = {32: 0.4, 16: 1.0, 8: 4.0}
 BOX_RATIO = 0.05
 MAX_LOG_WH = 10.0  # exp(10) * anchor is far beyond any image: clamping here only stops inf from a wild logit
 # exp(-8) x anchor still differs from the box centre in float32 at pixel coordinates, so x2 - x1 never rounds to 0
@@ -69,7 +70,7 @@ def decode_boxes(t_xywh: torch.Tensor, grid_xy: torch.Tensor, anchor_wh: torch.T
 class YoloLoss(nn.Module):
     """Called as loss(outputs, targets) -> {"box", "obj", "cls", "total"} (float32 scalars, box + obj + cls == total).
 
-    outputs: YoloBody's (stride-32 head, stride-16 head), each Tensor[B, A*(5+nc), H, W], any float dtype.
+    outputs: YoloBody's heads in config.strides order (stride 32, then 16), each Tensor[B, A*(5+nc), H, W], any dtype.
     targets: Tensor[M, 6] rows (image index in batch, class, x1, y1, x2, y2) in pixels of this batch's input size.
 
     Per head, on the positives (each ground truth at its assigned anchor and cell, see `_positives`): box = mean of
@@ -77,7 +78,7 @@ class YoloLoss(nn.Module):
     against y * (1 - eps) + eps / nc (eps = label_smoothing). obj = mean BCE-with-logits over positives (target 1) and
     negatives (target 0), leaving out negatives whose decoded box has IoU > ignore_threshold with a ground truth of the
     same image. Totals: box = 0.05 * sum of heads, cls = nc / 80 * sum, obj = 5 * (h * w / 416^2) * sum of
-    HEAD_BALANCE[l] * obj_l. As in the reference, the head balance weighs only the objectness term.
+    HEAD_BALANCE[stride_l] * obj_l. As in the reference, the head balance weighs only the objectness term.
     """
 
     def __init__(self, config: ModelConfig, label_smoothing: float = 0.0, ignore_threshold: float = 0.5):
@@ -89,7 +90,8 @@ class YoloLoss(nn.Module):
         self.scale_x_y = config.scale_x_y
         self.label_smoothing = label_smoothing
         self.ignore_threshold = ignore_threshold
-        self.balance = HEAD_BALANCE
+        self.strides = tuple(config.strides)
+        self.balance = [HEAD_BALANCE[stride] for stride in self.strides]
         self.box_ratio = BOX_RATIO
         self.cls_ratio = config.num_classes / 80
         anchors = torch.tensor(config.anchors, dtype=torch.float32)
@@ -128,7 +130,7 @@ class YoloLoss(nn.Module):
                 raise ValueError(f"head {head} output has shape {tuple(out.shape)}; expected [B, {expected}, H, W] "
                                  f"for {len(mask)} anchors and {self.num_classes} classes (does the model match "
                                  f"the config?)")
-        return outputs[0].shape[2] * STRIDE, outputs[0].shape[3] * STRIDE
+        return outputs[0].shape[2] * self.strides[0], outputs[0].shape[3] * self.strides[0]
 
     def build_targets(self, targets: torch.Tensor, batch_size: int, device: torch.device) -> GroundTruth:
         """Targets Tensor[M, 6] -> GroundTruth with assigned anchors. Costs one device sync (per-image box count)."""
