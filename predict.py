@@ -17,7 +17,7 @@ from pathlib import Path
 
 import cv2
 
-from utils.config import ROOT, ModelConfig, parse_input_shape
+from utils.config import ROOT, ModelConfig
 from utils.datasets import load_split
 from utils.errors import ConfigError
 from utils.inference import BaseDetector, DetectOptions
@@ -40,7 +40,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--names", help="class names file (one per line), only for bare state_dicts and Darknet files")
     model.add_argument("--phi", default=None, help="attention of a bare state_dict: 0-3 or none/se/cbam/eca")
     model.add_argument("--cfg", help="Darknet .cfg for a .weights file")
-    model.add_argument("--input-shape", type=parse_input_shape, help="e.g. 416 or 320,416 (default: the model's)")
+    model.add_argument("--input-shape", help="e.g. 416 or 320,416 (default: the model's)")
     model.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: best available)")
     model.add_argument("--fp32", action="store_true", help="no bf16/fp16 autocast (fused model kept)")
     model.add_argument("--plain", action="store_true", help="unfused fp32 model, the slow reference path")

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils.metrics import GroundTruth, voc_evaluate  # noqa: E402
+from utils.metrics import GroundTruthBoxes, voc_evaluate  # noqa: E402
 
 
 def synthetic(images: int, dets: int, classes: int, seed: int = 0):
-    """(detections per image [K,6], GroundTruth per image) on 500x375 VOC-like images."""
+    """(detections per image [K,6], GroundTruthBoxes per image) on 500x375 VOC-like images."""
     rng = np.random.default_rng(seed)
     detections, truths = [], []
     for _ in range(images):
@@ -32,7 +32,7 @@ def synthetic(images: int, dets: int, classes: int, seed: int = 0):
         xy = rng.uniform(0, 400, (n, 2))
         boxes = np.concatenate([xy, xy + rng.uniform(10, 200, (n, 2))], axis=1)
         labels = rng.integers(0, classes, n)
-        truths.append(GroundTruth(boxes, labels, rng.random(n) < 0.1))
+        truths.append(GroundTruthBoxes(boxes, labels, rng.random(n) < 0.1))
         pick = rng.integers(0, n, min(dets, 2 * n))
         jitter = boxes[pick] + rng.normal(0, 8, (len(pick), 4))
         jitter_cls = np.where(rng.random(len(pick)) < 0.9, labels[pick], rng.integers(0, classes, len(pick)))

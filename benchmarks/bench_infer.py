@@ -39,9 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 from utils.checkpoint import load_model  # noqa: E402
 from utils.config import ModelConfig, build_model  # noqa: E402
-from utils.datasets import IMAGE_SUFFIXES  # noqa: E402
 from utils.device import autocast_dtype  # noqa: E402
-from utils.image_io import read_image  # noqa: E402
+from utils.image_io import IMAGE_SUFFIXES, read_image  # noqa: E402
 from utils.inference import BaseDetector, DetectOptions, Detector  # noqa: E402
 from utils.quantize import DEFAULT_CALIBRATION_IMAGES  # noqa: E402
 

@@ -26,6 +26,7 @@ from utils.dataloader import TrainDataset, build_loader, train_collate  # noqa: 
 from utils.datasets import load_split  # noqa: E402
 from utils.device import autocast_dtype, select_device  # noqa: E402
 from utils.engine import TrainConfig, make_scaler, optimizer_step  # noqa: E402
+from utils.image_io import to_model_input  # noqa: E402
 from utils.device import autocast  # noqa: E402
 from utils.loss import YoloLoss  # noqa: E402
 from utils.optim import build_optimizer  # noqa: E402
@@ -43,7 +44,7 @@ def measure(loader, config: ModelConfig, device: torch.device, amp: bool, iters:
         if step == warmup:
             start, seen = time.perf_counter(), 0
         images, targets = next(batches)
-        images = images.to(device).float().div_(255).contiguous(memory_format=torch.channels_last)
+        images = to_model_input(images, device)
         with autocast(device, amp):
             outputs = model(images)
         optimizer_step(model, loss_fn(outputs, targets.to(device))["total"], optimizer, scaler, 0.0)

@@ -13,7 +13,8 @@ import torch
 import predict
 from tests.synthetic import make_voc, write_weights
 from utils.config import ModelConfig, build_model
-from utils.export import OnnxDetector, export_onnx, model_input, read_onnx_config
+from utils.export import OnnxDetector, export_onnx, read_onnx_config
+from utils.image_io import to_model_input
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (requirements-dev.txt)")
 from utils.quantize import (QUANTIZATION_KEY, QuantizationError, letterboxed, nodes_to_quantize,  # noqa: E402
@@ -101,8 +102,14 @@ def test_no_calibration_images_is_an_error(quantized, tmp_path):
 def test_model_input_is_planar_float_in_unit_range():
     canvases = np.zeros((2, 4, 6, 3), np.uint8)
     canvases[..., 2] = 255
-    x = model_input(canvases)
-    assert x.shape == (2, 3, 4, 6) and x.dtype == np.float32 and x[:, 2].min() == 1.0 and x[:, :2].max() == 0.0
+    canvases[0, 1, 2] = (0, 51, 102)
+    x = to_model_input(canvases, memory_format=torch.contiguous_format).numpy()  # the ONNX input
+    assert x.shape == (2, 3, 4, 6) and x.dtype == np.float32 and x.flags.c_contiguous
+    assert x[1, 2].min() == 1.0 and x[1, :2].max() == 0.0
+    assert np.array_equal(x[0, :, 1, 2], np.float32([0, 51, 102]) / np.float32(255))
+    batch = torch.from_numpy(canvases).permute(0, 3, 1, 2).contiguous()  # a DataLoader batch, NCHW
+    y = to_model_input(batch)
+    assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(y, torch.from_numpy(x))
 
 
 # ---- scripts ----

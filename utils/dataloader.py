@@ -23,7 +23,7 @@ from utils.augment import AugmentConfig, Sample, colour_jitter, mixup, mosaic, r
 from utils.boxes import LETTERBOX_FILL, LetterboxInfo, letterbox
 from utils.datasets import DatasetIndex
 from utils.errors import ConfigError, DatasetError, UserError
-from utils.image_io import ImageReadError, read_image
+from utils.image_io import ImageReadError, read_image, write_image
 from utils.visualize import draw_detections, image_grid
 
 LOGGER = logging.getLogger(__name__)
@@ -284,8 +284,5 @@ def save_preview(dataset: TrainDataset, path: str | Path, n: int = 16, seed: int
         dataset.rng = saved
     grid = image_grid(tiles, columns=math.ceil(math.sqrt(n)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"{path}: could not encode the preview image")
-    encoded.tofile(str(path))
+    write_image(path, grid)
     return path

@@ -17,11 +17,10 @@ import numpy as np
 
 from utils.annotations import AnnotationError, RawAnnotation, parse_coco_json, parse_voc_xml
 from utils.errors import DatasetError, MissingFileError
-from utils.image_io import ImageReadError, probe_image
+from utils.image_io import IMAGE_SUFFIXES, ImageReadError, probe_image
 
 LOGGER = logging.getLogger(__name__)
 SPLITS = ("train", "val", "trainval", "test")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe", ".jfif")
 TEST_FRACTION = 0.1  # generated splits: 10% test, then 10% of trainval as val (the usual VOC-style 90/10 twice)
 VAL_FRACTION = 0.1
 

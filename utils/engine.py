@@ -21,6 +21,7 @@ from utils.checkpoint import (CheckpointError, load_checkpoint, load_weights, re
                               state_dict_of)
 from utils.device import autocast, autocast_dtype
 from utils.errors import DatasetError, MissingFileError, UserError
+from utils.image_io import to_model_input, write_image
 from utils.optim import LRSchedule, set_lr
 
 LOGGER = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
     for i, (images, targets) in enumerate(bar):
         lr = peak_lr * schedule.factor(epoch + i / max(len(loader), 1))
         set_lr(optimizer, lr)
-        images = images.to(device, non_blocking=True).float().div_(255).contiguous(memory_format=torch.channels_last)
+        images = to_model_input(images, device)
         targets = targets.to(device, non_blocking=True)
         buffers = float_buffers(model)
         saved = [b.clone() for b in buffers]  # BatchNorm statistics, restored if this batch turns out non-finite
@@ -448,8 +449,6 @@ class Trainer:
 
     def _log_val_images(self, epoch: int, count: int = 4) -> None:
         """A few validation images with the EMA model's detections, to TensorBoard and val_predictions.png."""
-        import cv2
-
         from utils.boxes import letterbox
         from utils.image_io import read_image
         from utils.inference import DetectOptions, Detector
@@ -463,7 +462,7 @@ class Trainer:
         drawn = [draw_detections(img, d[:, :4], d[:, 5], self.classes, d[:, 4]) for img, d in zip(images, detector(images))]
         tiles = [letterbox(img, (320, 320))[0] for img in drawn]  # keeps the aspect ratio
         grid = image_grid(tiles, columns=min(count, 4))
-        cv2.imwrite(str(self.run_dir / "val_predictions.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        write_image(self.run_dir / "val_predictions.png", grid)
         self.writer.add_image("val/predictions", grid, epoch + 1, dataformats="HWC")
 
     def _end_of_epoch_outputs(self, row: dict) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 from utils.config import ModelConfig
 from utils.decode import decode_outputs
 from utils.errors import MissingDependencyError, UserError
+from utils.image_io import to_model_input
 from utils.inference import BaseDetector, DetectOptions
 
 LOGGER = logging.getLogger(__name__)
@@ -118,13 +119,6 @@ def read_onnx_config(path: str | Path) -> ModelConfig:
                           "again with predict.py --export onnx") from None
 
 
-def model_input(canvases: np.ndarray) -> np.ndarray:
-    """uint8 letterboxed canvases [B, H, W, 3] -> float32 [B, 3, H, W] in [0, 1], the exported model's input.
-    One pass into a preallocated array: 4x faster than astype-then-divide, which matters at batch 1 on 2 cores."""
-    out = np.empty((canvases.shape[0], 3, *canvases.shape[1:3]), np.float32)
-    return np.divide(canvases.transpose(0, 3, 1, 2), np.float32(255), out=out, dtype=np.float32)
-
-
 def session_options():
     """onnxruntime options for detection: no busy-waiting of idle pool threads between runs (by default they spin,
     taking the cores that reading and letterboxing the next image and NMS on the last one need)."""
@@ -156,4 +150,5 @@ class OnnxDetector(BaseDetector):
                                                     providers=providers or ["CPUExecutionProvider"])
 
     def forward(self, batch: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {"images": model_input(batch)})[0])
+        images = to_model_input(batch, memory_format=torch.contiguous_format).numpy()
+        return torch.from_numpy(self.session.run(None, {"images": images})[0])

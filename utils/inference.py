@@ -27,6 +27,7 @@ from utils.boxes import LetterboxInfo, detections_to_original, letterbox
 from utils.config import ModelConfig
 from utils.decode import decode_outputs, non_max_suppression
 from utils.device import autocast, autocast_dtype, select_device
+from utils.image_io import to_model_input
 
 LOGGER = logging.getLogger(__name__)
 
@@ -241,9 +242,8 @@ class Detector(BaseDetector):
             self.raw_outputs(np.full((size, *self.input_shape, 3), 128, np.uint8))
 
     def to_tensor(self, batch: np.ndarray) -> torch.Tensor:
-        """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [0, 1]; the NHWC permute is channels_last already."""
-        tensor = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2)
-        return tensor.float().div_(255).contiguous(memory_format=self.memory_format)
+        """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [0, 1] on this detector's device and memory format."""
+        return to_model_input(batch, self.device, self.memory_format)
 
     @torch.inference_mode()
     def raw_outputs(self, batch: np.ndarray) -> tuple[torch.Tensor, ...]:

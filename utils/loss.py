@@ -14,21 +14,17 @@ from torch import nn
 from torchvision.ops import box_iou, complete_box_iou_loss
 
 from utils.config import ModelConfig
-from utils.decode import make_grid
+from utils.decode import decode_boxes, make_grid
 from utils.errors import ConfigError
 
 # Objectness weight of a head by its stride: the reference's 0.4 for stride 32 (13x13 at 416) and 1.0 for stride 16;
 # 4.0 for stride 8 is YOLOv5's value for P3, for a three-head variant.
 HEAD_BALANCE = {32: 0.4, 16: 1.0, 8: 4.0}
 BOX_RATIO = 0.05
-MAX_LOG_WH = 10.0  # exp(10) * anchor is far beyond any image: clamping here only stops inf from a wild logit
-# exp(-8) x anchor still differs from the box centre in float32 at pixel coordinates, so x2 - x1 never rounds to 0
-# and CIoU's aspect term (w / h) never becomes 0 / 0.
-MIN_LOG_WH = -8.0
 
 
 @dataclass
-class GroundTruth:
+class BatchTargets:
     """Targets of one batch, one row per ground truth (M rows), all on the loss device.
 
     image: Tensor[M] long; cls: Tensor[M] long; boxes: Tensor[M, 4] (x1, y1, x2, y2) input px;
@@ -54,17 +50,6 @@ def assign_anchors(wh: torch.Tensor, anchors: torch.Tensor, used: torch.Tensor) 
     """
     iou = box_iou(torch.cat((torch.zeros_like(wh), wh), 1), torch.cat((torch.zeros_like(anchors), anchors), 1))
     return iou.masked_fill(~used, -1.0).argmax(dim=1)
-
-
-def decode_boxes(t_xywh: torch.Tensor, grid_xy: torch.Tensor, anchor_wh: torch.Tensor, stride: torch.Tensor,
-                 scale_x_y: float) -> torch.Tensor:
-    """Raw (tx, ty, tw, th) -> (x1, y1, x2, y2) input px, with utils.decode's formulas; all arguments broadcast.
-
-    tw, th are clamped before exp so that a wild logit gives a huge but finite box, never inf.
-    """
-    xy = (t_xywh[..., :2].sigmoid() * scale_x_y - (scale_x_y - 1) / 2 + grid_xy) * stride
-    wh = t_xywh[..., 2:4].clamp(MIN_LOG_WH, MAX_LOG_WH).exp() * anchor_wh
-    return torch.cat((xy - wh / 2, xy + wh / 2), dim=-1)
 
 
 class YoloLoss(nn.Module):
@@ -132,8 +117,8 @@ class YoloLoss(nn.Module):
                                  f"the config?)")
         return outputs[0].shape[2] * self.strides[0], outputs[0].shape[3] * self.strides[0]
 
-    def build_targets(self, targets: torch.Tensor, batch_size: int, device: torch.device) -> GroundTruth:
-        """Targets Tensor[M, 6] -> GroundTruth with assigned anchors. Costs one device sync (per-image box count)."""
+    def build_targets(self, targets: torch.Tensor, batch_size: int, device: torch.device) -> BatchTargets:
+        """Targets Tensor[M, 6] -> BatchTargets with assigned anchors. Costs one device sync (per-image box count)."""
         targets = targets.to(device=device, dtype=torch.float32, non_blocking=True)
         if targets.numel() == 0:
             targets = targets.reshape(0, 6)
@@ -143,10 +128,10 @@ class YoloLoss(nn.Module):
         image, cls, boxes = targets[:, 0].long(), targets[:, 1].long(), targets[:, 2:]
         wh = boxes[:, 2:] - boxes[:, :2]
         padded = _pad_per_image(image, cls, boxes, batch_size, self.num_classes)
-        return GroundTruth(image=image, cls=cls, boxes=boxes, valid=(wh > 0).all(dim=1),
+        return BatchTargets(image=image, cls=cls, boxes=boxes, valid=(wh > 0).all(dim=1),
                            anchor=assign_anchors(wh, self.anchors, (self.slot >= 0).any(dim=0)), padded=padded)
 
-    def _head_loss(self, output: torch.Tensor, head: int, gt: GroundTruth,
+    def _head_loss(self, output: torch.Tensor, head: int, gt: BatchTargets,
                    input_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Unweighted (box, obj, cls) means of one head; box and cls are 0 when the head has no positives."""
         a, (b, _, h, w) = len(self.anchors_mask[head]), output.shape
@@ -174,7 +159,7 @@ class YoloLoss(nn.Module):
                                                       reduction="sum") / weight.sum().clamp(min=1)
         return box_loss, obj_loss, cls_loss
 
-    def _positives(self, gt: GroundTruth, head: int, shape: tuple[int, int, int, int], stride: torch.Tensor):
+    def _positives(self, gt: BatchTargets, head: int, shape: tuple[int, int, int, int], stride: torch.Tensor):
         """Which ground truths are positives of this head, and where.
 
         Returns positive Tensor[M] bool, cell Tensor[M, 2] long (i, j) = floor(centre / stride) clamped to the grid,

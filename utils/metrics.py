@@ -3,7 +3,7 @@
 Inputs, one entry per image of the dataset, in the same order:
 - detections: ndarray[K, 6] (x1, y1, x2, y2, score, class) in original-image pixels;
 - ground truth: any object with `.boxes` ndarray[N, 4] (x1, y1, x2, y2 pixels), `.labels` int[N] and
-  `.difficult` bool[N] (a dataset record, or `GroundTruth`).
+  `.difficult` bool[N] (a dataset record, or `GroundTruthBoxes`).
 
 Classes without any non-difficult ground-truth object have no defined AP (NaN here, None in JSON) and are left
 out of the mean, as pycocotools does and as the VOC devkit's mean over its 20 always-present classes amounts to.
@@ -33,7 +33,7 @@ class Annotated(Protocol):
 
 
 @dataclass
-class GroundTruth:
+class GroundTruthBoxes:
     """Ground truth of one image: boxes [N, 4] (x1, y1, x2, y2 pixels), labels [N], difficult [N] bool."""
 
     boxes: np.ndarray

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+import torch
 
 from utils.errors import MissingDependencyError, UserError
-from utils.export import model_input
+from utils.image_io import to_model_input
 
 LOGGER = logging.getLogger(__name__)
 
@@ -66,7 +67,9 @@ def calibration_reader(canvases: Sequence[np.ndarray], input_name: str = "images
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             canvas = next(self.items, None)
-            return None if canvas is None else {input_name: model_input(canvas[None])}
+            if canvas is None:
+                return None
+            return {input_name: to_model_input(canvas[None], memory_format=torch.contiguous_format).numpy()}
 
     return _Reader()
 

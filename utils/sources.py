@@ -14,9 +14,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from utils.datasets import IMAGE_SUFFIXES
 from utils.errors import UserError
-from utils.image_io import ImageReadError, read_image
+from utils.image_io import IMAGE_SUFFIXES, ImageReadError, read_image
 
 LOGGER = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".flv")
