@@ -22,7 +22,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-split", default="train", help="split to train on (VOC07+12: trainval)")
     p.add_argument("--val-split", default="val", help="split for validation mAP during training (VOC07+12: test)")
     p.add_argument("--classes", default=None, help="class names file (one per line); default: from the annotations")
-    p.add_argument("--anchors", default=None, help="anchors file (w,h, w,h, ...); default model_data/yolo_anchors.txt")
+    p.add_argument("--anchors", default=None, help="anchors file (w,h, w,h, ... in input pixels; python -m "
+                   "utils.anchors writes one for your data); default: yolov4-tiny's 10,14, 23,27, 37,58, 81,82, "
+                   "135,169, 344,319")
     p.add_argument("--epochs", type=int, default=50, help="total epochs (a real VOC run: 300)")
     p.add_argument("--batch-size", type=int, default=8, help="total batch size over all processes")
     p.add_argument("--freeze-epochs", type=int, default=0, help="epochs with the backbone frozen (VOC with pretrained: 50)")
@@ -94,7 +96,6 @@ def explicit_overrides(args: argparse.Namespace, parser: argparse.ArgumentParser
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    from utils import distributed
     from utils.run_logging import run_command, setup_logging
     setup_logging(args.verbose, main_process=os.environ.get("RANK", "0") == "0")
 
@@ -103,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         from utils.engine import train
         args.phi = attention_name(args.phi)
         train(config_from_args(args), resume=args.resume, overrides=explicit_overrides(args, parser))
-    try:
-        return run_command(train_from_args, args.verbose, LOGGER)
-    finally:
-        distributed.cleanup()
+    return run_command(train_from_args, args.verbose, LOGGER)
 
 
 if __name__ == "__main__":

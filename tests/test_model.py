@@ -12,7 +12,7 @@ import torch
 from nets.attention import ATTENTION_NAMES, CBAMBlock, ECABlock, SEBlock, create_attention, eca_kernel_size
 from nets.summary import count_gflops, count_parameters
 from nets.yolo import YoloBody
-from utils.checkpoint import CheckpointError, load_checkpoint, load_model, load_weights, save_checkpoint
+from utils.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_model, load_weights, save_checkpoint
 from utils.config import ModelConfig, build_model
 
 MASK = [[3, 4, 5], [1, 2, 3]]
@@ -193,6 +193,25 @@ def test_checkpoint_round_trip_rebuilds_model(tmp_path):
     x = torch.randn(1, 3, 320, 320)
     model.eval()
     assert torch.equal(model(x)[0], rebuilt(x)[0])
+
+
+@pytest.mark.parametrize("version", [2, 99, "1", 0, True])
+def test_checkpoints_of_an_unknown_format_version_are_refused(tmp_path, version):
+    config = ModelConfig(classes=["a"], input_shape=[64, 64])
+    save_checkpoint({"model": build_model(config).state_dict(), "config": config.to_dict(),
+                     "format_version": version}, tmp_path / "new.pth")
+    with pytest.raises(CheckpointError, match=f"format_version {version!r}.*reads versions 1 to {FORMAT_VERSION}"):
+        load_model(tmp_path / "new.pth")
+
+
+def test_files_without_a_format_version_are_version_1(tmp_path):
+    """Our checkpoints from before the field and bare (reference) state_dicts carry none."""
+    config = ModelConfig(classes=["a"], input_shape=[64, 64])
+    state = build_model(config).state_dict()
+    save_checkpoint({"model": state, "config": config.to_dict()}, tmp_path / "old.pth")
+    torch.save(state, tmp_path / "bare.pth")
+    assert load_model(tmp_path / "old.pth")[1] == config
+    assert load_model(tmp_path / "bare.pth", classes=["a"])[1].classes == ["a"]
 
 
 def test_config_rejects_unknown_phi_and_empty_classes():

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from utils.config import DEFAULT_ANCHORS_MASK, MODEL_DATA, ModelConfig, parse_input_shape, read_anchors
+from utils.config import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, MODEL_DATA, ModelConfig, parse_input_shape, read_anchors
 from utils.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
@@ -159,8 +159,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", "--num-anchors", type=int, default=6, help="number of anchors (yolov4-tiny: 6)")
     parser.add_argument("--input-shape", default="416", help="network input: 416 or height,width")
     parser.add_argument("--out", default=str(MODEL_DATA / "kmeans_anchors.txt"), help="anchors file to write")
-    parser.add_argument("--default-anchors", default=str(MODEL_DATA / "yolo_anchors.txt"),
-                        help="anchors to compare against")
+    parser.add_argument("--default-anchors", default=None,
+                        help="anchors file to compare against (default: yolov4-tiny's, utils.config.DEFAULT_ANCHORS)")
     parser.add_argument("--seed", type=int, default=0, help="k-means seed")
     parser.add_argument("--iters", type=int, default=300, help="maximum k-means iterations")
     return parser
@@ -189,8 +189,10 @@ def main(args: argparse.Namespace) -> np.ndarray:
     rounded = np.asarray(read_anchors(out))
     print(f"anchors ({input_shape[0]}x{input_shape[1]} input, {len(wh)} boxes) -> {out}: {format_anchors(rounded)}")
     print(_report("k-means", wh, rounded))
-    if Path(args.default_anchors).is_file():
+    if args.default_anchors:
         print(_report(f"default ({args.default_anchors})", wh, np.asarray(read_anchors(args.default_anchors))))
+    else:
+        print(_report("default (yolov4-tiny)", wh, np.asarray(DEFAULT_ANCHORS)))
     return rounded
 
 

@@ -16,6 +16,8 @@ from utils.config import ModelConfig, build_model
 from utils.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
+# The layout of our checkpoint dicts (utils.engine.checkpoint_payload). Raise it when that layout changes in a way
+# older code cannot read; load_checkpoint refuses files from a newer version with a clear message.
 FORMAT_VERSION = 1
 
 
@@ -70,7 +72,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a readable PyTorch file (truncated or corrupt?): {err}") from err
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a {type(data).__name__}, not a checkpoint or state_dict")
+    check_format_version(data, path)
     return data
+
+
+def check_format_version(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint written in a format this code does not know. No `format_version` means version 1: our
+    files from before the field, and bare (reference) state_dicts."""
+    version = checkpoint.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format_version {version!r}, but this code reads versions 1 to {FORMAT_VERSION}; "
+            f"it was written by a newer version of this project: update the code (git pull), or load it with the "
+            f"version that wrote it and save just its state_dict")
 
 
 def state_dict_of(checkpoint: dict[str, Any], prefer_ema: bool = True) -> dict[str, torch.Tensor]:

@@ -15,6 +15,8 @@ LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DATA = ROOT / "model_data"
 
+# Darknet's yolov4-tiny.cfg anchors (w, h in input pixels at 416): the one source of the default, copied into every
+# checkpoint's ModelConfig so a trained model never depends on it. `python -m utils.anchors` fits anchors to a dataset.
 DEFAULT_ANCHORS = [[10, 14], [23, 27], [37, 58], [81, 82], [135, 169], [344, 319]]
 # Darknet's yolov4-tiny.cfg: the stride-32 head uses anchors 3,4,5 and the stride-16 head 1,2,3.
 DEFAULT_ANCHORS_MASK = [[3, 4, 5], [1, 2, 3]]

@@ -350,14 +350,6 @@ def write_weights(model: YoloBody, path: str | Path, num_convs: int | None = Non
     return path
 
 
-def write_partial(model: YoloBody, path: str | Path, cutoff: int = 29) -> Path:
-    """Like `darknet partial cfg weights out.conv.29 29`: keep the convs of cfg layers before `cutoff`.
-
-    cutoff 29 keeps 17 convs (backbone + conv_for_P5 + the P5 head's 3x3); cutoff 27 keeps the 15 backbone convs.
-    """
-    return write_weights(model, path, num_convs=sum(1 for i in CONV_LAYER_INDEX if i < cutoff))
-
-
 # ---------------------------------------------------------------------------------------------------- public API
 def load_darknet(cfg_path: str | Path, weights_path: str | Path,
                  classes: list[str] | str | Path | None = None) -> tuple[YoloBody, ModelConfig]:

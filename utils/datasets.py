@@ -323,15 +323,6 @@ def _discover(entries: list[_Entry]) -> list[str]:
     return sorted({name for e in entries if isinstance(e.raw, RawAnnotation) for name in e.raw.names})
 
 
-def discover_classes(data: str | Path, split: str = "trainval", seed: int = 0) -> list[str]:
-    """Class names found in the annotations of `split`: sorted names for VOC XML, category order for COCO."""
-    data = Path(data)
-    json_path = _coco_json_for(data, split)
-    if json_path is not None:
-        return list(parse_coco_json(json_path)[1].values())
-    return _discover(_xml_source_entries(data, split, seed, []))
-
-
 def _xml_source_entries(data: Path, split: str, seed: int, problems: list[str]) -> list[_Entry]:
     if (data / "annotations").is_dir() and (data / "images").is_dir():
         return _folder_entries(data, split, seed, problems)

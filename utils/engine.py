@@ -17,8 +17,8 @@ from torch import nn
 from tqdm import tqdm
 
 from utils import distributed as dist_utils
-from utils.checkpoint import (CheckpointError, load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint,
-                              state_dict_of)
+from utils.checkpoint import (FORMAT_VERSION, CheckpointError, load_checkpoint, load_weights, remove_stale_temporaries,
+                              save_checkpoint, state_dict_of)
 from utils.device import autocast, autocast_dtype
 from utils.errors import DatasetError, MissingFileError, UserError
 from utils.image_io import to_model_input, write_image
@@ -186,17 +186,17 @@ def make_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=enabled)
 
 
-def checkpoint_payload(model: nn.Module, ema, optimizer, scaler, schedule: LRSchedule, state: TrainState,
-                       model_config, train_config: TrainConfig) -> dict[str, Any]:
-    """Everything needed to resume exactly or to rebuild the model for inference (plain types and tensors)."""
+def checkpoint_payload(model: nn.Module, ema, optimizer, scaler, state: TrainState, model_config,
+                       train_config: TrainConfig) -> dict[str, Any]:
+    """Everything needed to resume exactly or to rebuild the model for inference (plain types and tensors). The LR
+    schedule is not saved: it is a pure function of train_config and the epoch (utils.optim.LRSchedule)."""
     return {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "model": unwrap(model).state_dict(),
         "ema": ema.module.state_dict() if ema is not None else None,
         "ema_updates": int(ema.n_averaged) if ema is not None else 0,
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        "scheduler": schedule.state_dict(),
         "epoch": state.epoch,
         "best_fitness": state.best_fitness,
         "history": state.history,
@@ -485,8 +485,8 @@ class Trainer:
         self.writer.flush()
 
     def _save(self, name: str) -> None:
-        payload = checkpoint_payload(self.model, self.ema, self.optimizer, self.scaler, self.schedule, self.state,
-                                     self.model_config, self.config)
+        payload = checkpoint_payload(self.model, self.ema, self.optimizer, self.scaler, self.state, self.model_config,
+                                     self.config)
         save_checkpoint(payload, self.run_dir / name)
 
     def _save_preview(self) -> None:
@@ -524,13 +524,13 @@ def train(config: TrainConfig, resume: str | bool | None = None, overrides: dict
                 setattr(config, key, value)
         run_dir = path.parent
         remove_stale_temporaries(run_dir)  # half-written checkpoints of a killed predecessor
-    trainer = Trainer(config, resume=checkpoint, run_dir=run_dir)
     try:
+        trainer = Trainer(config, resume=checkpoint, run_dir=run_dir)  # joins the process group under torchrun
         if checkpoint and trainer.state.epoch >= config.epochs:
             LOGGER.info("%s already finished %d of %d epochs; pass --epochs N to train longer",
                         run_dir, trainer.state.epoch, config.epochs)
         else:
             trainer.fit()
     finally:
-        dist_utils.cleanup()
+        dist_utils.cleanup()  # the one place that leaves the process group, also when setup or training fails
     return trainer.run_dir

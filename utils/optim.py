@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -84,9 +84,6 @@ class LRSchedule:
             step = min(int(t * self.steps), self.steps - 1)
             return self.min_ratio ** (step / max(self.steps - 1, 1))
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-    def state_dict(self) -> dict:
-        return asdict(self)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
