@@ -12,6 +12,13 @@ import logging
 import sys
 from pathlib import Path
 
+from utils.dataloader import EvalDataset, build_loader, eval_collate
+from utils.datasets import DatasetIndex, load_split
+from utils.evaluation import collect_detections, compute_metrics, iou_pixel_offset
+from utils.metrics import coco_results, plot_pr_curves
+from utils.run_logging import claim_run_dir, run_command, setup_logging
+from utils.weights import Loaded, load_runnable
+
 LOGGER = logging.getLogger("eval")
 
 
@@ -42,10 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load(args: argparse.Namespace):
+def load(args: argparse.Namespace) -> tuple[Loaded, DatasetIndex]:
     """(the weights, loaded to run, and the dataset index of --data/--split with the model's classes)."""
-    from utils.datasets import load_split
-    from utils.weights import load_runnable
     loaded = load_runnable(args.weights, args.classes, args.phi, args.cfg, args.device, args.input_shape)
     index = load_split(args.data, args.split, classes=loaded.config.classes, keep_empty=True)
     return loaded, index
@@ -53,10 +58,6 @@ def load(args: argparse.Namespace):
 
 def evaluate_split(args: argparse.Namespace) -> tuple[dict, Path]:
     """Run the evaluation the arguments describe; returns (metrics, run folder)."""
-    from utils.dataloader import EvalDataset, build_loader, eval_collate
-    from utils.evaluation import collect_detections, compute_metrics, iou_pixel_offset
-    from utils.metrics import coco_results, plot_pr_curves
-    from utils.run_logging import claim_run_dir
     loaded, index = load(args)
     config = loaded.config
     loader = build_loader(EvalDataset(index, config.input_shape), args.batch_size, args.workers, shuffle=False,
@@ -98,8 +99,8 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> int:
-    from utils.run_logging import run_command, setup_logging
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     setup_logging(args.verbose)
 
     def evaluate_and_print() -> None:
@@ -110,4 +111,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(main())

@@ -18,8 +18,10 @@ from pathlib import Path
 import cv2
 
 from utils.config import ROOT, ModelConfig
+from utils.darknet import export_darknet
 from utils.datasets import load_split
 from utils.errors import ConfigError
+from utils.export import export_onnx
 from utils.inference import BaseDetector, DetectOptions
 from utils.predicting import ResultWriter, display_available, predict_source
 from utils.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx
@@ -105,10 +107,8 @@ def export(args: argparse.Namespace) -> list[Path]:
         raise ConfigError(f"{loaded.path} is already ONNX; --export needs PyTorch or Darknet weights")
     save_dir = claim_save_dir(args)
     if args.export == "onnx":
-        from utils.export import export_onnx
         exported = export_onnx(loaded.model, loaded.config, save_dir / f"{loaded.path.stem}.onnx")
         return [exported, quantize(args, exported, loaded.config)] if args.int8 else [exported]
-    from utils.darknet import export_darknet
     return list(export_darknet(loaded.model, loaded.config, save_dir / loaded.path.stem))
 
 
@@ -172,10 +172,11 @@ def report(detector: BaseDetector, writer: ResultWriter, fps: bool) -> None:
               f"NMS {s['nms_ms']:.1f} ms per image; {s['images_per_s']:.1f} images/s end to end")
 
 
-def main(args: argparse.Namespace) -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     setup_logging(args.verbose)
     return run_command(lambda: run(args), args.verbose, LOGGER)
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(main())

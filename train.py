@@ -5,11 +5,15 @@ Multi-GPU / multi-process: `torchrun --nproc_per_node N train.py ...` (CPU uses 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 
+from nets.attention import attention_name
 from utils.config import parse_input_shape
+from utils.engine import TrainConfig, train
+from utils.run_logging import run_command, setup_logging
 
 LOGGER = logging.getLogger("train")
 AUGMENT_FLAGS = ("mosaic", "mixup", "hsv_h", "hsv_s", "hsv_v", "flip", "jitter", "mosaic_epochs_fraction")
@@ -76,10 +80,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from the parsed arguments: same-named options map one to one."""
-    import dataclasses
-    from utils.engine import TrainConfig
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
     values.update(classes_file=args.classes, anchors_file=args.anchors,
@@ -96,12 +98,9 @@ def explicit_overrides(args: argparse.Namespace, parser: argparse.ArgumentParser
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    from utils.run_logging import run_command, setup_logging
     setup_logging(args.verbose, main_process=os.environ.get("RANK", "0") == "0")
 
     def train_from_args() -> None:
-        from nets.attention import attention_name
-        from utils.engine import train
         args.phi = attention_name(args.phi)
         train(config_from_args(args), resume=args.resume, overrides=explicit_overrides(args, parser))
     return run_command(train_from_args, args.verbose, LOGGER)

@@ -15,10 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
+from torch.profiler import profile
 
-import torch  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+if not __package__:  # run as `python benchmarks/bench_train.py`: the repository root is not on sys.path yet
+    sys.path.insert(0, str(ROOT))
 
 from utils.augment import AugmentConfig  # noqa: E402
 from utils.config import ModelConfig, build_model  # noqa: E402
@@ -81,7 +83,6 @@ def conv_gflops(dtype: torch.dtype, backward: bool, repeats: int = 5) -> float:
 def breakdown(config: ModelConfig, device: torch.device, batch: int, steps: int = 4) -> dict:
     """Where a training step's time goes (model only, no data loading): the profiler's share of convolutions,
     forward and backward, gives the rate the step could reach if everything else were free."""
-    from torch.profiler import profile
 
     model = build_model(config).to(device, memory_format=torch.channels_last).train()
     loss_fn, optimizer = YoloLoss(config), build_optimizer(model, "sgd", 1e-3, 0.937, 5e-4)
@@ -106,7 +107,7 @@ def breakdown(config: ModelConfig, device: torch.device, batch: int, steps: int 
             **{f"conv3x3_{name}_gflops": round(conv_gflops(dtype, backward), 1) for name, dtype, backward in CONV_CASES}}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "raccoon_dataset"))
     parser.add_argument("--phi", default="cbam")
@@ -119,10 +120,10 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true",
                         help="also profile a model-only step (convolution share and the rate it bounds) and time a "
                              "3x3 convolution in fp32, bf16 and fp16 (forward)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not Path(args.data).exists():
         print(json.dumps({"skipped": f"dataset {args.data} not found"}))
-        return
+        return 0
     device = select_device(args.device)
     index = load_split(args.data, "all")
     config = ModelConfig(classes=index.classes, attention=args.phi, input_shape=[416, 416])
@@ -139,7 +140,8 @@ def main() -> None:
                           "channels_last": True, "phi": config.attention, "input": 416, "batch": args.batch_size,
                           "workers": args.workers, "threads": torch.get_num_threads(),
                           "images_per_s": round(rate, 2)}), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -118,15 +118,15 @@ def _touch(folder: Path, name: str) -> None:
 
 
 def install_hooks(markers: Path, save_pause: float, eval_pause: float) -> None:
-    """Wrap utils.engine.train_one_epoch, utils.evaluation.evaluate and torch.save (as utils.checkpoint sees it)."""
+    """Wrap utils.engine.train_one_epoch, evaluate (as utils.engine sees it) and torch.save (as utils.checkpoint
+    sees it)."""
     import inspect
 
     import torch
     import utils.checkpoint as checkpoint
     import utils.engine as engine
-    import utils.evaluation as evaluation
 
-    real_epoch, real_eval, real_save = engine.train_one_epoch, evaluation.evaluate, torch.save
+    real_epoch, real_eval, real_save = engine.train_one_epoch, engine.evaluate, torch.save
     current = {"epoch": 0}
 
     def marked(loader, epoch: int):
@@ -160,7 +160,7 @@ def install_hooks(markers: Path, save_pause: float, eval_pause: float) -> None:
         return None
 
     engine.train_one_epoch = train_one_epoch
-    evaluation.evaluate = evaluate
+    engine.evaluate = evaluate  # the name the engine calls (imported from utils.evaluation)
     checkpoint.torch.save = save  # patches torch.save for this child process only
 
 

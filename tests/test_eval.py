@@ -151,8 +151,8 @@ def random_checkpoint(path, classes=CLASSES):
 def eval_main(monkeypatch):
     """eval.py's main in this process, without it replacing pytest's log handlers."""
     import eval as eval_script
-    monkeypatch.setattr("utils.run_logging.setup_logging", lambda verbose=False: None)
-    return lambda *argv: eval_script.main(eval_script.get_args_parser().parse_args([str(a) for a in argv]))
+    monkeypatch.setattr(eval_script, "setup_logging", lambda verbose=False: None)
+    return lambda *argv: eval_script.main([str(a) for a in argv])
 
 
 def test_eval_script_end_to_end(tmp_path, eval_main, capsys):

@@ -64,7 +64,7 @@ def image_dir(tmp_path_factory) -> Path:
 
 
 def run_predict(*argv: str) -> int:
-    return predict.main(predict.get_args_parser().parse_args(list(argv)))
+    return predict.main(list(argv))
 
 
 @pytest.mark.parametrize("kind", ["image", "folder", "glob"])

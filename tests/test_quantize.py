@@ -123,13 +123,13 @@ def test_predict_exports_int8_that_predict_runs(tmp_path, capsys):
         cv2.imwrite(str(images / f"{i}.jpg"), image[..., ::-1])
     args = ["--weights", weights, "--export", "onnx", "--int8", "--source", images, "--calib-images", "4",
             "--save-dir", tmp_path / "export"]
-    assert predict.main(predict.get_args_parser().parse_args([str(a) for a in args])) == 0
+    assert predict.main([str(a) for a in args]) == 0
     int8 = tmp_path / "export" / "best_int8.onnx"
     printed = capsys.readouterr().out
     assert f"exported {tmp_path / 'export' / 'best.onnx'}" in printed and f"exported {int8}" in printed
     assert "4 calibration images" in {p.key: p.value for p in onnx.load(str(int8)).metadata_props}[QUANTIZATION_KEY]
     args = ["--weights", int8, "--source", images, "--save-dir", tmp_path / "run", "--conf", "0.01"]
-    assert predict.main(predict.get_args_parser().parse_args([str(a) for a in args])) == 0
+    assert predict.main([str(a) for a in args]) == 0
     assert "6 image(s):" in capsys.readouterr().out
 
 
@@ -142,7 +142,7 @@ def test_bad_int8_options_are_one_clear_error(tmp_path, capsys, argv, message):
     model, config = make_model("none")
     weights = write_weights(tmp_path / "w.pth", model.state_dict(), config)
     args = ["--weights", str(weights), "--save-dir", str(tmp_path / "x"), *argv]
-    assert predict.main(predict.get_args_parser().parse_args(args)) == 1
+    assert predict.main(args) == 1
     errors = [line for line in "".join(capsys.readouterr()).splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0]
 
@@ -150,7 +150,7 @@ def test_bad_int8_options_are_one_clear_error(tmp_path, capsys, argv, message):
 def test_eval_scores_an_onnx_file_like_its_checkpoint(tmp_path, monkeypatch):
     """eval.py on the fp32 export gives the checkpoint's metrics; on the int8 export it runs and reports."""
     import eval as eval_script
-    monkeypatch.setattr("utils.run_logging.setup_logging", lambda verbose=False: None)
+    monkeypatch.setattr(eval_script, "setup_logging", lambda verbose=False: None)
     data = make_voc(tmp_path / "VOCdevkit", images=4, classes=("red", "blue"))
     model, config = make_model("eca")
     with torch.no_grad():  # confident boxes, so there is something to score
@@ -163,7 +163,7 @@ def test_eval_scores_an_onnx_file_like_its_checkpoint(tmp_path, monkeypatch):
     def evaluate(path, name):
         argv = ["--weights", path, "--data", data, "--save-dir", tmp_path / name, "--workers", "0", "--device", "cpu",
                 "--no-amp", "--conf", "0.01"]
-        assert eval_script.main(eval_script.get_args_parser().parse_args([str(a) for a in argv])) == 0
+        assert eval_script.main([str(a) for a in argv]) == 0
         return json.loads((tmp_path / name / "metrics.json").read_text())
 
     from_pth, from_onnx, from_int8 = evaluate(weights, "pth"), evaluate(fp32, "onnx"), evaluate(int8, "int8")

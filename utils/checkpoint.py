@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from utils.config import ModelConfig, build_model
+from utils.darknet import load_darknet
 from utils.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
@@ -177,7 +178,6 @@ def load_model(weights: str | Path, classes: list[str] | None = None, phi: int |
     """
     path = Path(weights)
     if path.suffix == ".weights" or cfg is not None:
-        from utils.darknet import load_darknet  # local: only Darknet users pay for it
         if cfg is None:
             raise CheckpointError(f"{path} is a Darknet weights file; also pass its --cfg (e.g. yolov4-tiny.cfg)")
         return load_darknet(cfg, path, classes)

@@ -14,15 +14,29 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from nets.summary import model_summary
 from utils import distributed as dist_utils
-from utils.checkpoint import (FORMAT_VERSION, CheckpointError, load_checkpoint, load_weights, remove_stale_temporaries,
-                              save_checkpoint, state_dict_of)
-from utils.device import autocast, autocast_dtype
+from utils.anchors import boxes_wh, check_anchors, used_anchors
+from utils.augment import AugmentConfig
+from utils.boxes import letterbox
+from utils.checkpoint import (FORMAT_VERSION, CheckpointError, latest_weights, load_checkpoint, load_weights,
+                              remove_stale_temporaries, save_checkpoint, state_dict_of)
+from utils.config import ModelConfig, build_model, read_anchors, read_classes
+from utils.darknet import is_darknet_weights, load_darknet_backbone
+from utils.dataloader import EvalDataset, TrainDataset, build_loader, eval_collate, save_preview, train_collate
+from utils.datasets import load_split
+from utils.device import autocast, autocast_dtype, select_device
 from utils.errors import DatasetError, MissingFileError, UserError
-from utils.image_io import to_model_input, write_image
-from utils.optim import LRSchedule, set_lr
+from utils.evaluation import evaluate
+from utils.image_io import read_image, to_model_input, write_image
+from utils.inference import DetectOptions, Detector
+from utils.loss import YoloLoss
+from utils.optim import DEFAULT_LR, LRSchedule, build_optimizer, ema_model, scaled_lr, set_lr
+from utils.run_logging import add_log_file, claim_run_dir, plot_results, write_results_csv
+from utils.visualize import draw_detections, image_grid
 
 LOGGER = logging.getLogger(__name__)
 
@@ -220,7 +234,6 @@ def restore_training_state(checkpoint: dict, model: nn.Module, ema, optimizer, s
 
 def load_initial_weights(model: nn.Module, path: str) -> None:
     """--weights: our checkpoints, reference-layout state_dicts or Darknet files; loads every matching tensor."""
-    from utils.darknet import is_darknet_weights, load_darknet_backbone  # local: optional path
     if is_darknet_weights(path):
         layers = load_darknet_backbone(model, path)
         LOGGER.info("loaded %d Darknet conv layers from %s into the backbone", layers, path)
@@ -235,7 +248,6 @@ class Trainer:
     """Owns one run: data, model, EMA, optimiser, run folder. `fit()` trains to `config.epochs`."""
 
     def __init__(self, config: TrainConfig, resume: dict | None = None, run_dir: Path | None = None):
-        from utils.device import select_device
         self.config = config
         self.device = dist_utils.init_distributed(select_device(config.device))
         self.main = dist_utils.is_main_process()
@@ -251,24 +263,18 @@ class Trainer:
 
     # ----- setup -------------------------------------------------------------------------------------------------
     def _claim_run_dir(self) -> Path:
-        from utils.run_logging import claim_run_dir
         holder = [claim_run_dir(self.config.save_dir, self.config.name) if self.main else None]
         if dist_utils.world_size() > 1:  # every rank must agree on the folder rank 0 claimed
             torch.distributed.broadcast_object_list(holder, src=0)
         return Path(holder[0])
 
     def _setup_files(self) -> None:
-        from utils.run_logging import add_log_file
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             add_log_file(self.run_dir / "train.log")
             LOGGER.info("run folder: %s", self.run_dir)
 
     def _setup_data(self, resume: dict | None) -> None:
-        from utils.config import read_classes
-        from utils.augment import AugmentConfig
-        from utils.dataloader import TrainDataset
-        from utils.datasets import load_split
         cfg = self.config
         classes = resume["config"]["classes"] if resume else (read_classes(cfg.classes_file) if cfg.classes_file else None)
         self.train_index = load_split(cfg.data, cfg.train_split, classes=classes, keep_difficult=cfg.keep_difficult,
@@ -289,8 +295,6 @@ class Trainer:
         LOGGER.info("classes (%d): %s", len(self.classes), ", ".join(self.classes))
 
     def _setup_model(self, resume: dict | None) -> None:
-        from nets.summary import model_summary
-        from utils.config import ModelConfig, build_model, read_anchors
         cfg = self.config
         if resume:
             self.model_config = ModelConfig.from_dict(resume["config"])
@@ -315,14 +319,11 @@ class Trainer:
         self.ddp_model = self.model
 
     def _check_anchors(self) -> None:
-        from utils.anchors import boxes_wh, check_anchors, used_anchors
         wh = boxes_wh(self.train_index.records, self.model_config.input_shape)
         if len(wh):
             check_anchors(wh, used_anchors(self.model_config))
 
     def _setup_optimisation(self, resume: dict | None) -> None:
-        from utils.loss import YoloLoss
-        from utils.optim import DEFAULT_LR, build_optimizer, ema_model
         cfg = self.config
         self.base_lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
         self.optimizer = build_optimizer(self.model, cfg.optimizer, self.base_lr, cfg.momentum, cfg.weight_decay)
@@ -341,7 +342,6 @@ class Trainer:
     def _tensorboard(self):
         if not self.main:
             return None
-        from torch.utils.tensorboard import SummaryWriter
         return SummaryWriter(str(self.run_dir))
 
     # ----- the loop --------------------------------------------------------------------------------------------
@@ -385,7 +385,6 @@ class Trainer:
         return self.config.freeze_batch_size if epoch < self.config.freeze_epochs else self.config.batch_size
 
     def _peak_lr(self) -> float:
-        from utils.optim import scaled_lr
         return scaled_lr(self.base_lr, self.loader_batch * dist_utils.world_size(), self.config.optimizer)
 
     def _prepare_phase(self, epoch: int):
@@ -406,7 +405,6 @@ class Trainer:
         return self.train_loader
 
     def _build_train_loader(self, batch: int) -> None:
-        from utils.dataloader import build_loader, train_collate
         world = dist_utils.world_size()
         per_rank = max(batch // world, 1)
         self.train_loader = build_loader(self.train_dataset, per_rank, self.config.workers, shuffle=True,
@@ -433,7 +431,6 @@ class Trainer:
 
     def _val_loader(self):
         if self.val_loader is None:
-            from utils.dataloader import EvalDataset, build_loader, eval_collate
             dataset = EvalDataset(self.val_index, self.model_config.input_shape)
             self.val_loader = build_loader(dataset, max(self.config.batch_size, 1), min(self.config.workers, 2),
                                            shuffle=False, seed=self.config.seed, collate_fn=eval_collate)
@@ -441,7 +438,6 @@ class Trainer:
 
     def _evaluate(self, epoch: int) -> dict[str, float]:
         """Val mAP with exactly eval.py's code path, thresholds and letterbox."""
-        from utils.evaluation import evaluate
         metrics = evaluate(self.eval_model(), self._val_loader(), self.model_config, self.device, amp=self.config.amp)
         LOGGER.info("epoch %d val: mAP50 %.4f, mAP50-95 %.4f", epoch + 1, metrics["mAP50"], metrics["mAP50_95"])
         self._log_val_images(epoch)
@@ -449,10 +445,6 @@ class Trainer:
 
     def _log_val_images(self, epoch: int, count: int = 4) -> None:
         """A few validation images with the EMA model's detections, to TensorBoard and val_predictions.png."""
-        from utils.boxes import letterbox
-        from utils.image_io import read_image
-        from utils.inference import DetectOptions, Detector
-        from utils.visualize import draw_detections, image_grid
         records = self.val_index.records[:count]
         if not records:
             return
@@ -466,7 +458,6 @@ class Trainer:
         self.writer.add_image("val/predictions", grid, epoch + 1, dataformats="HWC")
 
     def _end_of_epoch_outputs(self, row: dict) -> None:
-        from utils.run_logging import plot_results, write_results_csv
         fitness = row.get("val/mAP50")
         if fitness is not None and fitness > self.state.best_fitness:
             self.state.best_fitness = fitness
@@ -490,7 +481,6 @@ class Trainer:
         save_checkpoint(payload, self.run_dir / name)
 
     def _save_preview(self) -> None:
-        from utils.dataloader import save_preview
         save_preview(self.train_dataset, self.run_dir / "train_batch_preview.png")
         LOGGER.info("augmented training samples: %s", self.run_dir / "train_batch_preview.png")
 
@@ -501,7 +491,6 @@ RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "eval_period", "save_perio
 def resume_checkpoint_path(resume: str | bool, save_dir: str = "logs") -> Path:
     """--resume with no value: the newest logs/*/last.pth; a folder: its last.pth; a file: itself."""
     if resume is True or resume in ("", None):
-        from utils.checkpoint import latest_weights
         return latest_weights(save_dir, "last.pth")
     path = Path(resume)
     if path.is_dir() and not (path / "last.pth").is_file():

@@ -50,7 +50,7 @@ def export_onnx(model: nn.Module, config: ModelConfig, path: str | Path, input_s
                 opset: int = OPSET, check: bool = True) -> Path:
     """Write `path` (.onnx) for eval-mode `model`; with `check` and onnxruntime installed, compare it to PyTorch
     on a random batch of 2 (raises ExportError beyond RELATIVE_TOLERANCE)."""
-    import onnx  # local: only exporting needs it
+    import onnx  # local: an optional dependency (requirements-dev.txt) that only exporting and .onnx files need
 
     path = Path(path).with_suffix(".onnx")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def export_onnx(model: nn.Module, config: ModelConfig, path: str | Path, input_s
 def check_onnx(path: str | Path, wrapped: nn.Module, input_shape: Sequence[int], batch: int = 2) -> float | None:
     """Max abs difference between onnxruntime and PyTorch on one random batch; None when onnxruntime is absent."""
     try:
-        import onnxruntime
+        import onnxruntime  # local: optional dependency, see export_onnx
     except ImportError:
         LOGGER.warning("onnxruntime is not installed; %s was not checked against PyTorch", path)
         return None
@@ -100,7 +100,7 @@ def check_onnx(path: str | Path, wrapped: nn.Module, input_shape: Sequence[int],
 
 def read_onnx_config(path: str | Path) -> ModelConfig:
     """The ModelConfig stored in an .onnx file by export_onnx."""
-    import onnx
+    import onnx  # local: optional dependency, see export_onnx
     from google.protobuf.message import DecodeError  # onnx's own dependency
 
     try:
@@ -122,7 +122,7 @@ def read_onnx_config(path: str | Path) -> ModelConfig:
 def session_options():
     """onnxruntime options for detection: no busy-waiting of idle pool threads between runs (by default they spin,
     taking the cores that reading and letterboxing the next image and NMS on the last one need)."""
-    import onnxruntime
+    import onnxruntime  # local: optional dependency, see export_onnx
 
     options = onnxruntime.SessionOptions()
     if os.environ.get("YOLO_ORT_SPIN", "0") != "1":
@@ -135,8 +135,8 @@ class OnnxDetector(BaseDetector):
 
     def __init__(self, path: str | Path, options: DetectOptions | None = None,
                  input_shape: Sequence[int] | None = None, providers: list[str] | None = None):
-        try:
-            import onnx  # noqa: F401  (read_onnx_config)
+        try:  # local: optional dependencies, see export_onnx
+            import onnx  # noqa: F401  (read_onnx_config needs it: fail here, with the install hint)
             import onnxruntime
         except ImportError as err:
             raise MissingDependencyError(f"running {path} needs onnx and onnxruntime ({err}): "

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 LOGGER = logging.getLogger(__name__)
 COCO_STAT_NAMES = ("mAP50_95", "AP50", "AP75", "APs", "APm", "APl")
@@ -263,9 +265,6 @@ def coco_evaluate(detections: Sequence[np.ndarray], truths: Sequence[Annotated],
 
     Returns zeros when there are no detections at all (pycocotools cannot load an empty result list).
     """
-    from pycocotools.coco import COCO  # local: importing pycocotools costs time the VOC path does not need
-    from pycocotools.cocoeval import COCOeval
-
     results = coco_results(detections)
     if not results:
         LOGGER.warning("no detections at all: COCO metrics are 0")
@@ -286,6 +285,8 @@ def _file_name(name: str) -> str:
 
 def plot_pr_curves(result: VOCResult, out_dir: str | Path) -> list[Path]:
     """One PNG per class with ground truth (pr_<class>.png) plus all classes in pr_curves.png; returns the paths."""
+    # local: matplotlib takes 0.7-0.8 s to import on the 2-core CI machine (python -X importtime); only eval.py's PR
+    # curves need it, not the importers of this module that want the numbers (training's validation, benchmarks)
     import matplotlib
     matplotlib.use("Agg")  # files only, never a window (also works without a display)
     import matplotlib.pyplot as plt

@@ -22,6 +22,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from utils.boxes import letterbox
 from utils.errors import MissingDependencyError, UserError
 from utils.image_io import to_model_input
 
@@ -59,7 +60,7 @@ def nodes_to_quantize(graph) -> list[str]:
 
 def calibration_reader(canvases: Sequence[np.ndarray], input_name: str = "images"):
     """A CalibrationDataReader over letterboxed uint8 canvases [H, W, 3], one image per batch."""
-    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization import CalibrationDataReader  # local: optional dependency, see quantize_onnx
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -78,7 +79,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, canvases: Iterabl
     """Quantize `fp32_path` (from export_onnx) to int8 at `out_path`, calibrated on `canvases` (uint8 [H, W, 3]
     letterboxed to the model's input). Activation ranges are min-max: on the sample data it kept mAP50 within
     0.3 points of fp32 (README, Benchmarks)."""
-    try:
+    try:  # local: optional dependencies (requirements-dev.txt); onnxruntime.quantization also takes ~0.9 s to import
         import onnx
         from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
                                               quantize_static)
@@ -121,7 +122,7 @@ def _root_logger_at(level: int) -> Iterator[None]:
 
 def _copy_metadata(source, out_path: Path, description: str) -> None:
     """quantize_static drops metadata_props; put the ModelConfig (and a note on the quantization) back."""
-    import onnx
+    import onnx  # local: optional dependency, see quantize_onnx
 
     quantized = onnx.load(str(out_path))
     props = {p.key: p.value for p in source.metadata_props} | {QUANTIZATION_KEY: description}
@@ -131,8 +132,6 @@ def _copy_metadata(source, out_path: Path, description: str) -> None:
 
 def letterboxed(images: Iterable[np.ndarray], input_shape: Sequence[int], limit: int) -> Iterator[np.ndarray]:
     """At most `limit` RGB images letterboxed onto the model canvas, the way inference prepares them."""
-    from utils.boxes import letterbox
-
     for count, image in enumerate(images):
         if count >= limit:
             return

@@ -10,14 +10,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
+import torch
+from tqdm import tqdm
 
-matplotlib.use("Agg")  # files only; training machines often have no display
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from utils.errors import UserError  # noqa: E402
+from utils.errors import UserError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -86,6 +82,12 @@ def write_results_csv(history: list[dict], path: Path) -> None:
 
 def plot_results(history: list[dict], path: Path) -> None:
     """Loss, learning-rate and mAP curves per epoch in one PNG."""
+    # local: matplotlib takes 0.7-0.8 s to import on the 2-core CI machine (python -X importtime), which predict.py
+    # and eval.py would pay at start-up for run_command alone
+    import matplotlib
+    matplotlib.use("Agg")  # files only; training machines often have no display
+    import matplotlib.pyplot as plt
+
     panels = [("train/box", "box loss"), ("train/obj", "objectness loss"), ("train/cls", "class loss"),
               ("train/total", "total loss"), ("lr", "learning rate"), ("val/mAP50", "val mAP@0.5"),
               ("val/mAP50_95", "val mAP@0.5:0.95")]
