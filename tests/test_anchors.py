@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.paths import ROOT
 from utils.anchors import (MAX_RATIO, anchor_fitness, boxes_wh, check_anchors, format_anchors, get_args_parser,
                            kmeans_anchors, main, used_anchors, wh_iou)
 from utils.config import ModelConfig, read_anchors

@@ -1,46 +1,17 @@
 """utils.augment through TrainDataset: augmented boxes still cover their (coloured) objects."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 
+from tests.synthetic import RECT_COLOURS, coloured_index
 from utils.augment import AugmentConfig, clip_boxes
 from utils.boxes import letterbox
 from utils.dataloader import EvalDataset, TrainDataset
-from utils.datasets import DatasetIndex, ImageRecord
-
-COLOURS = np.array([[230, 20, 20], [20, 230, 20], [20, 20, 230], [230, 230, 20]], dtype=np.uint8)  # RGB per class
-BACKGROUND = 40
-
-
-def coloured_index(root: Path, count: int = 8, seed: int = 0) -> DatasetIndex:
-    """Images of random size, each with one or two solid rectangles whose colour is their class."""
-    rng = np.random.default_rng(seed)
-    records = []
-    for i in range(count):
-        height, width = int(rng.integers(200, 500)), int(rng.integers(200, 500))
-        image = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
-        boxes, labels = [], []
-        for k in range(1 + i % 2):  # second object in the lower-right half so the two never overlap
-            x1 = int(rng.integers(k * width // 2, k * width // 2 + width // 4))
-            y1 = int(rng.integers(k * height // 2, k * height // 2 + height // 4))
-            x2, y2 = x1 + int(rng.integers(30, width // 4)), y1 + int(rng.integers(30, height // 4))
-            label = (i + k) % len(COLOURS)
-            image[y1:y2, x1:x2] = COLOURS[label]
-            boxes.append([x1, y1, x2, y2])
-            labels.append(label)
-        path = root / f"img{i}.png"
-        cv2.imwrite(str(path), image[..., ::-1])
-        records.append(ImageRecord(path, path.stem, np.array(boxes, np.float32), np.array(labels, np.int64),
-                                   np.zeros(len(labels), np.bool_), width, height))
-    return DatasetIndex(records, ["red", "green", "blue", "yellow"], split="train")
-
 
 def _colour_mask(image: np.ndarray, label: int) -> np.ndarray:
-    return np.abs(image.astype(np.int16) - COLOURS[label]).max(axis=2) < 40
+    return np.abs(image.astype(np.int16) - RECT_COLOURS[label]).max(axis=2) < 40
 
 
 def _check_sample(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, min_size: float) -> None:
@@ -54,7 +25,7 @@ def _check_sample(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, min_
             assert _colour_mask(inner, label).mean() > 0.9, (box, label)  # the box is filled by its object
     if min_size > 1:
         return  # slivers of objects may have been dropped by design (see test_clip_boxes_drops_...)
-    for label in range(len(COLOURS)):  # ... and every object pixel lies in a box of its class
+    for label in range(len(RECT_COLOURS)):  # ... and every object pixel lies in a box of its class
         mask = _colour_mask(image, label)
         covered = np.zeros_like(mask)
         for box in boxes[labels == label].round().astype(int):

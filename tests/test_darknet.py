@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import DARKNET_CFG, needs_shared
+from tests.paths import DARKNET_CFG, needs_shared
 from utils.config import ModelConfig, build_model
 from utils.darknet import (CONV_LAYER_INDEX, DarknetFormatError, cfg_sections, darknet_convs, export_darknet,
                            format_cfg, is_darknet_weights, load_darknet, load_darknet_backbone, parse_cfg,

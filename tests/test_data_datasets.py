@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import RACCOON, TINY_COCO, needs_shared
+from tests.paths import RACCOON, TINY_COCO, needs_shared
 from utils.datasets import load_split, make_splits
 
 W, H = 64, 48

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import ROOT
+from tests.paths import ROOT
 from tests.synthetic import write_weights
 from utils.config import ModelConfig, build_model
 from utils.dataloader import EvalDataset, build_loader, eval_collate

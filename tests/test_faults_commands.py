@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from fault_helpers import TRAIN_FAST, cli, cli_many, snapshot, tiny_voc
+from tests.fault_helpers import TRAIN_FAST, cli, cli_many, snapshot, tiny_voc
 from tests.synthetic import write_weights
 from utils.config import ModelConfig, build_model
 

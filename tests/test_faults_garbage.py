@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fault_helpers import ROOT, TRAIN_FAST, child_env
+from tests.fault_helpers import ROOT, TRAIN_FAST, child_env
 from utils.datasets import make_splits
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from fault_helpers import TRAIN_FAST, kill_hard, marker_epochs, start_hooked, tiny_voc, wait_for
+from tests.fault_helpers import TRAIN_FAST, kill_hard, marker_epochs, start_hooked, tiny_voc, wait_for
 from utils.checkpoint import CheckpointError, load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals and /proc")]

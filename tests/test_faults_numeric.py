@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from fault_helpers import tiny_voc
+from tests.fault_helpers import tiny_voc
 from utils.checkpoint import load_checkpoint
 from utils.engine import NonFiniteLossError, Trainer, TrainConfig
 

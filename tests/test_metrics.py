@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_COCO, needs_shared
+from tests.paths import TINY_COCO, needs_shared
 from utils.metrics import GroundTruthBoxes, coco_evaluate, plot_pr_curves, voc_ap, voc_evaluate
 
 NAMES = ["a", "b", "c"]

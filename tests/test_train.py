@@ -9,13 +9,13 @@ import sys
 import pytest
 import torch
 
-from synthetic import make_voc
+from tests.paths import ROOT
+from tests.synthetic import make_voc
 from utils import engine
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.engine import NonFiniteLossError, Trainer, TrainConfig, train
 from utils.loss import YoloLoss
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_AUGMENT = {"mosaic": 0.0, "mixup": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "flip": 0.0, "jitter": 0.0,
               "scale": (1.0, 1.0), "translate": False}
 
