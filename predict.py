@@ -65,7 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     output.add_argument("--heatmap", action="store_true", help="draw over the objectness heat map")
     output.add_argument("--show", action="store_true", help="show results in a window (q quits)")
     output.add_argument("--fps", action="store_true", help="print pre-process / inference / NMS ms and images/s")
-    output.add_argument("--export", choices=("onnx", "darknet"), help="export the model into the run folder; no detection")
+    output.add_argument("--export", choices=("onnx", "darknet"),
+                        help="export the model into the run folder; no detection")
     output.add_argument("--int8", action="store_true",
                         help="with --export onnx: also write <name>_int8.onnx, quantized with onnxruntime and "
                              "calibrated on --source images (default: VOCdevkit's train split); about 2x faster "
@@ -150,7 +151,8 @@ def run(args: argparse.Namespace) -> None:
     source = open_source(args.source or DEFAULT_SOURCE)
     detector = load_detector(args)
     saving = not args.nosave or args.save_txt or args.save_crop
-    writer = ResultWriter(claim_save_dir(args) if saving else None, detector.config.classes, not args.nosave, args.save_txt,
+    writer = ResultWriter(claim_save_dir(args) if saving else None, detector.config.classes, not args.nosave,
+                          args.save_txt,
                           args.save_crop, video_fps=source.fps)
     try:
         predict_source(detector, source, writer, args.batch_size, args.heatmap, args.show)

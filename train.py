@@ -31,7 +31,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "135,169, 344,319")
     p.add_argument("--epochs", type=int, default=50, help="total epochs (a real VOC run: 300)")
     p.add_argument("--batch-size", type=int, default=8, help="total batch size over all processes")
-    p.add_argument("--freeze-epochs", type=int, default=0, help="epochs with the backbone frozen (VOC with pretrained: 50)")
+    p.add_argument("--freeze-epochs", type=int, default=0,
+                   help="epochs with the backbone frozen (VOC with pretrained: 50)")
     p.add_argument("--freeze-batch-size", type=int, default=16, help="batch size while the backbone is frozen")
     p.add_argument("--input-shape", default="320", help="input size, a multiple of 32: 320, 416 or height,width "
                    "(320 suits the bundled sample on a CPU; VOC: 416)")

@@ -1,7 +1,8 @@
 """Training-data throughput of ONE worker: augmented samples/s (mosaic + mixup, 416 px) on the raccoon dataset.
 
 Prints one JSON line: wall-clock samples/s through a DataLoader with one worker, and samples per CPU-second measured
-in-process (meaningful on a shared, busy machine, where wall-clock figures are pessimistic). The reference (a PIL pipeline with the same augmentations) does about 80 samples/s on one core.
+in-process (meaningful on a shared, busy machine, where wall-clock figures are pessimistic). The reference (a PIL
+pipeline with the same augmentations) does about 80 samples/s on one core.
 Usage: python benchmarks/bench_data.py [--data DIR] [--samples 400] [--size 416]
 """
 from __future__ import annotations

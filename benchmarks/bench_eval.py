@@ -21,7 +21,7 @@ import numpy as np
 
 if not __package__:  # run as `python benchmarks/bench_eval.py`: the repository root is not on sys.path yet
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils.metrics import GroundTruthBoxes, voc_evaluate  # noqa: E402
+from utils.metrics import GroundTruthBoxes, voc_evaluate
 
 
 def synthetic(images: int, dets: int, classes: int, seed: int = 0):

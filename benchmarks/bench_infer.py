@@ -14,7 +14,8 @@ Variants, each at every --batch-sizes:
 
 The (variant, batch) runs are interleaved in --rounds rounds over slices of the images, so a shared machine's
 changing load weighs on all of them alike. Prints one JSON line per (variant, batch), then speed-up lines over the
-baseline at batch 1 and at equal batch. images_per_s is wall clock; images_per_cpu_s divides by this process's CPU time, which is less sensitive to other
+baseline at batch 1 and at equal batch. images_per_s is wall clock; images_per_cpu_s divides by this process's CPU
+time, which is less sensitive to other
 processes on a shared machine (wall-clock figures on a busy machine are pessimistic).
 
 Speed:  python benchmarks/bench_infer.py                      # random weights, phi 2 (cbam), 416 px, raccoon images
@@ -61,7 +62,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=416)
     parser.add_argument("--phi", default="cbam", help="attention for random weights (default phi 2 = cbam)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--variants", nargs="+", default=["baseline", "fused_fp32", "fused_amp", "onnxruntime", "onnxruntime_int8"])
+    parser.add_argument("--variants", nargs="+",
+                        default=["baseline", "fused_fp32", "fused_amp", "onnxruntime", "onnxruntime_int8"])
     parser.add_argument("--conf", type=float, default=0.5, help="speed test score threshold (predict's default)")
     parser.add_argument("--weights", help="trained checkpoint: speed uses it, and with --data mAP50 is compared")
     parser.add_argument("--data", help="dataset for the mAP50 comparison (VOCdevkit, images/+annotations/, COCO json)")
@@ -188,9 +190,10 @@ def map50(args: argparse.Namespace, model: torch.nn.Module, config: ModelConfig,
         value = 100 * metrics["mAP50"]
         if variant == "baseline":
             reference = value
+        delta = None if reference is None else round(value - reference, 3) + 0.0
         print(json.dumps({"bench": "infer_map", "variant": variant, "data": str(args.data), "split": args.split,
-                          "images": len(records), "mAP50": round(value, 3),
-                          "delta_vs_baseline_points": None if reference is None else round(value - reference, 3) + 0.0}), flush=True)
+                          "images": len(records), "mAP50": round(value, 3), "delta_vs_baseline_points": delta}),
+              flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

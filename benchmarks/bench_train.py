@@ -26,10 +26,9 @@ from utils.augment import AugmentConfig  # noqa: E402
 from utils.config import ModelConfig, build_model  # noqa: E402
 from utils.dataloader import TrainDataset, build_loader, train_collate  # noqa: E402
 from utils.datasets import load_split  # noqa: E402
-from utils.device import autocast_dtype, select_device  # noqa: E402
+from utils.device import autocast, autocast_dtype, select_device  # noqa: E402
 from utils.engine import TrainConfig, make_scaler, optimizer_step  # noqa: E402
 from utils.image_io import to_model_input  # noqa: E402
-from utils.device import autocast  # noqa: E402
 from utils.loss import YoloLoss  # noqa: E402
 from utils.optim import build_optimizer  # noqa: E402
 
@@ -104,7 +103,8 @@ def breakdown(config: ModelConfig, device: torch.device, batch: int, steps: int 
     return {"benchmark": "train_breakdown", "model_only_images_per_s": round(rate, 2),
             "convolution_share": round(conv / total, 3),
             "convolutions_only_ceiling_images_per_s": round(rate * total / conv, 2),
-            **{f"conv3x3_{name}_gflops": round(conv_gflops(dtype, backward), 1) for name, dtype, backward in CONV_CASES}}
+            **{f"conv3x3_{name}_gflops": round(conv_gflops(dtype, backward), 1)
+               for name, dtype, backward in CONV_CASES}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,12 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     loader = build_loader(dataset, args.batch_size, args.workers, shuffle=True, seed=0, drop_last=True,
                           collate_fn=train_collate)
     if args.breakdown:
-        print(json.dumps({**breakdown(config, device, args.batch_size), "threads": torch.get_num_threads()}), flush=True)
+        print(json.dumps({**breakdown(config, device, args.batch_size), "threads": torch.get_num_threads()}),
+              flush=True)
     for mode in args.modes.split(","):
         amp = mode == "amp"
         rate = measure(loader, config, device, amp, args.iters, args.warmup)
         dtype = autocast_dtype(device) if amp else torch.float32
-        print(json.dumps({"benchmark": "train_step", "device": str(device), "precision": str(dtype).replace("torch.", ""),
+        print(json.dumps({"benchmark": "train_step", "device": str(device),
+                          "precision": str(dtype).replace("torch.", ""),
                           "channels_last": True, "phi": config.attention, "input": 416, "batch": args.batch_size,
                           "workers": args.workers, "threads": torch.get_num_threads(),
                           "images_per_s": round(rate, 2)}), flush=True)

@@ -23,7 +23,8 @@ class Upsample(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.upsample = nn.Sequential(BasicConv(in_channels, out_channels, 1), nn.Upsample(scale_factor=2, mode="nearest"))
+        self.upsample = nn.Sequential(BasicConv(in_channels, out_channels, 1),
+                                      nn.Upsample(scale_factor=2, mode="nearest"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.upsample(x)

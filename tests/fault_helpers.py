@@ -7,7 +7,8 @@ Run as a script it is that hook runner:
 
 It runs train.py unchanged (runpy) after wrapping three functions so that they leave marker files in MARKER_DIR:
 `step_<epoch>_<i>` before training iteration i, `eval_<epoch>` when validation starts (then it pauses EVAL_PAUSE_S so
-the parent can kill inside it), and `save_<name>_<epoch>` once half of a checkpoint's bytes are in its temporary file (then it
+the parent can kill inside it), and `save_<name>_<epoch>` once half of a checkpoint's bytes are in its temporary file
+(then it
 pauses SAVE_PAUSE_S before writing the rest). The kills themselves are real SIGKILLs of this process.
 """
 from __future__ import annotations
@@ -125,6 +126,7 @@ def install_hooks(markers: Path, save_pause: float, eval_pause: float) -> None:
     import inspect
 
     import torch
+
     import utils.checkpoint as checkpoint
     import utils.engine as engine
 

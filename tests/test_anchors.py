@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from tests.paths import ROOT
-from utils.anchors import (MAX_RATIO, anchor_fitness, boxes_wh, check_anchors, format_anchors, get_args_parser,
-                           kmeans_anchors, main, used_anchors, wh_iou)
+from utils.anchors import (
+    MAX_RATIO,
+    anchor_fitness,
+    boxes_wh,
+    check_anchors,
+    format_anchors,
+    kmeans_anchors,
+    main,
+    used_anchors,
+    wh_iou,
+)
 from utils.config import ModelConfig, read_anchors
 
 CENTRES = np.array([[12, 16], [40, 28], [24, 70], [90, 100], [170, 130], [330, 300]], dtype=np.float64)

@@ -10,6 +10,7 @@ from utils.augment import AugmentConfig, clip_boxes
 from utils.boxes import letterbox
 from utils.dataloader import EvalDataset, TrainDataset
 
+
 def _colour_mask(image: np.ndarray, label: int) -> np.ndarray:
     return np.abs(image.astype(np.int16) - RECT_COLOURS[label]).max(axis=2) < 40
 
@@ -19,7 +20,7 @@ def _check_sample(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, min_
     assert ((boxes[:, [0, 2]] >= 0) & (boxes[:, [0, 2]] <= width)).all()
     assert ((boxes[:, [1, 3]] >= 0) & (boxes[:, [1, 3]] <= height)).all()
     assert ((boxes[:, 2:] - boxes[:, :2]) >= min_size).all()
-    for box, label in zip(boxes.round().astype(int), labels):
+    for box, label in zip(boxes.round().astype(int), labels, strict=True):
         inner = image[box[1] + 1:box[3] - 1, box[0] + 1:box[2] - 1]  # 1 px margin for interpolated edges
         if inner.size:
             assert _colour_mask(inner, label).mean() > 0.9, (box, label)  # the box is filled by its object

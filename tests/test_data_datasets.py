@@ -24,7 +24,8 @@ def _image(path: Path, ext: str = ".jpg") -> None:
 
 def _xml(path: Path, objects=(("thing", (5, 5, 30, 30), 0),), size=(W, H), body: str | None = None) -> None:
     if body is None:
-        size_xml = "" if size is None else f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"
+        size_xml = ("" if size is None
+                    else f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>")
         objs = "".join(f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{c[0]}</xmin><ymin>{c[1]}"
                        f"</ymin><xmax>{c[2]}</xmax><ymax>{c[3]}</ymax></bndbox></object>" for n, c, d in objects)
         body = f"<annotation><filename>{path.stem}.jpg</filename>{size_xml}{objs}</annotation>"

@@ -12,8 +12,16 @@ import torch
 
 from tests.synthetic import coloured_index
 from utils.augment import AugmentConfig
-from utils.dataloader import (CacheTooLargeError, EvalDataset, TrainDataset, build_loader, check_cache_fits,
-                              eval_collate, save_preview, train_collate)
+from utils.dataloader import (
+    CacheTooLargeError,
+    EvalDataset,
+    TrainDataset,
+    build_loader,
+    check_cache_fits,
+    eval_collate,
+    save_preview,
+    train_collate,
+)
 
 
 def _duplicated(index, copies: int):

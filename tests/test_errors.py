@@ -8,8 +8,8 @@ import torch
 
 from utils.annotations import AnnotationError
 from utils.checkpoint import CheckpointError
-from utils.dataloader import CacheTooLargeError
 from utils.darknet import DarknetFormatError
+from utils.dataloader import CacheTooLargeError
 from utils.engine import NonFiniteLossError
 from utils.errors import ConfigError, DatasetError, MissingDependencyError, MissingFileError, UserError
 from utils.export import ExportError

@@ -63,7 +63,7 @@ def test_onnx_detector_equals_pytorch_detector(exported):
     ours = OnnxDetector(path, options)(images)
     theirs = Detector(model, config, "cpu", options, amp=False)(images)
     assert sum(len(d) for d in theirs) > 0
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         assert a.shape == b.shape
         # same set of rows (order may differ where scores tie to 1e-6): each row has a twin in the other
         gap = (np.abs(a[:, None] - b[None]) / np.maximum(1, np.abs(b[None]))).max(axis=2)

@@ -31,7 +31,7 @@ class RunsCode:
 
 @pytest.fixture(scope="module")
 def evil(tmp_path_factory):
-    """(folder, marker path): evil.pth (torch zip format), evil_raw.pth (a plain pickle), run/last.pth (for --resume)."""
+    """(folder, marker path): evil.pth (torch zip format), evil_raw.pth (a plain pickle), run/last.pth (--resume)."""
     folder = tmp_path_factory.mktemp("evil")
     marker = folder / "code_ran.txt"
     torch.save({"model": {"w": torch.zeros(1)}, "payload": RunsCode(str(marker)), "epoch": 3}, folder / "evil.pth")
@@ -69,7 +69,7 @@ def test_clis_refuse_code_running_checkpoints(evil, tmp_path):
     jobs = [(script, [a.format(dir=folder, data=data) for a in args] + extra[script])
             for script, args in CLI_CASES.values()]
     failures = []
-    for name, result in zip(CLI_CASES, cli_many(jobs)):
+    for name, result in zip(CLI_CASES, cli_many(jobs), strict=True):
         if (result.returncode == 0 or "Traceback" in result.stdout
                 or "refused, because unpickling it could run code" not in result.stdout):
             failures.append(f"{name}: exit {result.returncode}\n{result.stdout[-1500:]}")

@@ -70,8 +70,9 @@ def test_sigkill_and_resume_loses_at_most_the_current_epoch(tmp_path):
             wait_for(lambda: False, rng.uniform(*delay), process)
         else:
             name = marker(done_before)
-            assert wait_for(lambda: (markers / name).exists(), STARTUP_S, process), (
-                f"{what}: marker {name} never appeared\n" + (tmp_path / "child.log").read_text(errors="replace")[-3000:])
+            assert wait_for(lambda markers=markers, name=name: (markers / name).exists(), STARTUP_S, process), (
+                f"{what}: marker {name} never appeared\n"
+                + (tmp_path / "child.log").read_text(errors="replace")[-3000:])
             wait_for(lambda: False, rng.uniform(*delay), process)
         assert process.poll() is None, f"{what}: the run ended before the kill"
         kill_hard(process)

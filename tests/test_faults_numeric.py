@@ -15,7 +15,7 @@ import torch
 
 from tests.fault_helpers import tiny_voc
 from utils.checkpoint import load_checkpoint
-from utils.engine import NonFiniteLossError, Trainer, TrainConfig
+from utils.engine import NonFiniteLossError, TrainConfig, Trainer
 
 
 def _trainer(tmp_path, epochs: int = 2, **overrides) -> Trainer:

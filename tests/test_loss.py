@@ -110,7 +110,7 @@ def reference_loss(outputs, targets, config, eps=0.0, ignore_threshold=0.5):
     rows = targets.tolist()
     box = obj = cls = 0.0
     ignored_count = 0
-    for head, (out, mask) in enumerate(zip(outputs, config.anchors_mask)):
+    for head, (out, mask) in enumerate(zip(outputs, config.anchors_mask, strict=True)):
         a, (h, w) = len(mask), out.shape[2:]
         stride = (in_w / w, in_h / h)
         p = out.detach().float().view(batch, a, 5 + nc, h, w).permute(0, 1, 3, 4, 2).tolist()
@@ -274,7 +274,7 @@ def test_perfect_predictions_give_small_box_loss():
     before = YoloLoss(config)(outputs, targets)["box"].item()
     for b, _, x1, y1, x2, y2 in targets.tolist():
         best = reference_anchor(x2 - x1, y2 - y1, config.anchors_mask)
-        for head, (stride, mask) in enumerate(zip((32, 16), config.anchors_mask)):
+        for head, (stride, mask) in enumerate(zip((32, 16), config.anchors_mask, strict=True)):
             if best in mask:
                 fx, fy = (x1 + x2) / 2 / stride, (y1 + y2) / 2 / stride
                 i, j, fx, fy = int(fx), int(fy), fx % 1, fy % 1

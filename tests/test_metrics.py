@@ -254,7 +254,8 @@ def test_coco_equals_pycocotools_files_synthetic(tmp_path):
                                 "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1]),
                                 "iscrowd": int(d)}
                                for i, t in enumerate(truths)
-                               for k, (b, lab, d) in enumerate(zip(t.boxes.tolist(), t.labels, t.difficult),
+                               for k, (b, lab, d) in enumerate(zip(t.boxes.tolist(), t.labels, t.difficult,
+                                                                   strict=True),
                                                                start=100 * i)]}
     expected = standard_pycocotools(gt_json, to_results(detections, [10 + i for i in range(30)], [7, 14, 21]),
                                     tmp_path)

@@ -160,7 +160,8 @@ def test_partial_load_reports_skipped_heads():
     report = load_weights(target, source.state_dict(), partial=True)
     assert set(report.skipped) == {"yolo_headP5.1.weight", "yolo_headP5.1.bias",
                                    "yolo_headP4.1.weight", "yolo_headP4.1.bias"}
-    assert torch.equal(target.state_dict()["backbone.conv1.conv.weight"], source.state_dict()["backbone.conv1.conv.weight"])
+    key = "backbone.conv1.conv.weight"
+    assert torch.equal(target.state_dict()[key], source.state_dict()[key])
     assert "skipped 4" in report.summary()
 
 

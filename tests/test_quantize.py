@@ -17,8 +17,14 @@ from utils.export import OnnxDetector, export_onnx, read_onnx_config
 from utils.image_io import to_model_input
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (requirements-dev.txt)")
-from utils.quantize import (QUANTIZATION_KEY, QuantizationError, letterboxed, nodes_to_quantize,  # noqa: E402
-                            output_convs, quantize_onnx)
+from utils.quantize import (
+    QUANTIZATION_KEY,
+    QuantizationError,
+    letterboxed,
+    nodes_to_quantize,
+    output_convs,
+    quantize_onnx,
+)
 
 SIZE = (96, 128)  # height, width
 

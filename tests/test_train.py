@@ -13,7 +13,7 @@ from tests.paths import ROOT
 from tests.synthetic import make_voc
 from utils import engine
 from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.engine import NonFiniteLossError, Trainer, TrainConfig, train
+from utils.engine import NonFiniteLossError, TrainConfig, Trainer, train
 from utils.loss import YoloLoss
 
 NO_AUGMENT = {"mosaic": 0.0, "mixup": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "flip": 0.0, "jitter": 0.0,

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from xml.parsers import expat
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.parsers import expat
 
 import numpy as np
 
@@ -71,7 +71,8 @@ def _read_xml(path: Path) -> ET.Element:
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise AnnotationError(f"{path}: cannot be read ({err.strerror or err}); check the file and its permissions") from None
+        raise AnnotationError(f"{path}: cannot be read ({err.strerror or err}); check the file and its "
+                              "permissions") from None
     if not data.strip():
         raise AnnotationError(f"{path}: is an empty XML file; re-export the annotation")
     if _UNSAFE_XML.search(data) or _declares_doctype(data):
@@ -166,7 +167,8 @@ def parse_coco_json(path: str | Path) -> tuple[list[CocoImage], dict[int, str]]:
     by_image: dict[int, list[dict]] = {}
     for ann in content["annotations"]:
         by_image.setdefault(int(ann["image_id"]), []).append(ann)
-    return [_coco_image(entry, by_image.get(int(entry["id"]), []), categories) for entry in content["images"]], categories
+    images = [_coco_image(entry, by_image.get(int(entry["id"]), []), categories) for entry in content["images"]]
+    return images, categories
 
 
 def _coco_image(entry: dict, anns: list[dict], categories: dict[int, str]) -> CocoImage:

@@ -210,7 +210,7 @@ def _layer_signature(index: int, section: dict[str, str]) -> tuple:
 def check_topology(sections: list[dict[str, str]], config: ModelConfig, path: str | Path) -> None:
     """Raise DarknetFormatError unless the cfg's layers are yolov4-tiny's for `config`, naming the first difference."""
     layers, expected = sections[1:], cfg_sections(config)[1:]
-    for index, (got, want) in enumerate(zip(layers, expected)):
+    for index, (got, want) in enumerate(zip(layers, expected, strict=False)):  # lengths compared below
         try:
             got_sig = _layer_signature(index, got)
         except (KeyError, ValueError) as err:
@@ -380,7 +380,8 @@ def _full_file_classes(found: int, model: YoloBody) -> int | None:
     fixed = _count(layers[:NUM_TRANSFER_CONVS]) + _count(layers[18:20])  # all but the two class-dependent convs
     heads = model.head_output_convs()
     anchors = [h.out_channels // (5 + model.num_classes) for h in heads]
-    per_class_slot = sum(a * (h.in_channels + 1) for a, h in zip(anchors, heads))  # weights + bias per output
+    # weights + bias per output
+    per_class_slot = sum(a * (h.in_channels + 1) for a, h in zip(anchors, heads, strict=True))
     extra = found - fixed
     if extra <= 0 or extra % per_class_slot or extra // per_class_slot <= 5:
         return None

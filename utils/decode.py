@@ -58,7 +58,7 @@ def decode_outputs(outputs: tuple[torch.Tensor, ...], config: ModelConfig,
     input_shape = tuple(input_shape or config.input_shape)
     anchors = torch.tensor(config.anchors, dtype=torch.float32)
     return torch.cat([decode_head(out, anchors[mask], input_shape, config.scale_x_y)
-                      for out, mask in zip(outputs, config.anchors_mask)], dim=1)
+                      for out, mask in zip(outputs, config.anchors_mask, strict=True)], dim=1)
 
 
 def non_max_suppression(decoded: torch.Tensor, conf_thres: float = 0.5, iou_thres: float = 0.3,

@@ -22,8 +22,16 @@ from utils import distributed as dist_utils
 from utils.anchors import boxes_wh, check_anchors, used_anchors
 from utils.augment import AugmentConfig
 from utils.boxes import letterbox
-from utils.checkpoint import (FORMAT_VERSION, CheckpointError, latest_weights, load_checkpoint, load_weights,
-                              remove_stale_temporaries, save_checkpoint, state_dict_of)
+from utils.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    latest_weights,
+    load_checkpoint,
+    load_weights,
+    remove_stale_temporaries,
+    save_checkpoint,
+    state_dict_of,
+)
 from utils.config import ModelConfig, build_model, read_anchors, read_classes
 from utils.darknet import is_darknet_weights, load_darknet_backbone
 from utils.dataloader import EvalDataset, TrainDataset, build_loader, eval_collate, save_preview, train_collate
@@ -276,7 +284,8 @@ class Trainer:
 
     def _setup_data(self, resume: dict | None) -> None:
         cfg = self.config
-        classes = resume["config"]["classes"] if resume else (read_classes(cfg.classes_file) if cfg.classes_file else None)
+        classes = (resume["config"]["classes"] if resume
+                   else read_classes(cfg.classes_file) if cfg.classes_file else None)
         self.train_index = load_split(cfg.data, cfg.train_split, classes=classes, keep_difficult=cfg.keep_difficult,
                                       seed=cfg.seed)
         self.classes = self.train_index.classes
@@ -301,7 +310,8 @@ class Trainer:
         else:
             anchors = read_anchors(cfg.anchors_file) if cfg.anchors_file else None
             extra = {"anchors": anchors} if anchors else {}
-            self.model_config = ModelConfig(classes=self.classes, attention=cfg.phi, input_shape=cfg.input_shape, **extra)
+            self.model_config = ModelConfig(classes=self.classes, attention=cfg.phi, input_shape=cfg.input_shape,
+                                            **extra)
         model = build_model(self.model_config)
         model.initialize_biases(self.model_config.input_shape)
         if cfg.weights and not resume:
@@ -354,7 +364,8 @@ class Trainer:
                 self._train_epoch(epoch)
         except KeyboardInterrupt:
             if self.main:
-                LOGGER.warning("interrupted: saving %s (resume with --resume %s)", self.run_dir / "last.pth", self.run_dir)
+                LOGGER.warning("interrupted: saving %s (resume with --resume %s)", self.run_dir / "last.pth",
+                               self.run_dir)
                 self._save("last.pth")
             raise
         finally:
@@ -451,7 +462,8 @@ class Trainer:
         detector = Detector(self.eval_model(), self.model_config, self.device, DetectOptions(conf_thres=0.25),
                             optimize=False, amp=self.config.amp)
         images = [read_image(r.path) for r in records]
-        drawn = [draw_detections(img, d[:, :4], d[:, 5], self.classes, d[:, 4]) for img, d in zip(images, detector(images))]
+        drawn = [draw_detections(img, d[:, :4], d[:, 5], self.classes, d[:, 4])
+                 for img, d in zip(images, detector(images), strict=True)]
         tiles = [letterbox(img, (320, 320))[0] for img in drawn]  # keeps the aspect ratio
         grid = image_grid(tiles, columns=min(count, 4))
         write_image(self.run_dir / "val_predictions.png", grid)
@@ -506,7 +518,8 @@ def train(config: TrainConfig, resume: str | bool | None = None, overrides: dict
         path = resume_checkpoint_path(resume, config.save_dir)
         checkpoint = load_checkpoint(path)
         if "train_config" not in checkpoint:
-            raise CheckpointError(f"{path} is not a training checkpoint of this project; use --weights to start from it")
+            raise CheckpointError(f"{path} is not a training checkpoint of this project; use --weights to start "
+                                  "from it")
         config = TrainConfig.from_dict(checkpoint["train_config"])
         for key, value in (overrides or {}).items():
             if key in RESUMABLE_OVERRIDES:

@@ -42,7 +42,7 @@ def collect_detections(model: nn.Module | BaseDetector, loader, config: ModelCon
         with torch.inference_mode():
             for images, indices, infos in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
                 decoded = decoded_batch(model, images, config, device, amp)
-                for dets, i, info in zip(non_max_suppression(decoded, conf, iou, max_det), indices, infos):
+                for dets, i, info in zip(non_max_suppression(decoded, conf, iou, max_det), indices, infos, strict=True):
                     detections[i] = detections_to_original(dets, info)
     finally:
         if is_module:

@@ -125,7 +125,7 @@ class Prefetcher:
             for item in iterable:
                 if not self._put((self._ITEM, fn(item))):
                     return
-        except Exception as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
+        except Exception as err:  # any error: handed to the consumer, which re-raises it
             self._put((self._ERROR, err))
             return
         self._put((self._DONE, None))
@@ -176,7 +176,7 @@ class BaseDetector:
         kept = non_max_suppression(decoded, opts.conf_thres, opts.iou_thres, opts.max_det, opts.agnostic,
                                    opts.classes)
         results = []
-        for dets, p in zip(kept, prepared):
+        for dets, p in zip(kept, prepared, strict=True):
             results.append(detections_to_original(dets, p.info))
         self.times.add("infer", middle - start)
         self.times.add("nms", time.perf_counter() - middle, images=len(prepared))

@@ -109,7 +109,7 @@ class YoloLoss(nn.Module):
         """Validate the head shapes; return the input (height, width) they imply."""
         if len(outputs) != len(self.anchors_mask):
             raise ValueError(f"YoloLoss expects {len(self.anchors_mask)} head outputs, got {len(outputs)}")
-        for head, (out, mask) in enumerate(zip(outputs, self.anchors_mask)):
+        for head, (out, mask) in enumerate(zip(outputs, self.anchors_mask, strict=True)):
             expected = len(mask) * (5 + self.num_classes)
             if out.dim() != 4 or out.shape[1] != expected:
                 raise ValueError(f"head {head} output has shape {tuple(out.shape)}; expected [B, {expected}, H, W] "

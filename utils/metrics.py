@@ -120,7 +120,7 @@ class VOCResult:
 
     def prf(self, score_thresh: float = 0.5) -> dict[str, dict[str, float]]:
         """{class name: {"precision", "recall", "f1"}} at `score_thresh`, for classes with ground truth."""
-        return {c.name: dict(zip(("precision", "recall", "f1"), c.at_threshold(score_thresh)))
+        return {c.name: dict(zip(("precision", "recall", "f1"), c.at_threshold(score_thresh), strict=True))
                 for c in self.classes if c.num_gt > 0}
 
 
@@ -195,7 +195,7 @@ def voc_evaluate(detections: Sequence[np.ndarray], truths: Sequence[Annotated], 
     npos = np.bincount(gt_labels[~gt_difficult], minlength=num_classes)
     bounds = np.searchsorted(det_class[order], np.arange(num_classes + 1))
     results = [_class_ap(name, tp[lo:hi], fp[lo:hi], dets[order[lo:hi], 4], int(npos[c]), use_07)
-               for c, (name, lo, hi) in enumerate(zip(class_names, bounds[:-1], bounds[1:]))]
+               for c, (name, lo, hi) in enumerate(zip(class_names, bounds[:-1], bounds[1:], strict=True))]
     return VOCResult(results, iou_thresh, use_07)
 
 
@@ -233,7 +233,7 @@ def coco_ground_truth(truths: Sequence[Annotated], class_names: Sequence[str],
         images.append({"id": i + 1, "height": int(height), "width": int(width)})
         boxes = np.asarray(truth.boxes, np.float64).reshape(-1, 4)
         for box, label, difficult in zip(boxes, np.asarray(truth.labels).reshape(-1),
-                                         np.asarray(truth.difficult).reshape(-1)):
+                                         np.asarray(truth.difficult).reshape(-1), strict=True):
             w, h = float(box[2] - box[0]), float(box[3] - box[1])
             annotations.append({"id": len(annotations) + 1,  # ids from 1: COCOeval treats a matched id 0 as unmatched
                                 "image_id": i + 1, "category_id": int(label) + 1,
@@ -276,7 +276,7 @@ def coco_evaluate(detections: Sequence[np.ndarray], truths: Sequence[Annotated],
     evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
     for step in (evaluator.evaluate, evaluator.accumulate, evaluator.summarize):
         _quiet(step)
-    return {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats[:6])}
+    return {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats[:6], strict=True)}
 
 
 def _file_name(name: str) -> str:

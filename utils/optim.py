@@ -41,7 +41,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float,
+                    weight_decay: float) -> torch.optim.Optimizer:
     """SGD (Nesterov), Adam or AdamW over all parameters (frozen ones included, so unfreezing needs no rebuild)."""
     for param in model.parameters():  # groups are built once, over every parameter
         param.requires_grad_(True)

@@ -139,7 +139,7 @@ def predict_source(detector: BaseDetector, source: ImageSource | VideoSource, wr
     unit = "img" if isinstance(source, ImageSource) else "frame"
     with tqdm(total=source.length, unit=unit, disable=source.length == 1, leave=False) as bar:
         for chunk, results, decoded in detector.stream(source, batch_size, image_of=lambda frame: frame.image):
-            for i, (prepared, dets) in enumerate(zip(chunk, results)):
+            for i, (prepared, dets) in enumerate(zip(chunk, results, strict=True)):
                 frame = prepared.item
                 annotated = (annotate(detector, frame, dets, decoded[i], prepared.info, heatmap)
                              if need_drawing else None)

@@ -81,8 +81,13 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, canvases: Iterabl
     0.3 points of fp32 (README, Benchmarks)."""
     try:  # local: optional dependencies (requirements-dev.txt); onnxruntime.quantization also takes ~0.9 s to import
         import onnx
-        from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
-                                              quantize_static)
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quant_pre_process,
+            quantize_static,
+        )
     except ImportError as err:
         raise MissingDependencyError(f"int8 quantization needs onnx and onnxruntime ({err}): "
                           "pip install -r requirements-dev.txt") from err

@@ -93,10 +93,10 @@ def plot_results(history: list[dict], path: Path) -> None:
               ("val/mAP50_95", "val mAP@0.5:0.95")]
     panels = [(key, title) for key, title in panels if any(key in row for row in history)]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
-    for ax, (key, title) in zip(axes[0], panels):
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
         points = [(row["epoch"], row[key]) for row in history if row.get(key) not in (None, "")]
         if points:
-            ax.plot(*zip(*points), marker="o", markersize=2)
+            ax.plot(*zip(*points, strict=True), marker="o", markersize=2)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

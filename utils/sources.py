@@ -150,4 +150,5 @@ def open_source(spec: str | Path) -> ImageSource | VideoSource:
         return ImageSource([path])
     if suffix in VIDEO_SUFFIXES:
         return open_video(path)
-    raise SourceError(f"source {path} has an unsupported type {suffix or '(no suffix)'}; supported: {supported_types()}")
+    raise SourceError(f"source {path} has an unsupported type {suffix or '(no suffix)'}; "
+                      f"supported: {supported_types()}")
