@@ -134,7 +134,8 @@ def garbage(tmp_path_factory):
     rng = np.random.default_rng(0)
     stems = [f"img{i:03d}" for i in range(PAIRS)]
     splits = make_splits(stems, seed=0)  # the split the loader makes in memory for this folder layout
-    kinds = dict(zip(splits["train"], BROKEN, strict=True))
+    # the first len(BROKEN) train images are broken, one kind each; strict: the split must have room for them all
+    kinds = dict(zip(splits["train"][:len(BROKEN)], BROKEN, strict=True))
     for stem in stems:
         _write_broken(kinds.get(stem, "good"), stem, images, anns, rng)
     cv2.imwrite(str(images / f"{ORPHAN}.jpg"), _scene(rng)[0])
