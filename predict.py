@@ -89,7 +89,7 @@ def class_filter(values: list[str] | None, names: list[str]) -> list[int] | None
             indices.add(names.index(value))
         else:
             raise ConfigError(f"--classes {value!r} is neither a class name nor an index below {len(names)}; "
-                             f"the model's classes are {', '.join(names)}")
+                              f"the model's classes are {', '.join(names)}")
     return sorted(indices)
 
 
@@ -152,8 +152,7 @@ def run(args: argparse.Namespace) -> None:
     detector = load_detector(args)
     saving = not args.nosave or args.save_txt or args.save_crop
     writer = ResultWriter(claim_save_dir(args) if saving else None, detector.config.classes, not args.nosave,
-                          args.save_txt,
-                          args.save_crop, video_fps=source.fps)
+                          args.save_txt, args.save_crop, video_fps=source.fps)
     try:
         predict_source(detector, source, writer, args.batch_size, args.heatmap, args.show)
     finally:

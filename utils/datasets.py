@@ -222,7 +222,7 @@ def _coco_image_dir(json_path: Path) -> Path:
         if folder.is_dir():
             return folder
     raise MissingFileError(f"{json_path}: no image folder found (looked for {', '.join(map(str, candidates[:3]))}); "
-                            "put the images beside the annotations as in COCO (train2017/, val2017/)")
+                           "put the images beside the annotations as in COCO (train2017/, val2017/)")
 
 
 def _coco_entries(json_path: Path) -> tuple[list[_Entry], list[str]]:
@@ -340,7 +340,7 @@ def load_split(data: str | Path, split: str, classes: list[str] | None = None, k
     data = Path(data)
     if not data.exists():
         raise MissingFileError(f"dataset {data} does not exist; pass --data a VOCdevkit folder, an images/ + "
-                                "annotations/ folder pair or a COCO instances json")
+                               "annotations/ folder pair or a COCO instances json")
     if split not in SPLITS + ("all",):
         raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS + ('all',))}")
     problems: list[str] = []
@@ -355,6 +355,6 @@ def load_split(data: str | Path, split: str, classes: list[str] | None = None, k
         LOGGER.warning("%s", line)
     if not index.records:
         raise DatasetError(f"{data}: split '{split}' has no usable images ({index.summary()}); check the paths and "
-                         "the problems logged above")
+                           "the problems logged above")
     LOGGER.info("%s %s: %s", data, split, index.summary())
     return index

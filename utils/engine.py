@@ -507,7 +507,7 @@ def resume_checkpoint_path(resume: str | bool, save_dir: str = "logs") -> Path:
     path = Path(resume)
     if path.is_dir() and not (path / "last.pth").is_file():
         raise MissingFileError(f"{path} holds no last.pth (the run stopped before its first epoch ended, or this is "
-                                "not a run folder); start the run again without --resume")
+                               "not a run folder); start the run again without --resume")
     return path / "last.pth" if path.is_dir() else path
 
 

@@ -140,7 +140,7 @@ class OnnxDetector(BaseDetector):
             import onnxruntime
         except ImportError as err:
             raise MissingDependencyError(f"running {path} needs onnx and onnxruntime ({err}): "
-                              "pip install -r requirements-dev.txt") from err
+                                         "pip install -r requirements-dev.txt") from err
         config = read_onnx_config(path)
         if input_shape is not None and list(input_shape) != list(config.input_shape):
             raise ExportError(f"{path} was exported for input {config.input_shape}; it cannot run at "

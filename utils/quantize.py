@@ -90,7 +90,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, canvases: Iterabl
         )
     except ImportError as err:
         raise MissingDependencyError(f"int8 quantization needs onnx and onnxruntime ({err}): "
-                          "pip install -r requirements-dev.txt") from err
+                                     "pip install -r requirements-dev.txt") from err
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     canvases = list(canvases)  # 100 canvases at 416 are 52 MB
