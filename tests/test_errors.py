@@ -60,6 +60,18 @@ def test_a_runtime_error_from_inside_torch_keeps_its_traceback(caplog):
     assert not error_lines(caplog)
 
 
+def test_a_bug_inside_a_command_reaches_the_user_with_its_traceback(monkeypatch):
+    """The same through a real entry point: predict.main lets a torch RuntimeError out instead of printing a line."""
+    import predict
+
+    def buggy_run(args) -> None:
+        torch.zeros(2, 3) @ torch.zeros(2, 3)
+    monkeypatch.setattr(predict, "run", buggy_run)
+    monkeypatch.setattr(predict, "setup_logging", lambda verbose=False: None)
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        predict.main(["--source", "photo.jpg"])
+
+
 @pytest.mark.parametrize("builtin", [ValueError, TypeError, KeyError, ImportError])
 def test_plain_builtin_errors_are_bugs(builtin):
     with pytest.raises(builtin):
