@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
+from typing import Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nets.attention import ATTENTION_NAMES
-from nets.yolo import ATTENTION_PLACES, YoloBody
+from nets.yolo import ATTENTION_PLACES
+from utils.config import ModelConfig, build_model, parse_input_shape
+from utils.run_logging import run_command, setup_logging
 
 LOGGER = logging.getLogger(__name__)
 
@@ -52,13 +56,19 @@ def variants() -> list[tuple[str, str]]:
     return [("none", "-")] + [(name, at) for name in ATTENTION_NAMES[1:] for at in ATTENTION_PLACES]
 
 
+def summary_model(num_classes: int, attention: str, attention_at: str, input_shape: Sequence[int]) -> nn.Module:
+    """The YoloBody a ModelConfig with these settings describes (random weights)."""
+    config = ModelConfig(classes=[f"class{i}" for i in range(num_classes)], attention=attention,
+                         attention_at=attention_at, input_shape=list(input_shape))
+    return build_model(config)
+
+
 def summary_table(num_classes: int, input_shape: tuple[int, int]) -> str:
     """Markdown table of parameters and GFLOPs for every (attention, placement), with the change against none."""
-    mask = [[3, 4, 5], [1, 2, 3]]
     rows = ["| attention | placement | parameters | vs none | GFLOPs | vs none |", "|---|---|---|---|---|---|"]
     base = None
     for name, at in variants():
-        model = YoloBody(mask, num_classes, name, at if at != "-" else "neck")
+        model = summary_model(num_classes, name, at if at != "-" else "neck", input_shape)
         params, gflops = count_parameters(model), count_gflops(model, input_shape)
         base = base or (params, gflops)
         rows.append(f"| {name} | {at} | {params:,} | {params - base[0]:+,} | {gflops:.3f} | "
@@ -66,22 +76,25 @@ def summary_table(num_classes: int, input_shape: tuple[int, int]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from utils.config import parse_input_shape  # local: utils imports nets, keep nets import-light
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--phi", default="0", help="attention: 0/none, 1/se, 2/cbam, 3/eca, 4/ca")
     parser.add_argument("--attention-at", choices=ATTENTION_PLACES, default="neck", help="attention placement")
     parser.add_argument("--num-classes", type=int, default=20, help="number of classes (20 for VOC, 80 for COCO)")
     parser.add_argument("--input-shape", default="416", help="416 or height,width; multiples of 32")
     parser.add_argument("--table", action="store_true", help="a Markdown table of every (attention, placement)")
+    parser.add_argument("--verbose", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
-    input_shape = tuple(parse_input_shape(args.input_shape))
-    if args.table:
-        print(summary_table(args.num_classes, input_shape))
-        return
-    model = YoloBody([[3, 4, 5], [1, 2, 3]], args.num_classes, args.phi, args.attention_at)
-    print(model_summary(model, input_shape))
+    setup_logging(args.verbose)
+
+    def summarise() -> None:
+        input_shape = tuple(parse_input_shape(args.input_shape))
+        if args.table:
+            print(summary_table(args.num_classes, input_shape))
+            return
+        print(model_summary(summary_model(args.num_classes, args.phi, args.attention_at, input_shape), input_shape))
+    return run_command(summarise, args.verbose, LOGGER)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

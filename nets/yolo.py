@@ -1,13 +1,21 @@
 """YOLOv4-tiny body with attention blocks in the neck (the reference's three places), inside the backbone, or both."""
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import torch
 from torch import nn
 
 from nets.attention import OPTION_FLAGS, AttentionBlock, attention_name, create_attention, identify_block
 from nets.backbone import BasicConv, CSPDarknet53Tiny
+from utils.errors import ConfigError
 
-STRIDE = 32  # the coarsest head's stride: inputs must be a multiple of it
+# Output stride of each head, in the order YoloBody.forward returns them: P5 on the backbone's 1/32 map, then P4 on
+# its 1/16 map (tests/test_model.py checks this against real outputs). The one definition the loss, decoding, heat
+# maps and export use, through YoloBody.strides or ModelConfig.strides.
+HEAD_STRIDES = (32, 16)
+STRIDE = max(HEAD_STRIDES)  # the coarsest head's stride: inputs must be a multiple of it
 
 # Where attention goes (--attention-at). neck: feat1, feat2 and the upsampled P5, as the reference (its state_dict
 # layout); backbone: inside each CSP stage (nets.backbone.ResblockBody); both: the two together.
@@ -18,7 +26,7 @@ def attention_place(at: str) -> str:
     """Validate --attention-at."""
     text = str(at).strip().lower()
     if text not in ATTENTION_PLACES:
-        raise ValueError(f"invalid --attention-at {at!r}; valid values: {', '.join(ATTENTION_PLACES)}")
+        raise ConfigError(f"invalid --attention-at {at!r}; valid values: {', '.join(ATTENTION_PLACES)}")
     return text
 
 
@@ -27,7 +35,8 @@ class Upsample(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.upsample = nn.Sequential(BasicConv(in_channels, out_channels, 1), nn.Upsample(scale_factor=2, mode="nearest"))
+        self.upsample = nn.Sequential(BasicConv(in_channels, out_channels, 1),
+                                      nn.Upsample(scale_factor=2, mode="nearest"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.upsample(x)
@@ -39,25 +48,32 @@ def yolo_head(channels: tuple[int, int], in_channels: int) -> nn.Sequential:
 
 
 def check_input_size(height: int, width: int) -> None:
-    """Raise ValueError unless both sides are positive multiples of 32."""
+    """Raise ConfigError (a ValueError) unless both sides are positive multiples of 32."""
     if height <= 0 or width <= 0 or height % STRIDE or width % STRIDE:
-        raise ValueError(
+        raise ConfigError(
             f"input size {height}x{width} is not a multiple of {STRIDE}; use e.g. 320, 416, 512 or 608")
 
 
 class YoloBody(nn.Module):
-    """YOLOv4-tiny. Returns (out0, out1): the stride-32 and stride-16 heads, each len(mask) * (5 + nc) channels.
+    """YOLOv4-tiny. Returns one output per head, in `strides` order (stride 32, then 16), each
+    Tensor[B, len(mask) * (5 + nc), H / stride, W / stride].
 
     `phi` is 0..4 or a name from nets.attention.ATTENTION_NAMES (none, se, cbam, eca, ca); `attention_at` one of
-    ATTENTION_PLACES; `reduction` / `cbam_kernel` the block options (None: the reference's).
+    ATTENTION_PLACES; `reduction` / `cbam_kernel` the block options (None: the reference's). The model knows its
+    structure: `strides`, `head_output_convs()`, `initialize_biases()`, `attention_blocks()`, `freeze_backbone()` and
+    `attention_mismatch()` are what the loss, engine, checkpoint loader and exporters ask it.
     """
 
     def __init__(self, anchors_mask: list[list[int]], num_classes: int, phi: int | str = 0, attention_at: str = "neck",
                  reduction: int | None = None, cbam_kernel: int | None = None):
         super().__init__()
+        if len(anchors_mask) != len(HEAD_STRIDES):
+            raise ConfigError(f"anchors_mask {anchors_mask} has {len(anchors_mask)} masks; this model has "
+                              f"{len(HEAD_STRIDES)} heads and needs one mask per head")
         self.attention = attention_name(phi)
         self.attention_at = attention_place(attention_at) if self.attention != "none" else "neck"
         self.num_classes = num_classes
+        self.strides: tuple[int, ...] = HEAD_STRIDES
         self._block_options = {"reduction": reduction, "kernel_size": cbam_kernel if self.attention == "cbam" else None}
         in_backbone = self.attention != "none" and self.attention_at in ("backbone", "both")
         in_neck = self.attention != "none" and self.attention_at in ("neck", "both")
@@ -111,6 +127,21 @@ class YoloBody(nn.Module):
     def attention_mismatch(self, state_dict: dict[str, torch.Tensor]) -> str | None:
         """Why `state_dict`'s attention blocks do not fit this model, naming the option to change; None if they fit."""
         return attention_mismatch(self, state_dict)
+
+    def head_output_convs(self) -> list[nn.Conv2d]:
+        """The plain 1x1 convolution that ends each head (its raw anchor outputs), in `strides` order."""
+        return [self.yolo_headP5[1], self.yolo_headP4[1]]
+
+    @torch.no_grad()
+    def initialize_biases(self, input_shape: Sequence[int]) -> None:
+        """Start objectness near its true rate (a few objects per image) instead of 0.5 everywhere, and the class
+        outputs near a uniform prior. Training from scratch otherwise spends its first epochs just learning that
+        almost every cell is background (YOLOv5's Model._initialize_biases, YOLOX's initialize_biases)."""
+        for conv, stride in zip(self.head_output_convs(), self.strides, strict=True):
+            cells = (input_shape[0] / stride) * (input_shape[1] / stride)
+            bias = conv.bias.view(conv.out_channels // (5 + self.num_classes), -1)  # [anchors, 5 + nc]
+            bias[:, 4] = math.log(8 / cells)
+            bias[:, 5:] = math.log(0.6 / max(self.num_classes - 0.99, 1.0))
 
 
 def attention_prefixes(keys) -> list[str]:

@@ -1,4 +1,5 @@
-"""A tiny VOC dataset of coloured rectangles, written on the fly for training and evaluation tests."""
+"""Synthetic data for the tests, written on the fly: a tiny VOC dataset of coloured rectangles (make_voc), a dataset
+index of solid rectangles whose colour is their class (coloured_index), and a minimal checkpoint (write_weights)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,7 @@ import numpy as np
 
 from utils.checkpoint import save_checkpoint
 from utils.config import ModelConfig
+from utils.datasets import DatasetIndex, ImageRecord
 
 COLOURS = {"red": (0, 0, 255), "green": (0, 200, 0), "blue": (255, 0, 0)}  # BGR for cv2.imwrite
 
@@ -51,3 +53,30 @@ def write_weights(path: Path, state: dict, config: ModelConfig) -> Path:
     """A minimal checkpoint of ours (weights + config), as predict.py and eval.py load it."""
     save_checkpoint({"model": state, "config": config.to_dict(), "format_version": 1}, path)
     return path
+
+
+RECT_COLOURS = np.array([[230, 20, 20], [20, 230, 20], [20, 20, 230], [230, 230, 20]], dtype=np.uint8)  # RGB per class
+RECT_BACKGROUND = 40
+
+
+def coloured_index(root: Path, count: int = 8, seed: int = 0) -> DatasetIndex:
+    """Images of random size, each with one or two solid rectangles whose colour is their class."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(count):
+        height, width = int(rng.integers(200, 500)), int(rng.integers(200, 500))
+        image = np.full((height, width, 3), RECT_BACKGROUND, dtype=np.uint8)
+        boxes, labels = [], []
+        for k in range(1 + i % 2):  # second object in the lower-right half so the two never overlap
+            x1 = int(rng.integers(k * width // 2, k * width // 2 + width // 4))
+            y1 = int(rng.integers(k * height // 2, k * height // 2 + height // 4))
+            x2, y2 = x1 + int(rng.integers(30, width // 4)), y1 + int(rng.integers(30, height // 4))
+            label = (i + k) % len(RECT_COLOURS)
+            image[y1:y2, x1:x2] = RECT_COLOURS[label]
+            boxes.append([x1, y1, x2, y2])
+            labels.append(label)
+        path = root / f"img{i}.png"
+        cv2.imwrite(str(path), image[..., ::-1])
+        records.append(ImageRecord(path, path.stem, np.array(boxes, np.float32), np.array(labels, np.int64),
+                                   np.zeros(len(labels), np.bool_), width, height))
+    return DatasetIndex(records, ["red", "green", "blue", "yellow"], split="train")

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.image_io import ImageReadError, image_size, read_image
+from utils.image_io import ImageReadError, image_size, read_image, write_image
 
 
 def _rgb(h: int = 48, w: int = 64) -> np.ndarray:
@@ -115,3 +115,13 @@ def test_exif_orientation_ignored(tmp_path):
 def test_reduced_decode(tmp_path):
     _write(tmp_path / "big.jpg", cv2.resize(_rgb(), (400, 300)))
     assert read_image(tmp_path / "big.jpg", reduce=4).shape == (75, 100, 3)
+
+
+def test_write_image_round_trips_rgb_to_non_ascii_paths(tmp_path):
+    rgb = _rgb()
+    folder = tmp_path / "数据 集"
+    folder.mkdir()
+    write_image(folder / "out.png", rgb)
+    assert np.array_equal(read_image(folder / "out.png"), rgb)
+    write_image(folder / "noext", rgb)  # no suffix: JPEG
+    assert (folder / "noext").read_bytes()[:3] == b"\xff\xd8\xff"

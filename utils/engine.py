@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import resource
 import time
 from dataclasses import dataclass, field
@@ -15,14 +14,38 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from nets.summary import model_summary
 from nets.yolo import attention_prefixes
 from utils import distributed as dist_utils
-from utils.checkpoint import (CheckpointError, load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint,
-                              state_dict_of)
-from utils.device import autocast, autocast_dtype
-from utils.optim import LRSchedule, set_lr
+from utils.anchors import boxes_wh, check_anchors, used_anchors
+from utils.augment import AugmentConfig
+from utils.boxes import letterbox
+from utils.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    latest_weights,
+    load_checkpoint,
+    load_weights,
+    remove_stale_temporaries,
+    save_checkpoint,
+    state_dict_of,
+)
+from utils.config import ModelConfig, build_model, read_anchors, read_classes
+from utils.darknet import is_darknet_weights, load_darknet_backbone
+from utils.dataloader import EvalDataset, TrainDataset, build_loader, eval_collate, save_preview, train_collate
+from utils.datasets import load_split
+from utils.device import autocast, autocast_dtype, select_device
+from utils.errors import DatasetError, MissingFileError, UserError
+from utils.evaluation import evaluate
+from utils.image_io import read_image, to_model_input, write_image
+from utils.inference import DetectOptions, Detector
+from utils.loss import YoloLoss
+from utils.optim import DEFAULT_LR, LRSchedule, build_optimizer, ema_model, scaled_lr, set_lr
+from utils.run_logging import add_log_file, claim_run_dir, plot_results, write_results_csv
+from utils.visualize import draw_detections, image_grid
 
 LOGGER = logging.getLogger(__name__)
 SPLIT_SEED = 0  # the seed of splits made on the fly (no split files); eval.py uses the same default
@@ -91,7 +114,7 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Too many consecutive non-finite losses: the run diverged."""
 
 
@@ -104,19 +127,6 @@ def memory_text(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.memory_reserved(device) / 2**30:.1f}G"
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f}G"  # peak RSS (KiB on Linux)
-
-
-def init_head_biases(model: nn.Module, num_anchors: int, num_classes: int, input_shape: list[int]) -> None:
-    """Start objectness near its true rate (a few objects per image) instead of 0.5 everywhere.
-
-    Training from scratch otherwise spends its first epochs just learning that almost every cell is background.
-    """
-    for head, stride in ((model.yolo_headP5[1], 32), (model.yolo_headP4[1], 16)):
-        cells = (input_shape[0] / stride) * (input_shape[1] / stride)
-        with torch.no_grad():
-            bias = head.bias.view(num_anchors, -1)
-            bias[:, 4] = math.log(8 / cells)
-            bias[:, 5:] = math.log(0.6 / max(num_classes - 0.99, 1.0))
 
 
 @dataclass
@@ -144,7 +154,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
     for i, (images, targets) in enumerate(bar):
         lr = peak_lr * schedule.factor(epoch + i / max(len(loader), 1))
         set_lr(optimizer, lr)
-        images = images.to(device, non_blocking=True).float().div_(255).contiguous(memory_format=torch.channels_last)
+        images = to_model_input(images, device)
         targets = targets.to(device, non_blocking=True)
         buffers = float_buffers(model)
         saved = [b.clone() for b in buffers]  # BatchNorm statistics, restored if this batch turns out non-finite
@@ -203,17 +213,17 @@ def make_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=enabled)
 
 
-def checkpoint_payload(model: nn.Module, ema, optimizer, scaler, schedule: LRSchedule, state: TrainState,
-                       model_config, train_config: TrainConfig) -> dict[str, Any]:
-    """Everything needed to resume exactly or to rebuild the model for inference (plain types and tensors)."""
+def checkpoint_payload(model: nn.Module, ema, optimizer, scaler, state: TrainState, model_config,
+                       train_config: TrainConfig) -> dict[str, Any]:
+    """Everything needed to resume exactly or to rebuild the model for inference (plain types and tensors). The LR
+    schedule is not saved: it is a pure function of train_config and the epoch (utils.optim.LRSchedule)."""
     return {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "model": unwrap(model).state_dict(),
         "ema": ema.module.state_dict() if ema is not None else None,
         "ema_updates": int(ema.n_averaged) if ema is not None else 0,
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        "scheduler": schedule.state_dict(),
         "epoch": state.epoch,
         "best_fitness": state.best_fitness,
         "history": state.history,
@@ -237,7 +247,6 @@ def restore_training_state(checkpoint: dict, model: nn.Module, ema, optimizer, s
 
 def load_initial_weights(model: nn.Module, path: str) -> None:
     """--weights: our checkpoints, reference-layout state_dicts or Darknet files; loads every matching tensor."""
-    from utils.darknet import is_darknet_weights, load_darknet_backbone  # local: optional path
     if is_darknet_weights(path):
         layers = load_darknet_backbone(model, path)
         LOGGER.info("loaded %d Darknet conv layers from %s into the backbone", layers, path)
@@ -269,13 +278,12 @@ class Trainer:
     """Owns one run: data, model, EMA, optimiser, run folder. `fit()` trains to `config.epochs`."""
 
     def __init__(self, config: TrainConfig, resume: dict | None = None, run_dir: Path | None = None):
-        from utils.device import select_device
         self.config = config
         self.device = dist_utils.init_distributed(select_device(config.device))
         self.main = dist_utils.is_main_process()
         torch.manual_seed(config.seed + dist_utils.rank())
-        self.run_dir = run_dir or self._new_run_dir()
         self._setup_data(resume)  # before the run folder exists: a dataset error leaves no empty run behind
+        self.run_dir = run_dir or self._claim_run_dir()
         self._setup_files()
         if self.main:
             self._log_data_summary()
@@ -284,27 +292,22 @@ class Trainer:
         self.writer = self._tensorboard()
 
     # ----- setup -------------------------------------------------------------------------------------------------
-    def _new_run_dir(self) -> Path:
-        from utils.run_logging import increment_dir, safe_run_name
-        holder = [increment_dir(self.config.save_dir, safe_run_name(self.config.name)) if self.main else None]
-        if dist_utils.world_size() > 1:  # every rank must agree on the folder rank 0 picked
+    def _claim_run_dir(self) -> Path:
+        holder = [claim_run_dir(self.config.save_dir, self.config.name) if self.main else None]
+        if dist_utils.world_size() > 1:  # every rank must agree on the folder rank 0 claimed
             torch.distributed.broadcast_object_list(holder, src=0)
         return Path(holder[0])
 
     def _setup_files(self) -> None:
-        from utils.run_logging import add_log_file
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             add_log_file(self.run_dir / "train.log")
             LOGGER.info("run folder: %s", self.run_dir)
 
     def _setup_data(self, resume: dict | None) -> None:
-        from utils.config import read_classes
-        from utils.augment import AugmentConfig
-        from utils.dataloader import TrainDataset
-        from utils.datasets import load_split
         cfg = self.config
-        classes = resume["config"]["classes"] if resume else (read_classes(cfg.classes_file) if cfg.classes_file else None)
+        classes = (resume["config"]["classes"] if resume
+                   else read_classes(cfg.classes_file) if cfg.classes_file else None)
         # Splits made on the fly (no split files) use SPLIT_SEED, not --seed, as eval.py does: another training seed
         # must not move images between train and test (an ablation over seeds evaluates every run on one test split).
         self.train_index = load_split(cfg.data, cfg.train_split, classes=classes, keep_difficult=cfg.keep_difficult,
@@ -312,7 +315,7 @@ class Trainer:
         self.classes = self.train_index.classes
         self.val_index = load_split(cfg.data, cfg.val_split, classes=self.classes, seed=SPLIT_SEED)
         if not self.train_index.records:
-            raise ValueError(f"the {cfg.train_split!r} split of {cfg.data} holds no images; check the dataset folder")
+            raise DatasetError(f"the {cfg.train_split!r} split of {cfg.data} holds no images; check the dataset folder")
         self.augment = AugmentConfig(**cfg.augment)
         self.train_dataset = TrainDataset(self.train_index, cfg.input_shape, self.augment, cfg.epochs, cache=cfg.cache)
         self.train_loader, self.loader_batch, self.frozen = None, None, None  # built per phase by _prepare_phase
@@ -325,8 +328,6 @@ class Trainer:
         LOGGER.info("classes (%d): %s", len(self.classes), ", ".join(self.classes))
 
     def _setup_model(self, resume: dict | None) -> None:
-        from nets.summary import model_summary
-        from utils.config import ModelConfig, build_model, read_anchors
         cfg = self.config
         if resume:
             self.model_config = ModelConfig.from_dict(resume["config"])
@@ -337,8 +338,7 @@ class Trainer:
                                             attention_at=cfg.attention_at, attention_reduction=cfg.attention_reduction,
                                             cbam_kernel=cfg.cbam_kernel, **extra)
         model = build_model(self.model_config)
-        init_head_biases(model, len(self.model_config.anchors_mask[0]), self.model_config.num_classes,
-                         self.model_config.input_shape)
+        model.initialize_biases(self.model_config.input_shape)
         if cfg.weights and not resume:
             load_initial_weights(model, cfg.weights)
         if self.main:
@@ -354,14 +354,11 @@ class Trainer:
         self.ddp_model = self.model
 
     def _check_anchors(self) -> None:
-        from utils.anchors import boxes_wh, check_anchors, used_anchors
         wh = boxes_wh(self.train_index.records, self.model_config.input_shape)
         if len(wh):
             check_anchors(wh, used_anchors(self.model_config))
 
     def _setup_optimisation(self, resume: dict | None) -> None:
-        from utils.loss import YoloLoss
-        from utils.optim import DEFAULT_LR, build_optimizer, ema_model
         cfg = self.config
         self.base_lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
         self.optimizer = build_optimizer(self.model, cfg.optimizer, self.base_lr, cfg.momentum, cfg.weight_decay)
@@ -380,7 +377,6 @@ class Trainer:
     def _tensorboard(self):
         if not self.main:
             return None
-        from torch.utils.tensorboard import SummaryWriter
         return SummaryWriter(str(self.run_dir))
 
     # ----- the loop --------------------------------------------------------------------------------------------
@@ -393,7 +389,8 @@ class Trainer:
                 self._train_epoch(epoch)
         except KeyboardInterrupt:
             if self.main:
-                LOGGER.warning("interrupted: saving %s (resume with --resume %s)", self.run_dir / "last.pth", self.run_dir)
+                LOGGER.warning("interrupted: saving %s (resume with --resume %s)", self.run_dir / "last.pth",
+                               self.run_dir)
                 self._save("last.pth")
             raise
         finally:
@@ -424,7 +421,6 @@ class Trainer:
         return self.config.freeze_batch_size if epoch < self.config.freeze_epochs else self.config.batch_size
 
     def _peak_lr(self) -> float:
-        from utils.optim import scaled_lr
         return scaled_lr(self.base_lr, self.loader_batch * dist_utils.world_size(), self.config.optimizer)
 
     def _prepare_phase(self, epoch: int):
@@ -445,7 +441,6 @@ class Trainer:
         return self.train_loader
 
     def _build_train_loader(self, batch: int) -> None:
-        from utils.dataloader import build_loader, train_collate
         world = dist_utils.world_size()
         per_rank = max(batch // world, 1)
         self.train_loader = build_loader(self.train_dataset, per_rank, self.config.workers, shuffle=True,
@@ -472,7 +467,6 @@ class Trainer:
 
     def _val_loader(self):
         if self.val_loader is None:
-            from utils.dataloader import EvalDataset, build_loader, eval_collate
             dataset = EvalDataset(self.val_index, self.model_config.input_shape)
             self.val_loader = build_loader(dataset, max(self.config.batch_size, 1), min(self.config.workers, 2),
                                            shuffle=False, seed=self.config.seed, collate_fn=eval_collate)
@@ -480,7 +474,6 @@ class Trainer:
 
     def _evaluate(self, epoch: int) -> dict[str, float]:
         """Val mAP with exactly eval.py's code path, thresholds and letterbox."""
-        from utils.evaluation import evaluate
         metrics = evaluate(self.eval_model(), self._val_loader(), self.model_config, self.device, amp=self.config.amp)
         LOGGER.info("epoch %d val: mAP50 %.4f, mAP50-95 %.4f", epoch + 1, metrics["mAP50"], metrics["mAP50_95"])
         self._log_val_images(epoch)
@@ -488,26 +481,20 @@ class Trainer:
 
     def _log_val_images(self, epoch: int, count: int = 4) -> None:
         """A few validation images with the EMA model's detections, to TensorBoard and val_predictions.png."""
-        import cv2
-
-        from utils.boxes import letterbox
-        from utils.image_io import read_image
-        from utils.inference import DetectOptions, Detector
-        from utils.visualize import draw_detections, image_grid
         records = self.val_index.records[:count]
         if not records:
             return
         detector = Detector(self.eval_model(), self.model_config, self.device, DetectOptions(conf_thres=0.25),
                             optimize=False, amp=self.config.amp)
         images = [read_image(r.path) for r in records]
-        drawn = [draw_detections(img, d[:, :4], d[:, 5], self.classes, d[:, 4]) for img, d in zip(images, detector(images))]
+        drawn = [draw_detections(img, d[:, :4], d[:, 5], self.classes, d[:, 4])
+                 for img, d in zip(images, detector(images), strict=True)]
         tiles = [letterbox(img, (320, 320))[0] for img in drawn]  # keeps the aspect ratio
         grid = image_grid(tiles, columns=min(count, 4))
-        cv2.imwrite(str(self.run_dir / "val_predictions.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        write_image(self.run_dir / "val_predictions.png", grid)
         self.writer.add_image("val/predictions", grid, epoch + 1, dataformats="HWC")
 
     def _end_of_epoch_outputs(self, row: dict) -> None:
-        from utils.run_logging import plot_results, write_results_csv
         fitness = row.get("val/mAP50")
         if fitness is not None and fitness > self.state.best_fitness:
             self.state.best_fitness = fitness
@@ -526,12 +513,11 @@ class Trainer:
         self.writer.flush()
 
     def _save(self, name: str) -> None:
-        payload = checkpoint_payload(self.model, self.ema, self.optimizer, self.scaler, self.schedule, self.state,
-                                     self.model_config, self.config)
+        payload = checkpoint_payload(self.model, self.ema, self.optimizer, self.scaler, self.state, self.model_config,
+                                     self.config)
         save_checkpoint(payload, self.run_dir / name)
 
     def _save_preview(self) -> None:
-        from utils.dataloader import save_preview
         save_preview(self.train_dataset, self.run_dir / "train_batch_preview.png")
         LOGGER.info("augmented training samples: %s", self.run_dir / "train_batch_preview.png")
 
@@ -542,12 +528,11 @@ RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "eval_period", "save_perio
 def resume_checkpoint_path(resume: str | bool, save_dir: str = "logs") -> Path:
     """--resume with no value: the newest logs/*/last.pth; a folder: its last.pth; a file: itself."""
     if resume is True or resume in ("", None):
-        from utils.checkpoint import latest_weights
         return latest_weights(save_dir, "last.pth")
     path = Path(resume)
     if path.is_dir() and not (path / "last.pth").is_file():
-        raise FileNotFoundError(f"{path} holds no last.pth (the run stopped before its first epoch ended, or this is "
-                                "not a run folder); start the run again without --resume")
+        raise MissingFileError(f"{path} holds no last.pth (the run stopped before its first epoch ended, or this is "
+                               "not a run folder); start the run again without --resume")
     return path / "last.pth" if path.is_dir() else path
 
 
@@ -558,20 +543,21 @@ def train(config: TrainConfig, resume: str | bool | None = None, overrides: dict
         path = resume_checkpoint_path(resume, config.save_dir)
         checkpoint = load_checkpoint(path)
         if "train_config" not in checkpoint:
-            raise CheckpointError(f"{path} is not a training checkpoint of this project; use --weights to start from it")
+            raise CheckpointError(f"{path} is not a training checkpoint of this project; use --weights to start "
+                                  "from it")
         config = TrainConfig.from_dict(checkpoint["train_config"])
         for key, value in (overrides or {}).items():
             if key in RESUMABLE_OVERRIDES:
                 setattr(config, key, value)
         run_dir = path.parent
         remove_stale_temporaries(run_dir)  # half-written checkpoints of a killed predecessor
-    trainer = Trainer(config, resume=checkpoint, run_dir=run_dir)
     try:
+        trainer = Trainer(config, resume=checkpoint, run_dir=run_dir)  # joins the process group under torchrun
         if checkpoint and trainer.state.epoch >= config.epochs:
             LOGGER.info("%s already finished %d of %d epochs; pass --epochs N to train longer",
                         run_dir, trainer.state.epoch, config.epochs)
         else:
             trainer.fit()
     finally:
-        dist_utils.cleanup()
+        dist_utils.cleanup()  # the one place that leaves the process group, also when setup or training fails
     return trainer.run_dir

@@ -18,6 +18,7 @@ from utils.boxes import detections_to_original
 from utils.config import ModelConfig
 from utils.decode import decode_outputs, non_max_suppression
 from utils.device import autocast
+from utils.image_io import to_model_input
 from utils.inference import BaseDetector
 from utils.metrics import Annotated, VOCResult, coco_evaluate, voc_evaluate
 
@@ -41,7 +42,7 @@ def collect_detections(model: nn.Module | BaseDetector, loader, config: ModelCon
         with torch.inference_mode():
             for images, indices, infos in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
                 decoded = decoded_batch(model, images, config, device, amp)
-                for dets, i, info in zip(non_max_suppression(decoded, conf, iou, max_det), indices, infos):
+                for dets, i, info in zip(non_max_suppression(decoded, conf, iou, max_det), indices, infos, strict=True):
                     detections[i] = detections_to_original(dets, info)
     finally:
         if is_module:
@@ -60,7 +61,7 @@ def decoded_batch(model: nn.Module | BaseDetector, images: torch.Tensor, config:
     `model` is a YoloBody, or a detector that decodes by itself (an exported .onnx run by onnxruntime)."""
     if isinstance(model, BaseDetector):
         return model.forward(images.permute(0, 2, 3, 1).numpy())
-    batch = images.to(device, non_blocking=True).float() / 255
+    batch = to_model_input(images, device, torch.contiguous_format)
     with autocast(device, amp):
         outputs = model(batch)
     return decode_outputs(outputs, config, input_shape=tuple(batch.shape[2:]))

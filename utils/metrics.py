@@ -3,7 +3,7 @@
 Inputs, one entry per image of the dataset, in the same order:
 - detections: ndarray[K, 6] (x1, y1, x2, y2, score, class) in original-image pixels;
 - ground truth: any object with `.boxes` ndarray[N, 4] (x1, y1, x2, y2 pixels), `.labels` int[N] and
-  `.difficult` bool[N] (a dataset record, or `GroundTruth`).
+  `.difficult` bool[N] (a dataset record, or `GroundTruthBoxes`).
 
 Classes without any non-difficult ground-truth object have no defined AP (NaN here, None in JSON) and are left
 out of the mean, as pycocotools does and as the VOC devkit's mean over its 20 always-present classes amounts to.
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 LOGGER = logging.getLogger(__name__)
 COCO_STAT_NAMES = ("mAP50_95", "AP50", "AP75", "APs", "APm", "APl")
@@ -33,7 +35,7 @@ class Annotated(Protocol):
 
 
 @dataclass
-class GroundTruth:
+class GroundTruthBoxes:
     """Ground truth of one image: boxes [N, 4] (x1, y1, x2, y2 pixels), labels [N], difficult [N] bool."""
 
     boxes: np.ndarray
@@ -118,7 +120,7 @@ class VOCResult:
 
     def prf(self, score_thresh: float = 0.5) -> dict[str, dict[str, float]]:
         """{class name: {"precision", "recall", "f1"}} at `score_thresh`, for classes with ground truth."""
-        return {c.name: dict(zip(("precision", "recall", "f1"), c.at_threshold(score_thresh)))
+        return {c.name: dict(zip(("precision", "recall", "f1"), c.at_threshold(score_thresh), strict=True))
                 for c in self.classes if c.num_gt > 0}
 
 
@@ -193,7 +195,7 @@ def voc_evaluate(detections: Sequence[np.ndarray], truths: Sequence[Annotated], 
     npos = np.bincount(gt_labels[~gt_difficult], minlength=num_classes)
     bounds = np.searchsorted(det_class[order], np.arange(num_classes + 1))
     results = [_class_ap(name, tp[lo:hi], fp[lo:hi], dets[order[lo:hi], 4], int(npos[c]), use_07)
-               for c, (name, lo, hi) in enumerate(zip(class_names, bounds[:-1], bounds[1:]))]
+               for c, (name, lo, hi) in enumerate(zip(class_names, bounds[:-1], bounds[1:], strict=True))]
     return VOCResult(results, iou_thresh, use_07)
 
 
@@ -231,7 +233,7 @@ def coco_ground_truth(truths: Sequence[Annotated], class_names: Sequence[str],
         images.append({"id": i + 1, "height": int(height), "width": int(width)})
         boxes = np.asarray(truth.boxes, np.float64).reshape(-1, 4)
         for box, label, difficult in zip(boxes, np.asarray(truth.labels).reshape(-1),
-                                         np.asarray(truth.difficult).reshape(-1)):
+                                         np.asarray(truth.difficult).reshape(-1), strict=True):
             w, h = float(box[2] - box[0]), float(box[3] - box[1])
             annotations.append({"id": len(annotations) + 1,  # ids from 1: COCOeval treats a matched id 0 as unmatched
                                 "image_id": i + 1, "category_id": int(label) + 1,
@@ -263,9 +265,6 @@ def coco_evaluate(detections: Sequence[np.ndarray], truths: Sequence[Annotated],
 
     Returns zeros when there are no detections at all (pycocotools cannot load an empty result list).
     """
-    from pycocotools.coco import COCO  # local: importing pycocotools costs time the VOC path does not need
-    from pycocotools.cocoeval import COCOeval
-
     results = coco_results(detections)
     if not results:
         LOGGER.warning("no detections at all: COCO metrics are 0")
@@ -277,7 +276,7 @@ def coco_evaluate(detections: Sequence[np.ndarray], truths: Sequence[Annotated],
     evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
     for step in (evaluator.evaluate, evaluator.accumulate, evaluator.summarize):
         _quiet(step)
-    return {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats[:6])}
+    return {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats[:6], strict=True)}
 
 
 def _file_name(name: str) -> str:
@@ -286,6 +285,8 @@ def _file_name(name: str) -> str:
 
 def plot_pr_curves(result: VOCResult, out_dir: str | Path) -> list[Path]:
     """One PNG per class with ground truth (pr_<class>.png) plus all classes in pr_curves.png; returns the paths."""
+    # local: matplotlib takes 0.7-0.8 s to import on the 2-core CI machine (python -X importtime); only eval.py's PR
+    # curves need it, not the importers of this module that want the numbers (training's validation, benchmarks)
     import matplotlib
     matplotlib.use("Agg")  # files only, never a window (also works without a display)
     import matplotlib.pyplot as plt
