@@ -7,17 +7,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.paths import ROOT
 from tests.synthetic import make_voc
 from utils import ablate
 from utils.ablate import Run, check_train_flags, format_table, plan_runs, summarise
 from utils.stats import mean_std, paired_difference, t_cdf, t_quantile
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # Two-sided 95% critical values of Student's t (any statistics table).
@@ -61,6 +61,31 @@ def test_none_runs_once_per_seed_and_seed_major_order():
 def test_flags_the_study_sets_are_refused(flags):
     with pytest.raises(ValueError, match="set by the study"):
         check_train_flags(flags)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seed", "3"], "--seed is set by the study"),
+    (["--devices", "gpu0"], "--devices gpu0"),
+    (["--phi", "none,sk"], "invalid attention 'sk'"),
+    (["--seeds", "0"], "--seeds and --epochs must be at least 1"),
+])
+def test_bad_study_commands_are_one_error_line(tmp_path, capsys, argv, message):
+    """What the user can fix is a UserError: exit 1 with one `error:` line naming it, no traceback, no study folder."""
+    data = make_voc(tmp_path / "data", images=2)
+    study = tmp_path / "study"
+    assert ablate.main(["--data", str(data), "--study", str(study), *argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "error:" in err and "Traceback" not in err
+    assert not study.exists()
+
+
+def test_a_study_folder_in_use_is_a_user_error(tmp_path):
+    first, second = ablate.StudyFolder(tmp_path / "s"), ablate.StudyFolder(tmp_path / "s")
+    first.lock()
+    if ablate.fcntl is None:
+        pytest.skip("no advisory locks on this platform")
+    with pytest.raises(ablate.StudyError, match="another utils.ablate process"):
+        second.lock()
 
 
 def test_summary_pairs_by_seed_only_where_both_exist():
@@ -140,7 +165,6 @@ def test_devices_default_to_every_cuda_device_else_the_cpu(monkeypatch):
 
 
 def test_each_device_runs_one_run_at_a_time_and_every_run_once(tmp_path, monkeypatch):
-    import threading
     monkeypatch.setattr(ablate.torch.cuda, "device_count", lambda: 3)
     args = ablate.get_args_parser().parse_args(["--phi", "none,se,ca", "--at", "neck,backbone", "--seeds", "2",
                                                 "--study", str(tmp_path / "s"), "--epochs", "1"])

@@ -34,27 +34,34 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
 from tqdm import tqdm
 
+import train  # the script at the repository root: its parser defines the flags a study passes through
 from nets.attention import attention_name
 from nets.summary import count_gflops, count_parameters
 from nets.yolo import ATTENTION_PLACES, attention_place
-from utils.checkpoint import model_from_checkpoint
-from utils.inference import Detector
+from utils.errors import ConfigError, MissingFileError, UserError
 from utils.run_logging import run_command, setup_logging
 from utils.stats import mean_std, paired_difference
+from utils.weights import load_runnable
 
-matplotlib.use("Agg")  # files only; studies run on machines without a display
-import matplotlib.pyplot as plt  # noqa: E402
+try:
+    import fcntl  # POSIX advisory locks (one study process per folder)
+except ImportError:  # Windows: no advisory locks here; do not start two studies in one folder
+    fcntl = None
 
 LOGGER = logging.getLogger("ablate")
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_FILE = "result.json"  # written last, atomically: its presence means the run is finished
 # train.py flags that the study itself sets for each run
 STUDY_FLAGS = ("phi", "attention_at", "seed", "name", "save_dir", "resume", "device", "data", "epochs")
+
+
+class StudyError(UserError, RuntimeError):
+    """A study that cannot go on as asked (its folder is in use or in an unexpected state, no run finished); the
+    message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -111,13 +118,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 def parse_list(text: str, parse, what: str) -> list[str]:
     items = [parse(t) for t in text.split(",") if t.strip()]
     if not items:
-        raise ValueError(f"{what} is empty")
+        raise ConfigError(f"{what} is empty")
     return list(dict.fromkeys(items))
 
 
 def check_train_flags(extra: list[str]) -> None:
     """The pass-through flags must be valid train.py flags and must not set what the study sets per run."""
-    import train  # the script at the repository root, whose parser defines the flags; only needed here
     parser = train.get_args_parser()
     parser.prog = "train.py flags given to utils.ablate"
     sentinel = object()
@@ -125,7 +131,7 @@ def check_train_flags(extra: list[str]) -> None:
     args = parser.parse_args(extra)
     taken = [dest for dest in STUDY_FLAGS if getattr(args, dest) is not sentinel]
     if taken:
-        raise ValueError(f"--{taken[0].replace('_', '-')} is set by the study for each run; use utils.ablate's "
+        raise ConfigError(f"--{taken[0].replace('_', '-')} is set by the study for each run; use utils.ablate's "
                          "--data, --phi, --at, --seeds, --epochs, --study and --devices instead")
 
 
@@ -136,11 +142,14 @@ def study_devices(text: str | None) -> list[str]:
         return [f"cuda:{i}" for i in range(count)] or ["cpu"]
     if text.strip().lower() == "cpu":
         return ["cpu"]
-    indices = [int(t) for t in text.replace("cuda:", "").split(",") if t.strip()]
     available = torch.cuda.device_count()
+    try:
+        indices = [int(t) for t in text.replace("cuda:", "").split(",") if t.strip()]
+    except ValueError:
+        indices = []
     bad = [i for i in indices if not 0 <= i < available]
     if bad or not indices:
-        raise ValueError(f"--devices {text}: {available} CUDA device(s) available; give indices below that, or cpu")
+        raise ConfigError(f"--devices {text}: {available} CUDA device(s) available; give indices below that, or cpu")
     return [f"cuda:{i}" for i in indices]
 
 
@@ -165,15 +174,13 @@ class StudyFolder:
     def lock(self) -> None:
         """One study process per folder; the lock dies with the process, even on SIGKILL."""
         self.path.mkdir(parents=True, exist_ok=True)
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks here; do not start two studies in one folder
+        if fcntl is None:
             return
         self._lock_handle = open(self.path / "study.lock", "w")  # noqa: SIM115 - held for the process lifetime
         try:
             fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f"another utils.ablate process is working in {self.path}; wait for it, or pass "
+            raise StudyError(f"another utils.ablate process is working in {self.path}; wait for it, or pass "
                                "another --study folder") from None
 
     def check_settings(self, settings: dict) -> None:
@@ -185,7 +192,7 @@ class StudyFolder:
             changed = [k for k in settings if stored.get(k) != settings[k]]
             if changed:
                 key = changed[0]
-                raise ValueError(f"{self.path} holds a study made with {key} = {stored.get(key)!r}, not "
+                raise ConfigError(f"{self.path} holds a study made with {key} = {stored.get(key)!r}, not "
                                  f"{settings[key]!r}; rerun it with the same settings to resume, or pass another "
                                  "--study folder")
             return
@@ -259,7 +266,7 @@ def discard_unfinished(run_dir: Path) -> None:
     """A run folder without last.pth was killed before its first epoch ended: nothing in it is worth keeping, and
     train.py needs the name free (it never reuses a folder)."""
     if any(run_dir.glob("*.pth")):
-        raise RuntimeError(f"{run_dir} holds checkpoints but no last.pth; move it away and rerun the study")
+        raise StudyError(f"{run_dir} holds checkpoints but no last.pth; move it away and rerun the study")
     LOGGER.warning("%s was cut short before its first epoch ended; starting it again", run_dir.name)
     shutil.rmtree(run_dir)
 
@@ -445,10 +452,10 @@ def measure_variants(study: Study, results: list[dict]) -> dict[tuple[str, str],
                           result["weights"])
     measured, detectors = {}, {}
     for variant, path in chosen.items():
-        model, config = model_from_checkpoint(path)
-        measured[variant] = {"parameters": count_parameters(model),
-                             "gflops": count_gflops(model, tuple(config.input_shape))}
-        detectors[variant] = Detector(model, config, device, optimize=True, amp=True)
+        loaded = load_runnable(path, device=str(device))
+        measured[variant] = {"parameters": count_parameters(loaded.model),
+                             "gflops": count_gflops(loaded.model, tuple(loaded.config.input_shape))}
+        detectors[variant] = loaded.detector(optimize=True, amp=True)
     LOGGER.info("timing %d variants on %s (%d interleaved rounds of %d images)", len(detectors), device,
                 study.args.speed_rounds, study.args.speed_images)
     speeds = images_per_second(detectors, device, study.args.speed_images, study.args.speed_rounds)
@@ -534,6 +541,12 @@ def write_csv(rows: list[dict], path: Path, columns: tuple[str, ...] = COLUMNS) 
 def plot_study(rows: list[dict], path: Path) -> None:
     """mAP50 and mAP50-95 (mean +- std over seeds) per variant, and the paired differences against none with their
     95% intervals."""
+    # local: matplotlib takes 0.7-0.8 s to import on the 2-core CI machine (python -X importtime); only the report at
+    # the end of a study needs it, not --help, a bad flag, or the tests of the planning and statistics
+    import matplotlib
+    matplotlib.use("Agg")  # files only; studies run on machines without a display
+    import matplotlib.pyplot as plt
+
     labels = [r["attention"] if r["placement"] == "-" else f"{r['attention']}\n{r['placement']}" for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(max(13.0, 4 + 2.4 * len(rows)), 4.2), squeeze=False)
     for ax, key, title in ((axes[0][0], "mAP50", "mAP50"), (axes[0][1], "mAP50_95", "mAP50-95")):
@@ -609,10 +622,10 @@ def write_report(study: Study, rows: list[dict], results: list[dict], command: s
 def run_study(args: argparse.Namespace, train_flags: list[str], command: str) -> int:
     """Plan, train and evaluate what is missing, then measure and write the report; 1 when runs are missing."""
     if args.seeds < 1 or args.epochs < 1:
-        raise ValueError(f"--seeds and --epochs must be at least 1 (got {args.seeds} and {args.epochs})")
+        raise ConfigError(f"--seeds and --epochs must be at least 1 (got {args.seeds} and {args.epochs})")
     check_train_flags(train_flags)
     if not Path(args.data).exists():
-        raise FileNotFoundError(f"--data {args.data} not found; give a VOCdevkit, images/+annotations/ folder or "
+        raise MissingFileError(f"--data {args.data} not found; give a VOCdevkit, images/+annotations/ folder or "
                                 "COCO json, as for train.py")
     study = Study(args, train_flags)
     study.folder.lock()
@@ -625,7 +638,7 @@ def run_study(args: argparse.Namespace, train_flags: list[str], command: str) ->
         raise
     results = study.results()
     if not results:
-        raise RuntimeError(f"no run of the study in {study.folder.path} has finished; see the messages above and "
+        raise StudyError(f"no run of the study in {study.folder.path} has finished; see the messages above and "
                            f"{study.folder.path / 'console'}")
     measured = measure_variants(study, results)
     rows = summarise(results, measured, [run.variant for run in study.runs])
