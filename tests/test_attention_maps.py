@@ -10,9 +10,10 @@ import torch
 import predict
 from nets.attention import ATTENTION_NAMES
 from tests.synthetic import write_weights
-from utils.attention_maps import CAPTION_LINE, AttentionRecorder, attention_picture, tile_size
+from utils.attention_maps import CAPTION_LINE, AttentionRecorder, attention_detector, attention_picture, tile_size
 from utils.config import ModelConfig, build_model
-from utils.inference import DetectOptions, Detector
+from utils.errors import ConfigError
+from utils.inference import BaseDetector, DetectOptions, Detector
 
 SIZE = 128
 BLOCKS = [n for n in ATTENTION_NAMES if n != "none"]
@@ -91,7 +92,7 @@ def test_predict_writes_one_attention_picture_per_image(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--weights", str(weights), "--source", str(images), "--save-dir", str(out), "--attention-maps",
             "--nosave"]
-    assert predict.main(predict.get_args_parser().parse_args(argv)) == 0
+    assert predict.main(argv) == 0
     written = sorted(p.name for p in out.iterdir())
     assert written == ["im0_attention.jpg", "im1_attention.jpg"]
     assert cv2.imread(str(out / "im1_attention.jpg")).shape == (2 * (360 + 2 * CAPTION_LINE), 4 * 360, 3)  # 5 tiles
@@ -106,5 +107,13 @@ def test_attention_maps_of_a_video_is_a_clear_error(tmp_path, capsys):
         writer.write(np.zeros((64, 64, 3), np.uint8))
     writer.release()
     argv = ["--weights", str(weights), "--source", str(video), "--save-dir", str(tmp_path / "o"), "--attention-maps"]
-    assert predict.main(predict.get_args_parser().parse_args(argv)) == 1
+    assert predict.main(argv) == 1
     assert "--attention-maps draws one picture per image" in capsys.readouterr().err
+
+
+def test_attention_maps_of_an_onnx_model_is_a_user_error():
+    """An exported model has no blocks to hook: a UserError (one `error:` line), not a traceback."""
+    _, config = model_and_config("se", "neck")
+    onnx_like = BaseDetector(config)  # what OnnxDetector is: no PyTorch `model` attribute
+    with pytest.raises(ConfigError, match="needs PyTorch weights"):
+        attention_detector(onnx_like)

@@ -21,8 +21,9 @@ from torch import nn
 from tqdm import tqdm
 
 from nets.attention import AttentionBlock
+from utils.errors import ConfigError
+from utils.image_io import write_image
 from utils.inference import BaseDetector, Detector, objectness_map, overlay_heatmap
-from utils.predicting import write_image
 from utils.sources import ImageSource, SourceError
 from utils.visualize import FONT, draw_detections, image_grid
 
@@ -61,7 +62,7 @@ def attention_detector(detector: BaseDetector) -> Detector:
     """A plain fp32 Detector on a copy of `detector`'s PyTorch model (same options), for hooking."""
     model = getattr(detector, "model", None)
     if model is None:
-        raise ValueError("--attention-maps needs PyTorch weights (.pth or Darknet); an exported .onnx file has no "
+        raise ConfigError("--attention-maps needs PyTorch weights (.pth or Darknet); an exported .onnx file has no "
                          "attention blocks to look into")
     model = getattr(model, "_orig_mod", model)  # under torch.compile, hooks belong on the original module
     return Detector(copy.deepcopy(model), detector.config, detector.device, detector.options, detector.input_shape,
