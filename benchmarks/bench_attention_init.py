@@ -20,13 +20,16 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/bench_attention_init.py`: the repository root is not on sys.path yet
+    sys.path.insert(0, str(ROOT))
+
 from nets.attention import ATTENTION_NAMES, create_attention  # noqa: E402
-from utils.checkpoint import load_weights, model_from_checkpoint  # noqa: E402
+from utils.checkpoint import load_model, load_weights  # noqa: E402
 from utils.config import ModelConfig, build_model  # noqa: E402
 from utils.dataloader import EvalDataset, build_loader, eval_collate  # noqa: E402
 from utils.datasets import load_split  # noqa: E402
 from utils.evaluation import evaluate  # noqa: E402
+from utils.image_io import to_model_input  # noqa: E402
 
 INITS = ("default", "zero-gate", "identity")
 
@@ -49,22 +52,26 @@ def relative_change(model: torch.nn.Module, reference: torch.nn.Module, loader) 
     """||model(x) - reference(x)|| / ||reference(x)|| over both heads and every batch of the loader."""
     diff = norm = 0.0
     for images, _, _ in loader:
-        x = images.float() / 255
+        x = to_model_input(images, memory_format=torch.contiguous_format)
         for out, ref in zip(model(x), reference(x), strict=True):
             diff += float((out - ref).square().sum())
             norm += float(ref.square().sum())
     return (diff / norm) ** 0.5
 
 
-def main() -> None:
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", required=True, help="a trained checkpoint of ours without backbone attention")
     parser.add_argument("--data", default=str(ROOT / "VOCdevkit"))
     parser.add_argument("--split", default="val")
     parser.add_argument("--attention", default=",".join(ATTENTION_NAMES[1:]), help="comma-separated")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     torch.manual_seed(0)
-    trained, config = model_from_checkpoint(args.weights)
+    trained, config = load_model(args.weights)
     index = load_split(args.data, args.split, classes=config.classes, keep_empty=True)
     loader = build_loader(EvalDataset(index, config.input_shape), 8, 0, shuffle=False, seed=0, collate_fn=eval_collate)
     device = torch.device("cpu")
@@ -78,7 +85,8 @@ def main() -> None:
             map50 = evaluate(model, loader, model_config, device, amp=False, coco=False)["mAP50"]
             print(json.dumps({"attention": attention, "placement": "backbone", "init": init,
                               "relative_head_change": round(change, 4), "mAP50": round(map50, 4)}), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,14 +1,18 @@
 """Synthetic data for the tests, written on the fly: a tiny VOC dataset of coloured rectangles (make_voc), a dataset
-index of solid rectangles whose colour is their class (coloured_index), and a minimal checkpoint (write_weights)."""
+index of solid rectangles whose colour is their class (coloured_index), a minimal checkpoint (write_weights) and a
+Darknet partial backbone file such as yolov4-tiny.conv.29 (write_partial)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from utils.checkpoint import save_checkpoint
 from utils.config import ModelConfig
+from utils.darknet import CONV_LAYER_INDEX
+from utils.darknet import write_weights as write_darknet_weights
 from utils.datasets import DatasetIndex, ImageRecord
 
 COLOURS = {"red": (0, 0, 255), "green": (0, 200, 0), "blue": (255, 0, 0)}  # BGR for cv2.imwrite
@@ -53,6 +57,14 @@ def write_weights(path: Path, state: dict, config: ModelConfig) -> Path:
     """A minimal checkpoint of ours (weights + config), as predict.py and eval.py load it."""
     save_checkpoint({"model": state, "config": config.to_dict(), "format_version": 1}, path)
     return path
+
+
+def write_partial(model: torch.nn.Module, path: Path, cutoff: int = 29) -> Path:
+    """Like `darknet partial cfg weights out.conv.29 29`: keep the convs of cfg layers before `cutoff`.
+
+    cutoff 29 keeps 17 convs (backbone + conv_for_P5 + the P5 head's 3x3); cutoff 27 keeps the 15 backbone convs.
+    """
+    return write_darknet_weights(model, path, num_convs=sum(1 for i in CONV_LAYER_INDEX if i < cutoff))
 
 
 RECT_COLOURS = np.array([[230, 20, 20], [20, 230, 20], [20, 20, 230], [230, 230, 20]], dtype=np.uint8)  # RGB per class

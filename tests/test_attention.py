@@ -3,6 +3,7 @@ pretrained loading into new blocks, config round trips and the messages when wei
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks import bench_attention_init
 from nets.attention import (
     ATTENTION_NAMES,
     CA_MIN_HIDDEN,
@@ -22,8 +24,8 @@ from nets.attention import (
 )
 from nets.summary import count_parameters
 from nets.yolo import ATTENTION_PLACES, YoloBody
-from tests.synthetic import make_voc, write_weights
-from utils.checkpoint import CheckpointError, load_weights, model_from_checkpoint, save_checkpoint
+from tests.synthetic import make_voc, write_partial, write_weights
+from utils.checkpoint import CheckpointError, load_model, load_weights, save_checkpoint
 from utils.config import ModelConfig, build_model
 from utils.engine import TrainConfig, Trainer, load_initial_weights
 
@@ -177,7 +179,7 @@ def test_old_checkpoint_without_the_new_fields_loads_with_defaults(tmp_path):
     old = {k: v for k, v in config.to_dict().items() if k not in ("attention_at", "attention_reduction", "cbam_kernel")}
     model = build_model(config)
     save_checkpoint({"model": model.state_dict(), "config": old}, tmp_path / "old.pth")
-    rebuilt, loaded = model_from_checkpoint(tmp_path / "old.pth")
+    rebuilt, loaded = load_model(tmp_path / "old.pth")
     assert (loaded.attention_at, loaded.attention_reduction, loaded.cbam_kernel) == ("neck", None, 7)
     x = torch.rand(1, 3, 64, 64)
     assert torch.equal(model.eval()(x)[0], rebuilt(x)[0])
@@ -274,7 +276,6 @@ def test_pretrained_pth_loads_into_backbone_placement_and_names_new_blocks(tmp_p
 
 
 def test_darknet_conv29_loads_into_backbone_placement_and_names_new_blocks(tmp_path, caplog):
-    from utils.darknet import write_partial
     source = YoloBody(MASK, 80, "none")
     path = write_partial(source, tmp_path / "yolov4-tiny.conv.29")
     model = YoloBody(MASK, 2, "se", "backbone")
@@ -314,7 +315,7 @@ def test_every_placement_trains_and_round_trips_through_its_checkpoint(tiny_voc,
     trainer = Trainer(config)
     history = trainer.fit().history
     assert history[-1]["train/total"] < 0.7 * history[0]["train/total"], [r["train/total"] for r in history]
-    model, loaded = model_from_checkpoint(trainer.run_dir / "last.pth")
+    model, loaded = load_model(trainer.run_dir / "last.pth")
     assert loaded == trainer.model_config and (loaded.attention, loaded.attention_at) == (phi, at)
     assert loaded.attention_reduction == options.get("attention_reduction")
     assert loaded.cbam_kernel == options.get("cbam_kernel", 7)
@@ -329,17 +330,11 @@ def test_attention_blocks_are_attention_block_instances():
     assert ATTENTION_PLACES == ("neck", "backbone", "both")
 
 
-def test_bench_attention_init_reports_an_exact_identity_start(tiny_voc, tmp_path):
-    import json
-    import subprocess
-    import sys
+def test_bench_attention_init_reports_an_exact_identity_start(tiny_voc, tmp_path, capsys):
     config = ModelConfig(classes=["blue", "red"], attention="none", input_shape=[64, 64])
     weights = write_weights(tmp_path / "plain.pth", randomise_bn(build_model(config)).state_dict(), config)
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_attention_init.py"
-    done = subprocess.run([sys.executable, str(script), "--weights", str(weights), "--data", str(tiny_voc),
-                           "--attention", "se,ca"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert bench_attention_init.main(["--weights", str(weights), "--data", str(tiny_voc), "--attention", "se,ca"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(r["attention"], r.get("init")) for r in rows[1:]] == [
         (a, i) for a in ("se", "ca") for i in ("default", "zero-gate", "identity")]
     for row in rows[1:]:

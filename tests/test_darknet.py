@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from tests.paths import DARKNET_CFG, needs_shared
+from tests.synthetic import write_partial
 from utils.config import ModelConfig, build_model
 from utils.darknet import (
     CONV_LAYER_INDEX,
@@ -301,14 +302,6 @@ def test_backbone_file_of_wrong_length(tmp_path):
     path.write_bytes(path.read_bytes()[:-4])
     with pytest.raises(DarknetFormatError, match=r"found \d+ float values, which is no whole-layer prefix"):
         load_darknet_backbone(build_model(ModelConfig(classes=["a"])), path)
-
-
-def write_partial(model: torch.nn.Module, path: Path, cutoff: int = 29) -> Path:
-    """Like `darknet partial cfg weights out.conv.29 29`: keep the convs of cfg layers before `cutoff`.
-
-    cutoff 29 keeps 17 convs (backbone + conv_for_P5 + the P5 head's 3x3); cutoff 27 keeps the 15 backbone convs.
-    """
-    return write_weights(model, path, num_convs=sum(1 for i in CONV_LAYER_INDEX if i < cutoff))
 
 
 def write_cfg_text(config: ModelConfig) -> str:
