@@ -174,9 +174,10 @@ def print_speedups(rates: dict[tuple[str, int], float]) -> None:
 def map50(args: argparse.Namespace, model: torch.nn.Module, config: ModelConfig, workdir: Path) -> None:
     """mAP50 of every variant on --data/--split with evaluation thresholds (conf 0.001, NMS IoU 0.5)."""
     from utils.datasets import load_split
-    from utils.evaluation import compute_metrics, iou_pixel_offset
+    from utils.evaluation import compute_metrics
 
-    records = load_split(args.data, args.split, classes=config.classes).records
+    index = load_split(args.data, args.split, classes=config.classes)
+    records = index.records
     options = DetectOptions(conf_thres=0.001, iou_thres=0.5, max_det=300)
     calibration = calibration_images(args)
     reference = None
@@ -186,8 +187,7 @@ def map50(args: argparse.Namespace, model: torch.nn.Module, config: ModelConfig,
             continue
         detections = [d for _, results, _ in detector.stream(records, 8, image_of=lambda r: read_image(r.path))
                       for d in results]
-        metrics, _ = compute_metrics(detections, records, config.classes, coco=False,
-                                     pixel_offset=iou_pixel_offset(records))
+        metrics, _ = compute_metrics(detections, index, config.classes, coco=False)
         value = 100 * metrics["mAP50"]
         if variant == "baseline":
             reference = value

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY_COCO, needs_shared
-from utils.metrics import GroundTruth, coco_evaluate, plot_pr_curves, voc_ap, voc_evaluate
+from utils.metrics import GroundTruth, coco_evaluate, voc_ap, voc_evaluate
+from utils.plots import plot_pr_curves
 
 NAMES = ["a", "b", "c"]
 
@@ -173,9 +174,11 @@ def test_difficult_objects_are_neither_tp_nor_fp():
 def test_no_detections():
     result = voc_evaluate(*one_image(GTS, [0, 1, 0, 1], np.zeros((0, 6))), ["a", "b"])
     assert result.map == 0.0 and result.ap_per_class() == {"a": 0.0, "b": 0.0}
-    assert coco_evaluate([np.zeros((0, 6))], [GroundTruth(GTS, [0, 1, 0, 1])], ["a", "b"])["mAP50_95"] == 0.0
+    coco = coco_evaluate([np.zeros((0, 6))], [GroundTruth(GTS, [0, 1, 0, 1])], ["a", "b"])
+    # 49 x 49 px objects are all medium (32^2 < area < 96^2): APs and APl have no ground truth -> None, not -1
+    assert coco == {"mAP50_95": 0.0, "AP50": 0.0, "AP75": 0.0, "APs": None, "APm": 0.0, "APl": None}
     empty = voc_evaluate([], [], ["a"])
-    assert empty.map == 0.0 and empty.ap_per_class() == {"a": None}
+    assert np.isnan(empty.map) and empty.ap_per_class() == {"a": None}  # no ground truth: undefined, not 0
 
 
 def test_class_without_ground_truth_is_left_out_of_the_mean():
