@@ -1,10 +1,13 @@
-"""A tiny VOC dataset of coloured rectangles, written on the fly for training and evaluation tests."""
+"""A tiny VOC dataset of coloured rectangles, written on the fly for training and evaluation tests, and a stand-in
+detector that finds such rectangles exactly (deterministic figures for end-to-end evaluation tests)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+from torch import nn
 
 from utils.checkpoint import save_checkpoint
 from utils.config import ModelConfig
@@ -12,10 +15,12 @@ from utils.config import ModelConfig
 COLOURS = {"red": (0, 0, 255), "green": (0, 200, 0), "blue": (255, 0, 0)}  # BGR for cv2.imwrite
 
 
-def voc_xml(name: str, width: int, height: int, objects: list[tuple[str, tuple[int, int, int, int]]]) -> str:
+def voc_xml(name: str, width: int, height: int, objects: list[tuple]) -> str:
+    """VOC XML text; objects are (class, (x1, y1, x2, y2)) or (class, (x1, y1, x2, y2), difficult)."""
     rows = "".join(
-        f"<object><name>{cls}</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
-        f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>" for cls, (x1, y1, x2, y2) in objects)
+        f"<object><name>{obj[0]}</name><difficult>{int(obj[2]) if len(obj) > 2 else 0}</difficult><bndbox>"
+        f"<xmin>{obj[1][0]}</xmin><ymin>{obj[1][1]}</ymin><xmax>{obj[1][2]}</xmax><ymax>{obj[1][3]}</ymax></bndbox>"
+        "</object>" for obj in objects)
     return (f"<annotation><filename>{name}.jpg</filename><size><width>{width}</width><height>{height}</height>"
             f"<depth>3</depth></size>{rows}</annotation>")
 
@@ -51,3 +56,46 @@ def write_weights(path: Path, state: dict, config: ModelConfig) -> Path:
     """A minimal checkpoint of ours (weights + config), as predict.py and eval.py load it."""
     save_checkpoint({"model": state, "config": config.to_dict(), "format_version": 1}, path)
     return path
+
+
+class ColourOracle(nn.Module):
+    """A stand-in detector that finds pure-colour rectangles by thresholding and writes raw YOLO head outputs that
+    decode to their boxes: exercises letterbox -> forward -> decode -> NMS -> unletterbox -> metrics exactly.
+
+    colours: RGB per class index (one rectangle per class and image is found: the extent of its colour).
+    distinct_scores: scores that differ per box (from its size), so that score order is never a tie.
+    """
+
+    def __init__(self, config: ModelConfig, colours: list[tuple[int, int, int]],
+                 distinct_scores: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.colours = colours
+        self.distinct_scores = distinct_scores
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.anchors = torch.tensor(config.anchors)[config.anchors_mask[0]]  # the stride-32 head's anchors
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, h, w = x.shape
+        nc = self.config.num_classes
+        out0 = torch.full((b, 3, 5 + nc, h // 32, w // 32), -20.0)
+        out1 = torch.full((b, 3 * (5 + nc), h // 16, w // 16), -20.0)
+        for i in range(b):
+            for k, colour in enumerate(self.colours):
+                colour = torch.tensor(colour, dtype=torch.float32).view(3, 1, 1) / 255
+                ys, xs = torch.nonzero(((x[i].float() - colour).abs().max(dim=0).values < 0.25), as_tuple=True)
+                if len(xs):
+                    self._write(out0[i, k % 3], xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, k)
+        return out0.view(b, -1, h // 32, w // 32), out1
+
+    def _write(self, head, x1, y1, x2, y2, k) -> None:
+        cx, cy, bw, bh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1).float(), (y2 - y1).float()
+        gx, gy = int(cx // 32), int(cy // 32)
+        head[0, gy, gx] = torch.logit(cx / 32 - gx, eps=1e-6)
+        head[1, gy, gx] = torch.logit(cy / 32 - gy, eps=1e-6)
+        head[2, gy, gx] = torch.log(bw / self.anchors[k % 3, 0])
+        head[3, gy, gx] = torch.log(bh / self.anchors[k % 3, 1])
+        head[4:, gy, gx] = -10.0
+        head[4, gy, gx] = head[5 + k, gy, gx] = 10.0
+        if self.distinct_scores:  # objectness sigmoid(1 + area / 500): a different score for every box size
+            head[4, gy, gx] = 1.0 + bw * bh / 500
