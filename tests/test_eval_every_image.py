@@ -143,15 +143,18 @@ def pycocotools_on_files(year: Path, detections: dict[str, np.ndarray], tmp_path
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
     names = (year / "ImageSets/Main/test.txt").read_text().split()
-    annotations = [{"id": len(names) * 100 + k, "image_id": i + 1, "category_id": CLASSES.index(o["name"]) + 1,
-                    "bbox": [o["bbox"][0], o["bbox"][1], o["bbox"][2] - o["bbox"][0], o["bbox"][3] - o["bbox"][1]],
-                    "area": (o["bbox"][2] - o["bbox"][0]) * (o["bbox"][3] - o["bbox"][1]), "iscrowd": o["difficult"]}
-                   for i, name in enumerate(names) for k, o in enumerate(parse_rec(year / "Annotations" / f"{name}.xml"),
-                                                                         start=10 * i)]
+    annotations = []
+    for i, name in enumerate(names):
+        for o in parse_rec(year / "Annotations" / f"{name}.xml"):
+            x1, y1, x2, y2 = o["bbox"]
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "iscrowd": o["difficult"],
+                                "category_id": CLASSES.index(o["name"]) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                "area": (x2 - x1) * (y2 - y1)})
     gt = {"images": [{"id": i + 1} for i in range(len(names))], "annotations": annotations,
           "categories": [{"id": c + 1, "name": n} for c, n in enumerate(CLASSES)]}
     results = [{"image_id": i + 1, "category_id": int(c) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
-               for i, name in enumerate(names) for x1, y1, x2, y2, s, c in detections.get(name, np.zeros((0, 6))).tolist()]
+               for i, name in enumerate(names)
+               for x1, y1, x2, y2, s, c in detections.get(name, np.zeros((0, 6))).tolist()]
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "dt.json").write_text(json.dumps(results))
     coco_gt = COCO(str(tmp_path / "gt.json"))
