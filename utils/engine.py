@@ -137,6 +137,7 @@ class StepResult:
     skipped: int
     images_per_second: float
     bad_streak: int  # consecutive non-finite losses at the end of the epoch (carried into the next)
+    seconds: float = 0.0  # wall time of the epoch's training pass (data loading included)
 
 
 def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -187,7 +188,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
     bar.close()
     elapsed = time.perf_counter() - start
     return StepResult({k: v / max(steps, 1) for k, v in sums.items()}, skipped, seen / max(elapsed, 1e-9),
-                      consecutive_bad)
+                      consecutive_bad, elapsed)
 
 
 def float_buffers(model: nn.Module) -> list[torch.Tensor]:
@@ -424,7 +425,7 @@ class Trainer:
         self.bad_streak = result.bad_streak
         row = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in result.losses.items()},
                "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": result.skipped,
-               "images_per_s": result.images_per_second}
+               "images_per_s": result.images_per_second, "train_s": result.seconds}
         if self._should_evaluate(epoch) and self.main:
             row.update(self._evaluate(epoch))
         dist_utils.barrier()
