@@ -522,7 +522,8 @@ class Trainer:
             self._image_to_tensorboard(f"val/{path.stem}", path, epoch + 1)
         best = metrics["best_f1"]
         if best is not None:
-            LOGGER.info("best val F1 %.3f at score >= %s (predict.py --conf %s)", best["f1"], best["conf"], best["conf"])
+            LOGGER.info("best val F1 %.3f at score >= %s (predict.py --conf %s)", best["f1"], best["conf"],
+                        best["conf"])
 
     def _image_to_tensorboard(self, tag: str, path: Path, step: int) -> None:
         from utils.image_io import read_image

@@ -127,12 +127,6 @@ def forward_batch(model: nn.Module | BaseDetector, images: torch.Tensor, config:
     return outputs, decode_outputs(outputs, config, input_shape=tuple(batch.shape[2:]))
 
 
-def decoded_batch(model: nn.Module | BaseDetector, images: torch.Tensor, config: ModelConfig, device: torch.device,
-                  amp: bool) -> torch.Tensor:
-    """uint8 letterboxed images [B, 3, H, W] -> decoded predictions [B, N, 5 + nc] (see utils.decode)."""
-    return forward_batch(model, images, config, device, amp)[1]
-
-
 def batch_targets(index: DatasetIndex, indices: list[int], infos: list[LetterboxInfo],
                   device: torch.device) -> torch.Tensor:
     """Training targets of the batch's records on the letterboxed canvas: float32 [M, 6] (batch row, class, x1, y1,

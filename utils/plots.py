@@ -75,7 +75,7 @@ def plot_confusion_matrix(section: dict, path: str | Path) -> Path:
     for ax, values, title, fmt in ((axes[0], counts, "counts", "d"), (axes[1], normalized, "row-normalised", ".2f")):
         image = ax.imshow(values, cmap="Blues", vmin=0)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel=f"predicted ({section['columns']})",
+        ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel=section["columns"],
                ylabel=section["rows"], title=f"{title}: IoU > {section['iou_thresh']}, score >= "
                                                f"{section['score_thresh']}")
         ax.set_xticklabels(names, rotation=90, fontsize=7)
