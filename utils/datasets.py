@@ -349,7 +349,8 @@ def _unreadable_record(entry: _Entry, error: ImageReadError, class_index: dict[s
     empty = np.zeros((0, 4), np.float32)
     record = ImageRecord(path, path.stem, empty, np.zeros(0, np.int64), np.zeros(0, bool), width, height,
                          entry.coco_id, truth, image_error=str(error))
-    return record, f"unreadable: {error} ({missed_objects(int((~truth.difficult).sum()))})"
+    notes = f"; annotation: {'; '.join(raw.notes)}" if raw.notes else ""
+    return record, f"unreadable: {error} ({missed_objects(int((~truth.difficult).sum()))}){notes}"
 
 
 def missed_objects(count: int, images: int = 1) -> str:

@@ -245,8 +245,11 @@ def restore_training_state(checkpoint: dict, model: nn.Module, ema, optimizer, s
     optimizer.load_state_dict(checkpoint["optimizer"])
     if checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])
-    return TrainState(int(checkpoint["epoch"]), float(checkpoint.get("best_fitness", -1.0)),
-                      list(checkpoint.get("history", [])), int(checkpoint.get("best_epoch", 0)),
+    best, history = float(checkpoint.get("best_fitness", -1.0)), list(checkpoint.get("history", []))
+    # checkpoints from before early stopping: their fitness was val mAP50
+    old_best = max((row["epoch"] for row in history if row.get("val/mAP50") == best), default=0)
+    best_epoch = checkpoint.get("best_epoch", old_best)
+    return TrainState(int(checkpoint["epoch"]), best, history, int(best_epoch),
                       int(checkpoint.get("stale_validations", 0)), checkpoint.get("stop_reason"))
 
 
@@ -553,7 +556,7 @@ class Trainer:
         from utils.run_logging import plot_results, write_results_csv
         if self._track_fitness(row):
             self._save("best.pth")
-        elif self.state.best_epoch == 0:
+        elif self.state.best_fitness < 0:
             self._save("best.pth")  # no validation fitness yet (or none defined): the latest weights are the best known
         self._save("last.pth")
         period = self.config.save_period
