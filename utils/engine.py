@@ -499,15 +499,15 @@ class Trainer:
         """Validation with exactly eval.py's code path, thresholds and letterbox, plus the loss of the same forward
         passes; writes the diagnostics pictures. Returns the results.csv columns (and the fitness)."""
         from utils.evaluation import evaluate
-        start = time.perf_counter()
+        start, detections = time.perf_counter(), []
         metrics = evaluate(self.eval_model(), self._val_loader(), self.model_config, self.device, amp=self.config.amp,
-                           loss_fn=self.loss_fn)
+                           loss_fn=self.loss_fn, detections_out=detections)
         columns = {f"val/{k}": v for k, v in metrics.get("val_loss", {}).items() if k != "total"}
         columns.update({"val/precision": metrics["precision"], "val/recall": metrics["recall"],
                         "val/mAP50": metrics["mAP50"], "val/mAP50_95": metrics["mAP50_95"],
                         "fitness": FITNESS[self.config.fitness](metrics)})
         self._write_diagnostics(metrics, epoch)
-        self._log_val_images(epoch)
+        self._log_val_images(epoch, detections)
         columns["val_s"] = time.perf_counter() - start
         LOGGER.info("epoch %d val: %s (%.1f s)", epoch + 1, ", ".join(
             f"{k[4:] if k.startswith('val/') else k} {'-' if v is None else f'{v:.4f}'}"
@@ -532,22 +532,23 @@ class Trainer:
         from utils.image_io import read_image
         self.writer.add_image(tag, read_image(path), step, dataformats="HWC")
 
-    def _log_val_images(self, epoch: int, count: int = 4) -> None:
-        """A few validation images with the EMA model's detections, to TensorBoard and val_predictions.png."""
+    def _log_val_images(self, epoch: int, detections: list, count: int = 4, min_score: float = 0.25) -> None:
+        """The first few readable validation images with this validation's detections (score >= min_score), to
+        TensorBoard and val_predictions.png."""
         import cv2
 
         from utils.boxes import letterbox
         from utils.image_io import read_image
-        from utils.inference import DetectOptions, Detector
         from utils.visualize import draw_detections, image_grid
-        records = [r for r in self.val_index.records if r.image_error is None][:count]
-        if not records:
+        shown = [i for i, r in enumerate(self.val_index.records) if r.image_error is None][:count]
+        if not shown:
             return
-        detector = Detector(self.eval_model(), self.model_config, self.device, DetectOptions(conf_thres=0.25),
-                            optimize=False, amp=self.config.amp)
-        images = [read_image(r.path) for r in records]
-        drawn = [draw_detections(img, d[:, :4], d[:, 5], self.classes, d[:, 4]) for img, d in zip(images, detector(images))]
-        tiles = [letterbox(img, (320, 320))[0] for img in drawn]  # keeps the aspect ratio
+        tiles = []
+        for i in shown:
+            dets = detections[i][detections[i][:, 4] >= min_score]
+            drawn = draw_detections(read_image(self.val_index.records[i].path), dets[:, :4], dets[:, 5], self.classes,
+                                    dets[:, 4])
+            tiles.append(letterbox(drawn, (320, 320))[0])  # keeps the aspect ratio
         grid = image_grid(tiles, columns=min(count, 4))
         cv2.imwrite(str(self.run_dir / "val_predictions.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
         self.writer.add_image("val/predictions", grid, epoch + 1, dataformats="HWC")

@@ -251,11 +251,13 @@ def iou_pixel_offset(records: Sequence) -> float:
 
 def evaluate(model: nn.Module, loader, config: ModelConfig, device: torch.device, conf: float = 0.001,
              iou: float = 0.5, max_det: int = 300, voc07: bool = False, amp: bool = True, score_thresh: float = 0.5,
-             coco: bool = True, progress: bool = False, loss_fn: nn.Module | None = None) -> dict:
+             coco: bool = True, progress: bool = False, loss_fn: nn.Module | None = None,
+             detections_out: list | None = None) -> dict:
     """Metrics of `model` on the loader's dataset (see compute_metrics for the keys; `val_loss` with a loss_fn).
 
     Ground truth is `loader.dataset.index` (load it with keep_unreadable=True so that every image counts); class
     names are the model config's, which the index must have been loaded with (load_split(..., classes=...)).
+    detections_out: a list that receives the per-record detections (training draws a few of them).
     """
     index = loader.dataset.index
     if list(index.classes) != list(config.classes):
@@ -263,6 +265,8 @@ def evaluate(model: nn.Module, loader, config: ModelConfig, device: torch.device
                          f"{config.classes[:5]}...; load it with load_split(..., classes=config.classes)")
     predictions = predict_split(model, loader, config, device, conf, iou, max_det, amp, progress, loss_fn)
     metrics, _ = compute_metrics(predictions.detections, index, config.classes, voc07, score_thresh, coco)
+    if detections_out is not None:
+        detections_out[:] = predictions.detections
     if predictions.losses is not None:
         metrics["val_loss"] = predictions.losses
     return metrics
