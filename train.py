@@ -67,7 +67,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", choices=("ram",), default=None, help="keep decoded images in memory")
     p.add_argument("--keep-difficult", action="store_true", help="train on VOC difficult objects too")
     p.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across DDP processes")
-    p.add_argument("--no-preview", dest="preview", action="store_false", help="skip the augmented-samples picture")
+    p.add_argument("--no-preview", dest="preview", action="store_false",
+                   help="skip the training-start pictures (augmented samples, labels)")
     p.add_argument("--mosaic", type=float, default=None, help="mosaic probability")
     p.add_argument("--mixup", type=float, default=None, help="mixup probability (after mosaic)")
     p.add_argument("--hsv-h", type=float, default=None, help="hue jitter")
