@@ -15,6 +15,14 @@ import logging
 import sys
 from pathlib import Path
 
+from utils.dataloader import EvalDataset, build_loader, eval_collate
+from utils.datasets import DatasetIndex, load_split
+from utils.evaluation import compute_metrics, predict_split
+from utils.metrics import VOCResult, coco_results
+from utils.plots import plot_confidence_curves, plot_confusion_matrix, plot_pr_curves
+from utils.run_logging import claim_run_dir, run_command, setup_logging
+from utils.weights import Loaded, load_runnable
+
 LOGGER = logging.getLogger("eval")
 
 
@@ -46,58 +54,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_dir(save_dir: str | Path) -> Path:
-    """A new folder: save_dir, else save_dir2, save_dir3, ... (never an existing one)."""
-    from utils.run_logging import increment_dir
-    save_dir = Path(save_dir)
-    while True:
-        path = increment_dir(save_dir.parent, save_dir.name)
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:  # another eval took that name meanwhile
-            continue
+def load(args: argparse.Namespace) -> tuple[Loaded, DatasetIndex]:
+    """(the weights, loaded to run, and the dataset index of --data/--split with the model's classes).
 
-
-def load(args: argparse.Namespace):
-    """(model on its device or an OnnxDetector, config, dataset index, device, weights path) from the arguments."""
-    from utils.checkpoint import latest_weights, load_model
-    from utils.config import parse_input_shape, read_classes
-    from utils.datasets import load_split
-    from utils.device import select_device
-    weights = Path(args.weights) if args.weights else latest_weights()
-    if weights.suffix == ".onnx":  # an export (fp32 or int8) run by onnxruntime on the CPU, decoding inside
-        from utils.export import OnnxDetector
-        model = OnnxDetector(weights, input_shape=parse_input_shape(args.input_shape) if args.input_shape else None)
-        config, device = model.config, select_device("cpu")
-        if args.device not in (None, "", "cpu"):
-            LOGGER.warning("--device %s ignored: %s runs on the CPU with onnxruntime", args.device, weights.name)
-    else:
-        classes = read_classes(args.classes) if args.classes else None
-        model, config = load_model(weights, classes, args.phi, args.cfg)
-        if args.input_shape:
-            config.input_shape = parse_input_shape(args.input_shape)
-        device = select_device(args.device)
-        model = model.to(device)
-    LOGGER.info("model %s: %d classes, attention %s, input %s", weights, config.num_classes, config.attention,
-                config.input_shape)
-    index = load_split(args.data, args.split, classes=config.classes, keep_empty=True, keep_unreadable=True)
-    return model, config, index, device, weights
+    The index keeps images that cannot be read (keep_unreadable): their objects count as missed."""
+    loaded = load_runnable(args.weights, args.classes, args.phi, args.cfg, args.device, args.input_shape)
+    index = load_split(args.data, args.split, classes=loaded.config.classes, keep_empty=True, keep_unreadable=True)
+    return loaded, index
 
 
 def evaluate_split(args: argparse.Namespace) -> tuple[dict, Path]:
     """Run the evaluation the arguments describe; returns (metrics, run folder)."""
-    from utils.dataloader import EvalDataset, build_loader, eval_collate
-    from utils.evaluation import compute_metrics, predict_split
-    from utils.metrics import coco_results
-    model, config, index, device, weights = load(args)
+    loaded, index = load(args)
+    config = loaded.config
     loader = build_loader(EvalDataset(index, config.input_shape), args.batch_size, args.workers, shuffle=False,
                           seed=0, collate_fn=eval_collate)
-    detections = predict_split(model, loader, config, device, args.conf, args.iou, args.max_det, args.amp,
-                               progress=True).detections
+    detections = predict_split(loaded.runnable, loader, config, loaded.device, args.conf, args.iou, args.max_det,
+                               args.amp, progress=True).detections
     metrics, voc = compute_metrics(detections, index, config.classes, args.voc07, args.score_thresh)
-    out = run_dir(args.save_dir)
-    metrics.update(weights=str(weights), data=str(args.data), split=args.split, conf=args.conf,
+    save_dir = Path(args.save_dir)
+    out = claim_run_dir(save_dir.parent, save_dir.name)
+    metrics.update(weights=str(loaded.path), data=str(args.data), split=args.split, conf=args.conf,
                    nms_iou=args.iou, input_shape=config.input_shape, classes=config.classes,
                    unknown_objects=index.unknown_objects, summary=index.ground_truth_summary())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
@@ -108,9 +85,8 @@ def evaluate_split(args: argparse.Namespace) -> tuple[dict, Path]:
     return metrics, out
 
 
-def write_plots(metrics: dict, voc, out: Path) -> None:
+def write_plots(metrics: dict, voc: VOCResult, out: Path) -> None:
     """pr_<class>.png, pr_curves.png, confusion_matrix.png and f1_curve.png in `out`."""
-    from utils.plots import plot_confidence_curves, plot_confusion_matrix, plot_pr_curves
     plot_pr_curves(voc, out)
     plot_confusion_matrix(metrics["confusion_matrix"], out / "confusion_matrix.png")
     plot_confidence_curves(metrics["confidence_curves"], metrics["best_f1"], out / "f1_curve.png")
@@ -142,8 +118,8 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> int:
-    from utils.run_logging import run_command, setup_logging
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     setup_logging(args.verbose)
 
     def evaluate_and_print() -> None:
@@ -155,4 +131,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(main())

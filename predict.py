@@ -17,21 +17,21 @@ from pathlib import Path
 
 import cv2
 
-from utils.checkpoint import latest_weights, load_model
-from utils.config import ROOT, ModelConfig, parse_input_shape, read_classes
+from utils.config import ROOT, ModelConfig
+from utils.darknet import export_darknet
 from utils.datasets import load_split
-from utils.inference import BaseDetector, DetectOptions, Detector
+from utils.errors import ConfigError
+from utils.export import export_onnx
+from utils.inference import BaseDetector, DetectOptions
 from utils.predicting import ResultWriter, display_available, predict_source
 from utils.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx
-from utils.run_logging import USER_ERRORS as COMMON_USER_ERRORS
-from utils.run_logging import increment_dir, run_command, setup_logging
+from utils.run_logging import claim_run_dir, run_command, setup_logging
 from utils.sources import ImageSource, SourceError, open_source
+from utils.weights import load_runnable
 
 LOGGER = logging.getLogger("predict")
 DEFAULT_SOURCE = ROOT / "VOCdevkit" / "VOC2007" / "JPEGImages"
 DEFAULT_DATA = ROOT / "VOCdevkit"
-# Errors that reach the user as one sentence (tracebacks with --verbose).
-USER_ERRORS = COMMON_USER_ERRORS + (SourceError, cv2.error)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--names", help="class names file (one per line), only for bare state_dicts and Darknet files")
     model.add_argument("--phi", default=None, help="attention of a bare state_dict: 0-3 or none/se/cbam/eca")
     model.add_argument("--cfg", help="Darknet .cfg for a .weights file")
-    model.add_argument("--input-shape", type=parse_input_shape, help="e.g. 416 or 320,416 (default: the model's)")
+    model.add_argument("--input-shape", help="e.g. 416 or 320,416 (default: the model's)")
     model.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: best available)")
     model.add_argument("--fp32", action="store_true", help="no bf16/fp16 autocast (fused model kept)")
     model.add_argument("--plain", action="store_true", help="unfused fp32 model, the slow reference path")
@@ -65,7 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     output.add_argument("--heatmap", action="store_true", help="draw over the objectness heat map")
     output.add_argument("--show", action="store_true", help="show results in a window (q quits)")
     output.add_argument("--fps", action="store_true", help="print pre-process / inference / NMS ms and images/s")
-    output.add_argument("--export", choices=("onnx", "darknet"), help="export the model into the run folder; no detection")
+    output.add_argument("--export", choices=("onnx", "darknet"),
+                        help="export the model into the run folder; no detection")
     output.add_argument("--int8", action="store_true",
                         help="with --export onnx: also write <name>_int8.onnx, quantized with onnxruntime and "
                              "calibrated on --source images (default: VOCdevkit's train split); about 2x faster "
@@ -87,41 +88,29 @@ def class_filter(values: list[str] | None, names: list[str]) -> list[int] | None
         elif value in names:
             indices.add(names.index(value))
         else:
-            raise ValueError(f"--classes {value!r} is neither a class name nor an index below {len(names)}; "
-                             f"the model's classes are {', '.join(names)}")
+            raise ConfigError(f"--classes {value!r} is neither a class name nor an index below {len(names)}; "
+                              f"the model's classes are {', '.join(names)}")
     return sorted(indices)
 
 
 def load_detector(args: argparse.Namespace) -> BaseDetector:
-    weights = Path(args.weights) if args.weights else latest_weights()
-    LOGGER.info("weights %s", weights)
-    if weights.suffix == ".onnx":
-        from utils.export import OnnxDetector
-        detector = OnnxDetector(weights, input_shape=args.input_shape)
-    else:
-        model, config = load_model(weights, read_classes(args.names) if args.names else None, args.phi, args.cfg)
-        detector = Detector(model, config, args.device or None, input_shape=args.input_shape,
-                            optimize=not args.plain, amp=not (args.fp32 or args.plain),
-                            compile=args.compile and not args.plain)
+    loaded = load_runnable(args.weights, args.names, args.phi, args.cfg, args.device, args.input_shape)
+    detector = loaded.detector(optimize=not args.plain, amp=not (args.fp32 or args.plain),
+                               compile=args.compile and not args.plain)
     detector.options = DetectOptions(args.conf, args.iou, args.max_det, args.agnostic_nms,
                                      class_filter(args.classes, detector.config.classes))
     return detector
 
 
-def export(args: argparse.Namespace, save_dir: Path) -> list[Path]:
-    weights = Path(args.weights) if args.weights else latest_weights()
-    if weights.suffix == ".onnx":
-        raise ValueError(f"{weights} is already ONNX; --export needs PyTorch or Darknet weights")
-    model, config = load_model(weights, read_classes(args.names) if args.names else None, args.phi, args.cfg)
-    if args.input_shape:
-        config = ModelConfig.from_dict(config.to_dict() | {"input_shape": args.input_shape})
-    save_dir.mkdir(parents=True, exist_ok=True)
+def export(args: argparse.Namespace) -> list[Path]:
+    loaded = load_runnable(args.weights, args.names, args.phi, args.cfg, "cpu", args.input_shape)
+    if loaded.model is None:
+        raise ConfigError(f"{loaded.path} is already ONNX; --export needs PyTorch or Darknet weights")
+    save_dir = claim_save_dir(args)
     if args.export == "onnx":
-        from utils.export import export_onnx
-        exported = export_onnx(model, config, save_dir / f"{weights.stem}.onnx")
-        return [exported, quantize(args, exported, config)] if args.int8 else [exported]
-    from utils.darknet import export_darknet
-    return list(export_darknet(model, config, save_dir / weights.stem))
+        exported = export_onnx(loaded.model, loaded.config, save_dir / f"{loaded.path.stem}.onnx")
+        return [exported, quantize(args, exported, loaded.config)] if args.int8 else [exported]
+    return list(export_darknet(loaded.model, loaded.config, save_dir / loaded.path.stem))
 
 
 def quantize(args: argparse.Namespace, exported: Path, config: ModelConfig) -> Path:
@@ -139,14 +128,19 @@ def quantize(args: argparse.Namespace, exported: Path, config: ModelConfig) -> P
     return quantize_onnx(exported, exported.with_name(f"{exported.stem}_int8.onnx"), canvases)
 
 
+def claim_save_dir(args: argparse.Namespace) -> Path:
+    """A new run folder: --save-dir, else --save-dir numbered (logs/predict2, ...); claimed atomically."""
+    save_dir = Path(args.save_dir)
+    return claim_run_dir(save_dir.parent, save_dir.name)
+
+
 def run(args: argparse.Namespace) -> None:
-    save_dir = increment_dir(Path(args.save_dir).parent, Path(args.save_dir).name)
     if args.int8 and args.export != "onnx":
-        raise ValueError("--int8 quantizes an ONNX export: add --export onnx")
+        raise ConfigError("--int8 quantizes an ONNX export: add --export onnx")
     if args.int8 and args.calib_images < 1:
-        raise ValueError(f"--calib-images {args.calib_images}: int8 calibration needs at least 1 image (100 is usual)")
+        raise ConfigError(f"--calib-images {args.calib_images}: int8 calibration needs at least 1 image (100 is usual)")
     if args.export:
-        for path in export(args, save_dir):
+        for path in export(args):
             print(f"exported {path}")
         return
     if args.show and not display_available():
@@ -157,8 +151,8 @@ def run(args: argparse.Namespace) -> None:
     source = open_source(args.source or DEFAULT_SOURCE)
     detector = load_detector(args)
     saving = not args.nosave or args.save_txt or args.save_crop
-    writer = ResultWriter(save_dir if saving else None, detector.config.classes, not args.nosave, args.save_txt,
-                          args.save_crop, video_fps=source.fps)
+    writer = ResultWriter(claim_save_dir(args) if saving else None, detector.config.classes, not args.nosave,
+                          args.save_txt, args.save_crop, video_fps=source.fps)
     try:
         predict_source(detector, source, writer, args.batch_size, args.heatmap, args.show)
     finally:
@@ -179,10 +173,11 @@ def report(detector: BaseDetector, writer: ResultWriter, fps: bool) -> None:
               f"NMS {s['nms_ms']:.1f} ms per image; {s['images_per_s']:.1f} images/s end to end")
 
 
-def main(args: argparse.Namespace) -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     setup_logging(args.verbose)
-    return run_command(lambda: run(args), args.verbose, LOGGER, USER_ERRORS)
+    return run_command(lambda: run(args), args.verbose, LOGGER)
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(main())

@@ -5,11 +5,15 @@ Multi-GPU / multi-process: `torchrun --nproc_per_node N train.py ...` (CPU uses 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 
+from nets.attention import attention_name
 from utils.config import parse_input_shape
+from utils.engine import TrainConfig, train
+from utils.run_logging import run_command, setup_logging
 
 LOGGER = logging.getLogger("train")
 AUGMENT_FLAGS = ("mosaic", "mixup", "hsv_h", "hsv_s", "hsv_v", "flip", "jitter", "mosaic_epochs_fraction")
@@ -22,10 +26,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-split", default="train", help="split to train on (VOC07+12: trainval)")
     p.add_argument("--val-split", default="val", help="split for validation mAP during training (VOC07+12: test)")
     p.add_argument("--classes", default=None, help="class names file (one per line); default: from the annotations")
-    p.add_argument("--anchors", default=None, help="anchors file (w,h, w,h, ...); default model_data/yolo_anchors.txt")
+    p.add_argument("--anchors", default=None, help="anchors file (w,h, w,h, ... in input pixels; python -m "
+                   "utils.anchors writes one for your data); default: yolov4-tiny's 10,14, 23,27, 37,58, 81,82, "
+                   "135,169, 344,319")
     p.add_argument("--epochs", type=int, default=50, help="total epochs (a real VOC run: 300)")
     p.add_argument("--batch-size", type=int, default=8, help="total batch size over all processes")
-    p.add_argument("--freeze-epochs", type=int, default=0, help="epochs with the backbone frozen (VOC with pretrained: 50)")
+    p.add_argument("--freeze-epochs", type=int, default=0,
+                   help="epochs with the backbone frozen (VOC with pretrained: 50)")
     p.add_argument("--freeze-batch-size", type=int, default=16, help="batch size while the backbone is frozen")
     p.add_argument("--input-shape", default="320", help="input size, a multiple of 32: 320, 416 or height,width "
                    "(320 suits the bundled sample on a CPU; VOC: 416)")
@@ -82,10 +89,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from the parsed arguments: same-named options map one to one."""
-    import dataclasses
-    from utils.engine import TrainConfig
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
     values.update(classes_file=args.classes, anchors_file=args.anchors,
@@ -103,19 +108,12 @@ def explicit_overrides(args: argparse.Namespace, parser: argparse.ArgumentParser
 def main(argv: list[str] | None = None) -> int:
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    from utils import distributed
-    from utils.run_logging import run_command, setup_logging
     setup_logging(args.verbose, main_process=os.environ.get("RANK", "0") == "0")
 
     def train_from_args() -> None:
-        from nets.attention import attention_name
-        from utils.engine import train
         args.phi = attention_name(args.phi)
         train(config_from_args(args), resume=args.resume, overrides=explicit_overrides(args, parser))
-    try:
-        return run_command(train_from_args, args.verbose, LOGGER)
-    finally:
-        distributed.cleanup()
+    return run_command(train_from_args, args.verbose, LOGGER)
 
 
 if __name__ == "__main__":

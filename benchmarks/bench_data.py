@@ -1,7 +1,8 @@
 """Training-data throughput of ONE worker: augmented samples/s (mosaic + mixup, 416 px) on the raccoon dataset.
 
 Prints one JSON line: wall-clock samples/s through a DataLoader with one worker, and samples per CPU-second measured
-in-process (meaningful on a shared, busy machine, where wall-clock figures are pessimistic). The reference (a PIL pipeline with the same augmentations) does about 80 samples/s on one core.
+in-process (meaningful on a shared, busy machine, where wall-clock figures are pessimistic). The reference (a PIL
+pipeline with the same augmentations) does about 80 samples/s on one core.
 Usage: python benchmarks/bench_data.py [--data DIR] [--samples 400] [--size 416]
 """
 from __future__ import annotations
@@ -18,7 +19,8 @@ import cv2
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/bench_data.py`: the repository root is not on sys.path yet
+    sys.path.insert(0, str(ROOT))
 
 from utils.augment import AugmentConfig  # noqa: E402
 from utils.dataloader import TrainDataset, build_loader  # noqa: E402
@@ -58,16 +60,16 @@ def measure(data: Path, config: AugmentConfig, samples: int, size: int) -> tuple
     return count / (time.perf_counter() - start), cpu
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--samples", type=int, default=480)
     parser.add_argument("--size", type=int, default=416)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     if not args.data.is_dir():
         print(json.dumps({"benchmark": "data", "skipped": f"{args.data} is absent"}))
-        return
+        return 0
     torch.set_num_threads(1)
     cv2.setNumThreads(0)
     configs = {"default (mosaic 0.5, mixup 0.5)": AugmentConfig(),
@@ -83,4 +85,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

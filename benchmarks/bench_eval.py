@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils.metrics import GroundTruth, voc_evaluate  # noqa: E402
+if not __package__:  # run as `python benchmarks/bench_eval.py`: the repository root is not on sys.path yet
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from utils.metrics import GroundTruthBoxes, voc_evaluate
 
 
 def synthetic(images: int, dets: int, classes: int, seed: int = 0):
-    """(detections per image [K,6], GroundTruth per image) on 500x375 VOC-like images."""
+    """(detections per image [K,6], GroundTruthBoxes per image) on 500x375 VOC-like images."""
     rng = np.random.default_rng(seed)
     detections, truths = [], []
     for _ in range(images):
@@ -32,7 +33,7 @@ def synthetic(images: int, dets: int, classes: int, seed: int = 0):
         xy = rng.uniform(0, 400, (n, 2))
         boxes = np.concatenate([xy, xy + rng.uniform(10, 200, (n, 2))], axis=1)
         labels = rng.integers(0, classes, n)
-        truths.append(GroundTruth(boxes, labels, rng.random(n) < 0.1))
+        truths.append(GroundTruthBoxes(boxes, labels, rng.random(n) < 0.1))
         pick = rng.integers(0, n, min(dets, 2 * n))
         jitter = boxes[pick] + rng.normal(0, 8, (len(pick), 4))
         jitter_cls = np.where(rng.random(len(pick)) < 0.9, labels[pick], rng.integers(0, classes, len(pick)))
@@ -46,13 +47,13 @@ def synthetic(images: int, dets: int, classes: int, seed: int = 0):
     return detections, truths
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--dets", type=int, default=30, help="detections per image")
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     detections, truths = synthetic(args.images, args.dets, args.classes)
     names = [f"class{i}" for i in range(args.classes)]
     times = []
@@ -64,7 +65,8 @@ def main() -> None:
                       "best_seconds": round(min(times), 4), "repeat": args.repeat, "images": args.images,
                       "detections": int(sum(len(d) for d in detections)), "classes": args.classes,
                       "mAP": round(result.map, 4)}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

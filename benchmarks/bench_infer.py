@@ -14,7 +14,8 @@ Variants, each at every --batch-sizes:
 
 The (variant, batch) runs are interleaved in --rounds rounds over slices of the images, so a shared machine's
 changing load weighs on all of them alike. Prints one JSON line per (variant, batch), then speed-up lines over the
-baseline at batch 1 and at equal batch. images_per_s is wall clock; images_per_cpu_s divides by this process's CPU time, which is less sensitive to other
+baseline at batch 1 and at equal batch. images_per_s is wall clock; images_per_cpu_s divides by this process's CPU
+time, which is less sensitive to other
 processes on a shared machine (wall-clock figures on a busy machine are pessimistic).
 
 Speed:  python benchmarks/bench_infer.py                      # random weights, phi 2 (cbam), 416 px, raccoon images
@@ -35,15 +36,18 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/bench_infer.py`: the repository root is not on sys.path yet
+    sys.path.insert(0, str(ROOT))
 
 from utils.checkpoint import load_model  # noqa: E402
 from utils.config import ModelConfig, build_model  # noqa: E402
-from utils.datasets import IMAGE_SUFFIXES  # noqa: E402
+from utils.datasets import load_split  # noqa: E402
 from utils.device import autocast_dtype  # noqa: E402
-from utils.image_io import read_image  # noqa: E402
+from utils.evaluation import compute_metrics  # noqa: E402
+from utils.export import OnnxDetector, export_onnx  # noqa: E402
+from utils.image_io import IMAGE_SUFFIXES, read_image  # noqa: E402
 from utils.inference import BaseDetector, DetectOptions, Detector  # noqa: E402
-from utils.quantize import DEFAULT_CALIBRATION_IMAGES  # noqa: E402
+from utils.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx  # noqa: E402
 
 LOGGER = logging.getLogger("bench_infer")
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "raccoon_dataset" / "images"
@@ -58,7 +62,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=416)
     parser.add_argument("--phi", default="cbam", help="attention for random weights (default phi 2 = cbam)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--variants", nargs="+", default=["baseline", "fused_fp32", "fused_amp", "onnxruntime", "onnxruntime_int8"])
+    parser.add_argument("--variants", nargs="+",
+                        default=["baseline", "fused_fp32", "fused_amp", "onnxruntime", "onnxruntime_int8"])
     parser.add_argument("--conf", type=float, default=0.5, help="speed test score threshold (predict's default)")
     parser.add_argument("--weights", help="trained checkpoint: speed uses it, and with --data mAP50 is compared")
     parser.add_argument("--data", help="dataset for the mAP50 comparison (VOCdevkit, images/+annotations/, COCO json)")
@@ -86,19 +91,16 @@ def make_detector(variant: str, model: torch.nn.Module, config: ModelConfig, opt
         return Detector(model, config, "cpu", options, optimize=True, amp=True)
     if variant in ("onnxruntime", "onnxruntime_int8"):
         try:
-            from utils.export import OnnxDetector
-        except ImportError:
+            return OnnxDetector(onnx_file(variant, model, config, workdir, calibration), options)
+        except ImportError:  # onnx and onnxruntime are optional (requirements-dev.txt)
             LOGGER.warning("%s variant skipped: onnx/onnxruntime not installed", variant)
             return None
-        return OnnxDetector(onnx_file(variant, model, config, workdir, calibration), options)
     raise ValueError(f"unknown variant {variant!r}")
 
 
 def onnx_file(variant: str, model: torch.nn.Module, config: ModelConfig, workdir: Path,
               calibration: list[Path]) -> Path:
     """The fp32 export (made once), or its int8 version calibrated on `calibration` (made once)."""
-    from utils.export import export_onnx
-    from utils.quantize import letterboxed, quantize_onnx
 
     fp32, int8 = workdir / "model.onnx", workdir / "model_int8.onnx"
     if not fp32.exists():
@@ -113,7 +115,6 @@ def calibration_images(args: argparse.Namespace) -> list[Path]:
     """Images for int8 calibration: with --data its --calib-split (never the split whose mAP is measured),
     else the speed-test images."""
     if args.data:
-        from utils.datasets import load_split
         if args.calib_split == args.split:
             raise ValueError(f"--calib-split {args.calib_split} is the measured split; calibrate on another one")
         paths = [record.path for record in load_split(args.data, args.calib_split).records]
@@ -173,9 +174,6 @@ def print_speedups(rates: dict[tuple[str, int], float]) -> None:
 
 def map50(args: argparse.Namespace, model: torch.nn.Module, config: ModelConfig, workdir: Path) -> None:
     """mAP50 of every variant on --data/--split with evaluation thresholds (conf 0.001, NMS IoU 0.5)."""
-    from utils.datasets import load_split
-    from utils.evaluation import compute_metrics
-
     index = load_split(args.data, args.split, classes=config.classes)
     records = index.records
     options = DetectOptions(conf_thres=0.001, iou_thres=0.5, max_det=300)
@@ -191,12 +189,14 @@ def map50(args: argparse.Namespace, model: torch.nn.Module, config: ModelConfig,
         value = 100 * metrics["mAP50"]
         if variant == "baseline":
             reference = value
+        delta = None if reference is None else round(value - reference, 3) + 0.0
         print(json.dumps({"bench": "infer_map", "variant": variant, "data": str(args.data), "split": args.split,
-                          "images": len(records), "mAP50": round(value, 3),
-                          "delta_vs_baseline_points": None if reference is None else round(value - reference, 3) + 0.0}), flush=True)
+                          "images": len(records), "mAP50": round(value, 3), "delta_vs_baseline_points": delta}),
+              flush=True)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -217,4 +217,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(main())

@@ -15,18 +15,20 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
+from torch.profiler import profile
 
-import torch  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+if not __package__:  # run as `python benchmarks/bench_train.py`: the repository root is not on sys.path yet
+    sys.path.insert(0, str(ROOT))
 
 from utils.augment import AugmentConfig  # noqa: E402
 from utils.config import ModelConfig, build_model  # noqa: E402
 from utils.dataloader import TrainDataset, build_loader, train_collate  # noqa: E402
 from utils.datasets import load_split  # noqa: E402
-from utils.device import autocast_dtype, select_device  # noqa: E402
+from utils.device import autocast, autocast_dtype, select_device  # noqa: E402
 from utils.engine import TrainConfig, make_scaler, optimizer_step  # noqa: E402
-from utils.device import autocast  # noqa: E402
+from utils.image_io import to_model_input  # noqa: E402
 from utils.loss import YoloLoss  # noqa: E402
 from utils.optim import build_optimizer  # noqa: E402
 
@@ -43,7 +45,7 @@ def measure(loader, config: ModelConfig, device: torch.device, amp: bool, iters:
         if step == warmup:
             start, seen = time.perf_counter(), 0
         images, targets = next(batches)
-        images = images.to(device).float().div_(255).contiguous(memory_format=torch.channels_last)
+        images = to_model_input(images, device)
         with autocast(device, amp):
             outputs = model(images)
         optimizer_step(model, loss_fn(outputs, targets.to(device))["total"], optimizer, scaler, 0.0)
@@ -80,7 +82,6 @@ def conv_gflops(dtype: torch.dtype, backward: bool, repeats: int = 5) -> float:
 def breakdown(config: ModelConfig, device: torch.device, batch: int, steps: int = 4) -> dict:
     """Where a training step's time goes (model only, no data loading): the profiler's share of convolutions,
     forward and backward, gives the rate the step could reach if everything else were free."""
-    from torch.profiler import profile
 
     model = build_model(config).to(device, memory_format=torch.channels_last).train()
     loss_fn, optimizer = YoloLoss(config), build_optimizer(model, "sgd", 1e-3, 0.937, 5e-4)
@@ -102,10 +103,11 @@ def breakdown(config: ModelConfig, device: torch.device, batch: int, steps: int 
     return {"benchmark": "train_breakdown", "model_only_images_per_s": round(rate, 2),
             "convolution_share": round(conv / total, 3),
             "convolutions_only_ceiling_images_per_s": round(rate * total / conv, 2),
-            **{f"conv3x3_{name}_gflops": round(conv_gflops(dtype, backward), 1) for name, dtype, backward in CONV_CASES}}
+            **{f"conv3x3_{name}_gflops": round(conv_gflops(dtype, backward), 1)
+               for name, dtype, backward in CONV_CASES}}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "raccoon_dataset"))
     parser.add_argument("--phi", default="cbam")
@@ -118,10 +120,10 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true",
                         help="also profile a model-only step (convolution share and the rate it bounds) and time a "
                              "3x3 convolution in fp32, bf16 and fp16 (forward)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not Path(args.data).exists():
         print(json.dumps({"skipped": f"dataset {args.data} not found"}))
-        return
+        return 0
     device = select_device(args.device)
     index = load_split(args.data, "all")
     config = ModelConfig(classes=index.classes, attention=args.phi, input_shape=[416, 416])
@@ -129,16 +131,19 @@ def main() -> None:
     loader = build_loader(dataset, args.batch_size, args.workers, shuffle=True, seed=0, drop_last=True,
                           collate_fn=train_collate)
     if args.breakdown:
-        print(json.dumps({**breakdown(config, device, args.batch_size), "threads": torch.get_num_threads()}), flush=True)
+        print(json.dumps({**breakdown(config, device, args.batch_size), "threads": torch.get_num_threads()}),
+              flush=True)
     for mode in args.modes.split(","):
         amp = mode == "amp"
         rate = measure(loader, config, device, amp, args.iters, args.warmup)
         dtype = autocast_dtype(device) if amp else torch.float32
-        print(json.dumps({"benchmark": "train_step", "device": str(device), "precision": str(dtype).replace("torch.", ""),
+        print(json.dumps({"benchmark": "train_step", "device": str(device),
+                          "precision": str(dtype).replace("torch.", ""),
                           "channels_last": True, "phi": config.attention, "input": 416, "batch": args.batch_size,
                           "workers": args.workers, "threads": torch.get_num_threads(),
                           "images_per_s": round(rate, 2)}), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

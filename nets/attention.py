@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from utils.errors import ConfigError
+
 
 class SEBlock(nn.Module):
     """Squeeze-and-Excitation (Hu et al., 2018, arXiv:1709.01507): global average pool, two linear layers."""
@@ -115,17 +117,17 @@ def attention_name(phi: int | str) -> str:
     """Map `phi` (an index 0..3 or a name, any case) to the attention's registry name."""
     valid = ", ".join(f"{i}/{n}" for i, n in enumerate(ATTENTION_NAMES))
     if isinstance(phi, bool):
-        raise ValueError(f"invalid attention {phi!r}; valid values: {valid}")
+        raise ConfigError(f"invalid attention {phi!r}; valid values: {valid}")
     if isinstance(phi, int):
         if 0 <= phi < len(ATTENTION_NAMES):
             return ATTENTION_NAMES[phi]
-        raise ValueError(f"invalid phi {phi}; valid values: {valid}")
+        raise ConfigError(f"invalid phi {phi}; valid values: {valid}")
     text = str(phi).strip().lower()
     if text.isdigit():
         return attention_name(int(text))
     if text in ATTENTION_BLOCKS:
         return text
-    raise ValueError(f"invalid attention {phi!r}; valid values: {valid}")
+    raise ConfigError(f"invalid attention {phi!r}; valid values: {valid}")
 
 
 def create_attention(name: int | str, channels: int) -> nn.Module:

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nets.yolo import YoloBody
+from utils.config import ModelConfig, build_model, parse_input_shape
+from utils.run_logging import run_command, setup_logging
 
 LOGGER = logging.getLogger(__name__)
 
@@ -44,16 +46,21 @@ def model_summary(model: nn.Module, input_shape: tuple[int, int]) -> str:
             f"{gflops:.2f} GFLOPs at {input_shape[0]}x{input_shape[1]}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    from utils.config import parse_input_shape  # local: utils imports nets, keep nets import-light
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--phi", default="0", help="attention: 0/none, 1/se, 2/cbam, 3/eca")
     parser.add_argument("--num-classes", type=int, default=20, help="number of classes (20 for VOC, 80 for COCO)")
     parser.add_argument("--input-shape", default="416", help="416 or height,width; multiples of 32")
+    parser.add_argument("--verbose", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
-    model = YoloBody([[3, 4, 5], [1, 2, 3]], args.num_classes, args.phi)
-    print(model_summary(model, tuple(parse_input_shape(args.input_shape))))
+    setup_logging(args.verbose)
+
+    def summarise() -> None:
+        config = ModelConfig(classes=[f"class{i}" for i in range(args.num_classes)], attention=args.phi,
+                             input_shape=parse_input_shape(args.input_shape))
+        print(model_summary(build_model(config), tuple(config.input_shape)))
+    return run_command(summarise, args.verbose, LOGGER)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,11 +3,12 @@ file snapshots, and a child-side hook runner that marks phases of a training run
 
 Run as a script it is that hook runner:
 
-    python tests/fault_helpers.py MARKER_DIR SAVE_PAUSE_S EVAL_PAUSE_S -- train.py ARGS...
+    python -m tests.fault_helpers MARKER_DIR SAVE_PAUSE_S EVAL_PAUSE_S -- train.py ARGS...   (from the repository root)
 
 It runs train.py unchanged (runpy) after wrapping three functions so that they leave marker files in MARKER_DIR:
 `step_<epoch>_<i>` before training iteration i, `eval_<epoch>` when validation starts (then it pauses EVAL_PAUSE_S so
-the parent can kill inside it), and `save_<name>_<epoch>` once half of a checkpoint's bytes are in its temporary file (then it
+the parent can kill inside it), and `save_<name>_<epoch>` once half of a checkpoint's bytes are in its temporary file
+(then it
 pauses SAVE_PAUSE_S before writing the rest). The kills themselves are real SIGKILLs of this process.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import runpy
 import shutil
 import signal
 import subprocess
@@ -22,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import ROOT
+
 SAMPLE = ROOT / "VOCdevkit" / "VOC2007"
 
 
@@ -100,7 +103,7 @@ def start_hooked(markers: Path, output: Path, *train_args: str, save_pause: floa
     """Start train.py under the marker hooks (see the module docstring); its output goes to the file `output`."""
     markers.mkdir(parents=True, exist_ok=True)
     with open(output, "ab") as sink:  # a file, not a pipe: a full pipe would stall the child
-        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(markers), str(save_pause),
+        return subprocess.Popen([sys.executable, "-m", "tests.fault_helpers", str(markers), str(save_pause),
                                  str(eval_pause), "--",
                                  "train.py", *map(str, train_args)], cwd=ROOT, env=child_env(), stdout=sink,
                                 stderr=subprocess.STDOUT)
@@ -118,15 +121,16 @@ def _touch(folder: Path, name: str) -> None:
 
 
 def install_hooks(markers: Path, save_pause: float, eval_pause: float) -> None:
-    """Wrap utils.engine.train_one_epoch, utils.evaluation.evaluate and torch.save (as utils.checkpoint sees it)."""
+    """Wrap utils.engine.train_one_epoch, evaluate (as utils.engine sees it) and torch.save (as utils.checkpoint
+    sees it)."""
     import inspect
 
     import torch
+
     import utils.checkpoint as checkpoint
     import utils.engine as engine
-    import utils.evaluation as evaluation
 
-    real_epoch, real_eval, real_save = engine.train_one_epoch, evaluation.evaluate, torch.save
+    real_epoch, real_eval, real_save = engine.train_one_epoch, engine.evaluate, torch.save
     current = {"epoch": 0}
 
     def marked(loader, epoch: int):
@@ -160,7 +164,7 @@ def install_hooks(markers: Path, save_pause: float, eval_pause: float) -> None:
         return None
 
     engine.train_one_epoch = train_one_epoch
-    evaluation.evaluate = evaluate
+    engine.evaluate = evaluate  # the name the engine calls (imported from utils.evaluation)
     checkpoint.torch.save = save  # patches torch.save for this child process only
 
 
@@ -180,11 +184,9 @@ class _Sized:
 def main(argv: list[str]) -> None:
     split = argv.index("--")
     markers, save_pause, eval_pause = Path(argv[0]), float(argv[1]), float(argv[2])
-    sys.path.insert(0, str(ROOT))
     install_hooks(markers, save_pause, eval_pause)
     script = argv[split + 1]
     sys.argv = [script, *argv[split + 2:]]
-    import runpy
     runpy.run_path(str(ROOT / script), run_name="__main__")
 
 

@@ -1,5 +1,7 @@
-"""A tiny VOC dataset of coloured rectangles, written on the fly for training and evaluation tests, and a stand-in
-detector that finds such rectangles exactly (deterministic figures for end-to-end evaluation tests)."""
+"""Synthetic data for the tests, written on the fly: a tiny VOC dataset of coloured rectangles (make_voc), a dataset
+index of solid rectangles whose colour is their class (coloured_index), a minimal checkpoint (write_weights), and a
+stand-in detector that finds such rectangles exactly (ColourOracle: deterministic figures for end-to-end evaluation
+tests)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +13,7 @@ from torch import nn
 
 from utils.checkpoint import save_checkpoint
 from utils.config import ModelConfig
+from utils.datasets import DatasetIndex, ImageRecord
 
 COLOURS = {"red": (0, 0, 255), "green": (0, 200, 0), "blue": (255, 0, 0)}  # BGR for cv2.imwrite
 
@@ -58,6 +61,33 @@ def write_weights(path: Path, state: dict, config: ModelConfig) -> Path:
     return path
 
 
+RECT_COLOURS = np.array([[230, 20, 20], [20, 230, 20], [20, 20, 230], [230, 230, 20]], dtype=np.uint8)  # RGB per class
+RECT_BACKGROUND = 40
+
+
+def coloured_index(root: Path, count: int = 8, seed: int = 0) -> DatasetIndex:
+    """Images of random size, each with one or two solid rectangles whose colour is their class."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(count):
+        height, width = int(rng.integers(200, 500)), int(rng.integers(200, 500))
+        image = np.full((height, width, 3), RECT_BACKGROUND, dtype=np.uint8)
+        boxes, labels = [], []
+        for k in range(1 + i % 2):  # second object in the lower-right half so the two never overlap
+            x1 = int(rng.integers(k * width // 2, k * width // 2 + width // 4))
+            y1 = int(rng.integers(k * height // 2, k * height // 2 + height // 4))
+            x2, y2 = x1 + int(rng.integers(30, width // 4)), y1 + int(rng.integers(30, height // 4))
+            label = (i + k) % len(RECT_COLOURS)
+            image[y1:y2, x1:x2] = RECT_COLOURS[label]
+            boxes.append([x1, y1, x2, y2])
+            labels.append(label)
+        path = root / f"img{i}.png"
+        cv2.imwrite(str(path), image[..., ::-1])
+        records.append(ImageRecord(path, path.stem, np.array(boxes, np.float32), np.array(labels, np.int64),
+                                   np.zeros(len(labels), np.bool_), width, height))
+    return DatasetIndex(records, ["red", "green", "blue", "yellow"], split="train")
+
+
 class ColourOracle(nn.Module):
     """A stand-in detector that finds pure-colour rectangles by thresholding and writes raw YOLO head outputs that
     decode to their boxes: exercises letterbox -> forward -> decode -> NMS -> unletterbox -> metrics exactly.
@@ -73,26 +103,26 @@ class ColourOracle(nn.Module):
         self.colours = colours
         self.distinct_scores = distinct_scores
         self.dummy = nn.Parameter(torch.zeros(1))
-        self.anchors = torch.tensor(config.anchors)[config.anchors_mask[0]]  # the stride-32 head's anchors
+        self.anchors = torch.tensor(config.anchors)[config.anchors_mask[0]]  # the first head's anchors
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         b, _, h, w = x.shape
-        nc = self.config.num_classes
-        out0 = torch.full((b, 3, 5 + nc, h // 32, w // 32), -20.0)
-        out1 = torch.full((b, 3 * (5 + nc), h // 16, w // 16), -20.0)
+        nc, stride = self.config.num_classes, self.config.strides[0]  # boxes go to the first head only
+        outputs = [torch.full((b, 3 * (5 + nc), h // s, w // s), -20.0) for s in self.config.strides]
+        first = outputs[0].view(b, 3, 5 + nc, h // stride, w // stride)
         for i in range(b):
             for k, colour in enumerate(self.colours):
                 colour = torch.tensor(colour, dtype=torch.float32).view(3, 1, 1) / 255
                 ys, xs = torch.nonzero(((x[i].float() - colour).abs().max(dim=0).values < 0.25), as_tuple=True)
                 if len(xs):
-                    self._write(out0[i, k % 3], xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, k)
-        return out0.view(b, -1, h // 32, w // 32), out1
+                    self._write(first[i, k % 3], xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, k, stride)
+        return tuple(outputs)
 
-    def _write(self, head, x1, y1, x2, y2, k) -> None:
+    def _write(self, head, x1, y1, x2, y2, k, stride: int) -> None:
         cx, cy, bw, bh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1).float(), (y2 - y1).float()
-        gx, gy = int(cx // 32), int(cy // 32)
-        head[0, gy, gx] = torch.logit(cx / 32 - gx, eps=1e-6)
-        head[1, gy, gx] = torch.logit(cy / 32 - gy, eps=1e-6)
+        gx, gy = int(cx // stride), int(cy // stride)
+        head[0, gy, gx] = torch.logit(cx / stride - gx, eps=1e-6)
+        head[1, gy, gx] = torch.logit(cy / stride - gy, eps=1e-6)
         head[2, gy, gx] = torch.log(bw / self.anchors[k % 3, 0])
         head[3, gy, gx] = torch.log(bh / self.anchors[k % 3, 1])
         head[4:, gy, gx] = -10.0

@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
-from utils.anchors import (MAX_RATIO, anchor_fitness, boxes_wh, check_anchors, format_anchors, get_args_parser,
-                           kmeans_anchors, main, used_anchors, wh_iou)
+from tests.paths import ROOT
+from utils.anchors import (
+    MAX_RATIO,
+    anchor_fitness,
+    boxes_wh,
+    check_anchors,
+    format_anchors,
+    kmeans_anchors,
+    main,
+    used_anchors,
+    wh_iou,
+)
 from utils.config import ModelConfig, read_anchors
 
 CENTRES = np.array([[12, 16], [40, 28], [24, 70], [90, 100], [170, 130], [330, 300]], dtype=np.float64)
@@ -97,9 +105,9 @@ def test_cli_on_the_bundled_voc_sample(tmp_path, capsys):
     if not (data / "VOC2007" / "Annotations").is_dir():
         pytest.skip(f"{data} (the bundled VOC sample) is absent")
     out = tmp_path / "my_anchors.txt"
-    args = get_args_parser().parse_args(["--data", str(data), "-n", "6", "--input-shape", "320", "--out", str(out)])
-    anchors = main(args)
-    assert np.array_equal(np.asarray(read_anchors(out)), anchors) and anchors.shape == (6, 2)
+    assert main(["--data", str(data), "-n", "6", "--input-shape", "320", "--out", str(out)]) == 0
+    anchors = np.asarray(read_anchors(out))
+    assert anchors.shape == (6, 2)
     assert (anchors <= 320 * 1.01).all()
     printed = capsys.readouterr().out
     assert printed.count("best-possible recall") == 2 and "k-means" in printed and "default" in printed

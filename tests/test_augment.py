@@ -1,46 +1,18 @@
 """utils.augment through TrainDataset: augmented boxes still cover their (coloured) objects."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 
+from tests.synthetic import RECT_COLOURS, coloured_index
 from utils.augment import AugmentConfig, clip_boxes
-from utils.boxes import letterbox, letterbox_boxes
+from utils.boxes import letterbox
 from utils.dataloader import EvalDataset, TrainDataset
-from utils.datasets import DatasetIndex, ImageRecord
-
-COLOURS = np.array([[230, 20, 20], [20, 230, 20], [20, 20, 230], [230, 230, 20]], dtype=np.uint8)  # RGB per class
-BACKGROUND = 40
-
-
-def coloured_index(root: Path, count: int = 8, seed: int = 0) -> DatasetIndex:
-    """Images of random size, each with one or two solid rectangles whose colour is their class."""
-    rng = np.random.default_rng(seed)
-    records = []
-    for i in range(count):
-        height, width = int(rng.integers(200, 500)), int(rng.integers(200, 500))
-        image = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
-        boxes, labels = [], []
-        for k in range(1 + i % 2):  # second object in the lower-right half so the two never overlap
-            x1 = int(rng.integers(k * width // 2, k * width // 2 + width // 4))
-            y1 = int(rng.integers(k * height // 2, k * height // 2 + height // 4))
-            x2, y2 = x1 + int(rng.integers(30, width // 4)), y1 + int(rng.integers(30, height // 4))
-            label = (i + k) % len(COLOURS)
-            image[y1:y2, x1:x2] = COLOURS[label]
-            boxes.append([x1, y1, x2, y2])
-            labels.append(label)
-        path = root / f"img{i}.png"
-        cv2.imwrite(str(path), image[..., ::-1])
-        records.append(ImageRecord(path, path.stem, np.array(boxes, np.float32), np.array(labels, np.int64),
-                                   np.zeros(len(labels), np.bool_), width, height))
-    return DatasetIndex(records, ["red", "green", "blue", "yellow"], split="train")
 
 
 def _colour_mask(image: np.ndarray, label: int) -> np.ndarray:
-    return np.abs(image.astype(np.int16) - COLOURS[label]).max(axis=2) < 40
+    return np.abs(image.astype(np.int16) - RECT_COLOURS[label]).max(axis=2) < 40
 
 
 def _check_sample(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, min_size: float) -> None:
@@ -48,13 +20,13 @@ def _check_sample(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, min_
     assert ((boxes[:, [0, 2]] >= 0) & (boxes[:, [0, 2]] <= width)).all()
     assert ((boxes[:, [1, 3]] >= 0) & (boxes[:, [1, 3]] <= height)).all()
     assert ((boxes[:, 2:] - boxes[:, :2]) >= min_size).all()
-    for box, label in zip(boxes.round().astype(int), labels):
+    for box, label in zip(boxes.round().astype(int), labels, strict=True):
         inner = image[box[1] + 1:box[3] - 1, box[0] + 1:box[2] - 1]  # 1 px margin for interpolated edges
         if inner.size:
             assert _colour_mask(inner, label).mean() > 0.9, (box, label)  # the box is filled by its object
     if min_size > 1:
         return  # slivers of objects may have been dropped by design (see test_clip_boxes_drops_...)
-    for label in range(len(COLOURS)):  # ... and every object pixel lies in a box of its class
+    for label in range(len(RECT_COLOURS)):  # ... and every object pixel lies in a box of its class
         mask = _colour_mask(image, label)
         covered = np.zeros_like(mask)
         for box in boxes[labels == label].round().astype(int):
@@ -96,7 +68,8 @@ def test_disabled_config_is_a_letterbox(tmp_path):
     image, boxes, _ = dataset.sample(0)
     original = cv2.imread(str(index.records[0].path))[..., ::-1]
     expected, info = letterbox(original, (256, 320))
-    np.testing.assert_allclose(boxes, letterbox_boxes(index.records[0].boxes, info), atol=1.5)
+    placed = index.records[0].boxes * info.scale + np.array([info.pad_x, info.pad_y] * 2)  # original -> canvas
+    np.testing.assert_allclose(boxes, placed, atol=1.5)
     assert np.abs(image.astype(int) - expected).mean() < 3
     tensor, i, eval_info = EvalDataset(index, (256, 320))[0]
     assert i == 0 and eval_info == info and tensor.shape == (3, 256, 320)

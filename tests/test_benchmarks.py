@@ -2,21 +2,15 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import bench_infer  # noqa: E402
-import bench_train  # noqa: E402
-from tests.synthetic import make_voc, write_weights  # noqa: E402
-from utils.config import ModelConfig, build_model  # noqa: E402
+from benchmarks import bench_infer, bench_train
+from tests.synthetic import make_voc, write_weights
+from utils.config import ModelConfig, build_model
 
 
 def json_lines(text: str) -> list[dict]:
@@ -28,10 +22,9 @@ def test_bench_infer_runs_every_variant_and_reports_speedups(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for i in range(4):
         cv2.imwrite(str(tmp_path / f"{i}.jpg"), rng.integers(0, 255, (50 + 10 * i, 70, 3), dtype=np.uint8))
-    args = bench_infer.get_args_parser().parse_args(
-        ["--images", str(tmp_path), "--limit", "4", "--rounds", "1", "--batch-sizes", "1", "2", "--size", "64",
-         "--variants", "baseline", "fused_fp32", "onnxruntime", "onnxruntime_int8"])
-    assert bench_infer.main(args) == 0
+    argv = ["--images", str(tmp_path), "--limit", "4", "--rounds", "1", "--batch-sizes", "1", "2", "--size", "64",
+            "--variants", "baseline", "fused_fp32", "onnxruntime", "onnxruntime_int8"]
+    assert bench_infer.main(argv) == 0
     lines = json_lines(capsys.readouterr().out)
     measured = {(line["variant"], line["batch"]) for line in lines if line["bench"] == "infer"}
     assert measured == {(v, b) for v in ("baseline", "fused_fp32", "onnxruntime", "onnxruntime_int8") for b in (1, 2)}
@@ -47,12 +40,12 @@ def test_bench_infer_compares_map_of_variants(tmp_path, capsys):
     weights = write_weights(tmp_path / "w.pth", build_model(config).state_dict(), config)
     argv = ["--images", str(tmp_path / "absent"), "--weights", str(weights), "--data", str(data), "--size", "64",
             "--variants", "baseline", "onnxruntime", "onnxruntime_int8"]
-    assert bench_infer.main(bench_infer.get_args_parser().parse_args(argv)) == 0
+    assert bench_infer.main(argv) == 0
     maps = {line["variant"]: line for line in json_lines(capsys.readouterr().out) if line["bench"] == "infer_map"}
     assert set(maps) == {"baseline", "onnxruntime", "onnxruntime_int8"}
     assert maps["baseline"]["delta_vs_baseline_points"] == 0.0 and maps["onnxruntime"]["images"] == 4
     with pytest.raises(ValueError, match="calibrate on another"):
-        bench_infer.main(bench_infer.get_args_parser().parse_args(argv + ["--calib-split", "test"]))
+        bench_infer.main(argv + ["--calib-split", "test"])
 
 
 def test_bench_train_breakdown_accounts_for_the_step(monkeypatch):

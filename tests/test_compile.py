@@ -20,7 +20,7 @@ def test_compiled_detector_matches_eager():
     compiled.warmup([2])
     images = [np.random.default_rng(i).integers(0, 255, (48, 80, 3), dtype=np.uint8) for i in range(2)]
     canvas = np.stack([eager.prepare(img).canvas for img in images])
-    for a, b in zip(eager.raw_outputs(canvas), compiled.raw_outputs(canvas)):
+    for a, b in zip(eager.raw_outputs(canvas), compiled.raw_outputs(canvas), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
-    for a, b in zip(eager(images), compiled(images)):
+    for a, b in zip(eager(images), compiled(images), strict=True):
         assert a.shape == b.shape

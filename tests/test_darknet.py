@@ -17,11 +17,24 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import DARKNET_CFG, needs_shared
+from tests.paths import DARKNET_CFG, needs_shared
 from utils.config import ModelConfig, build_model
-from utils.darknet import (CONV_LAYER_INDEX, DarknetFormatError, cfg_sections, darknet_convs, export_darknet,
-                           format_cfg, is_darknet_weights, load_darknet, load_darknet_backbone, parse_cfg,
-                           read_darknet_cfg, read_weights, write_cfg, write_partial, write_weights)
+from utils.darknet import (
+    CONV_LAYER_INDEX,
+    DarknetFormatError,
+    cfg_sections,
+    darknet_convs,
+    export_darknet,
+    format_cfg,
+    is_darknet_weights,
+    load_darknet,
+    load_darknet_backbone,
+    parse_cfg,
+    read_darknet_cfg,
+    read_weights,
+    write_cfg,
+    write_weights,
+)
 from utils.decode import decode_outputs
 
 needs_opencv_darknet = pytest.mark.skipif(not hasattr(cv2.dnn, "readNetFromDarknet"),
@@ -85,8 +98,8 @@ def source_model(source: str) -> tuple[nn.Module, ModelConfig]:
     path = os.environ.get(CHECKPOINT_ENV)
     if not path:
         pytest.skip(f"set {CHECKPOINT_ENV} to one of our checkpoints (attention none) to check trained weights")
-    from utils.checkpoint import model_from_checkpoint
-    return model_from_checkpoint(path)
+    from utils.checkpoint import load_model
+    return load_model(path)
 
 
 def opencv_outputs(cfg: Path, weights: Path, x: torch.Tensor) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -116,7 +129,7 @@ def assert_decoding_matches(ours: torch.Tensor, yolo_outputs: list[np.ndarray], 
     """
     height, width = input_hw
     start = 0
-    for theirs, mask in zip(yolo_outputs, config.anchors_mask):
+    for theirs, mask in zip(yolo_outputs, config.anchors_mask, strict=True):
         cells = theirs.shape[0] // len(mask)
         block = ours[0, start:start + theirs.shape[0]].view(len(mask), cells, -1).transpose(0, 1).reshape(
             theirs.shape[0], -1)
@@ -136,7 +149,7 @@ def check_parity(model: nn.Module, config: ModelConfig, cfg: Path, weights: Path
     heads, yolos = opencv_outputs(cfg, weights, x)
     with torch.no_grad():
         ours = model.eval()(x)
-    for mine, theirs, mask in zip(ours, heads, config.anchors_mask):
+    for mine, theirs, mask in zip(ours, heads, config.anchors_mask, strict=True):
         assert mine.shape == theirs.shape
         assert 0.3 < float(mine.std()) < 30, "random weights should give outputs of a sane scale"
         assert_close(mine.numpy(), theirs, f"raw head output, mask {mask}")
@@ -155,7 +168,8 @@ def test_opencv_parity_stock_cfg(tmp_path):
     check_parity(model, config, DARKNET_CFG, weights)
     loaded, loaded_config = load_darknet(DARKNET_CFG, weights)
     assert loaded_config == config
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert all(torch.equal(a, b)
+               for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True))
 
 
 @needs_opencv_darknet
@@ -287,6 +301,14 @@ def test_backbone_file_of_wrong_length(tmp_path):
     path.write_bytes(path.read_bytes()[:-4])
     with pytest.raises(DarknetFormatError, match=r"found \d+ float values, which is no whole-layer prefix"):
         load_darknet_backbone(build_model(ModelConfig(classes=["a"])), path)
+
+
+def write_partial(model: torch.nn.Module, path: Path, cutoff: int = 29) -> Path:
+    """Like `darknet partial cfg weights out.conv.29 29`: keep the convs of cfg layers before `cutoff`.
+
+    cutoff 29 keeps 17 convs (backbone + conv_for_P5 + the P5 head's 3x3); cutoff 27 keeps the 15 backbone convs.
+    """
+    return write_weights(model, path, num_convs=sum(1 for i in CONV_LAYER_INDEX if i < cutoff))
 
 
 def write_cfg_text(config: ModelConfig) -> str:

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.image_io import ImageReadError, image_size, probe_image, read_image, truncation_warning
+from utils.image_io import ImageReadError, image_size, probe_image, read_image, truncation_warning, write_image
 
 
 def _rgb(h: int = 48, w: int = 64) -> np.ndarray:
@@ -149,3 +149,13 @@ def test_complete_jpeg_with_trailing_bytes_is_not_called_truncated(tmp_path):
     path.write_bytes(data)
     notes: list[str] = []
     assert read_image(path, notes).shape == (48, 64, 3) and notes == []
+
+
+def test_write_image_round_trips_rgb_to_non_ascii_paths(tmp_path):
+    rgb = _rgb()
+    folder = tmp_path / "数据 集"
+    folder.mkdir()
+    write_image(folder / "out.png", rgb)
+    assert np.array_equal(read_image(folder / "out.png"), rgb)
+    write_image(folder / "noext", rgb)  # no suffix: JPEG
+    assert (folder / "noext").read_bytes()[:3] == b"\xff\xd8\xff"

@@ -10,10 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from test_augment import coloured_index
+from tests.synthetic import coloured_index
 from utils.augment import AugmentConfig
-from utils.dataloader import (CacheTooLargeError, EvalDataset, TrainDataset, build_loader, check_cache_fits,
-                              eval_collate, save_preview, train_collate)
+from utils.dataloader import (
+    CacheTooLargeError,
+    EvalDataset,
+    TrainDataset,
+    build_loader,
+    check_cache_fits,
+    eval_collate,
+    save_preview,
+    train_collate,
+)
 
 
 def _duplicated(index, copies: int):

@@ -17,8 +17,14 @@ from utils.dataloader import EvalDataset, build_loader, eval_collate
 from utils.datasets import load_split
 from utils.evaluation import compute_metrics, evaluate
 from utils.filenames import safe_stem, unique_stems
-from utils.metrics import (GroundTruth, best_f1_threshold, confusion_matrix, match_detections, normalize_rows,
-                           voc_evaluate)
+from utils.metrics import (
+    GroundTruthBoxes,
+    best_f1_threshold,
+    confusion_matrix,
+    match_detections,
+    normalize_rows,
+    voc_evaluate,
+)
 
 A, B, C = [0, 0, 49, 49], [100, 0, 149, 49], [200, 0, 249, 49]
 
@@ -28,8 +34,8 @@ A, B, C = [0, 0, 49, 49], [100, 0, 149, 49], [200, 0, 249, 49]
 def test_confusion_matrix_hand_built_case():
     """A found, a swapped class, a background false positive, a missed object; a found difficult object, a
     below-threshold detection and a duplicate detection on the side."""
-    truths = [GroundTruth([A, B, C, [300, 0, 349, 49]], [0, 1, 2, 0], [False, False, False, True]),
-              GroundTruth([A], [1])]
+    truths = [GroundTruthBoxes([A, B, C, [300, 0, 349, 49]], [0, 1, 2, 0], [False, False, False, True]),
+              GroundTruthBoxes([A], [1])]
     detections = [np.array([A + [0.9, 0],                  # a found as a
                             B + [0.8, 2],                  # the b object called c: a swapped class
                             [400, 400, 440, 440, 0.7, 0],  # an a where there is nothing: background
@@ -78,7 +84,7 @@ def one_class_result(flags: list[int], scores: list[float], npos: int):
         box = gts[used] if flag else [1000, 1000, 1040, 1040]
         used += flag
         dets.append(box + [score, 0])
-    return voc_evaluate([np.array(dets)], [GroundTruth(gts, [0] * npos)], ["x"])
+    return voc_evaluate([np.array(dets)], [GroundTruthBoxes(gts, [0] * npos)], ["x"])
 
 
 def test_best_f1_threshold_hand_built():
@@ -96,7 +102,7 @@ def test_best_f1_threshold_hand_built():
 def test_best_f1_threshold_maximises_the_mean_over_classes():
     # class x: TP 0.9, FP 0.6 (1 object); class y: TP 0.8, TP 0.4 (2 objects). Mean F1: 0.5 at 0.9, 0.833 at 0.8,
     # 0.667 at 0.6, 0.833 at 0.4: the tie goes to the higher threshold (fewer detections, same F1).
-    gts = GroundTruth([A, B, C], [0, 1, 1])
+    gts = GroundTruthBoxes([A, B, C], [0, 1, 1])
     dets = np.array([A + [0.9, 0], [500, 500, 540, 540, 0.6, 0], B + [0.8, 1], C + [0.4, 1]])
     best = best_f1_threshold(voc_evaluate([dets], [gts], ["x", "y"]))
     assert best["threshold"] == pytest.approx(0.8) and best["conf"] == 0.8 and best["f1"] == pytest.approx(5 / 6)

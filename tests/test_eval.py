@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.paths import ROOT
 from tests.synthetic import ColourOracle, write_weights
 from utils.config import ModelConfig, build_model
 from utils.dataloader import EvalDataset, build_loader, eval_collate
@@ -47,7 +47,7 @@ def write_voc(root, difficult_first: bool = False):
             ET.SubElement(obj, "name").text = name
             ET.SubElement(obj, "difficult").text = "1" if difficult_first and n == 0 and k == 0 else "0"
             box = ET.SubElement(obj, "bndbox")
-            for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), (x0, y0, x1 + 1, y1 + 1)):
+            for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), (x0, y0, x1 + 1, y1 + 1), strict=True):
                 ET.SubElement(box, tag).text = str(value)
         cv2.imwrite(str(year / "JPEGImages" / f"img{n}.png"), image[..., ::-1])
         ET.ElementTree(ann).write(year / "Annotations" / f"img{n}.xml")
@@ -85,7 +85,7 @@ def test_detections_are_in_original_pixels(tmp_path):
     detections = collect_detections(oracle(config), loader, config, torch.device("cpu"))
     records = loader.dataset.index.records
     assert len(detections) == len(records)
-    for dets, record in zip(detections, records):
+    for dets, record in zip(detections, records, strict=True):
         assert dets.shape == (len(record.boxes), 6)
         order = np.argsort(dets[:, 5])
         np.testing.assert_array_equal(dets[order, 5], np.sort(record.labels))
@@ -120,8 +120,8 @@ def random_checkpoint(path, classes=CLASSES):
 def eval_main(monkeypatch):
     """eval.py's main in this process, without it replacing pytest's log handlers."""
     import eval as eval_script
-    monkeypatch.setattr("utils.run_logging.setup_logging", lambda verbose=False: None)
-    return lambda *argv: eval_script.main(eval_script.get_args_parser().parse_args([str(a) for a in argv]))
+    monkeypatch.setattr(eval_script, "setup_logging", lambda verbose=False: None)
+    return lambda *argv: eval_script.main([str(a) for a in argv])
 
 
 def test_eval_script_end_to_end(tmp_path, eval_main, capsys):

@@ -224,8 +224,8 @@ def test_clipped_and_duplicated_objects_are_scored_as_written(tmp_path):
 
 
 def _cleaned(record):
-    from utils.metrics import GroundTruth
-    return GroundTruth(record.boxes, record.labels, record.difficult)
+    from utils.metrics import GroundTruthBoxes
+    return GroundTruthBoxes(record.boxes, record.labels, record.difficult)
 
 
 # ---- eval.py end to end ----

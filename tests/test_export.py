@@ -23,7 +23,7 @@ def make_model(attention: str = "cbam") -> tuple[torch.nn.Module, ModelConfig]:
     config = ModelConfig(classes=["a", "b"], attention=attention, input_shape=list(SIZE))
     model = build_model(config).eval()
     with torch.no_grad():  # confident anchor-0 'a' boxes so NMS has something to keep
-        for head in (model.yolo_headP5[1], model.yolo_headP4[1]):
+        for head in model.head_output_convs():
             head.bias.view(3, 7)[0, 4] = 4.0
     return model, config
 
@@ -63,7 +63,7 @@ def test_onnx_detector_equals_pytorch_detector(exported):
     ours = OnnxDetector(path, options)(images)
     theirs = Detector(model, config, "cpu", options, amp=False)(images)
     assert sum(len(d) for d in theirs) > 0
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         assert a.shape == b.shape
         # same set of rows (order may differ where scores tie to 1e-6): each row has a twin in the other
         gap = (np.abs(a[:, None] - b[None]) / np.maximum(1, np.abs(b[None]))).max(axis=2)
@@ -90,14 +90,14 @@ def test_predict_exports_and_runs_onnx(tmp_path, capsys):
     model, config = make_model("eca")
     weights = write_weights(tmp_path / "best.pth", model.state_dict(), config)
     args = ["--weights", str(weights), "--export", "onnx", "--save-dir", str(tmp_path / "export")]
-    assert predict.main(predict.get_args_parser().parse_args(args)) == 0
+    assert predict.main(args) == 0
     onnx_path = tmp_path / "export" / "best.onnx"
     assert f"exported {onnx_path}" in capsys.readouterr().out
     image = tmp_path / "in.png"
     import cv2
     cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8))
     args = ["--weights", str(onnx_path), "--source", str(image), "--save-dir", str(tmp_path / "run"), "--conf", "0.3"]
-    assert predict.main(predict.get_args_parser().parse_args(args)) == 0
+    assert predict.main(args) == 0
     assert (tmp_path / "run" / "in.png").is_file()
     assert "1 image(s):" in capsys.readouterr().out
 
@@ -106,7 +106,7 @@ def test_predict_exports_darknet(tmp_path, capsys):
     model, config = make_model("none")
     weights = write_weights(tmp_path / "plain.pth", model.state_dict(), config)
     args = ["--weights", str(weights), "--export", "darknet", "--save-dir", str(tmp_path / "dk")]
-    assert predict.main(predict.get_args_parser().parse_args(args)) == 0
+    assert predict.main(args) == 0
     assert (tmp_path / "dk" / "plain.cfg").is_file() and (tmp_path / "dk" / "plain.weights").is_file()
     assert "exported" in capsys.readouterr().out
 
@@ -119,7 +119,7 @@ def test_broken_onnx_file_is_one_clear_error(tmp_path, capsys, content):
     import cv2
     cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
     args = ["--weights", str(path), "--source", str(image), "--save-dir", str(tmp_path / "run")]
-    assert predict.main(predict.get_args_parser().parse_args(args)) == 1
+    assert predict.main(args) == 1
     printed = "".join(capsys.readouterr())
     errors = [line for line in printed.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "broken.onnx" in errors[0] and "export" in errors[0]

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from fault_helpers import TRAIN_FAST, cli, cli_many, snapshot, tiny_voc
+from tests.fault_helpers import TRAIN_FAST, cli, cli_many, snapshot, tiny_voc
 from tests.synthetic import write_weights
 from utils.config import ModelConfig, build_model
 
@@ -73,7 +73,7 @@ def test_bad_commands_fail_with_one_clear_sentence(setup):
         jobs.append((script, EXTRA[script] + [a.format(**fill) for a in args] + own
                      + ["--save-dir", SAVE_DIR[script].format(**fill)]))
     failures = []
-    for (name, script, _, words), result in zip(CASES, cli_many(jobs)):
+    for (name, _, _, words), result in zip(CASES, cli_many(jobs), strict=True):
         errors = [line for line in result.stdout.splitlines() if line.startswith("error:")]
         if (result.returncode == 0 or "Traceback" in result.stdout or len(errors) != 1
                 or not all(word in errors[0] for word in words)):

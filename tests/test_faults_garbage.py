@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fault_helpers import ROOT, TRAIN_FAST, child_env
+from tests.fault_helpers import ROOT, TRAIN_FAST, child_env
 from utils.datasets import make_splits
 
 pytestmark = pytest.mark.slow
@@ -55,12 +55,14 @@ ORPHAN = "orphan_image"  # an image without annotation: reported in every split,
 
 
 def _obj(name: str, box, with_box: bool = True) -> str:
-    coords = "".join(f"<{t}>{v}</{t}>" for t, v in zip(("xmin", "ymin", "xmax", "ymax"), box))
-    return f"<object><name>{name}</name><difficult>0</difficult>{'<bndbox>' + coords + '</bndbox>' if with_box else ''}</object>"
+    coords = "".join(f"<{t}>{v}</{t}>" for t, v in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True))
+    box = f"<bndbox>{coords}</bndbox>" if with_box else ""
+    return f"<object><name>{name}</name><difficult>0</difficult>{box}</object>"
 
 
 def _xml(stem: str, objects: list[str], size=(W, H)) -> str:
-    size_xml = "" if size is None else f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"
+    size_xml = ("" if size is None
+                else f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>")
     return f"<annotation><filename>{stem}.jpg</filename>{size_xml}{''.join(objects)}</annotation>"
 
 
@@ -141,7 +143,8 @@ def garbage(tmp_path_factory):
     rng = np.random.default_rng(0)
     stems = [f"img{i:03d}" for i in range(PAIRS)]
     splits = make_splits(stems, seed=0)  # the split the loader makes in memory for this folder layout
-    kinds = dict(zip(splits["train"], BROKEN))
+    # the first len(BROKEN) train images are broken, one kind each; strict: the split must have room for them all
+    kinds = dict(zip(splits["train"][:len(BROKEN)], BROKEN, strict=True))
     for stem in stems:
         _write_broken(kinds.get(stem, "good"), stem, images, anns, rng)
     cv2.imwrite(str(images / f"{ORPHAN}.jpg"), _scene(rng)[0])
@@ -206,8 +209,8 @@ def test_train_and_eval_survive_garbage(garbage, tmp_path):
     assert status == 0 and "Traceback" not in output, output[-4000:]
     problem_lines = [line.strip() for line in output.splitlines()
                      if line.startswith(("fixed: ", "skipped: ", "unreadable: "))]
-    all_kinds = {stem: kinds.get(stem, "good") for stem in sorted(set().union(*splits.values()))}
-    found = _check_lines(problem_lines, all_kinds, EVAL_BROKEN)
+    every_stem = sorted(set().union(*splits.values()))
+    found = _check_lines(problem_lines, {stem: kinds.get(stem, "good") for stem in every_stem}, EVAL_BROKEN)
     assert len(problem_lines) == sum(found.values()) + 1
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["images"] == PAIRS - found["skipped"]  # only annotations that cannot be read are left out

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from fault_helpers import ROOT, TRAIN_FAST, child_env, cli, cli_many, tiny_voc
+from tests.fault_helpers import ROOT, TRAIN_FAST, child_env, cli, cli_many, tiny_voc
 from utils.checkpoint import CheckpointError, load_checkpoint
 
 
@@ -31,7 +31,7 @@ class RunsCode:
 
 @pytest.fixture(scope="module")
 def evil(tmp_path_factory):
-    """(folder, marker path): evil.pth (torch zip format), evil_raw.pth (a plain pickle), run/last.pth (for --resume)."""
+    """(folder, marker path): evil.pth (torch zip format), evil_raw.pth (a plain pickle), run/last.pth (--resume)."""
     folder = tmp_path_factory.mktemp("evil")
     marker = folder / "code_ran.txt"
     torch.save({"model": {"w": torch.zeros(1)}, "payload": RunsCode(str(marker)), "epoch": 3}, folder / "evil.pth")
@@ -69,7 +69,7 @@ def test_clis_refuse_code_running_checkpoints(evil, tmp_path):
     jobs = [(script, [a.format(dir=folder, data=data) for a in args] + extra[script])
             for script, args in CLI_CASES.values()]
     failures = []
-    for name, result in zip(CLI_CASES, cli_many(jobs)):
+    for name, result in zip(CLI_CASES, cli_many(jobs), strict=True):
         if (result.returncode == 0 or "Traceback" in result.stdout
                 or "refused, because unpickling it could run code" not in result.stdout):
             failures.append(f"{name}: exit {result.returncode}\n{result.stdout[-1500:]}")
@@ -91,10 +91,9 @@ EXTERNAL = ('<?xml version="1.0" encoding="{enc}"?>\n<!DOCTYPE a [<!ENTITY x SYS
 XML_CHECK = r"""
 import json, resource, sys, time
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
 from utils.annotations import AnnotationError, parse_voc_xml
 results = {}
-for path in sorted(Path(sys.argv[2]).glob("*.xml")):
+for path in sorted(Path(sys.argv[1]).glob("*.xml")):
     before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
     try:
         parse_voc_xml(path)
@@ -112,7 +111,8 @@ def test_xml_entity_bombs_and_external_entities_refused_fast(tmp_path):
         for encoding in ("utf-8", "utf-16"):  # utf-16 hides '<!DOCTYPE' from a byte search
             (tmp_path / f"{name}_{encoding}.xml").write_bytes(template.replace("{enc}", encoding).encode(encoding))
     # a fresh process, so the resident-memory peak measures these files alone
-    out = subprocess.run([sys.executable, "-c", XML_CHECK, str(ROOT), str(tmp_path)], env=child_env(), timeout=60,
+    # python -c puts the working directory (the repository root) on sys.path: utils imports as for users
+    out = subprocess.run([sys.executable, "-c", XML_CHECK, str(tmp_path)], cwd=ROOT, env=child_env(), timeout=60,
                          stdout=subprocess.PIPE, text=True, check=True).stdout
     results = json.loads(out)
     assert len(results) == 6

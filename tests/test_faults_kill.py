@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from fault_helpers import TRAIN_FAST, kill_hard, marker_epochs, start_hooked, tiny_voc, wait_for
+from tests.fault_helpers import TRAIN_FAST, kill_hard, marker_epochs, start_hooked, tiny_voc, wait_for
 from utils.checkpoint import CheckpointError, load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals and /proc")]
@@ -70,8 +70,9 @@ def test_sigkill_and_resume_loses_at_most_the_current_epoch(tmp_path):
             wait_for(lambda: False, rng.uniform(*delay), process)
         else:
             name = marker(done_before)
-            assert wait_for(lambda: (markers / name).exists(), STARTUP_S, process), (
-                f"{what}: marker {name} never appeared\n" + (tmp_path / "child.log").read_text(errors="replace")[-3000:])
+            assert wait_for(lambda markers=markers, name=name: (markers / name).exists(), STARTUP_S, process), (
+                f"{what}: marker {name} never appeared\n"
+                + (tmp_path / "child.log").read_text(errors="replace")[-3000:])
             wait_for(lambda: False, rng.uniform(*delay), process)
         assert process.poll() is None, f"{what}: the run ended before the kill"
         kill_hard(process)

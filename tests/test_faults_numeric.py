@@ -13,9 +13,9 @@ import math
 import pytest
 import torch
 
-from fault_helpers import tiny_voc
+from tests.fault_helpers import tiny_voc
 from utils.checkpoint import load_checkpoint
-from utils.engine import NonFiniteLossError, Trainer, TrainConfig
+from utils.engine import NonFiniteLossError, TrainConfig, Trainer
 
 
 def _trainer(tmp_path, epochs: int = 2, **overrides) -> Trainer:

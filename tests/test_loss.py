@@ -21,7 +21,7 @@ def random_outputs(config: ModelConfig, batch: int, input_hw, std: float = 0.5, 
     """Raw heads; a small std keeps predicted boxes near anchor size, so some overlap ground truths (ignore)."""
     h, w = input_hw
     outs = []
-    for stride, mask in zip((32, 16), config.anchors_mask):
+    for stride, mask in zip(config.strides, config.anchors_mask, strict=True):
         out = torch.randn(batch, len(mask) * (5 + config.num_classes), h // stride, w // stride) * std
         outs.append(out.requires_grad_(requires_grad))
     return tuple(outs)
@@ -110,7 +110,7 @@ def reference_loss(outputs, targets, config, eps=0.0, ignore_threshold=0.5):
     rows = targets.tolist()
     box = obj = cls = 0.0
     ignored_count = 0
-    for head, (out, mask) in enumerate(zip(outputs, config.anchors_mask)):
+    for head, (out, mask) in enumerate(zip(outputs, config.anchors_mask, strict=True)):
         a, (h, w) = len(mask), out.shape[2:]
         stride = (in_w / w, in_h / h)
         p = out.detach().float().view(batch, a, 5 + nc, h, w).permute(0, 1, 3, 4, 2).tolist()
@@ -274,7 +274,7 @@ def test_perfect_predictions_give_small_box_loss():
     before = YoloLoss(config)(outputs, targets)["box"].item()
     for b, _, x1, y1, x2, y2 in targets.tolist():
         best = reference_anchor(x2 - x1, y2 - y1, config.anchors_mask)
-        for head, (stride, mask) in enumerate(zip((32, 16), config.anchors_mask)):
+        for head, (stride, mask) in enumerate(zip((32, 16), config.anchors_mask, strict=True)):
             if best in mask:
                 fx, fy = (x1 + x2) / 2 / stride, (y1 + y2) / 2 / stride
                 i, j, fx, fy = int(fx), int(fy), fx % 1, fy % 1
@@ -366,6 +366,6 @@ def test_yolobody_outputs_feed_the_loss():
     targets = torch.tensor([[0, 0, 10, 8, 50, 40], [1, 1, 40, 20, 90, 60]], dtype=torch.float32)
     result = YoloLoss(config)(model(torch.rand(2, 3, 64, 96)), targets)
     result["total"].backward()
-    for head in (model.yolo_headP5, model.yolo_headP4):
-        grad = head[1].weight.grad
+    for head in model.head_output_convs():
+        grad = head.weight.grad
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0

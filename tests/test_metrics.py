@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import TINY_COCO, needs_shared
-from utils.metrics import GroundTruth, coco_evaluate, voc_ap, voc_evaluate
+from tests.paths import TINY_COCO, needs_shared
+from utils.metrics import GroundTruthBoxes, coco_evaluate, voc_ap, voc_evaluate
 from utils.plots import plot_pr_curves
 
 NAMES = ["a", "b", "c"]
@@ -101,7 +101,7 @@ def random_dataset(seed: int, images: int = 60, num_classes: int = 3, dets_per_i
         labels = rng.integers(0, num_classes, size=n)
         if n and rng.random() < 0.3:  # an exact duplicate gt: argmax ties must go to the first one
             boxes, labels = np.concatenate([boxes, boxes[:1]]), np.concatenate([labels, labels[:1]])
-        truths.append(GroundTruth(boxes, labels, rng.random(len(labels)) < 0.2))
+        truths.append(GroundTruthBoxes(boxes, labels, rng.random(len(labels)) < 0.2))
         jitter = boxes[rng.integers(0, len(boxes), size=dets_per_image)] if len(boxes) else np.zeros((0, 4))
         jitter = jitter + rng.normal(0, 6, size=jitter.shape)
         noise_xy = rng.uniform(0, 300, size=(dets_per_image // 3, 2))
@@ -117,7 +117,7 @@ def random_dataset(seed: int, images: int = 60, num_classes: int = 3, dets_per_i
 
 
 def one_image(gt_boxes, gt_labels, dets, difficult=None):
-    return [np.asarray(dets, float).reshape(-1, 6)], [GroundTruth(gt_boxes, gt_labels, difficult)]
+    return [np.asarray(dets, float).reshape(-1, 6)], [GroundTruthBoxes(gt_boxes, gt_labels, difficult)]
 
 
 GTS = [[0, 0, 49, 49], [100, 0, 149, 49], [200, 0, 249, 49], [300, 0, 349, 49]]
@@ -174,7 +174,7 @@ def test_difficult_objects_are_neither_tp_nor_fp():
 def test_no_detections():
     result = voc_evaluate(*one_image(GTS, [0, 1, 0, 1], np.zeros((0, 6))), ["a", "b"])
     assert result.map == 0.0 and result.ap_per_class() == {"a": 0.0, "b": 0.0}
-    coco = coco_evaluate([np.zeros((0, 6))], [GroundTruth(GTS, [0, 1, 0, 1])], ["a", "b"])
+    coco = coco_evaluate([np.zeros((0, 6))], [GroundTruthBoxes(GTS, [0, 1, 0, 1])], ["a", "b"])
     # 49 x 49 px objects are all medium (32^2 < area < 96^2): APs and APl have no ground truth -> None, not -1
     assert coco == {"mAP50_95": 0.0, "AP50": 0.0, "AP75": 0.0, "APs": None, "APm": 0.0, "APl": None}
     empty = voc_evaluate([], [], ["a"])
@@ -257,7 +257,8 @@ def test_coco_equals_pycocotools_files_synthetic(tmp_path):
                                 "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "area": (b[2] - b[0]) * (b[3] - b[1]),
                                 "iscrowd": int(d)}
                                for i, t in enumerate(truths)
-                               for k, (b, lab, d) in enumerate(zip(t.boxes.tolist(), t.labels, t.difficult),
+                               for k, (b, lab, d) in enumerate(zip(t.boxes.tolist(), t.labels, t.difficult,
+                                                                   strict=True),
                                                                start=100 * i)]}
     expected = standard_pycocotools(gt_json, to_results(detections, [10 + i for i in range(30)], [7, 14, 21]),
                                     tmp_path)
@@ -281,7 +282,7 @@ def test_coco_equals_pycocotools_on_tiny_coco(tmp_path):
         xywh = np.array([a["bbox"] for a in anns], float).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         labels = np.array([cat_index[a["category_id"]] for a in anns], int)
-        truths.append(GroundTruth(boxes, labels, [a["iscrowd"] for a in anns]))
+        truths.append(GroundTruthBoxes(boxes, labels, [a["iscrowd"] for a in anns]))
         jitter = boxes + rng.normal(0, 1, boxes.shape) * (boxes[:, 2:] - boxes[:, :2]).repeat(2, 1).reshape(-1, 4) * 0.1
         dets = np.column_stack([jitter, rng.random(len(boxes)), labels])[rng.random(len(boxes)) < 0.8]
         fp = np.column_stack([rng.uniform(0, 300, (3, 2)), rng.uniform(300, 600, (3, 2)), rng.random(3),

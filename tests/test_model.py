@@ -1,6 +1,7 @@
 """The network: shapes, gradients, reference state_dict layout, parameter counts, phi validation, safe loading."""
 from __future__ import annotations
 
+import math
 import pickle
 import re
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from nets.attention import ATTENTION_NAMES, CBAMBlock, ECABlock, SEBlock, create_attention, eca_kernel_size
 from nets.summary import count_gflops, count_parameters
 from nets.yolo import YoloBody
-from utils.checkpoint import CheckpointError, load_checkpoint, load_weights, model_from_checkpoint, save_checkpoint
+from utils.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_model, load_weights, save_checkpoint
 from utils.config import ModelConfig, build_model
 
 MASK = [[3, 4, 5], [1, 2, 3]]
@@ -44,6 +45,34 @@ def test_output_shapes(phi, size):
 def test_rectangular_input():
     out0, out1 = YoloBody(MASK, 3, "eca").eval()(torch.zeros(1, 3, 320, 416))
     assert out0.shape[-2:] == (10, 13) and out1.shape[-2:] == (20, 26)
+
+
+def test_the_model_knows_its_strides_and_head_convs():
+    """strides (what the loss, decoding and heat maps use) match the real outputs, head by head, in order."""
+    model = YoloBody(MASK, 3, "cbam").eval()
+    outputs = model(torch.zeros(1, 3, 320, 416))
+    assert model.strides == ModelConfig(classes=["a"]).strides
+    assert len(outputs) == len(model.strides) == len(model.head_output_convs())
+    for out, stride, conv in zip(outputs, model.strides, model.head_output_convs(), strict=True):
+        assert out.shape[-2:] == (320 // stride, 416 // stride) and out.shape[1] == conv.out_channels == 3 * 8
+
+
+def test_initialize_biases_sets_the_objectness_and_class_priors():
+    model = YoloBody(MASK, 3, 0)
+    model.initialize_biases([320, 416])
+    for conv, stride in zip(model.head_output_convs(), model.strides, strict=True):
+        bias = conv.bias.detach().view(3, 8)
+        cells = (320 / stride) * (416 / stride)  # about 8 objects per image, spread over every anchor and cell
+        assert torch.allclose(bias[:, 4], torch.full((3,), math.log(8 / cells)))
+        assert torch.allclose(bias[:, 5:], torch.full((3, 3), math.log(0.6 / 2.01)))
+        assert not conv.bias.requires_grad or conv.bias.grad is None
+
+
+def test_one_anchor_mask_per_head():
+    with pytest.raises(ValueError, match="one list of indices into the 6 anchors per head"):
+        ModelConfig(classes=["a"], anchors_mask=[[3, 4, 5], [1, 2, 3], [0, 1, 2]])
+    with pytest.raises(ValueError, match="one mask per head"):
+        YoloBody([[3, 4, 5]], 3, 0)
 
 
 @pytest.mark.parametrize("name", ["se", "cbam", "eca"])
@@ -131,7 +160,8 @@ def test_partial_load_reports_skipped_heads():
     report = load_weights(target, source.state_dict(), partial=True)
     assert set(report.skipped) == {"yolo_headP5.1.weight", "yolo_headP5.1.bias",
                                    "yolo_headP4.1.weight", "yolo_headP4.1.bias"}
-    assert torch.equal(target.state_dict()["backbone.conv1.conv.weight"], source.state_dict()["backbone.conv1.conv.weight"])
+    key = "backbone.conv1.conv.weight"
+    assert torch.equal(target.state_dict()[key], source.state_dict()[key])
     assert "skipped 4" in report.summary()
 
 
@@ -159,11 +189,30 @@ def test_checkpoint_round_trip_rebuilds_model(tmp_path):
     config = ModelConfig(classes=["cat", "dog"], attention="eca", input_shape=[320, 320])
     model = build_model(config)
     save_checkpoint({"model": model.state_dict(), "config": config.to_dict()}, tmp_path / "m.pth")
-    rebuilt, loaded_config = model_from_checkpoint(tmp_path / "m.pth")
+    rebuilt, loaded_config = load_model(tmp_path / "m.pth")
     assert loaded_config == config
     x = torch.randn(1, 3, 320, 320)
     model.eval()
     assert torch.equal(model(x)[0], rebuilt(x)[0])
+
+
+@pytest.mark.parametrize("version", [2, 99, "1", 0, True])
+def test_checkpoints_of_an_unknown_format_version_are_refused(tmp_path, version):
+    config = ModelConfig(classes=["a"], input_shape=[64, 64])
+    save_checkpoint({"model": build_model(config).state_dict(), "config": config.to_dict(),
+                     "format_version": version}, tmp_path / "new.pth")
+    with pytest.raises(CheckpointError, match=f"format_version {version!r}.*reads versions 1 to {FORMAT_VERSION}"):
+        load_model(tmp_path / "new.pth")
+
+
+def test_files_without_a_format_version_are_version_1(tmp_path):
+    """Our checkpoints from before the field and bare (reference) state_dicts carry none."""
+    config = ModelConfig(classes=["a"], input_shape=[64, 64])
+    state = build_model(config).state_dict()
+    save_checkpoint({"model": state, "config": config.to_dict()}, tmp_path / "old.pth")
+    torch.save(state, tmp_path / "bare.pth")
+    assert load_model(tmp_path / "old.pth")[1] == config
+    assert load_model(tmp_path / "bare.pth", classes=["a"])[1].classes == ["a"]
 
 
 def test_config_rejects_unknown_phi_and_empty_classes():

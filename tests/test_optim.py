@@ -1,6 +1,7 @@
 """Optimiser groups, the LR schedule and the EMA."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -36,7 +37,7 @@ def test_schedule_warmup_then_cosine_to_minimum():
     assert schedule.factor(mid) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi / 2)))
     assert schedule.factor(100) == pytest.approx(0.01)
     factors = [schedule.factor(e / 10) for e in range(30, 1000)]
-    assert all(a >= b for a, b in zip(factors, factors[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(factors))
 
 
 def test_step_schedule_and_short_run_warmup():

@@ -12,8 +12,8 @@ import torch
 
 import predict
 from nets.attention import ATTENTION_NAMES
-from utils.boxes import letterbox
 from tests.synthetic import write_weights
+from utils.boxes import letterbox
 from utils.config import ModelConfig, build_model
 from utils.decode import decode_outputs
 from utils.inference import DetectOptions, Detector, Prefetcher, objectness_map
@@ -36,7 +36,7 @@ def make_model(attention: str = "none", seed: int = 0) -> tuple[torch.nn.Module,
                 module.running_var.uniform_(0.5, 2.0)
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.2, 0.2)
-        for head in (model.yolo_headP5[1], model.yolo_headP4[1]):
+        for head in model.head_output_convs():
             head.weight.mul_(0.1)
             bias = head.bias.view(3, 5 + len(CLASSES))
             bias[:, 4] = -8.0
@@ -64,7 +64,7 @@ def image_dir(tmp_path_factory) -> Path:
 
 
 def run_predict(*argv: str) -> int:
-    return predict.main(predict.get_args_parser().parse_args(list(argv)))
+    return predict.main(list(argv))
 
 
 @pytest.mark.parametrize("kind", ["image", "folder", "glob"])
@@ -183,7 +183,7 @@ def test_fused_channels_last_equals_plain_model(attention):
     fast = Detector(model, config, "cpu", optimize=True, amp=False)
     assert fast.to_tensor(batch).is_contiguous(memory_format=torch.channels_last)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.model.modules())
-    for a, b in zip(plain.raw_outputs(batch), fast.raw_outputs(batch)):
+    for a, b in zip(plain.raw_outputs(batch), fast.raw_outputs(batch), strict=True):
         assert a.shape == b.shape
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
 
@@ -194,10 +194,10 @@ def test_batched_equals_per_image_and_stream_equals_call():
     detector = Detector(model, config, "cpu", DetectOptions(0.5, 0.3, 50), amp=False)
     batched = detector(images)
     assert len(batched) == 3 and all(len(d) > 0 for d in batched)
-    for image, dets in zip(images, batched):
+    for image, dets in zip(images, batched, strict=True):
         assert_same_rows(detector([image])[0], dets)
     streamed = [d for _, results, _ in detector.stream(images, batch_size=2) for d in results]
-    for a, b in zip(streamed, batched):
+    for a, b in zip(streamed, batched, strict=True):
         assert_same_rows(a, b)
     assert detector.times.images == 3 + 3 + 3 and detector.times.summary()["images_per_s"] > 0
 

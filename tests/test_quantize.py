@@ -13,11 +13,18 @@ import torch
 import predict
 from tests.synthetic import make_voc, write_weights
 from utils.config import ModelConfig, build_model
-from utils.export import OnnxDetector, export_onnx, model_input, read_onnx_config
+from utils.export import OnnxDetector, export_onnx, read_onnx_config
+from utils.image_io import to_model_input
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (requirements-dev.txt)")
-from utils.quantize import (QUANTIZATION_KEY, QuantizationError, letterboxed, nodes_to_quantize,  # noqa: E402
-                            output_convs, quantize_onnx)
+from utils.quantize import (
+    QUANTIZATION_KEY,
+    QuantizationError,
+    letterboxed,
+    nodes_to_quantize,
+    output_convs,
+    quantize_onnx,
+)
 
 SIZE = (96, 128)  # height, width
 
@@ -101,8 +108,14 @@ def test_no_calibration_images_is_an_error(quantized, tmp_path):
 def test_model_input_is_planar_float_in_unit_range():
     canvases = np.zeros((2, 4, 6, 3), np.uint8)
     canvases[..., 2] = 255
-    x = model_input(canvases)
-    assert x.shape == (2, 3, 4, 6) and x.dtype == np.float32 and x[:, 2].min() == 1.0 and x[:, :2].max() == 0.0
+    canvases[0, 1, 2] = (0, 51, 102)
+    x = to_model_input(canvases, memory_format=torch.contiguous_format).numpy()  # the ONNX input
+    assert x.shape == (2, 3, 4, 6) and x.dtype == np.float32 and x.flags.c_contiguous
+    assert x[1, 2].min() == 1.0 and x[1, :2].max() == 0.0
+    assert np.array_equal(x[0, :, 1, 2], np.float32([0, 51, 102]) / np.float32(255))
+    batch = torch.from_numpy(canvases).permute(0, 3, 1, 2).contiguous()  # a DataLoader batch, NCHW
+    y = to_model_input(batch)
+    assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(y, torch.from_numpy(x))
 
 
 # ---- scripts ----
@@ -116,13 +129,13 @@ def test_predict_exports_int8_that_predict_runs(tmp_path, capsys):
         cv2.imwrite(str(images / f"{i}.jpg"), image[..., ::-1])
     args = ["--weights", weights, "--export", "onnx", "--int8", "--source", images, "--calib-images", "4",
             "--save-dir", tmp_path / "export"]
-    assert predict.main(predict.get_args_parser().parse_args([str(a) for a in args])) == 0
+    assert predict.main([str(a) for a in args]) == 0
     int8 = tmp_path / "export" / "best_int8.onnx"
     printed = capsys.readouterr().out
     assert f"exported {tmp_path / 'export' / 'best.onnx'}" in printed and f"exported {int8}" in printed
     assert "4 calibration images" in {p.key: p.value for p in onnx.load(str(int8)).metadata_props}[QUANTIZATION_KEY]
     args = ["--weights", int8, "--source", images, "--save-dir", tmp_path / "run", "--conf", "0.01"]
-    assert predict.main(predict.get_args_parser().parse_args([str(a) for a in args])) == 0
+    assert predict.main([str(a) for a in args]) == 0
     assert "6 image(s):" in capsys.readouterr().out
 
 
@@ -135,7 +148,7 @@ def test_bad_int8_options_are_one_clear_error(tmp_path, capsys, argv, message):
     model, config = make_model("none")
     weights = write_weights(tmp_path / "w.pth", model.state_dict(), config)
     args = ["--weights", str(weights), "--save-dir", str(tmp_path / "x"), *argv]
-    assert predict.main(predict.get_args_parser().parse_args(args)) == 1
+    assert predict.main(args) == 1
     errors = [line for line in "".join(capsys.readouterr()).splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0]
 
@@ -143,11 +156,11 @@ def test_bad_int8_options_are_one_clear_error(tmp_path, capsys, argv, message):
 def test_eval_scores_an_onnx_file_like_its_checkpoint(tmp_path, monkeypatch):
     """eval.py on the fp32 export gives the checkpoint's metrics; on the int8 export it runs and reports."""
     import eval as eval_script
-    monkeypatch.setattr("utils.run_logging.setup_logging", lambda verbose=False: None)
+    monkeypatch.setattr(eval_script, "setup_logging", lambda verbose=False: None)
     data = make_voc(tmp_path / "VOCdevkit", images=4, classes=("red", "blue"))
     model, config = make_model("eca")
     with torch.no_grad():  # confident boxes, so there is something to score
-        for head in (model.yolo_headP5[1], model.yolo_headP4[1]):
+        for head in model.head_output_convs():
             head.bias.view(3, 7)[:, 4] = 2.0
     weights = write_weights(tmp_path / "w.pth", model.state_dict(), config)
     fp32 = export_onnx(model, config, tmp_path / "w.onnx")
@@ -156,7 +169,7 @@ def test_eval_scores_an_onnx_file_like_its_checkpoint(tmp_path, monkeypatch):
     def evaluate(path, name):
         argv = ["--weights", path, "--data", data, "--save-dir", tmp_path / name, "--workers", "0", "--device", "cpu",
                 "--no-amp", "--conf", "0.01"]
-        assert eval_script.main(eval_script.get_args_parser().parse_args([str(a) for a in argv])) == 0
+        assert eval_script.main([str(a) for a in argv]) == 0
         return json.loads((tmp_path / name / "metrics.json").read_text())
 
     from_pth, from_onnx, from_int8 = evaluate(weights, "pth"), evaluate(fp32, "onnx"), evaluate(int8, "int8")

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.paths import ROOT
 from utils import sample_data
 from utils.sample_data import CLASSES, README_TITLE, add_object, generate, main
 
-ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "VOCdevkit"
 
 

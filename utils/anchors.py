@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from utils.config import DEFAULT_ANCHORS_MASK, MODEL_DATA, ModelConfig, parse_input_shape, read_anchors
+from utils.config import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, MODEL_DATA, ModelConfig, parse_input_shape, read_anchors
+from utils.datasets import load_split
+from utils.errors import ConfigError
+from utils.image_io import image_size, probe_image
+from utils.run_logging import run_command, setup_logging
 
 LOGGER = logging.getLogger(__name__)
 # A box counts as recallable when its best anchor is within this factor in both width and height (the peers'
@@ -39,7 +44,7 @@ def _check_wh(wh: np.ndarray, n: int) -> np.ndarray:
     if (wh <= 0).any():
         raise ValueError("box sizes must be positive; drop empty boxes first")
     if len(wh) < n:
-        raise ValueError(f"{len(wh)} boxes cannot make {n} anchors; use a bigger split or fewer anchors")
+        raise ConfigError(f"{len(wh)} boxes cannot make {n} anchors; use a bigger split or fewer anchors")
     return wh
 
 
@@ -118,7 +123,6 @@ def _image_hw(record) -> tuple[int, int]:
     """(height, width) of a record's image: its stored size, else the file header, else a full decode."""
     if getattr(record, "width", 0) and getattr(record, "height", 0):
         return int(record.height), int(record.width)
-    from utils.image_io import image_size, probe_image
     size = image_size(record.path)
     return size if size else probe_image(record.path)[:2]
 
@@ -158,10 +162,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", "--num-anchors", type=int, default=6, help="number of anchors (yolov4-tiny: 6)")
     parser.add_argument("--input-shape", default="416", help="network input: 416 or height,width")
     parser.add_argument("--out", default=str(MODEL_DATA / "kmeans_anchors.txt"), help="anchors file to write")
-    parser.add_argument("--default-anchors", default=str(MODEL_DATA / "yolo_anchors.txt"),
-                        help="anchors to compare against")
+    parser.add_argument("--default-anchors", default=None,
+                        help="anchors file to compare against (default: yolov4-tiny's, utils.config.DEFAULT_ANCHORS)")
     parser.add_argument("--seed", type=int, default=0, help="k-means seed")
     parser.add_argument("--iters", type=int, default=300, help="maximum k-means iterations")
+    parser.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return parser
 
 
@@ -175,8 +180,8 @@ def _report(name: str, wh: np.ndarray, anchors: np.ndarray) -> str:
     return line
 
 
-def main(args: argparse.Namespace) -> np.ndarray:
-    from utils.datasets import load_split  # imported here: the core functions need no dataset code
+def fit_and_write(args: argparse.Namespace) -> np.ndarray:
+    """k-means anchors for the boxes of --data/--split, written to --out and compared with the defaults."""
     input_shape = parse_input_shape(args.input_shape)
     index = load_split(args.data, args.split)
     wh = boxes_wh(index.records, input_shape)
@@ -188,11 +193,18 @@ def main(args: argparse.Namespace) -> np.ndarray:
     rounded = np.asarray(read_anchors(out))
     print(f"anchors ({input_shape[0]}x{input_shape[1]} input, {len(wh)} boxes) -> {out}: {format_anchors(rounded)}")
     print(_report("k-means", wh, rounded))
-    if Path(args.default_anchors).is_file():
+    if args.default_anchors:
         print(_report(f"default ({args.default_anchors})", wh, np.asarray(read_anchors(args.default_anchors))))
+    else:
+        print(_report("default (yolov4-tiny)", wh, np.asarray(DEFAULT_ANCHORS)))
     return rounded
 
 
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    return run_command(lambda: fit_and_write(args), args.verbose, LOGGER)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main(get_args_parser().parse_args())
+    sys.exit(main())

@@ -8,17 +8,19 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
-from xml.parsers import expat
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.parsers import expat
 
 import numpy as np
+
+from utils.errors import UserError
 
 # Entity declarations allow "billion laughs" expansion and external-entity reads; VOC files never need them.
 _UNSAFE_XML = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation file that cannot be used; the message names the file and the fix."""
 
 
@@ -69,7 +71,8 @@ def _read_xml(path: Path) -> ET.Element:
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise AnnotationError(f"{path}: cannot be read ({err.strerror or err}); check the file and its permissions") from None
+        raise AnnotationError(f"{path}: cannot be read ({err.strerror or err}); check the file and its "
+                              "permissions") from None
     if not data.strip():
         raise AnnotationError(f"{path}: is an empty XML file; re-export the annotation")
     if _UNSAFE_XML.search(data) or _declares_doctype(data):
@@ -164,7 +167,8 @@ def parse_coco_json(path: str | Path) -> tuple[list[CocoImage], dict[int, str]]:
     by_image: dict[int, list[dict]] = {}
     for ann in content["annotations"]:
         by_image.setdefault(int(ann["image_id"]), []).append(ann)
-    return [_coco_image(entry, by_image.get(int(entry["id"]), []), categories) for entry in content["images"]], categories
+    images = [_coco_image(entry, by_image.get(int(entry["id"]), []), categories) for entry in content["images"]]
+    return images, categories
 
 
 def _coco_image(entry: dict, anns: list[dict], categories: dict[int, str]) -> CocoImage:

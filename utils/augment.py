@@ -1,9 +1,9 @@
 """Training augmentation on RGB uint8 (H, W, 3) images; boxes float32 [N, 4] (x1, y1, x2, y2) pixels.
 
 The geometry follows the YOLOv4-tiny reference (random scale and aspect jitter on a grey letterbox canvas, horizontal
-flip, 4-image mosaic around a random centre, mixup of a mosaic with a second sample), done with OpenCV: one warpAffine per
-image computing only its visible pixels, no float images. The colour jitter is albumentations' ColorJitter, which is the HSV jitter of the
-reference: value gain = brightness, saturation gain, hue shift as a fraction of the colour circle.
+flip, 4-image mosaic around a random centre, mixup of a mosaic with a second sample), done with OpenCV: one warpAffine
+per image computing only its visible pixels, no float images. The colour jitter is albumentations' ColorJitter, which is
+the HSV jitter of the reference: value gain = brightness, saturation gain, hue shift as a fraction of the colour circle.
 
 Why not albumentations' Mosaic/Affine: A.Mosaic fits every tile to a fixed cell (no per-tile random scale or aspect
 jitter), and an A.Compose of LongestMaxSize + PadIfNeeded + Affine + HorizontalFlip resamples the image three times;
@@ -153,7 +153,7 @@ def mosaic(samples: list[Sample], canvas_hw: tuple[int, int], config: AugmentCon
     canvas = np.full((height, width, 3), LETTERBOX_FILL, dtype=np.uint8)
     quadrants = [(0, 0, cx, cy), (cx, 0, width, cy), (0, cy, cx, height), (cx, cy, width, height)]
     all_boxes, all_labels = [], []
-    for (image, boxes, labels), region in zip(samples, quadrants):
+    for (image, boxes, labels), region in zip(samples, quadrants, strict=True):
         size = random_size(image.shape[:2], canvas_hw, config.mosaic_scale, config.jitter, rng)
         flip = rng.random() < config.flip
         # anchor the corner that touches the centre: left quadrants end at cx, top quadrants end at cy

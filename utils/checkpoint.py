@@ -13,12 +13,16 @@ import torch
 from torch import nn
 
 from utils.config import ModelConfig, build_model
+from utils.darknet import load_darknet
+from utils.errors import UserError
 
 LOGGER = logging.getLogger(__name__)
+# The layout of our checkpoint dicts (utils.engine.checkpoint_payload). Raise it when that layout changes in a way
+# older code cannot read; load_checkpoint refuses files from a newer version with a clear message.
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used, with a message that says why and what to do."""
 
 
@@ -69,7 +73,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a readable PyTorch file (truncated or corrupt?): {err}") from err
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a {type(data).__name__}, not a checkpoint or state_dict")
+    check_format_version(data, path)
     return data
+
+
+def check_format_version(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint written in a format this code does not know. No `format_version` means version 1: our
+    files from before the field, and bare (reference) state_dicts."""
+    version = checkpoint.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format_version {version!r}, but this code reads versions 1 to {FORMAT_VERSION}; "
+            f"it was written by a newer version of this project: update the code (git pull), or load it with the "
+            f"version that wrote it and save just its state_dict")
 
 
 def state_dict_of(checkpoint: dict[str, Any], prefer_ema: bool = True) -> dict[str, torch.Tensor]:
@@ -142,41 +158,39 @@ def _mismatch_message(model: nn.Module, state_dict: dict, report: LoadReport, mi
             f"trained with, or load it partially.")
 
 
-def model_from_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[nn.Module, ModelConfig]:
-    """Rebuild the exact trained model from one of our checkpoints (config stored inside); eval mode, CPU."""
-    checkpoint = load_checkpoint(path)
-    if "config" not in checkpoint:
-        raise CheckpointError(
-            f"{path} has no model config (a bare state_dict?); pass --classes FILE and --phi so the model can be rebuilt")
-    config = ModelConfig.from_dict(checkpoint["config"])
-    model = build_model(config)
-    load_weights(model, state_dict_of(checkpoint, prefer_ema), source=str(path))
-    return model.eval(), config
+def stored_config(checkpoint: dict[str, Any], path: str | Path) -> ModelConfig:
+    """The ModelConfig inside one of our checkpoints; a CheckpointError naming the file when it is not valid."""
+    try:
+        return ModelConfig.from_dict(checkpoint["config"])
+    except (TypeError, ValueError, KeyError, AttributeError) as err:  # ValueError covers ConfigError
+        raise CheckpointError(f"{path}: its stored model config is not valid ({err}); use a checkpoint written by "
+                              "train.py, or a bare state_dict with --names and --phi") from None
 
 
 def load_model(weights: str | Path, classes: list[str] | None = None, phi: int | str | None = None,
                cfg: str | Path | None = None, prefer_ema: bool = True) -> tuple[nn.Module, ModelConfig]:
-    """Any supported weights -> (model in eval mode on CPU, its config).
+    """Any PyTorch-side weights -> (model in eval mode on CPU, its config); a checkpoint file is read once.
 
     - our checkpoints: the stored config rebuilds the exact model; `classes`/`phi` are not needed;
     - a bare reference-layout state_dict: `classes` (and `phi`, default none) describe the model;
     - Darknet `.weights` with its `.cfg` (utils.darknet).
+    utils.weights.load_runnable wraps this for predict.py and eval.py (and adds exported .onnx files).
     """
     path = Path(weights)
     if path.suffix == ".weights" or cfg is not None:
-        from utils.darknet import load_darknet  # local: only Darknet users pay for it
         if cfg is None:
             raise CheckpointError(f"{path} is a Darknet weights file; also pass its --cfg (e.g. yolov4-tiny.cfg)")
         return load_darknet(cfg, path, classes)
     checkpoint = load_checkpoint(path)
     if "config" in checkpoint:
-        return model_from_checkpoint(path, prefer_ema)
-    if classes is None:
+        config = stored_config(checkpoint, path)
+    elif classes is None:
         found = classes_in_state_dict(state_dict_of(checkpoint))
         raise CheckpointError(
-            f"{path} is a bare state_dict without a model config (trained for {found} classes); pass --classes FILE "
+            f"{path} is a bare state_dict without a model config (trained for {found} classes); pass --names FILE "
             f"with the class names it was trained on and --phi with its attention type")
-    config = ModelConfig(classes=classes, attention=phi if phi is not None else "none")
+    else:
+        config = ModelConfig(classes=classes, attention=phi if phi is not None else "none")
     model = build_model(config)
     load_weights(model, state_dict_of(checkpoint, prefer_ema), source=str(path))
     return model.eval(), config

@@ -5,14 +5,18 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from nets.attention import attention_name
-from nets.yolo import YoloBody, check_input_size
+from nets.yolo import HEAD_STRIDES, YoloBody, check_input_size
+from utils.errors import ConfigError, MissingFileError
 
 LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DATA = ROOT / "model_data"
 
+# Darknet's yolov4-tiny.cfg anchors (w, h in input pixels at 416): the one source of the default, copied into every
+# checkpoint's ModelConfig so a trained model never depends on it. `python -m utils.anchors` fits anchors to a dataset.
 DEFAULT_ANCHORS = [[10, 14], [23, 27], [37, 58], [81, 82], [135, 169], [344, 319]]
 # Darknet's yolov4-tiny.cfg: the stride-32 head uses anchors 3,4,5 and the stride-16 head 1,2,3.
 DEFAULT_ANCHORS_MASK = [[3, 4, 5], [1, 2, 3]]
@@ -34,22 +38,25 @@ class ModelConfig:
         self.attention = attention_name(self.attention)
         self.classes = [str(c) for c in self.classes]
         if not self.classes:
-            raise ValueError("the class list is empty; give --classes FILE or annotations with objects")
+            raise ConfigError("the class list is empty; give --classes FILE or annotations with objects")
         if len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"duplicate class names in {self.classes}")
-        if isinstance(self.input_shape, int):
-            self.input_shape = [self.input_shape, self.input_shape]
-        self.input_shape = [int(s) for s in self.input_shape]
-        check_input_size(*self.input_shape)
+            raise ConfigError(f"duplicate class names in {self.classes}")
+        self.input_shape = parse_input_shape(self.input_shape)
         self.anchors = [[float(w), float(h)] for w, h in self.anchors]
         self.anchors_mask = [[int(i) for i in m] for m in self.anchors_mask]
         bad = [i for m in self.anchors_mask for i in m if not 0 <= i < len(self.anchors)]
-        if bad or len(self.anchors_mask) != 2:
-            raise ValueError(f"anchors_mask {self.anchors_mask} must be two lists of indices into {len(self.anchors)} anchors")
+        if bad or len(self.anchors_mask) != len(self.strides):
+            raise ConfigError(f"anchors_mask {self.anchors_mask} must hold one list of indices into the "
+                              f"{len(self.anchors)} anchors per head of the model ({len(self.strides)} heads)")
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Output stride of each head, in the model's output order (nets.yolo.HEAD_STRIDES: 32, then 16)."""
+        return HEAD_STRIDES
 
     def to_dict(self) -> dict:
         """Plain types only, so a checkpoint holding it loads with torch.load(weights_only=True)."""
@@ -69,36 +76,52 @@ def build_model(config: ModelConfig) -> YoloBody:
     return YoloBody(config.anchors_mask, config.num_classes, config.attention)
 
 
+def read_text_file(path: Path, what: str, fix: str) -> str:
+    """The UTF-8 text of the user's `what` file (classes, anchors), or a UserError that names it and says `fix`."""
+    if not path.is_file():
+        raise MissingFileError(f"{what} file {path} not found; {fix}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} file {path} is not UTF-8 text ({err.reason} at byte {err.start}); {fix}") from None
+
+
 def read_classes(path: str | Path) -> list[str]:
     """One class name per line; blank lines and surrounding spaces ignored."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"classes file {path} not found; give a text file with one class name per line")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    names = [line.strip() for line in read_text_file(path, "classes", "give a text file with one class name per line")
+             .splitlines()]
     names = [n for n in names if n]
     if not names:
-        raise ValueError(f"classes file {path} holds no class names; write one name per line")
+        raise ConfigError(f"classes file {path} holds no class names; write one name per line")
     return names
 
 
 def read_anchors(path: str | Path) -> list[list[float]]:
     """Anchors as 'w,h, w,h, ...' (Darknet style, any whitespace or newlines), in input pixels."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8").replace("\n", ",")
+    text = read_text_file(path, "anchors", "write 'w,h, w,h, ...' in input pixels").replace("\n", ",")
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
-        raise ValueError(f"anchors file {path}: {err}; write 'w,h, w,h, ...' in input pixels") from err
+        raise ConfigError(f"anchors file {path}: {err}; write 'w,h, w,h, ...' in input pixels") from err
     if not values or len(values) % 2:
-        raise ValueError(f"anchors file {path} must hold an even number of values (w,h pairs), found {len(values)}")
+        raise ConfigError(f"anchors file {path} must hold an even number of values (w,h pairs), found {len(values)}")
     return [values[i:i + 2] for i in range(0, len(values), 2)]
 
 
-def parse_input_shape(text: str | int) -> list[int]:
-    """'416' -> [416, 416]; '320,416' -> [320, 416] (height, width)."""
-    parts = [int(p) for p in str(text).replace("x", ",").split(",") if p.strip()]
-    shape = parts * 2 if len(parts) == 1 else parts
+def parse_input_shape(value: str | int | Sequence[int]) -> list[int]:
+    """The one parser of input sizes, for every command line and ModelConfig: '416' or 416 -> [416, 416];
+    '320,416', '320x416' or [320, 416] -> [320, 416] (height, width). ConfigError unless both sides are positive
+    multiples of 32."""
+    parts = str(value).replace("x", ",").split(",") if isinstance(value, (str, int)) else list(value)
+    try:
+        sizes = [int(p) for p in parts if str(p).strip()]
+    except (TypeError, ValueError):
+        raise ConfigError(f"input shape {value!r} is not a whole number; give one size (416) or height,width "
+                          "(320,416)") from None
+    shape = sizes * 2 if len(sizes) == 1 else sizes
     if len(shape) != 2:
-        raise ValueError(f"input shape {text!r}: give one size (416) or height,width (320,416)")
+        raise ConfigError(f"input shape {value!r}: give one size (416) or height,width (320,416)")
     check_input_size(*shape)
     return shape

@@ -23,6 +23,7 @@ from torch import nn
 from nets.backbone import BasicConv
 from nets.yolo import YoloBody
 from utils.config import ModelConfig, build_model, read_classes
+from utils.errors import ConfigError, MissingFileError, UserError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ WEIGHTS_HEADER = (0, 2, 5)  # what AlexeyAB's Darknet writes; (0, 2) means a 64-
 SECTION_ALIASES = {"conv": "convolutional", "max": "maxpool", "network": "net", "local_avgpool": "avgpool"}
 
 
-class DarknetFormatError(ValueError):
+class DarknetFormatError(UserError, ValueError):
     """A .cfg or .weights file that does not describe this model, with what was expected and what to do."""
 
 
@@ -78,9 +79,14 @@ def parse_cfg(path: str | Path) -> list[dict[str, str]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Darknet cfg {path} not found; give --cfg with the .cfg that matches the weights")
+        raise MissingFileError(f"Darknet cfg {path} not found; give --cfg with the .cfg that matches the weights")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DarknetFormatError(f"{path} is not a text file ({err.reason} at byte {err.start}); give --cfg the "
+                                 "Darknet .cfg that matches the weights") from None
     sections: list[dict[str, str]] = []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = "".join(raw.split())
         if not line or line[0] in "#;":
             continue
@@ -204,7 +210,7 @@ def _layer_signature(index: int, section: dict[str, str]) -> tuple:
 def check_topology(sections: list[dict[str, str]], config: ModelConfig, path: str | Path) -> None:
     """Raise DarknetFormatError unless the cfg's layers are yolov4-tiny's for `config`, naming the first difference."""
     layers, expected = sections[1:], cfg_sections(config)[1:]
-    for index, (got, want) in enumerate(zip(layers, expected)):
+    for index, (got, want) in enumerate(zip(layers, expected, strict=False)):  # lengths compared below
         try:
             got_sig = _layer_signature(index, got)
         except (KeyError, ValueError) as err:
@@ -271,7 +277,7 @@ def read_darknet_cfg(cfg_path: str | Path, classes: list[str] | str | Path | Non
 # ------------------------------------------------------------------------------------------------------- weights
 def _require_plain(attention: str) -> None:
     if attention != "none":
-        raise ValueError(
+        raise ConfigError(
             f"a model with attention {attention!r} cannot be written or read as Darknet .cfg/.weights: Darknet's "
             f"yolov4-tiny has no SE/CBAM/ECA layers. Keep the PyTorch checkpoint for it, or train with "
             f"--attention none for Darknet deployment (backbone transfer with load_darknet_backbone works for all)")
@@ -303,7 +309,7 @@ def read_weights(path: str | Path) -> tuple[WeightsHeader, np.ndarray]:
     """Header and all float32 values of a Darknet .weights / .conv.N file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Darknet weights {path} not found; check the path")
+        raise MissingFileError(f"Darknet weights {path} not found; check the path")
     data = path.read_bytes()
     if len(data) < 16:
         raise DarknetFormatError(f"{path} is {len(data)} bytes, shorter than a Darknet header (16 or 20 bytes)")
@@ -344,14 +350,6 @@ def write_weights(model: YoloBody, path: str | Path, num_convs: int | None = Non
     return path
 
 
-def write_partial(model: YoloBody, path: str | Path, cutoff: int = 29) -> Path:
-    """Like `darknet partial cfg weights out.conv.29 29`: keep the convs of cfg layers before `cutoff`.
-
-    cutoff 29 keeps 17 convs (backbone + conv_for_P5 + the P5 head's 3x3); cutoff 27 keeps the 15 backbone convs.
-    """
-    return write_weights(model, path, num_convs=sum(1 for i in CONV_LAYER_INDEX if i < cutoff))
-
-
 # ---------------------------------------------------------------------------------------------------- public API
 def load_darknet(cfg_path: str | Path, weights_path: str | Path,
                  classes: list[str] | str | Path | None = None) -> tuple[YoloBody, ModelConfig]:
@@ -380,9 +378,10 @@ def _full_file_classes(found: int, model: YoloBody) -> int | None:
     """The class count for which a complete yolov4-tiny .weights file holds `found` values, else None."""
     layers = darknet_convs(model)
     fixed = _count(layers[:NUM_TRANSFER_CONVS]) + _count(layers[18:20])  # all but the two class-dependent convs
-    heads = (model.yolo_headP5[1], model.yolo_headP4[1])
+    heads = model.head_output_convs()
     anchors = [h.out_channels // (5 + model.num_classes) for h in heads]
-    per_class_slot = sum(a * (h.in_channels + 1) for a, h in zip(anchors, heads))  # weights + bias per output
+    # weights + bias per output
+    per_class_slot = sum(a * (h.in_channels + 1) for a, h in zip(anchors, heads, strict=True))
     extra = found - fixed
     if extra <= 0 or extra % per_class_slot or extra // per_class_slot <= 5:
         return None

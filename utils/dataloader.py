@@ -22,14 +22,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker
 from utils.augment import AugmentConfig, Sample, colour_jitter, mixup, mosaic, random_placement
 from utils.boxes import LetterboxInfo, letterbox
 from utils.datasets import DatasetIndex
-from utils.image_io import ImageReadError, read_image
+from utils.errors import ConfigError, DatasetError, UserError
+from utils.image_io import ImageReadError, read_image, write_image
 from utils.visualize import draw_detections, image_grid
 
 LOGGER = logging.getLogger(__name__)
 MAX_REPLACEMENTS = 20  # a training sample tries this many other images before giving up on a broken dataset
 
 
-class CacheTooLargeError(RuntimeError):
+class CacheTooLargeError(UserError, RuntimeError):
     """--cache ram would not fit into the available memory."""
 
 
@@ -90,7 +91,7 @@ class TrainDataset(Dataset):
     def __init__(self, index: DatasetIndex, input_shape: tuple[int, int] | list[int],
                  augment: AugmentConfig | None = None, epochs: int = 1, cache: str | None = None) -> None:
         if cache not in (None, "none", "ram"):
-            raise ValueError(f"unknown cache mode {cache!r}; use 'ram' or leave it off")
+            raise ConfigError(f"unknown cache mode {cache!r}; use 'ram' or leave it off")
         self.index = index
         self.input_shape = (int(input_shape[0]), int(input_shape[1]))
         self.augment = augment or AugmentConfig()
@@ -163,7 +164,7 @@ class TrainDataset(Dataset):
                     LOGGER.warning("%s (using another image in its place)", err)
                 i = int(self.rng.integers(len(self)))
         else:
-            raise RuntimeError(f"{MAX_REPLACEMENTS} images in a row could not be read; check the dataset "
+            raise DatasetError(f"{MAX_REPLACEMENTS} images in a row could not be read; check the dataset "
                                f"({self.index.records[i].path.parent})")
         boxes, labels = self.index.training_targets(i)
         record = self.index.records[i]
@@ -288,8 +289,5 @@ def save_preview(dataset: TrainDataset, path: str | Path, n: int = 16, seed: int
         dataset.rng = saved
     grid = image_grid(tiles, columns=math.ceil(math.sqrt(n)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"{path}: could not encode the preview image")
-    encoded.tofile(str(path))
+    write_image(path, grid)
     return path

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from utils.annotations import AnnotationError, RawAnnotation, parse_coco_json, parse_voc_xml
-from utils.image_io import ImageReadError, probe_image
-from utils.metrics import GroundTruth
+from utils.errors import DatasetError, MissingFileError
+from utils.image_io import IMAGE_SUFFIXES, ImageReadError, probe_image
+from utils.metrics import GroundTruthBoxes
 
 LOGGER = logging.getLogger(__name__)
 SPLITS = ("train", "val", "trainval", "test")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jpe", ".jfif")
 TEST_FRACTION = 0.1  # generated splits: 10% test, then 10% of trainval as val (the usual VOC-style 90/10 twice)
 VAL_FRACTION = 0.1
 
@@ -49,12 +49,12 @@ class ImageRecord:
     width: int = 0
     height: int = 0
     coco_id: int | None = None
-    truth: GroundTruth | None = None
+    truth: GroundTruthBoxes | None = None
     image_error: str | None = None
 
-    def ground_truth(self) -> GroundTruth:
+    def ground_truth(self) -> GroundTruthBoxes:
         """What evaluation scores: the annotated objects as written (float64 boxes, labels, difficult flags)."""
-        return self.truth if self.truth is not None else GroundTruth(self.boxes, self.labels, self.difficult)
+        return self.truth if self.truth is not None else GroundTruthBoxes(self.boxes, self.labels, self.difficult)
 
 
 @dataclass
@@ -222,7 +222,7 @@ def _voc_entries(root: Path, split: str, seed: int, problems: list[str]) -> list
     years = [root] if (root / "Annotations").is_dir() else sorted(
         p for p in root.iterdir() if p.is_dir() and (p / "Annotations").is_dir())
     if not years:
-        raise FileNotFoundError(f"{root}: no VOC<year>/Annotations folder inside; expected a VOCdevkit layout")
+        raise DatasetError(f"{root}: no VOC<year>/Annotations folder inside; expected a VOCdevkit layout")
     entries = []
     for year in years:
         ids = _voc_split_ids(year, split, seed)
@@ -260,8 +260,8 @@ def _coco_image_dir(json_path: Path) -> Path:
     for folder in candidates:
         if folder.is_dir():
             return folder
-    raise FileNotFoundError(f"{json_path}: no image folder found (looked for {', '.join(map(str, candidates[:3]))}); "
-                            "put the images beside the annotations as in COCO (train2017/, val2017/)")
+    raise MissingFileError(f"{json_path}: no image folder found (looked for {', '.join(map(str, candidates[:3]))}); "
+                           "put the images beside the annotations as in COCO (train2017/, val2017/)")
 
 
 def _coco_entries(json_path: Path) -> tuple[list[_Entry], list[str]]:
@@ -303,7 +303,7 @@ def _duplicates(boxes: np.ndarray, labels: np.ndarray, keep: np.ndarray, notes: 
 
 
 def _known_objects(raw: RawAnnotation, class_index: dict[str, int], unknown: Counter,
-                   notes: list[str]) -> tuple[np.ndarray, GroundTruth]:
+                   notes: list[str]) -> tuple[np.ndarray, GroundTruthBoxes]:
     """(mask of known-class objects, their ground truth as written); objects of other classes are counted."""
     known = np.array([name in class_index for name in raw.names], dtype=np.bool_)
     if not known.all():
@@ -312,7 +312,7 @@ def _known_objects(raw: RawAnnotation, class_index: dict[str, int], unknown: Cou
         notes.append("objects of classes not in the class list (not used): "
                      + ", ".join(f"{name} x{count}" for name, count in sorted(missing.items())))
     labels = np.array([class_index[n] for n in raw.names if n in class_index], dtype=np.int64)
-    return known, GroundTruth(raw.boxes[known], labels, raw.difficult[known])
+    return known, GroundTruthBoxes(raw.boxes[known], labels, raw.difficult[known])
 
 
 def _check_entry(entry: _Entry, class_index: dict[str, int], unknown: Counter) -> tuple[ImageRecord, list[str]]:
@@ -399,15 +399,6 @@ def _discover(entries: list[_Entry]) -> list[str]:
     return sorted({name for e in entries if isinstance(e.raw, RawAnnotation) for name in e.raw.names})
 
 
-def discover_classes(data: str | Path, split: str = "trainval", seed: int = 0) -> list[str]:
-    """Class names found in the annotations of `split`: sorted names for VOC XML, category order for COCO."""
-    data = Path(data)
-    json_path = _coco_json_for(data, split)
-    if json_path is not None:
-        return list(parse_coco_json(json_path)[1].values())
-    return _discover(_xml_source_entries(data, split, seed, []))
-
-
 def _xml_source_entries(data: Path, split: str, seed: int, problems: list[str]) -> list[_Entry]:
     if (data / "annotations").is_dir() and (data / "images").is_dir():
         return _folder_entries(data, split, seed, problems)
@@ -426,10 +417,10 @@ def load_split(data: str | Path, split: str, classes: list[str] | None = None, k
     """
     data = Path(data)
     if not data.exists():
-        raise FileNotFoundError(f"dataset {data} does not exist; pass --data a VOCdevkit folder, an images/ + "
-                                "annotations/ folder pair or a COCO instances json")
+        raise MissingFileError(f"dataset {data} does not exist; pass --data a VOCdevkit folder, an images/ + "
+                               "annotations/ folder pair or a COCO instances json")
     if split not in SPLITS + ("all",):
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS + ('all',))}")
+        raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS + ('all',))}")
     problems: list[str] = []
     json_path = _coco_json_for(data, split)
     if json_path is not None:
@@ -442,7 +433,7 @@ def load_split(data: str | Path, split: str, classes: list[str] | None = None, k
     for line in problems:
         LOGGER.warning("%s", line)
     if not index.records:
-        raise ValueError(f"{data}: split '{split}' has no usable images ({index.summary()}); check the paths and "
-                         "the problems logged above")
+        raise DatasetError(f"{data}: split '{split}' has no usable images ({index.summary()}); check the paths and "
+                           "the problems logged above")
     LOGGER.info("%s %s: %s", data, split, index.summary())
     return index

@@ -9,6 +9,8 @@ import time
 
 import torch
 
+from utils.errors import ConfigError
+
 LOGGER = logging.getLogger(__name__)
 
 
@@ -16,12 +18,15 @@ def select_device(name: str | None = None) -> torch.device:
     """'cpu', 'cuda', 'cuda:1', or None/'' for the best available. A CUDA request without CUDA is a clear error."""
     if not name:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's own message lists its dozen device types
+        raise ConfigError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
     return device
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import resource
 import time
 from dataclasses import dataclass, field
@@ -15,13 +14,37 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from nets.summary import model_summary
 from utils import distributed as dist_utils
-from utils.checkpoint import (CheckpointError, load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint,
-                              state_dict_of)
-from utils.device import autocast, autocast_dtype
-from utils.optim import LRSchedule, set_lr
+from utils.anchors import boxes_wh, check_anchors, used_anchors
+from utils.augment import AugmentConfig
+from utils.boxes import letterbox
+from utils.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    latest_weights,
+    load_checkpoint,
+    load_weights,
+    remove_stale_temporaries,
+    save_checkpoint,
+    state_dict_of,
+)
+from utils.config import ModelConfig, build_model, read_anchors, read_classes
+from utils.darknet import is_darknet_weights, load_darknet_backbone
+from utils.dataloader import EvalDataset, TrainDataset, build_loader, eval_collate, save_preview, train_collate
+from utils.datasets import load_split
+from utils.device import autocast, autocast_dtype, select_device
+from utils.errors import ConfigError, DatasetError, MissingFileError, UserError
+from utils.evaluation import evaluate
+from utils.image_io import read_image, to_model_input, write_image
+from utils.loss import YoloLoss
+from utils.optim import DEFAULT_LR, LRSchedule, build_optimizer, ema_model, scaled_lr, set_lr
+from utils.plots import letterboxed_boxes, plot_confidence_curves, plot_confusion_matrix, plot_labels
+from utils.run_logging import add_log_file, claim_run_dir, plot_results, write_results_csv
+from utils.visualize import draw_detections, image_grid
 
 LOGGER = logging.getLogger(__name__)
 
@@ -101,7 +124,7 @@ class TrainState:
     stop_reason: str | None = None
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Too many consecutive non-finite losses: the run diverged."""
 
 
@@ -114,19 +137,6 @@ def memory_text(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.memory_reserved(device) / 2**30:.1f}G"
     return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f}G"  # peak RSS (KiB on Linux)
-
-
-def init_head_biases(model: nn.Module, num_anchors: int, num_classes: int, input_shape: list[int]) -> None:
-    """Start objectness near its true rate (a few objects per image) instead of 0.5 everywhere.
-
-    Training from scratch otherwise spends its first epochs just learning that almost every cell is background.
-    """
-    for head, stride in ((model.yolo_headP5[1], 32), (model.yolo_headP4[1], 16)):
-        cells = (input_shape[0] / stride) * (input_shape[1] / stride)
-        with torch.no_grad():
-            bias = head.bias.view(num_anchors, -1)
-            bias[:, 4] = math.log(8 / cells)
-            bias[:, 5:] = math.log(0.6 / max(num_classes - 0.99, 1.0))
 
 
 @dataclass
@@ -155,7 +165,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
     for i, (images, targets) in enumerate(bar):
         lr = peak_lr * schedule.factor(epoch + i / max(len(loader), 1))
         set_lr(optimizer, lr)
-        images = images.to(device, non_blocking=True).float().div_(255).contiguous(memory_format=torch.channels_last)
+        images = to_model_input(images, device)
         targets = targets.to(device, non_blocking=True)
         buffers = float_buffers(model)
         saved = [b.clone() for b in buffers]  # BatchNorm statistics, restored if this batch turns out non-finite
@@ -214,17 +224,17 @@ def make_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=enabled)
 
 
-def checkpoint_payload(model: nn.Module, ema, optimizer, scaler, schedule: LRSchedule, state: TrainState,
-                       model_config, train_config: TrainConfig) -> dict[str, Any]:
-    """Everything needed to resume exactly or to rebuild the model for inference (plain types and tensors)."""
+def checkpoint_payload(model: nn.Module, ema, optimizer, scaler, state: TrainState, model_config,
+                       train_config: TrainConfig) -> dict[str, Any]:
+    """Everything needed to resume exactly or to rebuild the model for inference (plain types and tensors). The LR
+    schedule is not saved: it is a pure function of train_config and the epoch (utils.optim.LRSchedule)."""
     return {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "model": unwrap(model).state_dict(),
         "ema": ema.module.state_dict() if ema is not None else None,
         "ema_updates": int(ema.n_averaged) if ema is not None else 0,
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        "scheduler": schedule.state_dict(),
         "epoch": state.epoch,
         "best_fitness": state.best_fitness,
         "best_epoch": state.best_epoch,
@@ -255,7 +265,6 @@ def restore_training_state(checkpoint: dict, model: nn.Module, ema, optimizer, s
 
 def load_initial_weights(model: nn.Module, path: str) -> None:
     """--weights: our checkpoints, reference-layout state_dicts or Darknet files; loads every matching tensor."""
-    from utils.darknet import is_darknet_weights, load_darknet_backbone  # local: optional path
     if is_darknet_weights(path):
         layers = load_darknet_backbone(model, path)
         LOGGER.info("loaded %d Darknet conv layers from %s into the backbone", layers, path)
@@ -270,13 +279,12 @@ class Trainer:
     """Owns one run: data, model, EMA, optimiser, run folder. `fit()` trains to `config.epochs`."""
 
     def __init__(self, config: TrainConfig, resume: dict | None = None, run_dir: Path | None = None):
-        from utils.device import select_device
         self.config = config
         self.device = dist_utils.init_distributed(select_device(config.device))
         self.main = dist_utils.is_main_process()
         torch.manual_seed(config.seed + dist_utils.rank())
-        self.run_dir = run_dir or self._new_run_dir()
         self._setup_data(resume)  # before the run folder exists: a dataset error leaves no empty run behind
+        self.run_dir = run_dir or self._claim_run_dir()
         self._setup_files()
         if self.main:
             self._log_data_summary()
@@ -285,29 +293,24 @@ class Trainer:
         self.writer = self._tensorboard()
 
     # ----- setup -------------------------------------------------------------------------------------------------
-    def _new_run_dir(self) -> Path:
-        from utils.run_logging import increment_dir, safe_run_name
-        holder = [increment_dir(self.config.save_dir, safe_run_name(self.config.name)) if self.main else None]
-        if dist_utils.world_size() > 1:  # every rank must agree on the folder rank 0 picked
+    def _claim_run_dir(self) -> Path:
+        holder = [claim_run_dir(self.config.save_dir, self.config.name) if self.main else None]
+        if dist_utils.world_size() > 1:  # every rank must agree on the folder rank 0 claimed
             torch.distributed.broadcast_object_list(holder, src=0)
         return Path(holder[0])
 
     def _setup_files(self) -> None:
-        from utils.run_logging import add_log_file
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             add_log_file(self.run_dir / "train.log")
             LOGGER.info("run folder: %s", self.run_dir)
 
     def _setup_data(self, resume: dict | None) -> None:
-        from utils.config import read_classes
-        from utils.augment import AugmentConfig
-        from utils.dataloader import TrainDataset
-        from utils.datasets import load_split
         cfg = self.config
         if cfg.fitness not in FITNESS:
-            raise ValueError(f"unknown fitness {cfg.fitness!r}; use one of {', '.join(FITNESS)}")
-        classes = resume["config"]["classes"] if resume else (read_classes(cfg.classes_file) if cfg.classes_file else None)
+            raise ConfigError(f"unknown fitness {cfg.fitness!r}; use one of {', '.join(FITNESS)}")
+        classes = (resume["config"]["classes"] if resume
+                   else read_classes(cfg.classes_file) if cfg.classes_file else None)
         self.train_index = load_split(cfg.data, cfg.train_split, classes=classes, keep_difficult=cfg.keep_difficult,
                                       seed=cfg.seed)
         self.classes = self.train_index.classes
@@ -315,7 +318,7 @@ class Trainer:
         self.val_index = load_split(cfg.data, cfg.val_split, classes=self.classes, seed=cfg.seed,
                                     keep_unreadable=True)
         if not self.train_index.records:
-            raise ValueError(f"the {cfg.train_split!r} split of {cfg.data} holds no images; check the dataset folder")
+            raise DatasetError(f"the {cfg.train_split!r} split of {cfg.data} holds no images; check the dataset folder")
         self.augment = AugmentConfig(**cfg.augment)
         self.train_dataset = TrainDataset(self.train_index, cfg.input_shape, self.augment, cfg.epochs, cache=cfg.cache)
         self.train_loader, self.loader_batch, self.frozen = None, None, None  # built per phase by _prepare_phase
@@ -329,18 +332,16 @@ class Trainer:
         LOGGER.info("classes (%d): %s", len(self.classes), ", ".join(self.classes))
 
     def _setup_model(self, resume: dict | None) -> None:
-        from nets.summary import model_summary
-        from utils.config import ModelConfig, build_model, read_anchors
         cfg = self.config
         if resume:
             self.model_config = ModelConfig.from_dict(resume["config"])
         else:
             anchors = read_anchors(cfg.anchors_file) if cfg.anchors_file else None
             extra = {"anchors": anchors} if anchors else {}
-            self.model_config = ModelConfig(classes=self.classes, attention=cfg.phi, input_shape=cfg.input_shape, **extra)
+            self.model_config = ModelConfig(classes=self.classes, attention=cfg.phi, input_shape=cfg.input_shape,
+                                            **extra)
         model = build_model(self.model_config)
-        init_head_biases(model, len(self.model_config.anchors_mask[0]), self.model_config.num_classes,
-                         self.model_config.input_shape)
+        model.initialize_biases(self.model_config.input_shape)
         if cfg.weights and not resume:
             load_initial_weights(model, cfg.weights)
         if self.main:
@@ -356,14 +357,11 @@ class Trainer:
         self.ddp_model = self.model
 
     def _check_anchors(self) -> None:
-        from utils.anchors import boxes_wh, check_anchors, used_anchors
         wh = boxes_wh(self.train_index.records, self.model_config.input_shape)
         if len(wh):
             check_anchors(wh, used_anchors(self.model_config))
 
     def _setup_optimisation(self, resume: dict | None) -> None:
-        from utils.loss import YoloLoss
-        from utils.optim import DEFAULT_LR, build_optimizer, ema_model
         cfg = self.config
         self.base_lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
         self.optimizer = build_optimizer(self.model, cfg.optimizer, self.base_lr, cfg.momentum, cfg.weight_decay)
@@ -382,7 +380,6 @@ class Trainer:
     def _tensorboard(self):
         if not self.main:
             return None
-        from torch.utils.tensorboard import SummaryWriter
         return SummaryWriter(str(self.run_dir))
 
     # ----- the loop --------------------------------------------------------------------------------------------
@@ -398,7 +395,8 @@ class Trainer:
                     break
         except KeyboardInterrupt:
             if self.main:
-                LOGGER.warning("interrupted: saving %s (resume with --resume %s)", self.run_dir / "last.pth", self.run_dir)
+                LOGGER.warning("interrupted: saving %s (resume with --resume %s)", self.run_dir / "last.pth",
+                               self.run_dir)
                 self._save("last.pth")
             raise
         finally:
@@ -441,7 +439,6 @@ class Trainer:
         return self.config.freeze_batch_size if epoch < self.config.freeze_epochs else self.config.batch_size
 
     def _peak_lr(self) -> float:
-        from utils.optim import scaled_lr
         return scaled_lr(self.base_lr, self.loader_batch * dist_utils.world_size(), self.config.optimizer)
 
     def _prepare_phase(self, epoch: int):
@@ -462,7 +459,6 @@ class Trainer:
         return self.train_loader
 
     def _build_train_loader(self, batch: int) -> None:
-        from utils.dataloader import build_loader, train_collate
         world = dist_utils.world_size()
         per_rank = max(batch // world, 1)
         self.train_loader = build_loader(self.train_dataset, per_rank, self.config.workers, shuffle=True,
@@ -489,7 +485,6 @@ class Trainer:
 
     def _val_loader(self):
         if self.val_loader is None:
-            from utils.dataloader import EvalDataset, build_loader, eval_collate
             dataset = EvalDataset(self.val_index, self.model_config.input_shape)
             self.val_loader = build_loader(dataset, max(self.config.batch_size, 1), min(self.config.workers, 2),
                                            shuffle=False, seed=self.config.seed, collate_fn=eval_collate)
@@ -498,7 +493,6 @@ class Trainer:
     def _evaluate(self, epoch: int) -> dict[str, float | None]:
         """Validation with exactly eval.py's code path, thresholds and letterbox, plus the loss of the same forward
         passes; writes the diagnostics pictures. Returns the results.csv columns (and the fitness)."""
-        from utils.evaluation import evaluate
         start, detections = time.perf_counter(), []
         metrics = evaluate(self.eval_model(), self._val_loader(), self.model_config, self.device, amp=self.config.amp,
                            loss_fn=self.loss_fn, detections_out=detections)
@@ -517,7 +511,6 @@ class Trainer:
     def _write_diagnostics(self, metrics: dict, epoch: int) -> None:
         """confusion_matrix.png and f1_curve.png of this validation (replacing the previous ones), also to
         TensorBoard, and the suggested confidence threshold in the log."""
-        from utils.plots import plot_confidence_curves, plot_confusion_matrix
         paths = [plot_confusion_matrix(metrics["confusion_matrix"], self.run_dir / "confusion_matrix.png"),
                  plot_confidence_curves(metrics["confidence_curves"], metrics["best_f1"],
                                         self.run_dir / "f1_curve.png")]
@@ -529,17 +522,11 @@ class Trainer:
                         best["conf"])
 
     def _image_to_tensorboard(self, tag: str, path: Path, step: int) -> None:
-        from utils.image_io import read_image
         self.writer.add_image(tag, read_image(path), step, dataformats="HWC")
 
     def _log_val_images(self, epoch: int, detections: list, count: int = 4, min_score: float = 0.25) -> None:
         """The first few readable validation images with this validation's detections (score >= min_score), to
         TensorBoard and val_predictions.png."""
-        import cv2
-
-        from utils.boxes import letterbox
-        from utils.image_io import read_image
-        from utils.visualize import draw_detections, image_grid
         shown = [i for i, r in enumerate(self.val_index.records) if r.image_error is None][:count]
         if not shown:
             return
@@ -550,11 +537,10 @@ class Trainer:
                                     dets[:, 4])
             tiles.append(letterbox(drawn, (320, 320))[0])  # keeps the aspect ratio
         grid = image_grid(tiles, columns=min(count, 4))
-        cv2.imwrite(str(self.run_dir / "val_predictions.png"), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        write_image(self.run_dir / "val_predictions.png", grid)
         self.writer.add_image("val/predictions", grid, epoch + 1, dataformats="HWC")
 
     def _end_of_epoch_outputs(self, row: dict) -> None:
-        from utils.run_logging import plot_results, write_results_csv
         if self._track_fitness(row):
             self._save("best.pth")
         elif self.state.best_fitness < 0:
@@ -589,13 +575,11 @@ class Trainer:
         return False
 
     def _save(self, name: str) -> None:
-        payload = checkpoint_payload(self.model, self.ema, self.optimizer, self.scaler, self.schedule, self.state,
-                                     self.model_config, self.config)
+        payload = checkpoint_payload(self.model, self.ema, self.optimizer, self.scaler, self.state, self.model_config,
+                                     self.config)
         save_checkpoint(payload, self.run_dir / name)
 
     def _save_preview(self) -> None:
-        from utils.dataloader import save_preview
-        from utils.plots import letterboxed_boxes, plot_labels
         preview = save_preview(self.train_dataset, self.run_dir / "train_batch_preview.png")
         boxes, labels = letterboxed_boxes(self.train_index.records, self.train_index.training_targets,
                                           self.model_config.input_shape)
@@ -612,12 +596,11 @@ RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "eval_period", "save_perio
 def resume_checkpoint_path(resume: str | bool, save_dir: str = "logs") -> Path:
     """--resume with no value: the newest logs/*/last.pth; a folder: its last.pth; a file: itself."""
     if resume is True or resume in ("", None):
-        from utils.checkpoint import latest_weights
         return latest_weights(save_dir, "last.pth")
     path = Path(resume)
     if path.is_dir() and not (path / "last.pth").is_file():
-        raise FileNotFoundError(f"{path} holds no last.pth (the run stopped before its first epoch ended, or this is "
-                                "not a run folder); start the run again without --resume")
+        raise MissingFileError(f"{path} holds no last.pth (the run stopped before its first epoch ended, or this is "
+                               "not a run folder); start the run again without --resume")
     return path / "last.pth" if path.is_dir() else path
 
 
@@ -628,15 +611,16 @@ def train(config: TrainConfig, resume: str | bool | None = None, overrides: dict
         path = resume_checkpoint_path(resume, config.save_dir)
         checkpoint = load_checkpoint(path)
         if "train_config" not in checkpoint:
-            raise CheckpointError(f"{path} is not a training checkpoint of this project; use --weights to start from it")
+            raise CheckpointError(f"{path} is not a training checkpoint of this project; use --weights to start "
+                                  "from it")
         config = TrainConfig.from_dict(checkpoint["train_config"])
         for key, value in (overrides or {}).items():
             if key in RESUMABLE_OVERRIDES:
                 setattr(config, key, value)
         run_dir = path.parent
         remove_stale_temporaries(run_dir)  # half-written checkpoints of a killed predecessor
-    trainer = Trainer(config, resume=checkpoint, run_dir=run_dir)
     try:
+        trainer = Trainer(config, resume=checkpoint, run_dir=run_dir)  # joins the process group under torchrun
         if checkpoint and trainer.state.epoch >= config.epochs:
             LOGGER.info("%s already finished %d of %d epochs; pass --epochs N to train longer",
                         run_dir, trainer.state.epoch, config.epochs)
@@ -650,7 +634,7 @@ def train(config: TrainConfig, resume: str | bool | None = None, overrides: dict
                 trainer.state.stop_reason = None
             trainer.fit()
     finally:
-        dist_utils.cleanup()
+        dist_utils.cleanup()  # the one place that leaves the process group, also when setup or training fails
     return trainer.run_dir
 
 

@@ -27,9 +27,20 @@ from utils.config import ModelConfig
 from utils.datasets import DatasetIndex, ImageRecord, missed_objects
 from utils.decode import decode_outputs, non_max_suppression
 from utils.device import autocast
+from utils.image_io import to_model_input
 from utils.inference import BaseDetector
-from utils.metrics import (Annotated, VOCResult, best_f1_threshold, coco_ground_truth, coco_results, coco_stats,
-                           confidence_curves, confusion_matrix, normalize_rows, voc_evaluate)
+from utils.metrics import (
+    Annotated,
+    VOCResult,
+    best_f1_threshold,
+    coco_ground_truth,
+    coco_results,
+    coco_stats,
+    confidence_curves,
+    confusion_matrix,
+    normalize_rows,
+    voc_evaluate,
+)
 
 LOGGER = logging.getLogger(__name__)
 CONFUSION_IOU = 0.5
@@ -70,7 +81,8 @@ def predict_split(model: nn.Module | BaseDetector, loader, config: ModelConfig, 
                     continue
                 indices, infos = [indices[k] for k in keep], [infos[k] for k in keep]
                 outputs, decoded = forward_batch(model, images[keep], config, device, amp)
-                for dets, i, info in zip(non_max_suppression(decoded, conf, iou, max_det), indices, infos):
+                for dets, i, info in zip(non_max_suppression(decoded, conf, iou, max_det), indices, infos,
+                                          strict=True):
                     detections[i] = detections_to_original(dets, info)
                 if loss_fn is not None and outputs is not None:
                     losses = loss_fn(outputs, batch_targets(loader.dataset.index, indices, infos, device))
@@ -96,7 +108,7 @@ def _readable_rows(records: list[ImageRecord], indices: list[int], infos: list) 
     """Batch rows whose image was read. An image found unreadable only now (it passed the header check) is marked on
     its record, so the summary counts it, and reported once."""
     keep = []
-    for k, (i, info) in enumerate(zip(indices, infos)):
+    for k, (i, info) in enumerate(zip(indices, infos, strict=True)):
         if isinstance(info, LetterboxInfo):
             keep.append(k)
         elif records[i].image_error is None:
@@ -107,7 +119,7 @@ def _readable_rows(records: list[ImageRecord], indices: list[int], infos: list) 
 
 
 def _warn_missing(records: list[ImageRecord], detections: list[np.ndarray | None]) -> None:
-    missing = sum(d is None and r.image_error is None for d, r in zip(detections, records))
+    missing = sum(d is None and r.image_error is None for d, r in zip(detections, records, strict=True))
     if missing:  # e.g. a sampler that covers only part of the dataset
         LOGGER.warning("%d of %d images were not in the loader; counted as images without detections",
                        missing, len(detections))
@@ -121,7 +133,7 @@ def forward_batch(model: nn.Module | BaseDetector, images: torch.Tensor, config:
     outputs are None)."""
     if isinstance(model, BaseDetector):
         return None, model.forward(images.permute(0, 2, 3, 1).numpy())
-    batch = images.to(device, non_blocking=True).float() / 255
+    batch = to_model_input(images, device, torch.contiguous_format)
     with autocast(device, amp):
         outputs = model(batch)
     return outputs, decode_outputs(outputs, config, input_shape=tuple(batch.shape[2:]))
@@ -132,7 +144,7 @@ def batch_targets(index: DatasetIndex, indices: list[int], infos: list[Letterbox
     """Training targets of the batch's records on the letterboxed canvas: float32 [M, 6] (batch row, class, x1, y1,
     x2, y2) input pixels, as utils.dataloader.train_collate builds them for YoloLoss."""
     rows = []
-    for row, (i, info) in enumerate(zip(indices, infos)):
+    for row, (i, info) in enumerate(zip(indices, infos, strict=True)):
         boxes, labels = index.training_targets(i)
         canvas = letterbox_boxes(boxes, info)
         rows.append(np.column_stack([np.full(len(labels), row, np.float32), labels.astype(np.float32), canvas]))
@@ -147,7 +159,7 @@ def compute_metrics(detections: Sequence[np.ndarray], records: DatasetIndex | Se
     """(JSON-ready metrics dict, VOCResult with the PR curves) for per-record detections.
 
     records: the split's index (its COCO json, when it has one, is what pycocotools scores against, areas and crowd
-    flags as written), or its records (each scored by `ground_truth()`), or GroundTruth objects.
+    flags as written), or its records (each scored by `ground_truth()`), or GroundTruthBoxes objects.
     Keys: mAP50 (VOC, all-point or 11-point with voc07), mAP50_95 and `coco` {mAP50_95, AP50, AP75, APs, APm, APl}
     (pycocotools; None with coco=False), AP50_per_class {name: AP}, precision/recall/f1 (means over classes with
     ground truth at score >= score_thresh), per_class details, confusion_matrix, confidence_curves, best_f1, and the

@@ -27,6 +27,7 @@ from utils.boxes import LetterboxInfo, detections_to_original, letterbox
 from utils.config import ModelConfig
 from utils.decode import decode_outputs, non_max_suppression
 from utils.device import autocast, autocast_dtype, select_device
+from utils.image_io import to_model_input
 
 LOGGER = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class Prefetcher:
             for item in iterable:
                 if not self._put((self._ITEM, fn(item))):
                     return
-        except Exception as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
+        except Exception as err:  # any error: handed to the consumer, which re-raises it
             self._put((self._ERROR, err))
             return
         self._put((self._DONE, None))
@@ -175,7 +176,7 @@ class BaseDetector:
         kept = non_max_suppression(decoded, opts.conf_thres, opts.iou_thres, opts.max_det, opts.agnostic,
                                    opts.classes)
         results = []
-        for dets, p in zip(kept, prepared):
+        for dets, p in zip(kept, prepared, strict=True):
             results.append(detections_to_original(dets, p.info))
         self.times.add("infer", middle - start)
         self.times.add("nms", time.perf_counter() - middle, images=len(prepared))
@@ -241,9 +242,8 @@ class Detector(BaseDetector):
             self.raw_outputs(np.full((size, *self.input_shape, 3), 128, np.uint8))
 
     def to_tensor(self, batch: np.ndarray) -> torch.Tensor:
-        """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [0, 1]; the NHWC permute is channels_last already."""
-        tensor = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2)
-        return tensor.float().div_(255).contiguous(memory_format=self.memory_format)
+        """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [0, 1] on this detector's device and memory format."""
+        return to_model_input(batch, self.device, self.memory_format)
 
     @torch.inference_mode()
     def raw_outputs(self, batch: np.ndarray) -> tuple[torch.Tensor, ...]:
@@ -264,7 +264,7 @@ def objectness_map(decoded: torch.Tensor, config: ModelConfig, input_shape: Sequ
     objectness = decoded[:, 4].float().cpu().numpy()
     heat = np.zeros((height, width), np.float32)
     start = 0
-    for mask, stride in zip(config.anchors_mask, (32, 16)):  # decode_outputs' head order: stride 32, then 16
+    for mask, stride in zip(config.anchors_mask, config.strides, strict=True):  # decode_outputs' head order
         h, w = height // stride, width // stride
         head = objectness[start:start + len(mask) * h * w].reshape(len(mask), h, w).max(axis=0)
         start += len(mask) * h * w

@@ -13,20 +13,18 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_iou, complete_box_iou_loss
 
-from nets.yolo import STRIDE
 from utils.config import ModelConfig
-from utils.decode import make_grid
+from utils.decode import decode_boxes, make_grid
+from utils.errors import ConfigError
 
-HEAD_BALANCE = (0.4, 1.0)  # objectness weight of the stride-32 (13x13) and stride-16 (26x26) heads
+# Objectness weight of a head by its stride: the reference's 0.4 for stride 32 (13x13 at 416) and 1.0 for stride 16;
+# 4.0 for stride 8 is YOLOv5's value for P3, for a three-head variant.
+HEAD_BALANCE = {32: 0.4, 16: 1.0, 8: 4.0}
 BOX_RATIO = 0.05
-MAX_LOG_WH = 10.0  # exp(10) * anchor is far beyond any image: clamping here only stops inf from a wild logit
-# exp(-8) x anchor still differs from the box centre in float32 at pixel coordinates, so x2 - x1 never rounds to 0
-# and CIoU's aspect term (w / h) never becomes 0 / 0.
-MIN_LOG_WH = -8.0
 
 
 @dataclass
-class GroundTruth:
+class BatchTargets:
     """Targets of one batch, one row per ground truth (M rows), all on the loss device.
 
     image: Tensor[M] long; cls: Tensor[M] long; boxes: Tensor[M, 4] (x1, y1, x2, y2) input px;
@@ -54,21 +52,10 @@ def assign_anchors(wh: torch.Tensor, anchors: torch.Tensor, used: torch.Tensor) 
     return iou.masked_fill(~used, -1.0).argmax(dim=1)
 
 
-def decode_boxes(t_xywh: torch.Tensor, grid_xy: torch.Tensor, anchor_wh: torch.Tensor, stride: torch.Tensor,
-                 scale_x_y: float) -> torch.Tensor:
-    """Raw (tx, ty, tw, th) -> (x1, y1, x2, y2) input px, with utils.decode's formulas; all arguments broadcast.
-
-    tw, th are clamped before exp so that a wild logit gives a huge but finite box, never inf.
-    """
-    xy = (t_xywh[..., :2].sigmoid() * scale_x_y - (scale_x_y - 1) / 2 + grid_xy) * stride
-    wh = t_xywh[..., 2:4].clamp(MIN_LOG_WH, MAX_LOG_WH).exp() * anchor_wh
-    return torch.cat((xy - wh / 2, xy + wh / 2), dim=-1)
-
-
 class YoloLoss(nn.Module):
     """Called as loss(outputs, targets) -> {"box", "obj", "cls", "total"} (float32 scalars, box + obj + cls == total).
 
-    outputs: YoloBody's (stride-32 head, stride-16 head), each Tensor[B, A*(5+nc), H, W], any float dtype.
+    outputs: YoloBody's heads in config.strides order (stride 32, then 16), each Tensor[B, A*(5+nc), H, W], any dtype.
     targets: Tensor[M, 6] rows (image index in batch, class, x1, y1, x2, y2) in pixels of this batch's input size.
 
     Per head, on the positives (each ground truth at its assigned anchor and cell, see `_positives`): box = mean of
@@ -76,19 +63,20 @@ class YoloLoss(nn.Module):
     against y * (1 - eps) + eps / nc (eps = label_smoothing). obj = mean BCE-with-logits over positives (target 1) and
     negatives (target 0), leaving out negatives whose decoded box has IoU > ignore_threshold with a ground truth of the
     same image. Totals: box = 0.05 * sum of heads, cls = nc / 80 * sum, obj = 5 * (h * w / 416^2) * sum of
-    HEAD_BALANCE[l] * obj_l. As in the reference, the head balance weighs only the objectness term.
+    HEAD_BALANCE[stride_l] * obj_l. As in the reference, the head balance weighs only the objectness term.
     """
 
     def __init__(self, config: ModelConfig, label_smoothing: float = 0.0, ignore_threshold: float = 0.5):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing {label_smoothing} must be in [0, 1)")
+            raise ConfigError(f"label_smoothing {label_smoothing} (--label-smoothing) must be in [0, 1)")
         self.anchors_mask = [list(m) for m in config.anchors_mask]
         self.num_classes = config.num_classes
         self.scale_x_y = config.scale_x_y
         self.label_smoothing = label_smoothing
         self.ignore_threshold = ignore_threshold
-        self.balance = HEAD_BALANCE
+        self.strides = tuple(config.strides)
+        self.balance = [HEAD_BALANCE[stride] for stride in self.strides]
         self.box_ratio = BOX_RATIO
         self.cls_ratio = config.num_classes / 80
         anchors = torch.tensor(config.anchors, dtype=torch.float32)
@@ -121,16 +109,16 @@ class YoloLoss(nn.Module):
         """Validate the head shapes; return the input (height, width) they imply."""
         if len(outputs) != len(self.anchors_mask):
             raise ValueError(f"YoloLoss expects {len(self.anchors_mask)} head outputs, got {len(outputs)}")
-        for head, (out, mask) in enumerate(zip(outputs, self.anchors_mask)):
+        for head, (out, mask) in enumerate(zip(outputs, self.anchors_mask, strict=True)):
             expected = len(mask) * (5 + self.num_classes)
             if out.dim() != 4 or out.shape[1] != expected:
                 raise ValueError(f"head {head} output has shape {tuple(out.shape)}; expected [B, {expected}, H, W] "
                                  f"for {len(mask)} anchors and {self.num_classes} classes (does the model match "
                                  f"the config?)")
-        return outputs[0].shape[2] * STRIDE, outputs[0].shape[3] * STRIDE
+        return outputs[0].shape[2] * self.strides[0], outputs[0].shape[3] * self.strides[0]
 
-    def build_targets(self, targets: torch.Tensor, batch_size: int, device: torch.device) -> GroundTruth:
-        """Targets Tensor[M, 6] -> GroundTruth with assigned anchors. Costs one device sync (per-image box count)."""
+    def build_targets(self, targets: torch.Tensor, batch_size: int, device: torch.device) -> BatchTargets:
+        """Targets Tensor[M, 6] -> BatchTargets with assigned anchors. Costs one device sync (per-image box count)."""
         targets = targets.to(device=device, dtype=torch.float32, non_blocking=True)
         if targets.numel() == 0:
             targets = targets.reshape(0, 6)
@@ -140,10 +128,10 @@ class YoloLoss(nn.Module):
         image, cls, boxes = targets[:, 0].long(), targets[:, 1].long(), targets[:, 2:]
         wh = boxes[:, 2:] - boxes[:, :2]
         padded = _pad_per_image(image, cls, boxes, batch_size, self.num_classes)
-        return GroundTruth(image=image, cls=cls, boxes=boxes, valid=(wh > 0).all(dim=1),
+        return BatchTargets(image=image, cls=cls, boxes=boxes, valid=(wh > 0).all(dim=1),
                            anchor=assign_anchors(wh, self.anchors, (self.slot >= 0).any(dim=0)), padded=padded)
 
-    def _head_loss(self, output: torch.Tensor, head: int, gt: GroundTruth,
+    def _head_loss(self, output: torch.Tensor, head: int, gt: BatchTargets,
                    input_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Unweighted (box, obj, cls) means of one head; box and cls are 0 when the head has no positives."""
         a, (b, _, h, w) = len(self.anchors_mask[head]), output.shape
@@ -171,7 +159,7 @@ class YoloLoss(nn.Module):
                                                       reduction="sum") / weight.sum().clamp(min=1)
         return box_loss, obj_loss, cls_loss
 
-    def _positives(self, gt: GroundTruth, head: int, shape: tuple[int, int, int, int], stride: torch.Tensor):
+    def _positives(self, gt: BatchTargets, head: int, shape: tuple[int, int, int, int], stride: torch.Tensor):
         """Which ground truths are positives of this head, and where.
 
         Returns positive Tensor[M] bool, cell Tensor[M, 2] long (i, j) = floor(centre / stride) clamped to the grid,

@@ -3,7 +3,8 @@
 Inputs, one entry per image of the dataset, in the same order:
 - detections: ndarray[K, 6] (x1, y1, x2, y2, score, class) in original-image pixels;
 - ground truth: any object with `.boxes` ndarray[N, 4] (x1, y1, x2, y2 pixels), `.labels` int[N] and
-  `.difficult` bool[N]: a `GroundTruth`, for a dataset image `ImageRecord.ground_truth()` (the objects as annotated).
+  `.difficult` bool[N]: a `GroundTruthBoxes`, for a dataset image `ImageRecord.ground_truth()` (the objects as
+  annotated).
 
 Classes without any non-difficult ground-truth object have no defined AP (NaN here, None in JSON) and are left
 out of the mean, as pycocotools does and as the VOC devkit's mean over its 20 always-present classes amounts to.
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 LOGGER = logging.getLogger(__name__)
 COCO_STAT_NAMES = ("mAP50_95", "AP50", "AP75", "APs", "APm", "APl")
@@ -32,7 +35,7 @@ class Annotated(Protocol):
 
 
 @dataclass
-class GroundTruth:
+class GroundTruthBoxes:
     """Ground truth of one image: boxes [N, 4] (x1, y1, x2, y2 pixels), labels [N], difficult [N] bool."""
 
     boxes: np.ndarray
@@ -138,7 +141,7 @@ class VOCResult:
 
     def prf(self, score_thresh: float = 0.5) -> dict[str, dict[str, float]]:
         """{class name: {"precision", "recall", "f1"}} at `score_thresh`, for classes with ground truth."""
-        return {c.name: dict(zip(("precision", "recall", "f1"), c.at_threshold(score_thresh)))
+        return {c.name: dict(zip(("precision", "recall", "f1"), c.at_threshold(score_thresh), strict=True))
                 for c in self.classes if c.num_gt > 0}
 
 
@@ -244,7 +247,7 @@ def voc_evaluate(detections: Sequence[np.ndarray], truths: Sequence[Annotated], 
     npos = np.bincount(m.gt_labels[~m.gt_difficult], minlength=num_classes)
     bounds = np.searchsorted(det_class[order], np.arange(num_classes + 1))
     results = [_class_ap(name, tp[lo:hi], fp[lo:hi], m.dets[order[lo:hi], 4], int(npos[c]), use_07)
-               for c, (name, lo, hi) in enumerate(zip(class_names, bounds[:-1], bounds[1:]))]
+               for c, (name, lo, hi) in enumerate(zip(class_names, bounds[:-1], bounds[1:], strict=True))]
     return VOCResult(results, iou_thresh, use_07)
 
 
@@ -282,7 +285,7 @@ def coco_ground_truth(truths: Sequence[Annotated], class_names: Sequence[str],
         images.append({"id": i + 1, "height": int(height), "width": int(width)})
         boxes = np.asarray(truth.boxes, np.float64).reshape(-1, 4)
         for box, label, difficult in zip(boxes, np.asarray(truth.labels).reshape(-1),
-                                         np.asarray(truth.difficult).reshape(-1)):
+                                         np.asarray(truth.difficult).reshape(-1), strict=True):
             w, h = float(box[2] - box[0]), float(box[3] - box[1])
             annotations.append({"id": len(annotations) + 1,  # ids from 1: COCOeval treats a matched id 0 as unmatched
                                 "image_id": i + 1, "category_id": int(label) + 1,
@@ -318,9 +321,6 @@ def coco_stats(ground_truth: dict, results: list[dict], category_ids: Sequence[i
     results: detections in COCO results format; category_ids: the categories scored (default: all of the ground
     truth's). A figure without any ground truth (pycocotools' -1, e.g. APs when no object is small) is None.
     """
-    from pycocotools.coco import COCO  # local: importing pycocotools costs time the VOC path does not need
-    from pycocotools.cocoeval import COCOeval
-
     coco_gt = COCO()
     coco_gt.dataset = ground_truth
     _quiet(coco_gt.createIndex)
@@ -336,7 +336,8 @@ def coco_stats(ground_truth: dict, results: list[dict], category_ids: Sequence[i
         evaluator.params.catIds = sorted(int(c) for c in category_ids)
     for step in (evaluator.evaluate, evaluator.accumulate, evaluator.summarize):
         _quiet(step)
-    return {name: (float(value) if value > -1 else None) for name, value in zip(COCO_STAT_NAMES, evaluator.stats[:6])}
+    return {name: (float(value) if value > -1 else None)
+            for name, value in zip(COCO_STAT_NAMES, evaluator.stats[:6], strict=True)}
 
 
 def coco_evaluate(detections: Sequence[np.ndarray], truths: Sequence[Annotated], class_names: Sequence[str],

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -41,7 +41,8 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float,
+                    weight_decay: float) -> torch.optim.Optimizer:
     """SGD (Nesterov), Adam or AdamW over all parameters (frozen ones included, so unfreezing needs no rebuild)."""
     for param in model.parameters():  # groups are built once, over every parameter
         param.requires_grad_(True)
@@ -84,9 +85,6 @@ class LRSchedule:
             step = min(int(t * self.steps), self.steps - 1)
             return self.min_ratio ** (step / max(self.steps - 1, 1))
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-    def state_dict(self) -> dict:
-        return asdict(self)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

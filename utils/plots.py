@@ -10,19 +10,27 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from utils.boxes import LetterboxInfo, letterbox_boxes  # noqa: E402
-from utils.filenames import unique_stems  # noqa: E402
-from utils.metrics import VOCResult  # noqa: E402
+from utils.boxes import LetterboxInfo, letterbox_boxes
+from utils.filenames import unique_stems
+from utils.metrics import VOCResult
 
 MAX_ANNOTATED_CLASSES = 30  # larger confusion matrices get no numbers in the cells (they would be unreadable)
 MAX_LEGEND_CLASSES = 20
 MAX_LABEL_POINTS = 50_000  # the w/h scatter of the labels picture draws at most this many boxes
+
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, imported on first use.
+
+    Local: matplotlib takes 0.7-0.8 s to import on the 2-core CI machine (python -X importtime); importers of this
+    module (the training engine, eval.py) should not pay it before a picture is drawn, nor predict.py at all.
+    """
+    import matplotlib
+    matplotlib.use("Agg")  # files only; training machines often have no display
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def _save(fig, path: Path) -> Path:
@@ -31,7 +39,7 @@ def _save(fig, path: Path) -> Path:
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -41,11 +49,12 @@ def _short(name: str, limit: int = 18) -> str:
 
 def plot_pr_curves(result: VOCResult, out_dir: str | Path) -> list[Path]:
     """One PNG per class with ground truth (pr_<class>.png) plus all classes in pr_curves.png; returns the paths."""
+    plt = _pyplot()
     out_dir = Path(out_dir)
     stems = unique_stems([c.name for c in result.classes], fallback="class")
     written = []
     summary, summary_ax = plt.subplots(figsize=(7, 6))
-    for c, stem in ((c, s) for c, s in zip(result.classes, stems) if c.num_gt > 0):
+    for c, stem in ((c, s) for c, s in zip(result.classes, stems, strict=True) if c.num_gt > 0):
         fig, ax = plt.subplots(figsize=(5, 4.5))
         for axis in (ax, summary_ax):
             axis.plot(np.concatenate(([0.0], c.recall)), np.concatenate(([1.0], c.precision)),
@@ -67,6 +76,7 @@ def _style_pr(ax, title: str) -> None:
 
 def plot_confusion_matrix(section: dict, path: str | Path) -> Path:
     """Counts and row-normalised matrix side by side, from the `confusion_matrix` section of the metrics."""
+    plt = _pyplot()
     counts, normalized = np.array(section["counts"]), np.array(section["normalized"])
     names = [_short(n) for n in section["names"]]
     size = min(4 + 0.45 * len(names), 30)
@@ -92,11 +102,12 @@ def plot_confusion_matrix(section: dict, path: str | Path) -> Path:
 def plot_confidence_curves(section: dict, best: dict | None, path: str | Path) -> Path:
     """Precision, recall and F1 against the score threshold (per class thin, mean over classes thick), from the
     `confidence_curves` section of the metrics; the best-F1 threshold marked."""
+    plt = _pyplot()
     thresholds = np.array(section["thresholds"])
     per_class = section["per_class"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     legend = len(per_class) <= MAX_LEGEND_CLASSES
-    for ax, key in zip(axes, ("f1", "precision", "recall")):
+    for ax, key in zip(axes, ("f1", "precision", "recall"), strict=True):
         for name, curves in per_class.items():
             ax.plot(thresholds, curves[key], linewidth=0.8, alpha=0.8 if legend else 0.3,
                     label=_short(name) if legend else None, color=None if legend else "grey")
@@ -116,6 +127,7 @@ def plot_labels(boxes: np.ndarray, labels: np.ndarray, class_names: Sequence[str
 
     boxes: float [N, 4] (x1, y1, x2, y2) letterboxed input pixels (see letterboxed_boxes); labels: int [N].
     """
+    plt = _pyplot()
     height, width = int(input_shape[0]), int(input_shape[1])
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     counts = np.bincount(np.asarray(labels, np.int64), minlength=len(class_names))

@@ -16,20 +16,13 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.filenames import unique_stems
+from utils.image_io import write_image
 from utils.inference import BaseDetector, objectness_map, overlay_heatmap
 from utils.sources import Frame, ImageSource, VideoSource
 from utils.visualize import draw_detections
 
 LOGGER = logging.getLogger(__name__)
 DEFAULT_VIDEO_FPS = 25.0
-
-
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Save an RGB image; imencode + tofile so non-ASCII paths work everywhere (cv2.imwrite fails on Windows)."""
-    ok, data = cv2.imencode(path.suffix or ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"OpenCV could not encode {path}")
-    data.tofile(str(path))
 
 
 def yolo_lines(detections: np.ndarray, height: int, width: int) -> list[str]:
@@ -152,7 +145,7 @@ def predict_source(detector: BaseDetector, source: ImageSource | VideoSource, wr
     unit = "img" if isinstance(source, ImageSource) else "frame"
     with tqdm(total=source.length, unit=unit, disable=source.length == 1, leave=False) as bar:
         for chunk, results, decoded in detector.stream(source, batch_size, image_of=lambda frame: frame.image):
-            for i, (prepared, dets) in enumerate(zip(chunk, results)):
+            for i, (prepared, dets) in enumerate(zip(chunk, results, strict=True)):
                 frame = prepared.item
                 annotated = (annotate(detector, frame, dets, decoded[i], prepared.info, heatmap)
                              if need_drawing else None)

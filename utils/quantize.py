@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+import torch
 
-from utils.export import model_input
+from utils.boxes import letterbox
+from utils.errors import MissingDependencyError, UserError
+from utils.image_io import to_model_input
 
 LOGGER = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ DEFAULT_CALIBRATION_IMAGES = 100
 QUANTIZATION_KEY = "quantization"
 
 
-class QuantizationError(RuntimeError):
+class QuantizationError(UserError, RuntimeError):
     """An ONNX file that cannot be quantized, or calibration without images; the message says what to do."""
 
 
@@ -57,7 +60,7 @@ def nodes_to_quantize(graph) -> list[str]:
 
 def calibration_reader(canvases: Sequence[np.ndarray], input_name: str = "images"):
     """A CalibrationDataReader over letterboxed uint8 canvases [H, W, 3], one image per batch."""
-    from onnxruntime.quantization import CalibrationDataReader
+    from onnxruntime.quantization import CalibrationDataReader  # local: optional dependency, see quantize_onnx
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -65,7 +68,9 @@ def calibration_reader(canvases: Sequence[np.ndarray], input_name: str = "images
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             canvas = next(self.items, None)
-            return None if canvas is None else {input_name: model_input(canvas[None])}
+            if canvas is None:
+                return None
+            return {input_name: to_model_input(canvas[None], memory_format=torch.contiguous_format).numpy()}
 
     return _Reader()
 
@@ -74,13 +79,18 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, canvases: Iterabl
     """Quantize `fp32_path` (from export_onnx) to int8 at `out_path`, calibrated on `canvases` (uint8 [H, W, 3]
     letterboxed to the model's input). Activation ranges are min-max: on the sample data it kept mAP50 within
     0.3 points of fp32 (README, Benchmarks)."""
-    try:
+    try:  # local: optional dependencies (requirements-dev.txt); onnxruntime.quantization also takes ~0.9 s to import
         import onnx
-        from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
-                                              quantize_static)
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quant_pre_process,
+            quantize_static,
+        )
     except ImportError as err:
-        raise ImportError(f"int8 quantization needs onnx and onnxruntime ({err}): "
-                          "pip install -r requirements-dev.txt") from err
+        raise MissingDependencyError(f"int8 quantization needs onnx and onnxruntime ({err}): "
+                                     "pip install -r requirements-dev.txt") from err
 
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     canvases = list(canvases)  # 100 canvases at 416 are 52 MB
@@ -117,7 +127,7 @@ def _root_logger_at(level: int) -> Iterator[None]:
 
 def _copy_metadata(source, out_path: Path, description: str) -> None:
     """quantize_static drops metadata_props; put the ModelConfig (and a note on the quantization) back."""
-    import onnx
+    import onnx  # local: optional dependency, see quantize_onnx
 
     quantized = onnx.load(str(out_path))
     props = {p.key: p.value for p in source.metadata_props} | {QUANTIZATION_KEY: description}
@@ -127,8 +137,6 @@ def _copy_metadata(source, out_path: Path, description: str) -> None:
 
 def letterboxed(images: Iterable[np.ndarray], input_shape: Sequence[int], limit: int) -> Iterator[np.ndarray]:
     """At most `limit` RGB images letterboxed onto the model canvas, the way inference prepares them."""
-    from utils.boxes import letterbox
-
     for count, image in enumerate(images):
         if count >= limit:
             return

@@ -8,12 +8,12 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Callable
 
-import matplotlib
+import torch
+from tqdm import tqdm
 
-matplotlib.use("Agg")  # files only; training machines often have no display
-import matplotlib.pyplot as plt  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from utils.errors import UserError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -47,13 +47,22 @@ def add_log_file(path: Path) -> None:
     logging.getLogger().addHandler(handler)
 
 
-def increment_dir(save_dir: str | Path, name: str) -> Path:
-    """logs/exp, logs/exp2, logs/exp3, ...: a new run never overwrites an old one."""
-    base = Path(save_dir)
-    candidate, n = base / name, 2
-    while candidate.exists():
-        candidate, n = base / f"{name}{n}", n + 1
-    return candidate
+def claim_run_dir(save_dir: str | Path, name: str) -> Path:
+    """Create and return a new run folder: save_dir/name, else name2, name3, ... (never an existing one).
+
+    mkdir without exist_ok is atomic, so two processes that start at the same moment never get the same folder: the
+    loser of each race moves on to the next number. `name` is made safe as a folder name (see safe_run_name).
+    """
+    base, name = Path(save_dir), safe_run_name(name)
+    base.mkdir(parents=True, exist_ok=True)
+    number = 1
+    while True:
+        candidate = base / (name if number == 1 else f"{name}{number}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:  # an earlier run, or another process that took this name meanwhile
+            number += 1
 
 
 def write_results_csv(history: list[dict], path: Path) -> None:
@@ -81,16 +90,22 @@ RESULT_PANELS = (  # (title, results.csv columns drawn in it)
 
 def plot_results(history: list[dict], path: Path) -> None:
     """Train and validation losses, learning rate, precision/recall and mAP curves per epoch in one PNG."""
+    # local: matplotlib takes 0.7-0.8 s to import on the 2-core CI machine (python -X importtime), which predict.py
+    # and eval.py would pay at start-up for run_command alone
+    import matplotlib
+    matplotlib.use("Agg")  # files only; training machines often have no display
+    import matplotlib.pyplot as plt
+
     panels = [(title, [k for k in keys if any(row.get(k) not in (None, "") for row in history)])
               for title, keys in RESULT_PANELS]
     panels = [(title, keys) for title, keys in panels if keys]
     columns = min(len(panels), 4) or 1
     rows = -(-len(panels) // columns) or 1
     fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3 * rows), squeeze=False)
-    for ax, (title, keys) in zip(axes.flat, panels):
+    for ax, (title, keys) in zip(axes.flat[:len(panels)], panels, strict=True):
         for key in keys:
             points = [(row["epoch"], row[key]) for row in history if row.get(key) not in (None, "")]
-            ax.plot(*zip(*points), marker="o", markersize=2, label=key if len(keys) > 1 else None)
+            ax.plot(*zip(*points, strict=True), marker="o", markersize=2, label=key if len(keys) > 1 else None)
         if len(keys) > 1:
             ax.legend(fontsize=7)
         ax.set_title(title)
@@ -109,21 +124,30 @@ def safe_run_name(name: str) -> str:
     return cleaned or "exp"
 
 
-# Errors that reach the user of a command-line tool as one sentence (a traceback only with --verbose):
-# bad values, missing or unreadable files, refused checkpoints (CheckpointError is a RuntimeError).
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, ImportError)
+# Running out of host or GPU memory is no bug: say what to lower (the original error with --verbose).
+OUT_OF_MEMORY = (MemoryError, torch.cuda.OutOfMemoryError)
+OUT_OF_MEMORY_FIX = "lower --batch-size, --input-shape or --workers (run with --verbose for the original error)"
 
 
-def run_command(action, verbose: bool, logger: logging.Logger,
-                errors: tuple[type[BaseException], ...] = USER_ERRORS) -> int:
-    """Run `action()` for an entry script: exit status 0, 1 with one `error: ...` line, or 130 on Ctrl-C."""
+def run_command(action: Callable[[], object], verbose: bool, logger: logging.Logger) -> int:
+    """Run `action()` for an entry script and return its exit status.
+
+    0 on success; 130 on Ctrl-C; 1 with one `error: ...` line for what the user can fix (UserError, OSError) and with
+    one line naming the fix for running out of memory. With `verbose` those re-raise, so the traceback shows.
+    Anything else (a bug here, in torch or in a dependency) propagates with its traceback: it is what to report.
+    """
     try:
         action()
     except KeyboardInterrupt:
         return 130
-    except errors as err:
+    except (UserError, OSError) as err:
         if verbose:
             raise
         logger.error("error: %s", err)
+        return 1
+    except OUT_OF_MEMORY as err:
+        if verbose:
+            raise
+        logger.error("error: out of memory (%s): %s", type(err).__name__, OUT_OF_MEMORY_FIX)
         return 1
     return 0

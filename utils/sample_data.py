@@ -170,7 +170,7 @@ def annotation_xml(image_id: str, height: int, width: int, objects: list[SampleO
         ET.SubElement(node, "truncated").text = str(int(obj.truncated))
         ET.SubElement(node, "difficult").text = str(int(obj.difficult))
         bndbox = ET.SubElement(node, "bndbox")
-        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), obj.box):
+        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), obj.box, strict=True):
             ET.SubElement(bndbox, tag).text = str(value)
     ET.indent(root, space="\t")
     return ET.tostring(root, encoding="utf-8") + b"\n"

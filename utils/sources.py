@@ -14,15 +14,15 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from utils.datasets import IMAGE_SUFFIXES
-from utils.image_io import ImageReadError, read_image, truncation_warning
+from utils.errors import UserError
+from utils.image_io import IMAGE_SUFFIXES, ImageReadError, read_image, truncation_warning
 
 LOGGER = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".flv")
 GLOB_CHARS = "*?["
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """An input that cannot be used as a --source; the message names it and says what to do."""
 
 
@@ -155,4 +155,5 @@ def open_source(spec: str | Path) -> ImageSource | VideoSource:
         return ImageSource([path])
     if suffix in VIDEO_SUFFIXES:
         return open_video(path)
-    raise SourceError(f"source {path} has an unsupported type {suffix or '(no suffix)'}; supported: {supported_types()}")
+    raise SourceError(f"source {path} has an unsupported type {suffix or '(no suffix)'}; "
+                      f"supported: {supported_types()}")

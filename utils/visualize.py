@@ -22,7 +22,8 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, cl
     colors = class_colors(len(class_names))
     thickness = max(1, round(sum(canvas.shape[:2]) / 600))
     font_scale = max(0.4, thickness / 3)
-    for i, (box, label) in enumerate(zip(np.asarray(boxes).round().astype(int), np.asarray(labels).astype(int))):
+    corners, labels = np.asarray(boxes).round().astype(int), np.asarray(labels).astype(int)
+    for i, (box, label) in enumerate(zip(corners, labels, strict=True)):
         color = colors[label % len(colors)]
         x1, y1, x2, y2 = box.tolist()
         cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)

@@ -1,0 +1,1 @@
+"""Benchmark scripts: run as `python benchmarks/bench_<what>.py`; each prints JSON lines of what it measured."""
