@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/bench_val.py`: the repository root is not on sys.path yet
+    sys.path.insert(0, str(ROOT))
 
 from utils.checkpoint import load_checkpoint  # noqa: E402
 from utils.config import parse_input_shape  # noqa: E402
@@ -36,7 +37,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(args: argparse.Namespace) -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         config = TrainConfig(data=args.data, phi=args.phi, input_shape=parse_input_shape(args.input_shape),
                              epochs=args.epochs, batch_size=args.batch_size, workers=args.workers, save_dir=tmp,
@@ -54,4 +56,4 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))
+    sys.exit(main())

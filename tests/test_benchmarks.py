@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import bench_infer, bench_train
+from benchmarks import bench_infer, bench_train, bench_val
 from tests.synthetic import make_voc, write_weights
 from utils.config import ModelConfig, build_model
 
@@ -58,11 +58,10 @@ def test_bench_train_breakdown_accounts_for_the_step(monkeypatch):
 
 
 def test_bench_val_reports_the_validation_share_of_each_epoch(tmp_path, capsys):
-    import bench_val
     data = make_voc(tmp_path / "VOCdevkit", images=4)
     argv = ["--data", str(data), "--input-shape", "64", "--epochs", "1", "--batch-size", "2", "--workers", "0",
             "--phi", "none"]
-    assert bench_val.main(bench_val.get_args_parser().parse_args(argv)) == 0
+    assert bench_val.main(argv) == 0
     (line,) = [line for line in json_lines(capsys.readouterr().out) if line["bench"] == "validation_cost"]
     assert line["val_images"] == 4 and line["train_s"] > 0 and line["val_s"] > 0
     assert 0 < line["val_share_of_epoch"] < 1
