@@ -14,6 +14,7 @@ from torch import nn
 from utils.checkpoint import save_checkpoint
 from utils.config import ModelConfig
 from utils.datasets import DatasetIndex, ImageRecord
+from utils.metrics import GroundTruthBoxes
 
 COLOURS = {"red": (0, 0, 255), "green": (0, 200, 0), "blue": (255, 0, 0)}  # BGR for cv2.imwrite
 
@@ -129,3 +130,30 @@ class ColourOracle(nn.Module):
         head[4, gy, gx] = head[5 + k, gy, gx] = 10.0
         if self.distinct_scores:  # objectness sigmoid(1 + area / 500): a different score for every box size
             head[4, gy, gx] = 1.0 + bw * bh / 500
+
+
+def random_dataset(seed: int, images: int = 60, num_classes: int = 3, dets_per_image: int = 12):
+    """Integer boxes (so IoU ties occur), duplicated gts, difficult flags, empty images, jittered + random dets."""
+    rng = np.random.default_rng(seed)
+    truths, detections = [], []
+    for _ in range(images):
+        n = int(rng.integers(0, 6))
+        xy = rng.integers(0, 300, size=(n, 2))
+        wh = rng.integers(4, 120, size=(n, 2))
+        boxes = np.concatenate([xy, xy + wh], axis=1).astype(float)
+        labels = rng.integers(0, num_classes, size=n)
+        if n and rng.random() < 0.3:  # an exact duplicate gt: argmax ties must go to the first one
+            boxes, labels = np.concatenate([boxes, boxes[:1]]), np.concatenate([labels, labels[:1]])
+        truths.append(GroundTruthBoxes(boxes, labels, rng.random(len(labels)) < 0.2))
+        jitter = boxes[rng.integers(0, len(boxes), size=dets_per_image)] if len(boxes) else np.zeros((0, 4))
+        jitter = jitter + rng.normal(0, 6, size=jitter.shape)
+        noise_xy = rng.uniform(0, 300, size=(dets_per_image // 3, 2))
+        noise = np.concatenate([noise_xy, noise_xy + rng.uniform(4, 120, size=noise_xy.shape)], axis=1)
+        boxes_d = np.concatenate([jitter, noise])
+        labels_d = np.where(rng.random(len(boxes_d)) < 0.8, 0, rng.integers(0, num_classes, len(boxes_d)))
+        if len(jitter):
+            labels_d[:len(jitter)] = np.where(rng.random(len(jitter)) < 0.85,
+                                              labels[rng.integers(0, len(labels), len(jitter))], labels_d[:len(jitter)])
+        dets = np.column_stack([boxes_d, rng.random(len(boxes_d)), labels_d])
+        detections.append(dets)
+    return detections, truths

@@ -10,13 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from tests.synthetic import make_voc, write_weights
-from tests.test_metrics import random_dataset
+from tests.reference import standard_pycocotools, to_results
+from tests.synthetic import make_voc, random_dataset, write_weights
+from utils.boxes import letterbox, letterbox_boxes
 from utils.config import ModelConfig, build_model
 from utils.dataloader import EvalDataset, build_loader, eval_collate
 from utils.datasets import load_split
 from utils.evaluation import compute_metrics, evaluate
 from utils.filenames import safe_stem, unique_stems
+from utils.image_io import read_image
+from utils.loss import YoloLoss
 from utils.metrics import (
     GroundTruthBoxes,
     best_f1_threshold,
@@ -25,6 +28,7 @@ from utils.metrics import (
     normalize_rows,
     voc_evaluate,
 )
+from utils.plots import plot_pr_curves
 
 A, B, C = [0, 0, 49, 49], [100, 0, 149, 49], [200, 0, 249, 49]
 
@@ -80,7 +84,7 @@ def one_class_result(flags: list[int], scores: list[float], npos: int):
     """A one-class VOCResult whose score-sorted detections are TP (1) or FP (0) as `flags` say."""
     gts = [[100 * k, 0, 100 * k + 49, 49] for k in range(npos)]
     dets, used = [], 0
-    for flag, score in zip(flags, scores):
+    for flag, score in zip(flags, scores, strict=True):
         box = gts[used] if flag else [1000, 1000, 1040, 1040]
         used += flag
         dets.append(box + [score, 0])
@@ -124,7 +128,6 @@ def test_unique_stems_are_safe_and_distinct():
 def test_pr_curves_of_hostile_class_names_stay_inside_and_apart(tmp_path):
     names = ["../../evil", "猫", "犬", "evil"]
     detections, truths = random_dataset(1, images=30, num_classes=4)
-    from utils.plots import plot_pr_curves
     out = tmp_path / "deep" / "out"
     paths = plot_pr_curves(voc_evaluate(detections, truths, names), out)
     assert len(paths) == len(set(paths)) == 5 and all(p.parent == out for p in paths)
@@ -155,9 +158,7 @@ def write_coco(root) -> tuple:
 
 
 def test_coco_json_is_scored_as_written(tmp_path):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-    path, content = write_coco(tmp_path)
+    _, content = write_coco(tmp_path)
     index = load_split(tmp_path, "val", keep_unreadable=True)
     assert index.classes == ["cat", "dog"] and len(index.records) == 4 and len(index.unreadable) == 1
     rng = np.random.default_rng(0)
@@ -170,15 +171,9 @@ def test_coco_json_is_scored_as_written(tmp_path):
         detections[by_image[ann["image_id"]]] = np.vstack([detections[by_image[ann["image_id"]]], row])
     detections[0] = np.vstack([detections[0], [100, 60, 150, 110, 0.8, 0]])  # a false positive
     metrics, _ = compute_metrics(detections, index, index.classes)
-    results = [{"image_id": r.coco_id, "category_id": [3, 7][int(c)], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
-               for r, d in zip(index.records, detections) for x1, y1, x2, y2, s, c in d.tolist()]
-    (tmp_path / "dt.json").write_text(json.dumps(results))
-    coco_gt = COCO(str(path))  # the official way: the file as written
-    evaluator = COCOeval(coco_gt, coco_gt.loadRes(str(tmp_path / "dt.json")), "bbox")
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    expected = [None if v == -1 else v for v in evaluator.stats[:6]]
+    results = to_results(detections, [r.coco_id for r in index.records], [3, 7])
+    # the official way on the json's own content: its areas, crowd flags and sparse category ids
+    expected = [None if v == -1 else v for v in standard_pycocotools(content, results, tmp_path / "reference")]
     assert list(metrics["coco"].values()) == pytest.approx(expected, abs=1e-12)
     assert metrics["coco"]["APs"] is not None  # only the json's areas make these objects small (w*h would not)
     assert metrics["coco"]["APl"] is None  # no large object: undefined, not -1
@@ -188,9 +183,6 @@ def test_coco_json_is_scored_as_written(tmp_path):
 # ---- the validation loss ----
 
 def test_validation_loss_is_the_training_loss_of_the_same_images(tmp_path):
-    from utils.boxes import letterbox, letterbox_boxes
-    from utils.image_io import read_image
-    from utils.loss import YoloLoss
     data = make_voc(tmp_path / "VOCdevkit", images=4)
     config = ModelConfig(["blue", "red"], input_shape=[96, 96])
     torch.manual_seed(0)
@@ -204,7 +196,7 @@ def test_validation_loss_is_the_training_loss_of_the_same_images(tmp_path):
         canvas, info = letterbox(read_image(record.path), config.input_shape)
         images.append(torch.from_numpy(canvas).permute(2, 0, 1))
         boxes, labels = index.training_targets(i)
-        for box, label in zip(letterbox_boxes(boxes, info), labels):
+        for box, label in zip(letterbox_boxes(boxes, info), labels, strict=True):
             targets.append([i, label, *box])
     with torch.no_grad():
         expected = loss_fn(model(torch.stack(images).float() / 255), torch.tensor(targets, dtype=torch.float32))
@@ -217,14 +209,14 @@ def test_validation_loss_is_the_training_loss_of_the_same_images(tmp_path):
 
 def test_eval_writes_confusion_matrix_and_f1_curve(tmp_path, monkeypatch, capsys):
     import eval as eval_script
-    monkeypatch.setattr("utils.run_logging.setup_logging", lambda verbose=False: None)
+    monkeypatch.setattr(eval_script, "setup_logging", lambda verbose=False: None)
     data = make_voc(tmp_path / "VOCdevkit", images=4)
     config = ModelConfig(["blue", "red"], attention="none", input_shape=[96, 96])
     torch.manual_seed(0)
     weights = write_weights(tmp_path / "w.pth", build_model(config).state_dict(), config)
     argv = ["--weights", weights, "--data", data, "--save-dir", tmp_path / "eval", "--workers", "0", "--device",
             "cpu", "--no-amp", "--score-thresh", "0.01"]
-    assert eval_script.main(eval_script.get_args_parser().parse_args([str(a) for a in argv])) == 0
+    assert eval_script.main([str(a) for a in argv]) == 0
     out = tmp_path / "eval"
     for name in ("confusion_matrix.png", "f1_curve.png", "pr_curves.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name

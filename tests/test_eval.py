@@ -16,7 +16,7 @@ from tests.synthetic import ColourOracle, write_weights
 from utils.config import ModelConfig, build_model
 from utils.dataloader import EvalDataset, build_loader, eval_collate
 from utils.datasets import load_split
-from utils.evaluation import collect_detections, evaluate
+from utils.evaluation import evaluate, predict_split
 
 CLASSES = ["red", "green", "blue"]
 COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}  # RGB
@@ -82,7 +82,7 @@ def test_oracle_detector_scores_perfectly(tmp_path, input_shape):
 def test_detections_are_in_original_pixels(tmp_path):
     config = ModelConfig(CLASSES, input_shape=[128, 128])
     loader = loader_for(write_voc(tmp_path / "VOCdevkit"), config)
-    detections = collect_detections(oracle(config), loader, config, torch.device("cpu"))
+    detections = predict_split(oracle(config), loader, config, torch.device("cpu")).detections
     records = loader.dataset.index.records
     assert len(detections) == len(records)
     for dets, record in zip(detections, records, strict=True):

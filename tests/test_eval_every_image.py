@@ -17,11 +17,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.reference import devkit_voc_eval, standard_pycocotools, to_results
 from tests.synthetic import ColourOracle, voc_xml, write_weights
 from utils.config import ModelConfig, build_model
 from utils.dataloader import EvalDataset, build_loader, eval_collate
 from utils.datasets import load_split
 from utils.evaluation import compute_metrics, predict_split
+from utils.metrics import GroundTruthBoxes
 
 CLASSES = ["blue", "red"]  # sorted, as discovered from the annotations
 RGB = {"red": (230, 20, 20), "blue": (20, 20, 230)}
@@ -65,7 +67,7 @@ def write_split(root: Path, broken: str) -> Path:
     return root
 
 
-# ---- the slow, obvious references: the devkit's voc_eval.py loop for loop, pycocotools on files ----
+# ---- the slow, obvious references (tests/reference.py) on the raw annotation files ----
 
 def parse_rec(filename: Path) -> list[dict]:
     """voc_eval.py's parse_rec: every object of the XML as written."""
@@ -77,71 +79,28 @@ def parse_rec(filename: Path) -> list[dict]:
     return objects
 
 
-def devkit_ap(year: Path, detections: dict[str, np.ndarray], classname: str, class_index: int,
-              ovthresh: float = 0.5) -> float:
-    """voc_eval.py (all-point AP) over the ids of ImageSets/Main/test.txt and their raw XML files."""
-    imagenames = (year / "ImageSets/Main/test.txt").read_text().split()
-    recs = {name: parse_rec(year / "Annotations" / f"{name}.xml") for name in imagenames}
-    class_recs, npos = {}, 0
-    for name in imagenames:
-        R = [obj for obj in recs[name] if obj["name"] == classname]
-        bbox = np.array([x["bbox"] for x in R]).reshape(-1, 4)
-        difficult = np.array([x["difficult"] for x in R]).astype(bool)
-        npos = npos + sum(~difficult)
-        class_recs[name] = {"bbox": bbox, "difficult": difficult, "det": [False] * len(R)}
-    image_ids, confidence, BB = [], [], []
-    for name in imagenames:
-        for row in detections.get(name, np.zeros((0, 6))):
-            if int(row[5]) == class_index:
-                image_ids.append(name)
-                confidence.append(row[4])
-                BB.append(row[:4])
-    sorted_ind = np.argsort(-np.array(confidence))
-    BB = np.array(BB).reshape(-1, 4)[sorted_ind, :]
-    image_ids = [image_ids[x] for x in sorted_ind]
-    nd = len(image_ids)
-    tp, fp = np.zeros(nd), np.zeros(nd)
-    for d in range(nd):
-        R = class_recs[image_ids[d]]
-        bb = BB[d, :].astype(float)
-        ovmax = -np.inf
-        BBGT = R["bbox"].astype(float)
-        if BBGT.size > 0:
-            ixmin, iymin = np.maximum(BBGT[:, 0], bb[0]), np.maximum(BBGT[:, 1], bb[1])
-            ixmax, iymax = np.minimum(BBGT[:, 2], bb[2]), np.minimum(BBGT[:, 3], bb[3])
-            iw, ih = np.maximum(ixmax - ixmin + 1.0, 0.0), np.maximum(iymax - iymin + 1.0, 0.0)
-            inters = iw * ih
-            uni = ((bb[2] - bb[0] + 1.0) * (bb[3] - bb[1] + 1.0)
-                   + (BBGT[:, 2] - BBGT[:, 0] + 1.0) * (BBGT[:, 3] - BBGT[:, 1] + 1.0) - inters)
-            overlaps = inters / uni
-            ovmax, jmax = np.max(overlaps), np.argmax(overlaps)
-        if ovmax > ovthresh:
-            if not R["difficult"][jmax]:
-                if not R["det"][jmax]:
-                    tp[d], R["det"][jmax] = 1.0, 1
-                else:
-                    fp[d] = 1.0
-        else:
-            fp[d] = 1.0
-    fp, tp = np.cumsum(fp), np.cumsum(tp)
-    rec = tp / float(npos)
-    prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-    mrec, mpre = np.concatenate(([0.0], rec, [1.0])), np.concatenate(([0.0], prec, [0.0]))
-    for i in range(mpre.size - 1, 0, -1):
-        mpre[i - 1] = np.maximum(mpre[i - 1], mpre[i])
-    i = np.where(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+def raw_truths(year: Path, names: list[str]) -> list[GroundTruthBoxes]:
+    """The objects of each image's XML as written (parse_rec), for the devkit reference."""
+    truths = []
+    for name in names:
+        objects = parse_rec(year / "Annotations" / f"{name}.xml")
+        truths.append(GroundTruthBoxes(np.array([o["bbox"] for o in objects], float).reshape(-1, 4),
+                                       np.array([CLASSES.index(o["name"]) for o in objects], int),
+                                       np.array([o["difficult"] for o in objects], bool)))
+    return truths
 
 
 def devkit_map(year: Path, detections: dict[str, np.ndarray]) -> float:
-    return float(np.mean([devkit_ap(year, detections, name, c) for c, name in enumerate(CLASSES)]))
+    """voc_eval.py (all-point AP) over the ids of ImageSets/Main/test.txt and their raw XML files, mean over classes."""
+    names = (year / "ImageSets/Main/test.txt").read_text().split()
+    truths = raw_truths(year, names)
+    per_image = [detections.get(name, np.zeros((0, 6))) for name in names]
+    return float(np.mean([devkit_voc_eval(per_image, truths, c) for c in range(len(CLASSES))]))
 
 
 def pycocotools_on_files(year: Path, detections: dict[str, np.ndarray], tmp_path: Path) -> list[float | None]:
     """pycocotools the standard way, on a json written from the raw XML (bbox x, y, w, h; area w * h; difficult as
     crowd) and a results file of the same detections."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
     names = (year / "ImageSets/Main/test.txt").read_text().split()
     annotations = []
     for i, name in enumerate(names):
@@ -152,17 +111,9 @@ def pycocotools_on_files(year: Path, detections: dict[str, np.ndarray], tmp_path
                                 "area": (x2 - x1) * (y2 - y1)})
     gt = {"images": [{"id": i + 1} for i in range(len(names))], "annotations": annotations,
           "categories": [{"id": c + 1, "name": n} for c, n in enumerate(CLASSES)]}
-    results = [{"image_id": i + 1, "category_id": int(c) + 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
-               for i, name in enumerate(names)
-               for x1, y1, x2, y2, s, c in detections.get(name, np.zeros((0, 6))).tolist()]
-    (tmp_path / "gt.json").write_text(json.dumps(gt))
-    (tmp_path / "dt.json").write_text(json.dumps(results))
-    coco_gt = COCO(str(tmp_path / "gt.json"))
-    evaluator = COCOeval(coco_gt, coco_gt.loadRes(str(tmp_path / "dt.json")), "bbox")
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    return [None if v == -1 else float(v) for v in evaluator.stats[:6]]
+    results = to_results([detections.get(name, np.zeros((0, 6))) for name in names], range(1, len(names) + 1),
+                         range(1, len(CLASSES) + 1))
+    return [None if v == -1 else float(v) for v in standard_pycocotools(gt, results, tmp_path)]
 
 
 # ---- the tests ----
@@ -175,7 +126,7 @@ def run_oracle(root: Path):
     model = ColourOracle(config, [RGB[name] for name in CLASSES], distinct_scores=True)
     detections = predict_split(model, loader, config, torch.device("cpu")).detections
     metrics, _ = compute_metrics(detections, index, CLASSES)
-    return index, {r.image_id: d for r, d in zip(index.records, detections)}, metrics
+    return index, {r.image_id: d for r, d in zip(index.records, detections, strict=True)}, metrics
 
 
 SUMMARIES = {
@@ -224,7 +175,6 @@ def test_clipped_and_duplicated_objects_are_scored_as_written(tmp_path):
 
 
 def _cleaned(record):
-    from utils.metrics import GroundTruthBoxes
     return GroundTruthBoxes(record.boxes, record.labels, record.difficult)
 
 
@@ -234,8 +184,8 @@ def _cleaned(record):
 def eval_main(monkeypatch):
     """eval.py's main in this process, without it replacing pytest's log handlers."""
     import eval as eval_script
-    monkeypatch.setattr("utils.run_logging.setup_logging", lambda verbose=False: None)
-    return lambda *argv: eval_script.main(eval_script.get_args_parser().parse_args([str(a) for a in argv]))
+    monkeypatch.setattr(eval_script, "setup_logging", lambda verbose=False: None)
+    return lambda *argv: eval_script.main([str(a) for a in argv])
 
 
 @pytest.mark.parametrize("broken", ["truncated", "zero_byte"])

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.paths import ROOT
 from tests.synthetic import make_voc
@@ -135,16 +136,16 @@ def test_ddp_two_processes_on_gloo(tiny_voc, tmp_path):
 
 
 def scripted_fitness(monkeypatch, values: list[float]):
-    """Validation runs for real, but reports mAP50 values[k] at its k-th call: the fitness follows a known script."""
-    import utils.evaluation as evaluation
-    real, calls = evaluation.evaluate, []
+    """Validation runs for real, but reports mAP50 values[k] at its k-th call: the fitness follows a known script.
+    Patched where the engine calls it (utils.engine imports evaluate at module level)."""
+    real, calls = engine.evaluate, []
 
     def evaluate(*args, **kwargs):
         metrics = real(*args, **kwargs)
         metrics["mAP50"] = values[len(calls)]
         calls.append(metrics["mAP50"])
         return metrics
-    monkeypatch.setattr(evaluation, "evaluate", evaluate)
+    monkeypatch.setattr(engine, "evaluate", evaluate)
     return calls
 
 
@@ -189,7 +190,6 @@ def test_validation_logs_loss_precision_recall_and_pictures(tiny_voc, tmp_path):
             "fitness"} <= set(header)
     for name in ("results.png", "confusion_matrix.png", "f1_curve.png", "labels.png", "train_batch_preview.png"):
         assert (run_dir / name).read_bytes()[:4] == b"\x89PNG", name
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(run_dir)).Reload()
     assert {"val/box", "val/precision", "val/recall", "val/mAP50_95"} <= set(events.Tags()["scalars"])
     assert {"val/confusion_matrix", "val/f1_curve", "train/labels"} <= set(events.Tags()["images"])

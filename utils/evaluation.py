@@ -97,13 +97,6 @@ def predict_split(model: nn.Module | BaseDetector, loader, config: ModelConfig, 
     return SplitPredictions([np.zeros((0, 6), np.float32) if d is None else d for d in detections], losses)
 
 
-def collect_detections(model: nn.Module | BaseDetector, loader, config: ModelConfig, device: torch.device,
-                       conf: float = 0.001, iou: float = 0.5, max_det: int = 300, amp: bool = True,
-                       progress: bool = False) -> list[np.ndarray]:
-    """One float32 ndarray[K, 6] (x1, y1, x2, y2, score, class) in original-image pixels per dataset record."""
-    return predict_split(model, loader, config, device, conf, iou, max_det, amp, progress).detections
-
-
 def _readable_rows(records: list[ImageRecord], indices: list[int], infos: list) -> list[int]:
     """Batch rows whose image was read. An image found unreadable only now (it passed the header check) is marked on
     its record, so the summary counts it, and reported once."""

@@ -1,7 +1,10 @@
-"""Names that come from data (class names, run names) turned into file names that stay where they are put.
+"""Names turned into file names that stay where they are put.
 
-A class name such as `../../x`, `C:\\x`, `con`, a name of 300 characters, or two names that only differ in case or in
-characters a file system cannot hold must never escape the output folder nor overwrite each other's files.
+Names from data (class names) go through `safe_stem` / `unique_stems`: a class name such as `../../x`, `C:\\x`, `con`,
+a name of 300 characters, or two names that only differ in case or in characters a file system cannot hold must never
+escape the output folder nor overwrite each other's files. Run names (--name, --save-dir) go through `safe_run_name`,
+which keeps what the user typed readable (spaces, dots, non-ASCII letters) and only replaces what no file system
+accepts; claim_run_dir never reuses an existing folder.
 """
 from __future__ import annotations
 
@@ -34,3 +37,9 @@ def unique_stems(names: Sequence[str], fallback: str = "item") -> list[str]:
         used.add(stem.casefold())
         stems.append(stem)
     return stems
+
+
+def safe_run_name(name: str) -> str:
+    """A run name usable as a folder name on every OS (spaces and non-ASCII letters are fine)."""
+    cleaned = re.sub(r'[<>:"/\\|?*\x00-\x1f]', "_", name).strip()
+    return cleaned or "exp"

@@ -5,7 +5,6 @@ import csv
 import io
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -14,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from utils.errors import UserError
+from utils.filenames import safe_run_name
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -116,12 +116,6 @@ def plot_results(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def safe_run_name(name: str) -> str:
-    """A run name usable as a folder name on every OS (spaces and non-ASCII letters are fine)."""
-    cleaned = re.sub(r'[<>:"/\\|?*\x00-\x1f]', "_", name).strip()
-    return cleaned or "exp"
 
 
 # Running out of host or GPU memory is no bug: say what to lower (the original error with --verbose).
