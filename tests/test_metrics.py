@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import numpy as np
 import pytest
+from pycocotools.cocoeval import COCOeval
 
 from tests.paths import TINY_COCO, needs_shared
 from tests.reference import devkit_voc_eval, standard_pycocotools, to_results
@@ -180,6 +182,26 @@ def test_coco_equals_pycocotools_on_tiny_coco(tmp_path):
         ann["area"] = ann["bbox"][2] * ann["bbox"][3]
     np.testing.assert_allclose(list(ours.values()), standard_pycocotools(data, results, tmp_path), rtol=0, atol=1e-12)
     assert 0.2 < ours["mAP50_95"] < 0.95
+
+
+def test_ctrl_c_inside_pycocotools_accumulate_is_not_swallowed(monkeypatch):
+    """COCOeval.accumulate catches everything in a loop (a bare except): a Ctrl-C arriving there used to vanish, and a
+    training run went on to its last epoch. It now stops the program once accumulate returns."""
+    real, reached = COCOeval.accumulate, []
+
+    def accumulate(self, *args, **kwargs):
+        try:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C while pycocotools' own loop runs
+        except:  # noqa: E722 - what pycocotools does around its loop
+            pass
+        reached.append(True)
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(COCOeval, "accumulate", accumulate)
+    detections, truths = random_dataset(4, images=5)
+    with pytest.raises(KeyboardInterrupt):
+        coco_evaluate(detections, truths, NAMES)
+    assert reached == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
 
 
 def test_pycocotools_prints_are_silenced(capsys):

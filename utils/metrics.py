@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import signal
+import threading
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -260,6 +262,26 @@ def _class_ap(name: str, tp: np.ndarray, fp: np.ndarray, scores: np.ndarray, npo
     return ClassAP(name, ap, npos, len(tp), recall, precision, scores)
 
 
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold a SIGINT that arrives inside the block and deliver it to the previous handler when the block ends.
+
+    For third-party code that catches everything (a bare `except:` also catches KeyboardInterrupt): Ctrl-C still
+    stops the program, a moment later. Only the main thread can set signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)
+
+
 def _quiet(func, *args):
     """Call a pycocotools function with its prints sent to logging (debug) instead of stdout."""
     buffer = io.StringIO()
@@ -334,8 +356,10 @@ def coco_stats(ground_truth: dict, results: list[dict], category_ids: Sequence[i
     evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
     if category_ids is not None:
         evaluator.params.catIds = sorted(int(c) for c in category_ids)
-    for step in (evaluator.evaluate, evaluator.accumulate, evaluator.summarize):
-        _quiet(step)
+    _quiet(evaluator.evaluate)
+    with _ctrl_c_held():  # accumulate() has a bare `except: pass` inside its loops, which would swallow a Ctrl-C
+        _quiet(evaluator.accumulate)
+    _quiet(evaluator.summarize)
     return {name: (float(value) if value > -1 else None)
             for name, value in zip(COCO_STAT_NAMES, evaluator.stats[:6], strict=True)}
 
