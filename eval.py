@@ -1,8 +1,11 @@
 """Evaluate a trained model: `python eval.py --weights logs/exp/best.pth --data VOCdevkit --split test`.
 
 VOC mAP@0.5 (devkit matching; all-point, or 11-point with --voc07), COCO mAP@0.5:0.95 / AP50 / AP75 / APs/m/l from
-pycocotools on the same detections, per-class AP, precision/recall/F1 at --score-thresh, PR curves. Everything goes
-into a new run folder (logs/eval, logs/eval2, ...): metrics.json, pr_*.png and, with --save-json, detections.json.
+pycocotools on the same detections, per-class AP, precision/recall/F1 at --score-thresh, the confusion matrix, PR
+curves and precision/recall/F1 against confidence with the best-F1 threshold (the --conf to use with predict.py).
+Every image of the split counts: the ground truth is what the annotation files say, and the objects of an image that
+cannot be read count as missed. Everything goes into a new run folder (logs/eval, logs/eval2, ...): metrics.json,
+pr_*.png, confusion_matrix.png, f1_curve.png and, with --save-json, detections.json.
 """
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ from pathlib import Path
 
 from utils.dataloader import EvalDataset, build_loader, eval_collate
 from utils.datasets import DatasetIndex, load_split
-from utils.evaluation import collect_detections, compute_metrics, iou_pixel_offset
-from utils.metrics import coco_results, plot_pr_curves
+from utils.evaluation import compute_metrics, predict_split
+from utils.metrics import VOCResult, coco_results
+from utils.plots import plot_confidence_curves, plot_confusion_matrix, plot_pr_curves
 from utils.run_logging import claim_run_dir, run_command, setup_logging
 from utils.weights import Loaded, load_runnable
 
@@ -36,7 +40,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=300, help="detections kept per image")
     p.add_argument("--voc07", action="store_true", help="VOC2007 11-point AP instead of all-point interpolation")
-    p.add_argument("--score-thresh", type=float, default=0.5, help="score for the precision/recall/F1 figures")
+    p.add_argument("--score-thresh", type=float, default=0.5,
+                   help="score for the precision/recall/F1 figures and the confusion matrix")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=2, help="image loading processes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: best available)")
@@ -50,9 +55,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def load(args: argparse.Namespace) -> tuple[Loaded, DatasetIndex]:
-    """(the weights, loaded to run, and the dataset index of --data/--split with the model's classes)."""
+    """(the weights, loaded to run, and the dataset index of --data/--split with the model's classes).
+
+    The index keeps images that cannot be read (keep_unreadable): their objects count as missed."""
     loaded = load_runnable(args.weights, args.classes, args.phi, args.cfg, args.device, args.input_shape)
-    index = load_split(args.data, args.split, classes=loaded.config.classes, keep_empty=True)
+    index = load_split(args.data, args.split, classes=loaded.config.classes, keep_empty=True, keep_unreadable=True)
     return loaded, index
 
 
@@ -62,40 +69,52 @@ def evaluate_split(args: argparse.Namespace) -> tuple[dict, Path]:
     config = loaded.config
     loader = build_loader(EvalDataset(index, config.input_shape), args.batch_size, args.workers, shuffle=False,
                           seed=0, collate_fn=eval_collate)
-    detections = collect_detections(loaded.runnable, loader, config, loaded.device, args.conf, args.iou, args.max_det,
-                                    args.amp, progress=True)
-    metrics, voc = compute_metrics(detections, index.records, config.classes, args.voc07, args.score_thresh,
-                                   pixel_offset=iou_pixel_offset(index.records))
+    detections = predict_split(loaded.runnable, loader, config, loaded.device, args.conf, args.iou, args.max_det,
+                               args.amp, progress=True).detections
+    metrics, voc = compute_metrics(detections, index, config.classes, args.voc07, args.score_thresh)
     save_dir = Path(args.save_dir)
     out = claim_run_dir(save_dir.parent, save_dir.name)
     metrics.update(weights=str(loaded.path), data=str(args.data), split=args.split, conf=args.conf,
                    nms_iou=args.iou, input_shape=config.input_shape, classes=config.classes,
-                   unknown_objects=index.unknown_objects)
+                   unknown_objects=index.unknown_objects, summary=index.ground_truth_summary())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    plot_pr_curves(voc, out)
+    write_plots(metrics, voc, out)
     if args.save_json:
         results = coco_results(detections, [r.image_id for r in index.records], list(range(config.num_classes)))
         (out / "detections.json").write_text(json.dumps(results), encoding="utf-8")
     return metrics, out
 
 
+def write_plots(metrics: dict, voc: VOCResult, out: Path) -> None:
+    """pr_<class>.png, pr_curves.png, confusion_matrix.png and f1_curve.png in `out`."""
+    plot_pr_curves(voc, out)
+    plot_confusion_matrix(metrics["confusion_matrix"], out / "confusion_matrix.png")
+    plot_confidence_curves(metrics["confidence_curves"], metrics["best_f1"], out / "f1_curve.png")
+
+
 def format_table(metrics: dict) -> str:
-    """Per-class AP50 / P / R / F1 table and the summary lines."""
-    def num(value) -> str:
-        return "     -" if value is None else f"{value:6.3f}"
+    """Per-class AP50 / P / R / F1 table and the summary lines ("-" where a figure is undefined)."""
+    def num(value, width: int = 6, digits: int = 3) -> str:
+        return f"{'-':>{width}}" if value is None else f"{value:{width}.{digits}f}"
     width = max([len(name) for name in metrics["per_class"]] + [5])
     lines = [f"{'class':<{width}}  {'gt':>6} {'dets':>7}   AP50      P      R     F1"]
     for name, row in metrics["per_class"].items():
         lines.append(f"{name:<{width}}  {row['num_gt']:>6} {row['num_det']:>7} {num(row['AP50'])} "
                      f"{num(row['precision'])} {num(row['recall'])} {num(row['f1'])}")
-    coco = metrics["coco"]
+    coco = metrics["coco"] or {}
     total_gt = sum(row["num_gt"] for row in metrics["per_class"].values())
     lines.append(f"{'all':<{width}}  {total_gt:>6} {metrics['detections']:>7} {num(metrics['mAP50'])} "
                  f"{num(metrics['precision'])} {num(metrics['recall'])} {num(metrics['f1'])}   "
                  f"({metrics['images']} images; P/R/F1 at score >= {metrics['score_thresh']})")
-    lines.append(f"VOC mAP50 {'(11-point) ' if metrics['voc07'] else ''}{metrics['mAP50']:.4f}  |  COCO mAP50-95 "
-                 f"{coco['mAP50_95']:.4f}  AP50 {coco['AP50']:.4f}  AP75 {coco['AP75']:.4f}  "
-                 f"APs {coco['APs']:.4f}  APm {coco['APm']:.4f}  APl {coco['APl']:.4f}")
+    coco_text = "  ".join(f"{label} {num(coco.get(key), 0, 4).strip()}" for label, key in (
+        ("COCO mAP50-95", "mAP50_95"), ("AP50", "AP50"), ("AP75", "AP75"), ("APs", "APs"), ("APm", "APm"),
+        ("APl", "APl")))
+    lines.append(f"VOC mAP50 {'(11-point) ' if metrics['voc07'] else ''}{num(metrics['mAP50'], 0, 4).strip()}  |  "
+                 f"{coco_text}")
+    best = metrics.get("best_f1")
+    if best is not None:
+        lines.append(f"best F1 {best['f1']:.3f} (P {best['precision']:.3f}, R {best['recall']:.3f}, mean over classes) "
+                     f"at score >= {best['conf']}: suggested predict.py --conf {best['conf']}")
     return "\n".join(lines)
 
 
@@ -105,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def evaluate_and_print() -> None:
         metrics, out = evaluate_split(args)
+        print(metrics["summary"])
         print(format_table(metrics))
         print(f"results in {out}")
     return run_command(evaluate_and_print, args.verbose, LOGGER)

@@ -54,7 +54,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="exp", help="run folder name (exp, exp2, ... never overwritten)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision: bf16/fp16 on CUDA, bf16 on CPUs with native support")
-    p.add_argument("--eval-period", type=int, default=5, help="validate every N epochs (and after the last)")
+    p.add_argument("--eval-period", type=int, default=1,
+                   help="validate every N epochs (and after the last); raise it when a validation costs more than "
+                        "about a fifth of an epoch (see val_s in results.csv)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop when the fitness has not improved for N validations in a row (default 0: never)")
+    p.add_argument("--fitness", choices=("map50", "map50_95", "mix"), default="map50",
+                   help="what best.pth keeps and --patience follows: val mAP50, mAP50-95, or mix = 0.1 mAP50 + "
+                        "0.9 mAP50-95")
     p.add_argument("--save-period", type=int, default=0, help="also keep epoch_XXX.pth every N epochs (0: off)")
     p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd", help="optimiser")
     p.add_argument("--lr", type=float, default=None,
@@ -74,7 +81,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", choices=("ram",), default=None, help="keep decoded images in memory")
     p.add_argument("--keep-difficult", action="store_true", help="train on VOC difficult objects too")
     p.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across DDP processes")
-    p.add_argument("--no-preview", dest="preview", action="store_false", help="skip the augmented-samples picture")
+    p.add_argument("--no-preview", dest="preview", action="store_false",
+                   help="skip the training-start pictures (augmented samples, labels)")
     p.add_argument("--mosaic", type=float, default=None, help="mosaic probability")
     p.add_argument("--mixup", type=float, default=None, help="mixup probability (after mosaic)")
     p.add_argument("--hsv-h", type=float, default=None, help="hue jitter")
@@ -94,7 +102,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = {k: v for k, v in vars(args).items() if k in fields}
     values.update(classes_file=args.classes, anchors_file=args.anchors,
                   input_shape=parse_input_shape(args.input_shape),
-                  augment={k: getattr(args, k) for k in AUGMENT_FLAGS if getattr(args, k) is not None})
+                  augment={k: getattr(args, k) for k in AUGMENT_FLAGS if getattr(args, k) is not None},
+                  patience=args.patience or 0)  # None by default, so that an explicit 0 overrides it on --resume
     return TrainConfig(**values)
 
 

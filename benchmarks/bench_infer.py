@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ from utils.checkpoint import load_model  # noqa: E402
 from utils.config import ModelConfig, build_model  # noqa: E402
 from utils.datasets import load_split  # noqa: E402
 from utils.device import autocast_dtype  # noqa: E402
-from utils.evaluation import compute_metrics, iou_pixel_offset  # noqa: E402
+from utils.evaluation import compute_metrics  # noqa: E402
 from utils.export import OnnxDetector, export_onnx  # noqa: E402
 from utils.image_io import IMAGE_SUFFIXES, read_image  # noqa: E402
 from utils.inference import BaseDetector, DetectOptions, Detector  # noqa: E402
@@ -174,8 +175,9 @@ def print_speedups(rates: dict[tuple[str, int], float]) -> None:
 
 def map50(args: argparse.Namespace, model: torch.nn.Module, config: ModelConfig, workdir: Path) -> None:
     """mAP50 of every variant on --data/--split with evaluation thresholds (conf 0.001, NMS IoU 0.5)."""
-
-    records = load_split(args.data, args.split, classes=config.classes).records
+    index = load_split(args.data, args.split, classes=config.classes, keep_unreadable=True)  # every image counts
+    records = index.records
+    readable = [i for i, r in enumerate(records) if r.image_error is None]
     options = DetectOptions(conf_thres=0.001, iou_thres=0.5, max_det=300)
     calibration = calibration_images(args)
     reference = None
@@ -183,10 +185,12 @@ def map50(args: argparse.Namespace, model: torch.nn.Module, config: ModelConfig,
         detector = make_detector(variant, model, config, options, workdir, (8,), calibration)
         if detector is None:
             continue
-        detections = [d for _, results, _ in detector.stream(records, 8, image_of=lambda r: read_image(r.path))
-                      for d in results]
-        metrics, _ = compute_metrics(detections, records, config.classes, coco=False,
-                                     pixel_offset=iou_pixel_offset(records))
+        detections = [np.zeros((0, 6), np.float32)] * len(records)  # an unreadable image: its objects are missed
+        found = [d for _, results, _ in detector.stream([records[i] for i in readable], 8,
+                                                        image_of=lambda r: read_image(r.path)) for d in results]
+        for i, dets in zip(readable, found, strict=True):
+            detections[i] = dets
+        metrics, _ = compute_metrics(detections, index, config.classes, coco=False)
         value = 100 * metrics["mAP50"]
         if variant == "baseline":
             reference = value

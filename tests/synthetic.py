@@ -1,6 +1,7 @@
 """Synthetic data for the tests, written on the fly: a tiny VOC dataset of coloured rectangles (make_voc), a dataset
-index of solid rectangles whose colour is their class (coloured_index), a minimal checkpoint (write_weights) and a
-Darknet partial backbone file such as yolov4-tiny.conv.29 (write_partial)."""
+index of solid rectangles whose colour is their class (coloured_index), a minimal checkpoint (write_weights), a
+Darknet partial backbone file such as yolov4-tiny.conv.29 (write_partial), and a stand-in detector that finds such
+rectangles exactly (ColourOracle: deterministic figures for end-to-end evaluation tests)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,20 +9,24 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from torch import nn
 
 from utils.checkpoint import save_checkpoint
 from utils.config import ModelConfig
 from utils.darknet import CONV_LAYER_INDEX
 from utils.darknet import write_weights as write_darknet_weights
 from utils.datasets import DatasetIndex, ImageRecord
+from utils.metrics import GroundTruthBoxes
 
 COLOURS = {"red": (0, 0, 255), "green": (0, 200, 0), "blue": (255, 0, 0)}  # BGR for cv2.imwrite
 
 
-def voc_xml(name: str, width: int, height: int, objects: list[tuple[str, tuple[int, int, int, int]]]) -> str:
+def voc_xml(name: str, width: int, height: int, objects: list[tuple]) -> str:
+    """VOC XML text; objects are (class, (x1, y1, x2, y2)) or (class, (x1, y1, x2, y2), difficult)."""
     rows = "".join(
-        f"<object><name>{cls}</name><difficult>0</difficult><bndbox><xmin>{x1}</xmin><ymin>{y1}</ymin>"
-        f"<xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>" for cls, (x1, y1, x2, y2) in objects)
+        f"<object><name>{obj[0]}</name><difficult>{int(obj[2]) if len(obj) > 2 else 0}</difficult><bndbox>"
+        f"<xmin>{obj[1][0]}</xmin><ymin>{obj[1][1]}</ymin><xmax>{obj[1][2]}</xmax><ymax>{obj[1][3]}</ymax></bndbox>"
+        "</object>" for obj in objects)
     return (f"<annotation><filename>{name}.jpg</filename><size><width>{width}</width><height>{height}</height>"
             f"<depth>3</depth></size>{rows}</annotation>")
 
@@ -92,3 +97,73 @@ def coloured_index(root: Path, count: int = 8, seed: int = 0) -> DatasetIndex:
         records.append(ImageRecord(path, path.stem, np.array(boxes, np.float32), np.array(labels, np.int64),
                                    np.zeros(len(labels), np.bool_), width, height))
     return DatasetIndex(records, ["red", "green", "blue", "yellow"], split="train")
+
+
+class ColourOracle(nn.Module):
+    """A stand-in detector that finds pure-colour rectangles by thresholding and writes raw YOLO head outputs that
+    decode to their boxes: exercises letterbox -> forward -> decode -> NMS -> unletterbox -> metrics exactly.
+
+    colours: RGB per class index (one rectangle per class and image is found: the extent of its colour).
+    distinct_scores: scores that differ per box (from its size), so that score order is never a tie.
+    """
+
+    def __init__(self, config: ModelConfig, colours: list[tuple[int, int, int]],
+                 distinct_scores: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.colours = colours
+        self.distinct_scores = distinct_scores
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.anchors = torch.tensor(config.anchors)[config.anchors_mask[0]]  # the first head's anchors
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b, _, h, w = x.shape
+        nc, stride = self.config.num_classes, self.config.strides[0]  # boxes go to the first head only
+        outputs = [torch.full((b, 3 * (5 + nc), h // s, w // s), -20.0) for s in self.config.strides]
+        first = outputs[0].view(b, 3, 5 + nc, h // stride, w // stride)
+        for i in range(b):
+            for k, colour in enumerate(self.colours):
+                colour = torch.tensor(colour, dtype=torch.float32).view(3, 1, 1) / 255
+                ys, xs = torch.nonzero(((x[i].float() - colour).abs().max(dim=0).values < 0.25), as_tuple=True)
+                if len(xs):
+                    self._write(first[i, k % 3], xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, k, stride)
+        return tuple(outputs)
+
+    def _write(self, head, x1, y1, x2, y2, k, stride: int) -> None:
+        cx, cy, bw, bh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1).float(), (y2 - y1).float()
+        gx, gy = int(cx // stride), int(cy // stride)
+        head[0, gy, gx] = torch.logit(cx / stride - gx, eps=1e-6)
+        head[1, gy, gx] = torch.logit(cy / stride - gy, eps=1e-6)
+        head[2, gy, gx] = torch.log(bw / self.anchors[k % 3, 0])
+        head[3, gy, gx] = torch.log(bh / self.anchors[k % 3, 1])
+        head[4:, gy, gx] = -10.0
+        head[4, gy, gx] = head[5 + k, gy, gx] = 10.0
+        if self.distinct_scores:  # objectness sigmoid(1 + area / 500): a different score for every box size
+            head[4, gy, gx] = 1.0 + bw * bh / 500
+
+
+def random_dataset(seed: int, images: int = 60, num_classes: int = 3, dets_per_image: int = 12):
+    """Integer boxes (so IoU ties occur), duplicated gts, difficult flags, empty images, jittered + random dets."""
+    rng = np.random.default_rng(seed)
+    truths, detections = [], []
+    for _ in range(images):
+        n = int(rng.integers(0, 6))
+        xy = rng.integers(0, 300, size=(n, 2))
+        wh = rng.integers(4, 120, size=(n, 2))
+        boxes = np.concatenate([xy, xy + wh], axis=1).astype(float)
+        labels = rng.integers(0, num_classes, size=n)
+        if n and rng.random() < 0.3:  # an exact duplicate gt: argmax ties must go to the first one
+            boxes, labels = np.concatenate([boxes, boxes[:1]]), np.concatenate([labels, labels[:1]])
+        truths.append(GroundTruthBoxes(boxes, labels, rng.random(len(labels)) < 0.2))
+        jitter = boxes[rng.integers(0, len(boxes), size=dets_per_image)] if len(boxes) else np.zeros((0, 4))
+        jitter = jitter + rng.normal(0, 6, size=jitter.shape)
+        noise_xy = rng.uniform(0, 300, size=(dets_per_image // 3, 2))
+        noise = np.concatenate([noise_xy, noise_xy + rng.uniform(4, 120, size=noise_xy.shape)], axis=1)
+        boxes_d = np.concatenate([jitter, noise])
+        labels_d = np.where(rng.random(len(boxes_d)) < 0.8, 0, rng.integers(0, num_classes, len(boxes_d)))
+        if len(jitter):
+            labels_d[:len(jitter)] = np.where(rng.random(len(jitter)) < 0.85,
+                                              labels[rng.integers(0, len(labels), len(jitter))], labels_d[:len(jitter)])
+        dets = np.column_stack([boxes_d, rng.random(len(boxes_d)), labels_d])
+        detections.append(dets)
+    return detections, truths

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import bench_infer, bench_train
+from benchmarks import bench_infer, bench_train, bench_val
 from tests.synthetic import make_voc, write_weights
 from utils.config import ModelConfig, build_model
 
@@ -55,3 +55,13 @@ def test_bench_train_breakdown_accounts_for_the_step(monkeypatch):
     assert 0 < result["convolution_share"] < 1
     assert result["convolutions_only_ceiling_images_per_s"] > result["model_only_images_per_s"] > 0
     assert result["conv3x3_fp32_fwd_gflops"] > 0
+
+
+def test_bench_val_reports_the_validation_share_of_each_epoch(tmp_path, capsys):
+    data = make_voc(tmp_path / "VOCdevkit", images=4)
+    argv = ["--data", str(data), "--input-shape", "64", "--epochs", "1", "--batch-size", "2", "--workers", "0",
+            "--phi", "none"]
+    assert bench_val.main(argv) == 0
+    (line,) = [line for line in json_lines(capsys.readouterr().out) if line["bench"] == "validation_cost"]
+    assert line["val_images"] == 4 and line["train_s"] > 0 and line["val_s"] > 0
+    assert 0 < line["val_share_of_epoch"] < 1

@@ -37,12 +37,13 @@ def _bad_dataset(root: Path) -> None:
     images, anns = root / "images", root / "annotations"
     images.mkdir(parents=True)
     anns.mkdir()
-    for stem in ("good", "difficult", "truncated", "zero", "text", "pngjpg", "gray16", "malformed", "nosize",
+    for stem in ("good", "difficult", "truncated", "cut", "zero", "text", "pngjpg", "gray16", "malformed", "nosize",
                  "wrongsize", "nonnumeric", "outside", "clipped", "zeroarea", "unknown", "empty", "doctype"):
         _image(images / f"{stem}.jpg")
         _xml(anns / f"{stem}.xml")
     data = (images / "truncated.jpg").read_bytes()
-    (images / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (images / "truncated.jpg").write_bytes(data[: data.index(b"\xff\xda")])  # cut before the image data
+    (images / "cut.jpg").write_bytes(data[: (data.index(b"\xff\xda") + len(data)) // 2])  # cut inside it
     (images / "zero.jpg").write_bytes(b"")
     (images / "text.jpg").write_text("<html>404</html>")
     _image(images / "pngjpg.jpg", ".png")
@@ -65,7 +66,8 @@ def _bad_dataset(root: Path) -> None:
 
 
 EXPECTED = {  # stem -> (kind, text in its line)
-    "truncated": ("skipped", "JPEG is truncated"),
+    "truncated": ("skipped", "JPEG is truncated before any image data"),
+    "cut": ("fixed", "JPEG is truncated (no end-of-image marker): used as decoded"),
     "zero": ("skipped", "empty file (0 bytes)"),
     "text": ("skipped", "is a text file"),
     "pngjpg": ("fixed", "PNG data in a .jpg file"),
@@ -101,8 +103,8 @@ def test_bad_input_line(bad_index, stem):
 
 def test_bad_dataset_counts_and_records(bad_index, tmp_path):
     by_id = {r.image_id: r for r in bad_index.records}
-    assert set(by_id) == {"good", "difficult", "pngjpg", "gray16", "nosize", "wrongsize", "nonnumeric", "outside",
-                          "clipped", "zeroarea", "unknown", "empty"}
+    assert set(by_id) == {"good", "difficult", "cut", "pngjpg", "gray16", "nosize", "wrongsize", "nonnumeric",
+                          "outside", "clipped", "zeroarea", "unknown", "empty"}
     assert bad_index.skipped == sum(kind == "skipped" for kind, _ in EXPECTED.values())
     assert bad_index.fixed == sum(kind == "fixed" for kind, _ in EXPECTED.values())
     assert bad_index.background == 1 and bad_index.unknown_objects == {"cat": 1}
@@ -113,9 +115,35 @@ def test_bad_dataset_counts_and_records(bad_index, tmp_path):
     boxes, labels = bad_index.training_targets(list(by_id).index("difficult"))
     assert len(boxes) == 1 and labels.dtype == np.int64 and boxes.dtype == np.float32
     summary = bad_index.summary("x.txt")
-    assert summary.startswith("12 images (1 background), 9 fixed, 7 skipped") and "(see x.txt)" in summary
+    assert summary.startswith("13 images (1 background), 10 fixed, 7 skipped") and "(see x.txt)" in summary
     written = bad_index.write_problems(tmp_path).read_text()
     assert all(line in written for line in bad_index.problems)
+
+
+def test_evaluation_index_keeps_unreadable_images_and_raw_objects(tmp_path):
+    """keep_unreadable (evaluation): an image that cannot be read stays, its objects as annotated count as missed;
+    an annotation that cannot be read has no objects to count and is still skipped. Truth is the XML as written."""
+    _bad_dataset(tmp_path)
+    index = load_split(tmp_path, "all", classes=["thing"], keep_unreadable=True)
+    by_id = {r.image_id: r for r in index.records}
+    unreadable = {"truncated", "zero", "text", "noimage"}
+    assert {r.image_id for r in index.unreadable} == unreadable
+    assert set(by_id) == unreadable | {"good", "difficult", "cut", "pngjpg", "gray16", "nosize", "wrongsize",
+                                       "nonnumeric", "outside", "clipped", "zeroarea", "unknown", "empty"}
+    for stem in unreadable:
+        lines = [p for p in index.problems if f"{os.sep}{stem}." in p]
+        assert len(lines) == 1 and lines[0].startswith("unreadable: ") and "(its 1 object counts as missed)" in lines[0]
+        assert by_id[stem].image_error in lines[0] and len(by_id[stem].boxes) == 0  # no training targets
+    assert by_id["noimage"].path.suffix == ".xml"  # no image file to name: the annotation is named
+    assert index.skipped == 3  # malformed and doctype (no objects readable), noxml (an image without annotation)
+    np.testing.assert_array_equal(by_id["clipped"].ground_truth().boxes, [[-10, 5, 80, 30]])  # not clipped
+    np.testing.assert_array_equal(by_id["zeroarea"].ground_truth().boxes,
+                                  [[10, 10, 10, 30], [20, 20, 5, 40], [1, 1, 20, 20]])  # not dropped
+    assert by_id["zeroarea"].ground_truth().boxes.dtype == np.float64
+    assert by_id["difficult"].ground_truth().difficult.tolist() == [True, False]
+    assert index.ground_truth_summary() == ("all: 17 images, 4 unreadable (their 4 objects count as missed), "
+                                            "19 objects (1 difficult, not scored)")
+    assert "4 unreadable" in index.summary()
 
 
 def test_keep_empty_false_drops_background(tmp_path):

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.image_io import ImageReadError, image_size, read_image, write_image
+from utils.image_io import ImageReadError, image_size, probe_image, read_image, truncation_warning, write_image
 
 
 def _rgb(h: int = 48, w: int = 64) -> np.ndarray:
@@ -77,7 +77,7 @@ def test_cmyk_jpeg_converted(tmp_path):
 
 @pytest.mark.parametrize("kind, message", [
     ("zero", "empty file (0 bytes)"),
-    ("truncated", "JPEG is truncated"),
+    ("truncated", "JPEG is truncated before any image data"),
     ("text", "is a text file, not an image"),
     ("missing", "image file is missing"),
     ("garbage", "could not be decoded"),
@@ -86,9 +86,9 @@ def test_refused_with_clear_message(tmp_path, kind, message):
     path = tmp_path / f"{kind}.jpg"
     if kind == "zero":
         path.write_bytes(b"")
-    elif kind == "truncated":
+    elif kind == "truncated":  # cut inside the headers: no image data at all
         data = cv2.imencode(".jpg", cv2.resize(_rgb(), (320, 240)))[1].tobytes()
-        path.write_bytes(data[: len(data) * 2 // 3])
+        path.write_bytes(data[: data.index(b"\xff\xda")])
     elif kind == "text":
         path.write_text("<html><body>404 Not Found</body></html>")
     elif kind == "garbage":
@@ -115,6 +115,40 @@ def test_exif_orientation_ignored(tmp_path):
 def test_reduced_decode(tmp_path):
     _write(tmp_path / "big.jpg", cv2.resize(_rgb(), (400, 300)))
     assert read_image(tmp_path / "big.jpg", reduce=4).shape == (75, 100, 3)
+
+
+@pytest.mark.parametrize("reduce", [1, 2])
+def test_truncated_jpeg_is_used_as_decoded(tmp_path, reduce):
+    """A JPEG cut short in its image data (a camera dump cut short): the part that arrived is decoded as libjpeg's
+    own file reader decodes it (cv2.imread, "Premature end of JPEG file"), the rest grey, with one note."""
+    rgb = cv2.resize(_rgb(), (320, 240))
+    data = cv2.imencode(".jpg", rgb[..., ::-1])[1].tobytes()
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    notes: list[str] = []
+    image = read_image(path, notes, reduce=reduce)
+    assert image.shape == (240 // reduce, 320 // reduce, 3)
+    reference = cv2.imread(str(path), cv2.IMREAD_COLOR if reduce == 1 else cv2.IMREAD_REDUCED_COLOR_2)
+    np.testing.assert_array_equal(image, reference[..., ::-1])
+    full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    if reduce == 1:  # the first rows arrived intact, the last ones did not
+        assert np.abs(image[:40].astype(int) - full[:40]).max() <= 2
+        assert (image[-8:] == 128).all()
+    assert len(notes) == 1 and "JPEG is truncated" in notes[0] and "used as decoded" in notes[0]
+    warning = truncation_warning(path, notes)
+    assert warning is not None and str(path) in warning and "\n" not in warning
+    assert truncation_warning(path, []) is None
+    height, width, probe_notes = probe_image(path)
+    assert (height, width) == (240, 320) and probe_notes == [notes[0]]
+
+
+def test_complete_jpeg_with_trailing_bytes_is_not_called_truncated(tmp_path):
+    """Bytes after the end-of-image marker (some cameras append data) do not make a file truncated."""
+    data = cv2.imencode(".jpg", _rgb()[..., ::-1])[1].tobytes() + bytes(2000)
+    path = tmp_path / "trailer.jpg"
+    path.write_bytes(data)
+    notes: list[str] = []
+    assert read_image(path, notes).shape == (48, 64, 3) and notes == []
 
 
 def test_write_image_round_trips_rgb_to_non_ascii_paths(tmp_path):

@@ -10,14 +10,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from tests.paths import ROOT
-from tests.synthetic import write_weights
+from tests.synthetic import ColourOracle, write_weights
 from utils.config import ModelConfig, build_model
 from utils.dataloader import EvalDataset, build_loader, eval_collate
 from utils.datasets import load_split
-from utils.evaluation import collect_detections, evaluate
+from utils.evaluation import evaluate, predict_split
 
 CLASSES = ["red", "green", "blue"]
 COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}  # RGB
@@ -57,38 +56,8 @@ def write_voc(root, difficult_first: bool = False):
     return root
 
 
-class ColourOracle(nn.Module):
-    """A stand-in detector that finds pure-colour rectangles by thresholding and writes raw YOLO head outputs that
-    decode to their boxes: exercises letterbox -> forward -> decode -> NMS -> unletterbox -> metrics exactly."""
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.dummy = nn.Parameter(torch.zeros(1))
-        self.anchors = torch.tensor(config.anchors)[config.anchors_mask[0]]  # the stride-32 head's anchors
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, _, h, w = x.shape
-        nc = self.config.num_classes
-        out0 = torch.full((b, 3, 5 + nc, h // 32, w // 32), -20.0)
-        out1 = torch.full((b, 3 * (5 + nc), h // 16, w // 16), -20.0)
-        for i in range(b):
-            for k, name in enumerate(CLASSES):
-                colour = torch.tensor(COLOURS[name], dtype=torch.float32).view(3, 1, 1) / 255
-                ys, xs = torch.nonzero(((x[i].float() - colour).abs().max(dim=0).values < 0.25), as_tuple=True)
-                if len(xs):
-                    self._write(out0[i, k], xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, k)
-        return out0.view(b, -1, h // 32, w // 32), out1
-
-    def _write(self, head, x1, y1, x2, y2, k) -> None:
-        cx, cy, bw, bh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1).float(), (y2 - y1).float()
-        gx, gy = int(cx // 32), int(cy // 32)
-        head[0, gy, gx] = torch.logit(cx / 32 - gx, eps=1e-6)
-        head[1, gy, gx] = torch.logit(cy / 32 - gy, eps=1e-6)
-        head[2, gy, gx] = torch.log(bw / self.anchors[k, 0])
-        head[3, gy, gx] = torch.log(bh / self.anchors[k, 1])
-        head[4:, gy, gx] = -10.0
-        head[4, gy, gx] = head[5 + k, gy, gx] = 10.0
+def oracle(config: ModelConfig) -> ColourOracle:
+    return ColourOracle(config, [COLOURS[name] for name in CLASSES])
 
 
 def loader_for(data, config, classes=CLASSES):
@@ -100,7 +69,7 @@ def loader_for(data, config, classes=CLASSES):
 def test_oracle_detector_scores_perfectly(tmp_path, input_shape):
     config = ModelConfig(CLASSES, input_shape=input_shape)
     loader = loader_for(write_voc(tmp_path / "VOCdevkit"), config)
-    model = ColourOracle(config).train()
+    model = oracle(config).train()
     metrics = evaluate(model, loader, config, torch.device("cpu"))
     assert model.training, "evaluation must hand the model back in its training mode"
     assert metrics["mAP50"] == 1.0 and metrics["coco"]["AP50"] == pytest.approx(1.0)
@@ -113,7 +82,7 @@ def test_oracle_detector_scores_perfectly(tmp_path, input_shape):
 def test_detections_are_in_original_pixels(tmp_path):
     config = ModelConfig(CLASSES, input_shape=[128, 128])
     loader = loader_for(write_voc(tmp_path / "VOCdevkit"), config)
-    detections = collect_detections(ColourOracle(config), loader, config, torch.device("cpu"))
+    detections = predict_split(oracle(config), loader, config, torch.device("cpu")).detections
     records = loader.dataset.index.records
     assert len(detections) == len(records)
     for dets, record in zip(detections, records, strict=True):
@@ -127,7 +96,7 @@ def test_detections_are_in_original_pixels(tmp_path):
 def test_difficult_objects_found_do_not_count(tmp_path):
     config = ModelConfig(CLASSES, input_shape=[128, 128])
     loader = loader_for(write_voc(tmp_path / "VOCdevkit", difficult_first=True), config)
-    metrics = evaluate(ColourOracle(config), loader, config, torch.device("cpu"), coco=False)
+    metrics = evaluate(oracle(config), loader, config, torch.device("cpu"), coco=False)
     assert metrics["mAP50"] == 1.0 and metrics["mAP50_95"] is None
     assert metrics["per_class"]["red"]["num_gt"] == 3  # 4 red rectangles, one difficult
 
@@ -136,7 +105,7 @@ def test_class_list_mismatch_is_refused(tmp_path):
     config = ModelConfig(CLASSES, input_shape=[128, 128])
     loader = loader_for(write_voc(tmp_path / "VOCdevkit"), config, classes=["blue", "green", "red"])
     with pytest.raises(ValueError, match="classes"):
-        evaluate(ColourOracle(config), loader, config, torch.device("cpu"))
+        evaluate(oracle(config), loader, config, torch.device("cpu"))
 
 
 # ---- eval.py ----

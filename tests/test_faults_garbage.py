@@ -1,6 +1,9 @@
 """Garbage in: a generated images/ + annotations/ dataset in which about one file pair in five is broken, each in a
 different way. train.py and eval.py must run to the end on it; their summary counts must match what was injected and
 each problem must get exactly one line naming its file (data_problems_*.txt in the run folder, and the log).
+
+Training skips an image it cannot read; evaluation keeps it and counts its objects as missed ("unreadable"), because a
+metric must not change what it scores. A JPEG cut inside its image data is used as decoded by both.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ H, W = 96, 128
 PAIRS = 80  # annotated stems; broken ones take the first train stems
 # kind -> (problem line kind or None when the file is handled without a problem line, words the line must contain)
 BROKEN = {
-    "truncated": ("skipped", ["JPEG is truncated"]),
+    "truncated": ("skipped", ["JPEG is truncated before any image data"]),  # cut inside its headers
+    "truncated_partial": ("fixed", ["JPEG is truncated", "used as decoded"]),  # cut inside its image data
     "zero_byte": ("skipped", ["empty file (0 bytes)"]),
     "text": ("skipped", ["is a text file"]),
     "png_named_jpg": ("fixed", ["PNG data in a .jpg file"]),
@@ -44,6 +48,9 @@ BROKEN = {
     "entity_bomb": ("skipped", ["DOCTYPE/ENTITY declaration"]),
     "no_image": ("skipped", ["its image is missing"]),
 }
+# eval.py keeps the images it cannot read: their objects count as missed
+EVAL_BROKEN = {**BROKEN, **{kind: ("unreadable", BROKEN[kind][1] + ["(its 1 object counts as missed)"])
+                            for kind in ("truncated", "zero_byte", "text", "no_image")}}
 ORPHAN = "orphan_image"  # an image without annotation: reported in every split, as 'image has no annotation'
 
 
@@ -77,6 +84,8 @@ def _write_broken(kind: str, stem: str, images: Path, anns: Path, rng: np.random
     xml.write_text(_xml(stem, [good]), encoding="utf-8")
     if kind == "truncated":
         jpg.write_bytes(jpg.read_bytes()[:400])
+    elif kind == "truncated_partial":
+        jpg.write_bytes(jpg.read_bytes()[: jpg.stat().st_size * 2 // 3])
     elif kind == "zero_byte":
         jpg.write_bytes(b"")
     elif kind == "text":
@@ -159,19 +168,19 @@ def _problem_lines(lines: list[str], stem: str) -> list[str]:
     return [line for line in lines if re.search(rf"[/\\]{stem}\.\w+:", line)]
 
 
-def _check_lines(lines: list[str], stems_kinds: dict[str, str]) -> tuple[int, int]:
-    """Exactly one line per broken stem with the expected kind and words; none for the rest. -> (fixed, skipped)."""
-    fixed = skipped = 0
+def _check_lines(lines: list[str], stems_kinds: dict[str, str], expectations: dict = BROKEN) -> dict[str, int]:
+    """Exactly one line per broken stem with the expected kind and words; none for the rest. -> count per kind."""
+    counts = {"fixed": 0, "skipped": 0, "unreadable": 0}
     for stem, kind in stems_kinds.items():
-        expected, words = BROKEN.get(kind, (None, []))
+        expected, words = expectations.get(kind, (None, []))
         found = _problem_lines(lines, stem)
         if expected is None:
             assert not found, (stem, kind, found)
             continue
         assert len(found) == 1, (stem, kind, found)
         assert found[0].startswith(f"{expected}: ") and all(w in found[0] for w in words), (kind, found[0])
-        fixed, skipped = fixed + (expected == "fixed"), skipped + (expected == "skipped")
-    return fixed, skipped
+        counts[expected] += 1
+    return counts
 
 
 def test_train_and_eval_survive_garbage(garbage, tmp_path):
@@ -184,7 +193,8 @@ def test_train_and_eval_survive_garbage(garbage, tmp_path):
     lines = (run / "data_problems_train.txt").read_text(encoding="utf-8").splitlines()
     header, lines = lines[0], lines[1:]
     train_kinds = {stem: kinds.get(stem, "good") for stem in splits["train"]}
-    fixed, skipped = _check_lines(lines, train_kinds)
+    counts = _check_lines(lines, train_kinds)
+    fixed, skipped = counts["fixed"], counts["skipped"]
     orphan = _problem_lines(lines, ORPHAN)
     assert len(orphan) == 1 and orphan[0].startswith("skipped: ") and "image has no annotation" in orphan[0]
     assert len(lines) == fixed + skipped + 1, "a problem line names no injected fault"
@@ -197,15 +207,18 @@ def test_train_and_eval_survive_garbage(garbage, tmp_path):
     status, output, eval_gib = _run("eval.py", "--weights", run / "last.pth", "--data", root, "--split", "all",
                                     "--device", "cpu", "--workers", "0", "--save-dir", tmp_path / "eval", cwd=tmp_path)
     assert status == 0 and "Traceback" not in output, output[-4000:]
-    problem_lines = [line.strip() for line in output.splitlines() if line.startswith(("fixed: ", "skipped: "))]
+    problem_lines = [line.strip() for line in output.splitlines()
+                     if line.startswith(("fixed: ", "skipped: ", "unreadable: "))]
     every_stem = sorted(set().union(*splits.values()))
-    fixed, skipped = _check_lines(problem_lines, {stem: kinds.get(stem, "good") for stem in every_stem})
-    assert len(problem_lines) == fixed + skipped + 1
+    found = _check_lines(problem_lines, {stem: kinds.get(stem, "good") for stem in every_stem}, EVAL_BROKEN)
+    assert len(problem_lines) == sum(found.values()) + 1
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
-    assert metrics["images"] == PAIRS - skipped
+    assert metrics["images"] == PAIRS - found["skipped"]  # only annotations that cannot be read are left out
+    assert metrics["unreadable_images"] == found["unreadable"] == 4 and metrics["unreadable_objects"] == 4
+    assert f"all: {PAIRS - found['skipped']} images, 4 unreadable (their 4 objects count as missed)" in output
     assert metrics["unknown_objects"] == {"dog": 1}
     counts = {"injected": len(BROKEN) + 1, "survived": len(BROKEN) + 1,
-              "reported": fixed + skipped + 1, "handled_without_report": sum(BROKEN[k][0] is None for k in BROKEN),
+              "reported": sum(found.values()) + 1, "handled_without_report": sum(BROKEN[k][0] is None for k in BROKEN),
               "train_peak_rss_gib": round(train_gib, 2), "eval_peak_rss_gib": round(eval_gib, 2)}
     print("garbage in:", json.dumps(counts))
     assert train_gib < 2 and eval_gib < 3, counts  # the 12000 x 12000 image must not blow memory up

@@ -2,117 +2,19 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import numpy as np
 import pytest
+from pycocotools.cocoeval import COCOeval
 
 from tests.paths import TINY_COCO, needs_shared
-from utils.metrics import GroundTruthBoxes, coco_evaluate, plot_pr_curves, voc_ap, voc_evaluate
+from tests.reference import devkit_voc_eval, standard_pycocotools, to_results
+from tests.synthetic import random_dataset
+from utils.metrics import GroundTruthBoxes, coco_evaluate, voc_ap, voc_evaluate
+from utils.plots import plot_pr_curves
 
 NAMES = ["a", "b", "c"]
-
-
-# ---- the VOC devkit's voc_eval.py / voc_ap, re-typed loop for loop (the slow, obvious reference) ----
-
-def devkit_voc_ap(rec, prec, use_07_metric=False):
-    if use_07_metric:
-        ap = 0.0
-        for t in np.arange(0.0, 1.1, 0.1):
-            p = 0 if np.sum(rec >= t) == 0 else np.max(prec[rec >= t])
-            ap = ap + p / 11.0
-        return ap
-    mrec = np.concatenate(([0.0], rec, [1.0]))
-    mpre = np.concatenate(([0.0], prec, [0.0]))
-    for i in range(mpre.size - 1, 0, -1):
-        mpre[i - 1] = np.maximum(mpre[i - 1], mpre[i])
-    i = np.where(mrec[1:] != mrec[:-1])[0]
-    return np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])
-
-
-def devkit_voc_eval(detections, truths, classidx, ovthresh=0.5, use_07_metric=False):
-    class_recs, npos = {}, 0
-    for image, truth in enumerate(truths):
-        keep = truth.labels == classidx
-        difficult = truth.difficult[keep]
-        npos += int(np.sum(~difficult))
-        class_recs[image] = {"bbox": truth.boxes[keep], "difficult": difficult, "det": [False] * int(keep.sum())}
-    image_ids, confidence, BB = [], [], []
-    for image, dets in enumerate(detections):
-        for row in dets:
-            if int(row[5]) == classidx:
-                image_ids.append(image)
-                confidence.append(row[4])
-                BB.append(row[:4])
-    if not BB:
-        return 0.0 if npos else float("nan")
-    confidence, BB = np.array(confidence), np.array(BB)
-    sorted_ind = np.argsort(-confidence, kind="stable")
-    BB = BB[sorted_ind, :]
-    image_ids = [image_ids[x] for x in sorted_ind]
-    nd = len(image_ids)
-    tp, fp = np.zeros(nd), np.zeros(nd)
-    for d in range(nd):
-        R = class_recs[image_ids[d]]
-        bb = BB[d, :].astype(float)
-        ovmax = -np.inf
-        BBGT = R["bbox"].astype(float)
-        if BBGT.size > 0:
-            ixmin = np.maximum(BBGT[:, 0], bb[0])
-            iymin = np.maximum(BBGT[:, 1], bb[1])
-            ixmax = np.minimum(BBGT[:, 2], bb[2])
-            iymax = np.minimum(BBGT[:, 3], bb[3])
-            iw = np.maximum(ixmax - ixmin + 1.0, 0.0)
-            ih = np.maximum(iymax - iymin + 1.0, 0.0)
-            inters = iw * ih
-            uni = ((bb[2] - bb[0] + 1.0) * (bb[3] - bb[1] + 1.0)
-                   + (BBGT[:, 2] - BBGT[:, 0] + 1.0) * (BBGT[:, 3] - BBGT[:, 1] + 1.0) - inters)
-            overlaps = inters / uni
-            ovmax = np.max(overlaps)
-            jmax = np.argmax(overlaps)
-        if ovmax > ovthresh:
-            if not R["difficult"][jmax]:
-                if not R["det"][jmax]:
-                    tp[d] = 1.0
-                    R["det"][jmax] = 1
-                else:
-                    fp[d] = 1.0
-        else:
-            fp[d] = 1.0
-    fp, tp = np.cumsum(fp), np.cumsum(tp)
-    if npos == 0:
-        return float("nan")
-    rec = tp / float(npos)
-    prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-    return devkit_voc_ap(rec, prec, use_07_metric)
-
-
-# ---- synthetic data ----
-
-def random_dataset(seed: int, images: int = 60, num_classes: int = 3, dets_per_image: int = 12):
-    """Integer boxes (so IoU ties occur), duplicated gts, difficult flags, empty images, jittered + random dets."""
-    rng = np.random.default_rng(seed)
-    truths, detections = [], []
-    for _ in range(images):
-        n = int(rng.integers(0, 6))
-        xy = rng.integers(0, 300, size=(n, 2))
-        wh = rng.integers(4, 120, size=(n, 2))
-        boxes = np.concatenate([xy, xy + wh], axis=1).astype(float)
-        labels = rng.integers(0, num_classes, size=n)
-        if n and rng.random() < 0.3:  # an exact duplicate gt: argmax ties must go to the first one
-            boxes, labels = np.concatenate([boxes, boxes[:1]]), np.concatenate([labels, labels[:1]])
-        truths.append(GroundTruthBoxes(boxes, labels, rng.random(len(labels)) < 0.2))
-        jitter = boxes[rng.integers(0, len(boxes), size=dets_per_image)] if len(boxes) else np.zeros((0, 4))
-        jitter = jitter + rng.normal(0, 6, size=jitter.shape)
-        noise_xy = rng.uniform(0, 300, size=(dets_per_image // 3, 2))
-        noise = np.concatenate([noise_xy, noise_xy + rng.uniform(4, 120, size=noise_xy.shape)], axis=1)
-        boxes_d = np.concatenate([jitter, noise])
-        labels_d = np.where(rng.random(len(boxes_d)) < 0.8, 0, rng.integers(0, num_classes, len(boxes_d)))
-        if len(jitter):
-            labels_d[:len(jitter)] = np.where(rng.random(len(jitter)) < 0.85,
-                                              labels[rng.integers(0, len(labels), len(jitter))], labels_d[:len(jitter)])
-        dets = np.column_stack([boxes_d, rng.random(len(boxes_d)), labels_d])
-        detections.append(dets)
-    return detections, truths
 
 
 def one_image(gt_boxes, gt_labels, dets, difficult=None):
@@ -173,9 +75,11 @@ def test_difficult_objects_are_neither_tp_nor_fp():
 def test_no_detections():
     result = voc_evaluate(*one_image(GTS, [0, 1, 0, 1], np.zeros((0, 6))), ["a", "b"])
     assert result.map == 0.0 and result.ap_per_class() == {"a": 0.0, "b": 0.0}
-    assert coco_evaluate([np.zeros((0, 6))], [GroundTruthBoxes(GTS, [0, 1, 0, 1])], ["a", "b"])["mAP50_95"] == 0.0
+    coco = coco_evaluate([np.zeros((0, 6))], [GroundTruthBoxes(GTS, [0, 1, 0, 1])], ["a", "b"])
+    # 49 x 49 px objects are all medium (32^2 < area < 96^2): APs and APl have no ground truth -> None, not -1
+    assert coco == {"mAP50_95": 0.0, "AP50": 0.0, "AP75": 0.0, "APs": None, "APm": 0.0, "APl": None}
     empty = voc_evaluate([], [], ["a"])
-    assert empty.map == 0.0 and empty.ap_per_class() == {"a": None}
+    assert np.isnan(empty.map) and empty.ap_per_class() == {"a": None}  # no ground truth: undefined, not 0
 
 
 def test_class_without_ground_truth_is_left_out_of_the_mean():
@@ -226,24 +130,6 @@ def test_iou_threshold_parameter_matches_reference():
 
 
 # ---- COCO: pycocotools run the standard way on files ----
-
-def standard_pycocotools(gt_json, results, tmp_path):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-    (tmp_path / "gt.json").write_text(json.dumps(gt_json))
-    (tmp_path / "dt.json").write_text(json.dumps(results))
-    coco_gt = COCO(str(tmp_path / "gt.json"))
-    evaluator = COCOeval(coco_gt, coco_gt.loadRes(str(tmp_path / "dt.json")), "bbox")
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    return evaluator.stats[:6]
-
-
-def to_results(detections, image_ids, category_ids):
-    return [{"image_id": image_ids[i], "category_id": category_ids[int(c)], "bbox": [x1, y1, x2 - x1, y2 - y1],
-             "score": s} for i, dets in enumerate(detections) for x1, y1, x2, y2, s, c in dets.tolist()]
-
 
 def test_coco_equals_pycocotools_files_synthetic(tmp_path):
     detections, truths = random_dataset(3, images=30)
@@ -296,6 +182,26 @@ def test_coco_equals_pycocotools_on_tiny_coco(tmp_path):
         ann["area"] = ann["bbox"][2] * ann["bbox"][3]
     np.testing.assert_allclose(list(ours.values()), standard_pycocotools(data, results, tmp_path), rtol=0, atol=1e-12)
     assert 0.2 < ours["mAP50_95"] < 0.95
+
+
+def test_ctrl_c_inside_pycocotools_accumulate_is_not_swallowed(monkeypatch):
+    """COCOeval.accumulate catches everything in a loop (a bare except): a Ctrl-C arriving there used to vanish, and a
+    training run went on to its last epoch. It now stops the program once accumulate returns."""
+    real, reached = COCOeval.accumulate, []
+
+    def accumulate(self, *args, **kwargs):
+        try:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C while pycocotools' own loop runs
+        except:  # noqa: E722 - what pycocotools does around its loop
+            pass
+        reached.append(True)
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(COCOeval, "accumulate", accumulate)
+    detections, truths = random_dataset(4, images=5)
+    with pytest.raises(KeyboardInterrupt):
+        coco_evaluate(detections, truths, NAMES)
+    assert reached == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
 
 
 def test_pycocotools_prints_are_silenced(capsys):

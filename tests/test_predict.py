@@ -249,3 +249,22 @@ def test_show_without_a_display_is_a_clear_error(checkpoint, image_dir, monkeypa
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     assert run_predict("--weights", str(checkpoint), "--source", str(image_dir), "--show", "--nosave") == 1
     assert "--show needs a display" in "".join(capsys.readouterr())
+
+
+def test_truncated_jpeg_is_used_as_decoded_with_one_warning(checkpoint, image_dir, tmp_path, caplog, capsys,
+                                                             monkeypatch):
+    """A JPEG cut short is detected on as far as it decodes (not skipped), with one warning line naming it."""
+    monkeypatch.setattr(predict, "setup_logging", lambda verbose=False: None)  # keep pytest's log capture
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    data = (image_dir / "img1.jpg").read_bytes()
+    (folder / "a.jpg").write_bytes(data)
+    (folder / "t.jpg").write_bytes(data[: len(data) * 6 // 10])
+    save_dir = tmp_path / "out"
+    assert run_predict("--weights", str(checkpoint), "--source", str(folder), "--save-dir", str(save_dir),
+                       "--max-det", "5") == 0
+    assert sorted(p.name for p in save_dir.iterdir()) == ["a.jpg", "t.jpg"]
+    assert cv2.imread(str(save_dir / "t.jpg")).shape == cv2.imread(str(folder / "a.jpg")).shape
+    lines = [r.getMessage() for r in caplog.records if "t.jpg" in r.getMessage()]
+    assert len(lines) == 1 and "JPEG is truncated" in lines[0] and "used as decoded" in lines[0], lines
+    assert "2 image(s):" in capsys.readouterr().out

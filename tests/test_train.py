@@ -1,6 +1,7 @@
 """Training: overfitting a few images, exact resume, DDP on gloo, the non-finite-loss guard, atomic checkpoints."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -8,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.paths import ROOT
 from tests.synthetic import make_voc
@@ -131,3 +133,63 @@ def test_ddp_two_processes_on_gloo(tiny_voc, tmp_path):
     assert [d.name for d in run_dirs] == ["ddp"]  # one folder: only rank 0 writes
     checkpoint = load_checkpoint(run_dirs[0] / "last.pth")
     assert checkpoint["epoch"] == 2 and "val/mAP50" in checkpoint["history"][-1]
+
+
+def scripted_fitness(monkeypatch, values: list[float]):
+    """Validation runs for real, but reports mAP50 values[k] at its k-th call: the fitness follows a known script.
+    Patched where the engine calls it (utils.engine imports evaluate at module level)."""
+    real, calls = engine.evaluate, []
+
+    def evaluate(*args, **kwargs):
+        metrics = real(*args, **kwargs)
+        metrics["mAP50"] = values[len(calls)]
+        calls.append(metrics["mAP50"])
+        return metrics
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    return calls
+
+
+def test_patience_stops_at_the_expected_epoch_and_resume_says_so(tiny_voc, tmp_path, monkeypatch, caplog):
+    # best at epoch 2, then 2 validations without improvement: --patience 2 stops after epoch 4 of 8
+    caplog.set_level(logging.INFO)
+    calls = scripted_fitness(monkeypatch, [0.1, 0.3, 0.3, 0.2, 0.25, 0.29, 0.28, 0.9])
+    run_dir = train(tiny_config(tiny_voc, tmp_path, epochs=8, patience=2))
+    last, best = load_checkpoint(run_dir / "last.pth"), load_checkpoint(run_dir / "best.pth")
+    assert len(calls) == 4 and last["epoch"] == 4 and best["epoch"] == 2
+    assert last["stop_reason"] and "--patience 2" in last["stop_reason"] and last["best_epoch"] == 2
+    assert [row["epoch"] for row in last["history"]] == [1, 2, 3, 4]
+    assert (run_dir / "results.csv").read_text().count("\n") == 5  # header + epochs 1-4: it ends at the last epoch run
+    assert [row["fitness"] for row in last["history"]] == [0.1, 0.3, 0.3, 0.2]
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[-1].startswith("stopped early after epoch 4 of 8") and "best.pth = epoch 2" in messages[-1]
+    for name in ("best.pth", "last.pth"):  # both complete training checkpoints
+        assert {"model", "ema", "optimizer", "config", "train_config"} <= set(load_checkpoint(run_dir / name))
+    # resume: already stopped, nothing trained
+    caplog.clear()
+    train(tiny_config(tiny_voc, tmp_path), resume=str(run_dir))
+    assert "already stopped early after epoch 4" in caplog.text and len(calls) == 4
+    assert load_checkpoint(run_dir / "last.pth")["epoch"] == 4
+    # resume with a larger --patience: trains on until 4 validations in a row bring nothing (epochs 5 and 6)
+    train(tiny_config(tiny_voc, tmp_path), resume=str(run_dir), overrides={"patience": 4})
+    final = load_checkpoint(run_dir / "last.pth")
+    assert len(calls) == 6 and final["epoch"] == 6 and "--patience 4" in final["stop_reason"]
+    assert [row["epoch"] for row in final["history"]] == [1, 2, 3, 4, 5, 6]
+    assert load_checkpoint(run_dir / "best.pth")["epoch"] == 2
+
+
+@pytest.mark.parametrize("name, expected", [("map50", 0.5), ("map50_95", 0.3), ("mix", 0.32)])
+def test_fitness_choices(name, expected):
+    assert engine.FITNESS[name]({"mAP50": 0.5, "mAP50_95": 0.3}) == pytest.approx(expected)
+    assert engine.FITNESS[name]({"mAP50": None, "mAP50_95": None}) is None
+
+
+def test_validation_logs_loss_precision_recall_and_pictures(tiny_voc, tmp_path):
+    run_dir = train(tiny_config(tiny_voc, tmp_path, epochs=1, preview=True, fitness="mix"))
+    header = (run_dir / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"val/box", "val/obj", "val/cls", "val/precision", "val/recall", "val/mAP50", "val/mAP50_95",
+            "fitness"} <= set(header)
+    for name in ("results.png", "confusion_matrix.png", "f1_curve.png", "labels.png", "train_batch_preview.png"):
+        assert (run_dir / name).read_bytes()[:4] == b"\x89PNG", name
+    events = EventAccumulator(str(run_dir)).Reload()
+    assert {"val/box", "val/precision", "val/recall", "val/mAP50_95"} <= set(events.Tags()["scalars"])
+    assert {"val/confusion_matrix", "val/f1_curve", "train/labels"} <= set(events.Tags()["images"])

@@ -28,7 +28,7 @@ class AnnotationError(UserError, ValueError):
 class RawAnnotation:
     """Objects of one image before class names are mapped to indices.
 
-    boxes: float32 [N, 4] (x1, y1, x2, y2) in the annotation's pixel grid; names: N class names;
+    boxes: float64 [N, 4] (x1, y1, x2, y2) in the annotation's pixel grid, exactly as written; names: N class names;
     difficult: bool [N] (VOC difficult=1, or COCO iscrowd); size: (height, width) stated by the file, None if absent.
     """
 
@@ -134,7 +134,7 @@ def parse_voc_xml(path: str | Path) -> RawAnnotation:
     size = _xml_size(root, notes)
     parsed = [_xml_object(obj, i + 1, notes) for i, obj in enumerate(root.iter("object"))]
     parsed = [p for p in parsed if p is not None]
-    boxes = np.array([p[1] for p in parsed], dtype=np.float32).reshape(-1, 4)
+    boxes = np.array([p[1] for p in parsed], dtype=np.float64).reshape(-1, 4)
     return RawAnnotation(names=[p[0] for p in parsed], boxes=boxes,
                          difficult=np.array([p[2] for p in parsed], dtype=np.bool_), size=size, notes=notes,
                          filename=_text(root, "filename"))
@@ -180,7 +180,7 @@ def _coco_image(entry: dict, anns: list[dict], categories: dict[int, str]) -> Co
             notes.append(f"annotation {ann.get('id')} has an invalid bbox {bbox!r} (dropped)")
             continue
         kept.append(ann)
-    boxes = np.array([a["bbox"] for a in kept], dtype=np.float32).reshape(-1, 4)
+    boxes = np.array([a["bbox"] for a in kept], dtype=np.float64).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]
     category_ids = [int(a["category_id"]) for a in kept]
     annotation = RawAnnotation(names=[categories.get(c, f"<category id {c}>") for c in category_ids], boxes=boxes,

@@ -37,6 +37,14 @@ def letterbox(image: np.ndarray, size: tuple[int, int] | list[int]) -> tuple[np.
     return canvas, LetterboxInfo(scale, pad_x, pad_y, height, width)
 
 
+def letterbox_boxes(boxes: np.ndarray, info: LetterboxInfo) -> np.ndarray:
+    """Original-image boxes -> canvas boxes (float32 [N, 4] x1, y1, x2, y2)."""
+    out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+    out[:, [0, 2]] = out[:, [0, 2]] * info.scale + info.pad_x
+    out[:, [1, 3]] = out[:, [1, 3]] * info.scale + info.pad_y
+    return out
+
+
 def unletterbox_boxes(boxes: torch.Tensor, info: LetterboxInfo) -> torch.Tensor:
     """Canvas boxes -> original-image boxes, clipped to the image."""
     out = boxes.clone()

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
 from utils.augment import AugmentConfig, Sample, colour_jitter, mixup, mosaic, random_placement
-from utils.boxes import LETTERBOX_FILL, LetterboxInfo, letterbox
+from utils.boxes import LetterboxInfo, letterbox
 from utils.datasets import DatasetIndex
 from utils.errors import ConfigError, DatasetError, UserError
 from utils.image_io import ImageReadError, read_image, write_image
@@ -202,7 +202,11 @@ class TrainDataset(Dataset):
 
 
 class EvalDataset(Dataset):
-    """Letterboxed images for validation/test: (image uint8 Tensor[3, H, W], index, LetterboxInfo)."""
+    """Letterboxed images for validation/test: (image uint8 Tensor[3, H, W], index, LetterboxInfo).
+
+    An image that cannot be read (known from indexing, `ImageRecord.image_error`, or failing only now) yields a
+    zero tensor and its error message in place of the LetterboxInfo: evaluation shows it to no model, so its
+    objects count as missed. A partly decoded (truncated) image is used as decoded; indexing reported it."""
 
     def __init__(self, index: DatasetIndex, input_shape: tuple[int, int] | list[int]) -> None:
         self.index = index
@@ -211,17 +215,18 @@ class EvalDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index.records)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, LetterboxInfo]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, LetterboxInfo | str]:
         record = self.index.records[i]
-        try:
-            image = read_image(record.path)
-        except ImageReadError as err:
-            # the image passed the header check when indexing; keep the evaluation going with a grey image so its
-            # ground truth counts as missed rather than silently vanishing
-            LOGGER.warning("%s (evaluated as a blank image)", err)
-            image = np.full((max(record.height, 1), max(record.width, 1), 3), LETTERBOX_FILL, dtype=np.uint8)
-        canvas, info = letterbox(image, self.input_shape)
-        return torch.from_numpy(np.ascontiguousarray(canvas.transpose(2, 0, 1))), i, info
+        error = record.image_error
+        if error is None:
+            try:
+                image = read_image(record.path)
+            except ImageReadError as err:
+                error = str(err)
+            else:
+                canvas, info = letterbox(image, self.input_shape)
+                return torch.from_numpy(np.ascontiguousarray(canvas.transpose(2, 0, 1))), i, info
+        return torch.zeros((3, *self.input_shape), dtype=torch.uint8), i, error
 
 
 def train_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,9 +236,9 @@ def train_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch
     return images, torch.cat(targets) if targets else torch.zeros((0, 6))
 
 
-def eval_collate(batch: list[tuple[torch.Tensor, int, LetterboxInfo]]
-                 ) -> tuple[torch.Tensor, list[int], list[LetterboxInfo]]:
-    """-> (images uint8 [B, 3, H, W], dataset indices, letterbox infos)."""
+def eval_collate(batch: list[tuple[torch.Tensor, int, LetterboxInfo | str]]
+                 ) -> tuple[torch.Tensor, list[int], list[LetterboxInfo | str]]:
+    """-> (images uint8 [B, 3, H, W], dataset indices, letterbox infos or the errors of unreadable images)."""
     return torch.stack([item[0] for item in batch]), [item[1] for item in batch], [item[2] for item in batch]
 
 

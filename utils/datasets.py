@@ -3,8 +3,15 @@
 Where data enters the project. `load_split` reads every annotation, checks every image header, and turns each problem
 into one line naming the file (logged and kept in `DatasetIndex.problems`): nothing crashes, nothing is dropped
 silently. Boxes are (x1, y1, x2, y2) in the stored pixel grid of the image (EXIF orientation ignored, see
-utils/image_io.py). Records always hold every known-class object, with `difficult` flagging VOC difficult=1 and COCO
-iscrowd; the training dataset leaves those out unless `keep_difficult`, evaluation uses the flag (VOC protocol).
+utils/image_io.py).
+
+Two views of each image's objects:
+- `boxes/labels/difficult`: the training targets, cleaned (clipped to the image, zero-area and exact duplicates
+  dropped); `difficult` flags VOC difficult=1 and COCO iscrowd, left out of training unless `keep_difficult`.
+- `truth`: the ground truth that evaluation scores, every known-class object exactly as the annotation file states it
+  (nothing clipped or dropped, difficult flagged), as the VOC devkit and pycocotools read the raw files.
+With `keep_unreadable=True` (evaluation) an image that cannot be read stays in the split with `image_error` set, so its
+objects count as missed instead of leaving the denominator.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import numpy as np
 from utils.annotations import AnnotationError, RawAnnotation, parse_coco_json, parse_voc_xml
 from utils.errors import DatasetError, MissingFileError
 from utils.image_io import IMAGE_SUFFIXES, ImageReadError, probe_image
+from utils.metrics import GroundTruthBoxes
 
 LOGGER = logging.getLogger(__name__)
 SPLITS = ("train", "val", "trainval", "test")
@@ -27,8 +35,11 @@ VAL_FRACTION = 0.1
 
 @dataclass
 class ImageRecord:
-    """One usable image. boxes: float32 [N, 4] (x1, y1, x2, y2) original pixels; labels: int64 [N];
-    difficult: bool [N]; width/height: the real image size; coco_id: the json's image id for COCO sources."""
+    """One image of a split. boxes: float32 [N, 4] (x1, y1, x2, y2) original pixels, labels: int64 [N] and
+    difficult: bool [N] are the cleaned training targets; width/height: the real image size (the annotation's, or 0,
+    when the image is unreadable); coco_id: the json's image id for COCO sources; truth: the objects as annotated
+    (see the module docstring; None for hand-built records, whose boxes are their truth); image_error: why the image
+    cannot be read (evaluation indexes only), else None."""
 
     path: Path
     image_id: str
@@ -38,6 +49,12 @@ class ImageRecord:
     width: int = 0
     height: int = 0
     coco_id: int | None = None
+    truth: GroundTruthBoxes | None = None
+    image_error: str | None = None
+
+    def ground_truth(self) -> GroundTruthBoxes:
+        """What evaluation scores: the annotated objects as written (float64 boxes, labels, difficult flags)."""
+        return self.truth if self.truth is not None else GroundTruthBoxes(self.boxes, self.labels, self.difficult)
 
 
 @dataclass
@@ -53,19 +70,41 @@ class DatasetIndex:
     background: int = 0
     unknown_objects: dict[str, int] = field(default_factory=dict)
     keep_difficult: bool = False
+    coco_json: Path | None = None  # the instances json of a COCO source (pycocotools scores against it as written)
 
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def unreadable(self) -> list[ImageRecord]:
+        """Records whose image cannot be read (only in indexes loaded with keep_unreadable)."""
+        return [r for r in self.records if r.image_error is not None]
+
     def summary(self, problems_file: str | Path | None = None) -> str:
         """One line such as '200 images (3 background), 2 fixed, 1 skipped (see runs/x/data_problems_train.txt)'."""
         line = f"{len(self.records)} images ({self.background} background), {self.fixed} fixed, {self.skipped} skipped"
+        if self.unreadable:
+            line += f", {len(self.unreadable)} unreadable (their objects count as missed)"
         if self.unknown_objects:
             unknown = ", ".join(f"{name} x{count}" for name, count in sorted(self.unknown_objects.items()))
             line += f"; objects of classes not in the class list (not used): {unknown}"
         if self.problems:
             line += f" (see {problems_file})" if problems_file else " (see DatasetIndex.problems)"
         return line
+
+    def ground_truth_summary(self) -> str:
+        """What evaluation scores, e.g. 'test: 32 images, 1 unreadable (its 2 objects count as missed), 49 objects'.
+
+        Objects are the scored (non-difficult) ones of the index's classes, unreadable images' included."""
+        def scored(record: ImageRecord) -> int:
+            return int((~record.ground_truth().difficult).sum())
+        unreadable = self.unreadable
+        line = f"{self.split}: {len(self.records)} images"
+        if unreadable:
+            line += f", {len(unreadable)} unreadable ({missed_objects(sum(map(scored, unreadable)), len(unreadable))})"
+        line += f", {sum(scored(r) for r in self.records)} objects"
+        difficult = sum(int(r.ground_truth().difficult.sum()) for r in self.records)
+        return line + (f" ({difficult} difficult, not scored)" if difficult else "")
 
     def write_problems(self, run_dir: str | Path) -> Path:
         """Write every problem line into `run_dir/data_problems_<split>.txt` and return that path."""
@@ -263,6 +302,19 @@ def _duplicates(boxes: np.ndarray, labels: np.ndarray, keep: np.ndarray, notes: 
     return duplicate
 
 
+def _known_objects(raw: RawAnnotation, class_index: dict[str, int], unknown: Counter,
+                   notes: list[str]) -> tuple[np.ndarray, GroundTruthBoxes]:
+    """(mask of known-class objects, their ground truth as written); objects of other classes are counted."""
+    known = np.array([name in class_index for name in raw.names], dtype=np.bool_)
+    if not known.all():
+        missing = Counter(name for name in raw.names if name not in class_index)
+        unknown.update(missing)
+        notes.append("objects of classes not in the class list (not used): "
+                     + ", ".join(f"{name} x{count}" for name, count in sorted(missing.items())))
+    labels = np.array([class_index[n] for n in raw.names if n in class_index], dtype=np.int64)
+    return known, GroundTruthBoxes(raw.boxes[known], labels, raw.difficult[known])
+
+
 def _check_entry(entry: _Entry, class_index: dict[str, int], unknown: Counter) -> tuple[ImageRecord, list[str]]:
     """Turn an entry into a record; returns (record, notes of what was fixed). Raises ImageReadError/AnnotationError."""
     if isinstance(entry.raw, AnnotationError):
@@ -276,30 +328,54 @@ def _check_entry(entry: _Entry, class_index: dict[str, int], unknown: Counter) -
     if raw.size is not None and raw.size != (height, width):
         notes.append(f"annotation says {raw.size[1]}x{raw.size[0]} but the image is {width}x{height} "
                      "(used the image size; boxes kept as written)")
-    known = np.array([name in class_index for name in raw.names], dtype=np.bool_)
-    if not known.all():
-        missing = Counter(name for name in raw.names if name not in class_index)
-        unknown.update(missing)
-        notes.append("objects of classes not in the class list (not used): "
-                     + ", ".join(f"{name} x{count}" for name, count in sorted(missing.items())))
+    known, truth = _known_objects(raw, class_index, unknown, notes)
     boxes = raw.boxes[known].astype(np.float32, copy=True)
-    labels = np.array([class_index[n] for n in raw.names if n in class_index], dtype=np.int64)
+    labels = truth.labels
     keep = _box_notes(boxes, height, width, notes)
     keep &= ~_duplicates(boxes, labels, keep, notes)
     record = ImageRecord(entry.image, entry.image.stem, boxes[keep], labels[keep], raw.difficult[known][keep],
-                         width, height, entry.coco_id)
+                         width, height, entry.coco_id, truth)
     return record, notes
 
 
+def _unreadable_record(entry: _Entry, error: ImageReadError, class_index: dict[str, int],
+                       unknown: Counter) -> tuple[ImageRecord, str]:
+    """An evaluation record for an image that cannot be read: no training targets, its annotated objects as truth.
+    Returns (record, problem line)."""
+    raw = entry.raw
+    _, truth = _known_objects(raw, class_index, unknown, [])
+    height, width = raw.size or (0, 0)
+    path = entry.image or entry.annotation  # a missing image has no path; name the annotation
+    empty = np.zeros((0, 4), np.float32)
+    record = ImageRecord(path, path.stem, empty, np.zeros(0, np.int64), np.zeros(0, bool), width, height,
+                         entry.coco_id, truth, image_error=str(error))
+    notes = f"; annotation: {'; '.join(raw.notes)}" if raw.notes else ""
+    return record, f"unreadable: {error} ({missed_objects(int((~truth.difficult).sum()))}){notes}"
+
+
+def missed_objects(count: int, images: int = 1) -> str:
+    """'its 2 objects count as missed', 'its 1 object counts as missed', 'their 5 objects count as missed'."""
+    owner = "its" if images == 1 else "their"
+    return f"{owner} {count} object{'s' * (count != 1)} count{'s' * (count == 1)} as missed"
+
+
 def _build_index(entries: list[_Entry], classes: list[str], split: str, problems: list[str],
-                 keep_difficult: bool, keep_empty: bool) -> DatasetIndex:
+                 keep_difficult: bool, keep_empty: bool, keep_unreadable: bool = False) -> DatasetIndex:
     index = DatasetIndex([], list(classes), problems, split, keep_difficult=keep_difficult)
     class_index = {name: i for i, name in enumerate(classes)}
     unknown: Counter = Counter()
     for entry in entries:
         try:
             record, notes = _check_entry(entry, class_index, unknown)
-        except (ImageReadError, AnnotationError) as err:
+        except ImageReadError as err:
+            if keep_unreadable and isinstance(entry.raw, RawAnnotation):
+                record, line = _unreadable_record(entry, err, class_index, unknown)
+                problems.append(line)
+                index.records.append(record)
+            else:
+                problems.append(f"skipped: {err}")
+            continue
+        except AnnotationError as err:
             problems.append(f"skipped: {err}")
             continue
         if notes:
@@ -330,12 +406,14 @@ def _xml_source_entries(data: Path, split: str, seed: int, problems: list[str]) 
 
 
 def load_split(data: str | Path, split: str, classes: list[str] | None = None, keep_difficult: bool = False,
-               keep_empty: bool = True, seed: int = 0) -> DatasetIndex:
+               keep_empty: bool = True, seed: int = 0, keep_unreadable: bool = False) -> DatasetIndex:
     """Index one split of a dataset. `data`: a VOCdevkit (or one VOC<year>) folder, an images/ + annotations/
     folder pair, a COCO instances json, or a folder with annotations/instances_<split>2017.json.
 
     split: train, val, trainval, test, or all (every annotated image). classes=None discovers them (sorted names for
     VOC XML, category-id order for COCO). Every problem is logged once and listed in the index's `problems`.
+    keep_unreadable: keep images that cannot be read (missing, empty, undecodable) as records with `image_error`
+    set, so that evaluation counts their objects as missed; otherwise (training) they are skipped.
     """
     data = Path(data)
     if not data.exists():
@@ -350,7 +428,8 @@ def load_split(data: str | Path, split: str, classes: list[str] | None = None, k
     else:
         entries = _xml_source_entries(data, split, seed, problems)
         found = _discover(entries)
-    index = _build_index(entries, classes or found, split, problems, keep_difficult, keep_empty)
+    index = _build_index(entries, classes or found, split, problems, keep_difficult, keep_empty, keep_unreadable)
+    index.coco_json = json_path
     for line in problems:
         LOGGER.warning("%s", line)
     if not index.records:

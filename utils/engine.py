@@ -38,12 +38,12 @@ from utils.darknet import is_darknet_weights, load_darknet_backbone
 from utils.dataloader import EvalDataset, TrainDataset, build_loader, eval_collate, save_preview, train_collate
 from utils.datasets import load_split
 from utils.device import autocast, autocast_dtype, select_device
-from utils.errors import DatasetError, MissingFileError, UserError
+from utils.errors import ConfigError, DatasetError, MissingFileError, UserError
 from utils.evaluation import evaluate
 from utils.image_io import read_image, to_model_input, write_image
-from utils.inference import DetectOptions, Detector
 from utils.loss import YoloLoss
 from utils.optim import DEFAULT_LR, LRSchedule, build_optimizer, ema_model, scaled_lr, set_lr
+from utils.plots import letterboxed_boxes, plot_confidence_curves, plot_confusion_matrix, plot_labels
 from utils.run_logging import add_log_file, claim_run_dir, plot_results, write_results_csv
 from utils.visualize import draw_detections, image_grid
 
@@ -74,7 +74,9 @@ class TrainConfig:
     save_dir: str = "logs"
     name: str = "exp"
     amp: bool = True
-    eval_period: int = 5
+    eval_period: int = 1
+    patience: int = 0  # validations without fitness improvement before training stops; 0: never stop early
+    fitness: str = "map50"  # what best.pth and --patience follow: map50, map50_95 or mix (see FITNESS)
     save_period: int = 0
     optimizer: str = "sgd"
     lr: float | None = None  # peak LR at batch 64; None: utils.optim.DEFAULT_LR (SGD 0.05, Adam/AdamW 1e-3)
@@ -105,13 +107,26 @@ class TrainConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+# Fitness of a validation, from its metrics: what best.pth keeps and --patience waits for. mix = 0.1 mAP50 +
+# 0.9 mAP50-95, the weighting the Ultralytics tools use. None when undefined (no ground truth in the val split).
+FITNESS = {
+    "map50": lambda m: m["mAP50"],
+    "map50_95": lambda m: m["mAP50_95"],
+    "mix": lambda m: None if None in (m["mAP50"], m["mAP50_95"]) else 0.1 * m["mAP50"] + 0.9 * m["mAP50_95"],
+}
+
+
 @dataclass
 class TrainState:
-    """Progress that a checkpoint restores: completed epochs, best fitness, per-epoch history."""
+    """Progress that a checkpoint restores: completed epochs, best fitness and its epoch, validations since the
+    fitness last improved, why training stopped early (None while it has not), per-epoch history."""
 
     epoch: int = 0
     best_fitness: float = -1.0
     history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    stale_validations: int = 0
+    stop_reason: str | None = None
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -137,6 +152,7 @@ class StepResult:
     skipped: int
     images_per_second: float
     bad_streak: int  # consecutive non-finite losses at the end of the epoch (carried into the next)
+    seconds: float = 0.0  # wall time of the epoch's training pass (data loading included)
 
 
 def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -187,7 +203,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
     bar.close()
     elapsed = time.perf_counter() - start
     return StepResult({k: v / max(steps, 1) for k, v in sums.items()}, skipped, seen / max(elapsed, 1e-9),
-                      consecutive_bad)
+                      consecutive_bad, elapsed)
 
 
 def float_buffers(model: nn.Module) -> list[torch.Tensor]:
@@ -226,6 +242,9 @@ def checkpoint_payload(model: nn.Module, ema, optimizer, scaler, state: TrainSta
         "scaler": scaler.state_dict(),
         "epoch": state.epoch,
         "best_fitness": state.best_fitness,
+        "best_epoch": state.best_epoch,
+        "stale_validations": state.stale_validations,
+        "stop_reason": state.stop_reason,
         "history": state.history,
         "config": model_config.to_dict(),
         "train_config": train_config.to_dict(),
@@ -241,8 +260,12 @@ def restore_training_state(checkpoint: dict, model: nn.Module, ema, optimizer, s
     optimizer.load_state_dict(checkpoint["optimizer"])
     if checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])
-    return TrainState(int(checkpoint["epoch"]), float(checkpoint.get("best_fitness", -1.0)),
-                      list(checkpoint.get("history", [])))
+    best, history = float(checkpoint.get("best_fitness", -1.0)), list(checkpoint.get("history", []))
+    # checkpoints from before early stopping: their fitness was val mAP50
+    old_best = max((row["epoch"] for row in history if row.get("val/mAP50") == best), default=0)
+    best_epoch = checkpoint.get("best_epoch", old_best)
+    return TrainState(int(checkpoint["epoch"]), best, history, int(best_epoch),
+                      int(checkpoint.get("stale_validations", 0)), checkpoint.get("stop_reason"))
 
 
 def load_initial_weights(model: nn.Module, path: str) -> None:
@@ -306,6 +329,8 @@ class Trainer:
 
     def _setup_data(self, resume: dict | None) -> None:
         cfg = self.config
+        if cfg.fitness not in FITNESS:
+            raise ConfigError(f"unknown fitness {cfg.fitness!r}; use one of {', '.join(FITNESS)}")
         classes = (resume["config"]["classes"] if resume
                    else read_classes(cfg.classes_file) if cfg.classes_file else None)
         # Splits made on the fly (no split files) use SPLIT_SEED, not --seed, as eval.py does: another training seed
@@ -313,7 +338,9 @@ class Trainer:
         self.train_index = load_split(cfg.data, cfg.train_split, classes=classes, keep_difficult=cfg.keep_difficult,
                                       seed=SPLIT_SEED)
         self.classes = self.train_index.classes
-        self.val_index = load_split(cfg.data, cfg.val_split, classes=self.classes, seed=SPLIT_SEED)
+        # every val image counts, readable or not: its objects are missed when it cannot be read (as in eval.py)
+        self.val_index = load_split(cfg.data, cfg.val_split, classes=self.classes, seed=SPLIT_SEED,
+                                    keep_unreadable=True)
         if not self.train_index.records:
             raise DatasetError(f"the {cfg.train_split!r} split of {cfg.data} holds no images; check the dataset folder")
         self.augment = AugmentConfig(**cfg.augment)
@@ -325,6 +352,7 @@ class Trainer:
         for split, index in (("train", self.train_index), ("val", self.val_index)):
             problems = index.write_problems(self.run_dir) if index.problems else None
             LOGGER.info("%s data: %s", split, index.summary(problems))
+        LOGGER.info("validation scores %s", self.val_index.ground_truth_summary())
         LOGGER.info("classes (%d): %s", len(self.classes), ", ".join(self.classes))
 
     def _setup_model(self, resume: dict | None) -> None:
@@ -381,12 +409,15 @@ class Trainer:
 
     # ----- the loop --------------------------------------------------------------------------------------------
     def fit(self) -> TrainState:
-        """Train from the current state to config.epochs; Ctrl-C saves last.pth before leaving."""
+        """Train from the current state to config.epochs, or until --patience stops it; Ctrl-C saves last.pth
+        before leaving. The last line logged says why training ended."""
         if self.main and self.config.preview and self.state.epoch == 0:
             self._save_preview()
         try:
             for epoch in range(self.state.epoch, self.config.epochs):
                 self._train_epoch(epoch)
+                if self._stopped_early():
+                    break
         except KeyboardInterrupt:
             if self.main:
                 LOGGER.warning("interrupted: saving %s (resume with --resume %s)", self.run_dir / "last.pth",
@@ -397,9 +428,21 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
         if self.main:
-            LOGGER.info("done: %d epochs, best val mAP50 %.4f; results in %s", self.state.epoch,
-                        max(self.state.best_fitness, 0.0), self.run_dir)
+            LOGGER.info("%s", self._final_line())
         return self.state
+
+    def _stopped_early(self) -> bool:
+        """Whether --patience ended the run; rank 0 decides (only it validates) and every rank follows."""
+        return not dist_utils.all_ranks_true(self.state.stop_reason is None, self.device)
+
+    def _final_line(self) -> str:
+        state, name = self.state, self.config.fitness
+        best = (f"best.pth = epoch {state.best_epoch} (val {name} {state.best_fitness:.4f})" if state.best_epoch
+                else "no validation fitness (best.pth = the last epoch)")
+        if state.stop_reason is not None:
+            return (f"stopped early after epoch {state.epoch} of {self.config.epochs}: {state.stop_reason}; {best}, "
+                    f"last.pth = epoch {state.epoch}; results in {self.run_dir}")
+        return f"done: {state.epoch} of {self.config.epochs} epochs; {best}; results in {self.run_dir}"
 
     def _train_epoch(self, epoch: int) -> None:
         loader = self._prepare_phase(epoch)
@@ -408,7 +451,7 @@ class Trainer:
         self.bad_streak = result.bad_streak
         row = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in result.losses.items()},
                "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": result.skipped,
-               "images_per_s": result.images_per_second}
+               "images_per_s": result.images_per_second, "train_s": result.seconds}
         if self._should_evaluate(epoch) and self.main:
             row.update(self._evaluate(epoch))
         dist_utils.barrier()
@@ -472,35 +515,61 @@ class Trainer:
                                            shuffle=False, seed=self.config.seed, collate_fn=eval_collate)
         return self.val_loader
 
-    def _evaluate(self, epoch: int) -> dict[str, float]:
-        """Val mAP with exactly eval.py's code path, thresholds and letterbox."""
-        metrics = evaluate(self.eval_model(), self._val_loader(), self.model_config, self.device, amp=self.config.amp)
-        LOGGER.info("epoch %d val: mAP50 %.4f, mAP50-95 %.4f", epoch + 1, metrics["mAP50"], metrics["mAP50_95"])
-        self._log_val_images(epoch)
-        return {"val/mAP50": float(metrics["mAP50"]), "val/mAP50_95": float(metrics["mAP50_95"])}
+    def _evaluate(self, epoch: int) -> dict[str, float | None]:
+        """Validation with exactly eval.py's code path, thresholds and letterbox, plus the loss of the same forward
+        passes; writes the diagnostics pictures. Returns the results.csv columns (and the fitness)."""
+        start, detections = time.perf_counter(), []
+        metrics = evaluate(self.eval_model(), self._val_loader(), self.model_config, self.device, amp=self.config.amp,
+                           loss_fn=self.loss_fn, detections_out=detections)
+        columns = {f"val/{k}": v for k, v in metrics.get("val_loss", {}).items() if k != "total"}
+        columns.update({"val/precision": metrics["precision"], "val/recall": metrics["recall"],
+                        "val/mAP50": metrics["mAP50"], "val/mAP50_95": metrics["mAP50_95"],
+                        "fitness": FITNESS[self.config.fitness](metrics)})
+        self._write_diagnostics(metrics, epoch)
+        self._log_val_images(epoch, detections)
+        columns["val_s"] = time.perf_counter() - start
+        LOGGER.info("epoch %d val: %s (%.1f s)", epoch + 1, ", ".join(
+            f"{k[4:] if k.startswith('val/') else k} {'-' if v is None else f'{v:.4f}'}"
+            for k, v in columns.items() if k != "val_s"), columns["val_s"])
+        return columns
 
-    def _log_val_images(self, epoch: int, count: int = 4) -> None:
-        """A few validation images with the EMA model's detections, to TensorBoard and val_predictions.png."""
-        records = self.val_index.records[:count]
-        if not records:
+    def _write_diagnostics(self, metrics: dict, epoch: int) -> None:
+        """confusion_matrix.png and f1_curve.png of this validation (replacing the previous ones), also to
+        TensorBoard, and the suggested confidence threshold in the log."""
+        paths = [plot_confusion_matrix(metrics["confusion_matrix"], self.run_dir / "confusion_matrix.png"),
+                 plot_confidence_curves(metrics["confidence_curves"], metrics["best_f1"],
+                                        self.run_dir / "f1_curve.png")]
+        for path in paths:
+            self._image_to_tensorboard(f"val/{path.stem}", path, epoch + 1)
+        best = metrics["best_f1"]
+        if best is not None:
+            LOGGER.info("best val F1 %.3f at score >= %s (predict.py --conf %s)", best["f1"], best["conf"],
+                        best["conf"])
+
+    def _image_to_tensorboard(self, tag: str, path: Path, step: int) -> None:
+        self.writer.add_image(tag, read_image(path), step, dataformats="HWC")
+
+    def _log_val_images(self, epoch: int, detections: list, count: int = 4, min_score: float = 0.25) -> None:
+        """The first few readable validation images with this validation's detections (score >= min_score), to
+        TensorBoard and val_predictions.png."""
+        shown = [i for i, r in enumerate(self.val_index.records) if r.image_error is None][:count]
+        if not shown:
             return
-        detector = Detector(self.eval_model(), self.model_config, self.device, DetectOptions(conf_thres=0.25),
-                            optimize=False, amp=self.config.amp)
-        images = [read_image(r.path) for r in records]
-        drawn = [draw_detections(img, d[:, :4], d[:, 5], self.classes, d[:, 4])
-                 for img, d in zip(images, detector(images), strict=True)]
-        tiles = [letterbox(img, (320, 320))[0] for img in drawn]  # keeps the aspect ratio
+        tiles = []
+        for i in shown:
+            dets = detections[i][detections[i][:, 4] >= min_score]
+            drawn = draw_detections(read_image(self.val_index.records[i].path), dets[:, :4], dets[:, 5], self.classes,
+                                    dets[:, 4])
+            tiles.append(letterbox(drawn, (320, 320))[0])  # keeps the aspect ratio
         grid = image_grid(tiles, columns=min(count, 4))
         write_image(self.run_dir / "val_predictions.png", grid)
         self.writer.add_image("val/predictions", grid, epoch + 1, dataformats="HWC")
 
     def _end_of_epoch_outputs(self, row: dict) -> None:
-        fitness = row.get("val/mAP50")
-        if fitness is not None and fitness > self.state.best_fitness:
-            self.state.best_fitness = fitness
+        if self._track_fitness(row):
             self._save("best.pth")
-        elif fitness is None and self.state.best_fitness < 0 and not self.val_index.records:
-            self._save("best.pth")  # no validation data: the latest weights are the best we know
+        elif self.state.best_fitness < 0:
+            self._save("best.pth")  # no validation fitness yet (or none defined): the latest weights are the best known
         self._save("last.pth")
         period = self.config.save_period
         if period > 0 and self.state.epoch % period == 0:
@@ -512,17 +581,41 @@ class Trainer:
                 self.writer.add_scalar(key, value, row["epoch"])
         self.writer.flush()
 
+    def _track_fitness(self, row: dict) -> bool:
+        """Update the best fitness and the patience count from this epoch's validation; True when it improved.
+        Sets state.stop_reason once --patience validations in a row brought no improvement."""
+        fitness, state, patience = row.get("fitness"), self.state, self.config.patience
+        if fitness is None:
+            return False
+        if fitness > state.best_fitness:
+            state.best_fitness, state.best_epoch, state.stale_validations = fitness, row["epoch"], 0
+            return True
+        state.stale_validations += 1
+        LOGGER.info("val %s %.4f: no improvement on %.4f (epoch %d) for %d validation(s)%s", self.config.fitness,
+                    fitness, state.best_fitness, state.best_epoch, state.stale_validations,
+                    f" of --patience {patience}" if patience > 0 else "")
+        if 0 < patience <= state.stale_validations:
+            state.stop_reason = (f"val {self.config.fitness} has not improved for {state.stale_validations} "
+                                 f"validation{'s' * (state.stale_validations != 1)} (--patience {patience})")
+        return False
+
     def _save(self, name: str) -> None:
         payload = checkpoint_payload(self.model, self.ema, self.optimizer, self.scaler, self.state, self.model_config,
                                      self.config)
         save_checkpoint(payload, self.run_dir / name)
 
     def _save_preview(self) -> None:
-        save_preview(self.train_dataset, self.run_dir / "train_batch_preview.png")
-        LOGGER.info("augmented training samples: %s", self.run_dir / "train_batch_preview.png")
+        preview = save_preview(self.train_dataset, self.run_dir / "train_batch_preview.png")
+        boxes, labels = letterboxed_boxes(self.train_index.records, self.train_index.training_targets,
+                                          self.model_config.input_shape)
+        pictures = plot_labels(boxes, labels, self.classes, self.model_config.input_shape, self.run_dir / "labels.png")
+        for tag, path in (("train/batch_preview", preview), ("train/labels", pictures)):
+            self._image_to_tensorboard(tag, path, 0)
+        LOGGER.info("augmented training samples: %s; labels (instances per class, box sizes and centres): %s",
+                    preview, pictures)
 
 
-RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "eval_period", "save_period")
+RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "eval_period", "save_period", "patience")
 
 
 def resume_checkpoint_path(resume: str | bool, save_dir: str = "logs") -> Path:
@@ -556,8 +649,20 @@ def train(config: TrainConfig, resume: str | bool | None = None, overrides: dict
         if checkpoint and trainer.state.epoch >= config.epochs:
             LOGGER.info("%s already finished %d of %d epochs; pass --epochs N to train longer",
                         run_dir, trainer.state.epoch, config.epochs)
+        elif checkpoint and still_stopped(trainer.state, config):
+            LOGGER.info("%s already stopped early after epoch %d: %s; pass a larger --patience (or --patience 0) to "
+                        "train on", run_dir, trainer.state.epoch, trainer.state.stop_reason)
         else:
+            if checkpoint and trainer.state.stop_reason is not None:
+                LOGGER.info("continuing a run that had stopped early (%s): --patience is now %d",
+                            trainer.state.stop_reason, config.patience)
+                trainer.state.stop_reason = None
             trainer.fit()
     finally:
         dist_utils.cleanup()  # the one place that leaves the process group, also when setup or training fails
     return trainer.run_dir
+
+
+def still_stopped(state: TrainState, config: TrainConfig) -> bool:
+    """A run that stopped early stays stopped unless --patience now allows more validations without improvement."""
+    return state.stop_reason is not None and 0 < config.patience <= state.stale_validations

@@ -33,6 +33,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".j
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_COLOR_TYPES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale+alpha", 6: "RGBA"}
+_EOI = b"\xff\xd9"  # JPEG end-of-image marker
+TRUNCATED_JPEG_NOTE = ("JPEG is truncated (no end-of-image marker): used as decoded, the missing part grey; "
+                       "re-download or re-export the file")
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -102,8 +105,9 @@ def _looks_like_text(data: bytes) -> bool:
 
 def _diagnose(path: Path, data: bytes) -> ImageReadError:
     """Explain why OpenCV could not decode `data`."""
-    if data.startswith(_JPEG_MAGIC) and b"\xff\xd9" not in data[-1024:]:
-        return _fail(path, "JPEG is truncated (no end-of-image marker)", "re-download or re-export the file")
+    if data.startswith(_JPEG_MAGIC) and _EOI not in data[-1024:]:
+        return _fail(path, "JPEG is truncated before any image data (no end-of-image marker)",
+                     "re-download or re-export the file")
     if data.startswith(_PNG_MAGIC) and b"IEND" not in data[-64:]:
         return _fail(path, "PNG is truncated (no IEND chunk)", "re-download or re-export the file")
     if _looks_like_text(data):
@@ -118,9 +122,11 @@ def read_image(path: str | Path, notes: list[str] | None = None, reduce: int = 1
     """Read an image file as RGB uint8 (H, W, 3) in its stored pixel grid (EXIF orientation ignored).
 
     Grayscale, RGBA, palette, 16-bit and CMYK inputs are converted to 3-channel uint8; each conversion is described
-    by a line appended to `notes` when a list is given. `reduce` in {1, 2, 4, 8} decodes at 1/reduce resolution
-    (JPEG decodes this much faster), so the result is about (H / reduce, W / reduce, 3).
-    Raises ImageReadError (a ValueError) for missing, empty, truncated, text or undecodable files.
+    by a line appended to `notes` when a list is given. A JPEG cut short (no end-of-image marker) is decoded as far
+    as its data goes, the rest grey, and noted as TRUNCATED_JPEG_NOTE. `reduce` in {1, 2, 4, 8} decodes at 1/reduce
+    resolution (JPEG decodes this much faster), so the result is about (H / reduce, W / reduce, 3).
+    Raises ImageReadError (a ValueError) for missing, empty, text or undecodable files, and for JPEGs cut before
+    any image data.
     """
     path = Path(path)
     try:
@@ -131,23 +137,33 @@ def read_image(path: str | Path, notes: list[str] | None = None, reduce: int = 1
         raise _fail(path, f"cannot be read ({err.strerror or err})", "check the path and its permissions") from None
     if raw.size == 0:
         raise _fail(path, "is an empty file (0 bytes)", "re-download or re-export the image")
-    tail = raw[-1024:].tobytes()
     image = cv2.imdecode(raw, _FLAGS[reduce])
+    truncated = image is None and raw[:3].tobytes() == _JPEG_MAGIC and _EOI not in raw[-1024:].tobytes()
+    if truncated:
+        # What libjpeg's own file reader does at a premature end (cv2.imread's "Premature end of JPEG file"): an
+        # end-of-image marker after the data, so what arrived is decoded and the rest left as the decoder fills it
+        # (grey). cv2.imdecode gives up on such a buffer. libjpeg may print its own warning line to stderr.
+        image = cv2.imdecode(np.concatenate([raw, np.frombuffer(_EOI, np.uint8)]), _FLAGS[reduce])
     if image is None:
         raise _diagnose(path, raw.tobytes())
-    if raw[:3].tobytes() == _JPEG_MAGIC and b"\xff\xd9" not in tail:
-        # older libjpeg builds return a grey-filled image with only a warning for truncated files
-        raise _fail(path, "JPEG is truncated (no end-of-image marker)", "re-download or re-export the file")
     if notes is not None:
+        if truncated:
+            notes.append(TRUNCATED_JPEG_NOTE)
         notes.extend(_conversion_notes(path, raw[:65536].tobytes()))
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def truncation_warning(path: str | Path, notes: list[str]) -> str | None:
+    """The one warning line for a partly decoded image (a note of `read_image`), or None when it was complete."""
+    return f"{path}: {TRUNCATED_JPEG_NOTE}" if TRUNCATED_JPEG_NOTE in notes else None
 
 
 def probe_image(path: str | Path) -> tuple[int, int, list[str]]:
     """(height, width, conversion notes) of an image file, reading only its header and tail when it is JPEG/PNG.
 
-    Catches missing, empty, text and truncated files cheaply (dataset indexing calls this for every image); other
-    formats are fully decoded. Raises ImageReadError like `read_image`.
+    Catches missing, empty and text files cheaply (dataset indexing calls this for every image); truncated files and
+    other formats are fully decoded (a truncated JPEG that decodes in part is noted, not refused). Raises
+    ImageReadError like `read_image`.
     """
     path = Path(path)
     try:
@@ -162,7 +178,7 @@ def probe_image(path: str | Path) -> tuple[int, int, list[str]]:
     if not head:
         raise _fail(path, "is an empty file (0 bytes)", "re-download or re-export the image")
     size = _header_size(head)
-    truncated = (head.startswith(_JPEG_MAGIC) and b"\xff\xd9" not in tail) or (
+    truncated = (head.startswith(_JPEG_MAGIC) and _EOI not in tail) or (
         head.startswith(_PNG_MAGIC) and b"IEND" not in tail[-64:])
     if size is None or truncated:
         notes: list[str] = []

@@ -3,20 +3,22 @@
 Inputs, one entry per image of the dataset, in the same order:
 - detections: ndarray[K, 6] (x1, y1, x2, y2, score, class) in original-image pixels;
 - ground truth: any object with `.boxes` ndarray[N, 4] (x1, y1, x2, y2 pixels), `.labels` int[N] and
-  `.difficult` bool[N] (a dataset record, or `GroundTruthBoxes`).
+  `.difficult` bool[N]: a `GroundTruthBoxes`, for a dataset image `ImageRecord.ground_truth()` (the objects as
+  annotated).
 
 Classes without any non-difficult ground-truth object have no defined AP (NaN here, None in JSON) and are left
 out of the mean, as pycocotools does and as the VOC devkit's mean over its 20 always-present classes amounts to.
+Also here: the confusion matrix and precision / recall / F1 against the score threshold (diagnostics).
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
-import re
+import signal
+import threading
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -70,14 +72,23 @@ def box_iou_pairs(a: np.ndarray, b: np.ndarray, pixel_offset: float = 1.0) -> np
     """IoU of row i of `a` [P, 4] with row i of `b` [P, 4] (x1, y1, x2, y2).
 
     pixel_offset=1 is the VOC devkit's convention (boxes as inclusive integer pixel indices, width = x2 - x1 + 1);
-    0 treats boxes as continuous coordinates (torchvision.ops.box_iou).
+    0 treats boxes as continuous coordinates (torchvision.ops.box_iou). The division is the devkit's, unguarded:
+    a degenerate annotated box (zero or negative area, as some files state) gives what voc_eval.py gives (0, a
+    negative value or NaN), and none of those is a match.
     """
     iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + pixel_offset, 0, None)
     ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + pixel_offset, 0, None)
     inter = iw * ih
     area_a = (a[:, 2] - a[:, 0] + pixel_offset) * (a[:, 3] - a[:, 1] + pixel_offset)
     area_b = (b[:, 2] - b[:, 0] + pixel_offset) * (b[:, 3] - b[:, 1] + pixel_offset)
-    return inter / np.maximum(area_a + area_b - inter, np.finfo(np.float64).eps)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return inter / (area_a + area_b - inter)
+
+
+def box_iou_matrix(a: np.ndarray, b: np.ndarray, pixel_offset: float = 1.0) -> np.ndarray:
+    """IoU of every row of `a` [P, 4] with every row of `b` [Q, 4] -> [P, Q], with box_iou_pairs' convention."""
+    rows, cols = np.repeat(np.arange(len(a)), len(b)), np.tile(np.arange(len(b)), len(a))
+    return box_iou_pairs(a[rows], b[cols], pixel_offset).reshape(len(a), len(b))
 
 
 @dataclass
@@ -92,13 +103,24 @@ class ClassAP:
     precision: np.ndarray = field(repr=False)
     scores: np.ndarray = field(repr=False)
 
+    def at_thresholds(self, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(precision, recall, F1) arrays of the detections scoring >= each threshold (0 where undefined)."""
+        thresholds = np.asarray(thresholds, np.float64)
+        kept = np.searchsorted(-self.scores, -thresholds, side="right")  # scores are sorted descending
+        zero = np.zeros(len(thresholds))
+        if self.num_gt == 0 or len(self.scores) == 0:
+            return zero, zero.copy(), zero.copy()
+        last = np.maximum(kept - 1, 0)
+        p = np.where(kept > 0, self.precision[last], 0.0)
+        r = np.where(kept > 0, self.recall[last], 0.0)
+        with np.errstate(invalid="ignore"):
+            f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+        return p, r, f1
+
     def at_threshold(self, score_thresh: float) -> tuple[float, float, float]:
         """(precision, recall, F1) of the detections scoring >= score_thresh (0 where undefined)."""
-        kept = int(np.searchsorted(-self.scores, -score_thresh, side="right"))  # scores are sorted descending
-        if kept == 0 or self.num_gt == 0:
-            return 0.0, 0.0, 0.0
-        p, r = float(self.precision[kept - 1]), float(self.recall[kept - 1])
-        return p, r, (2 * p * r / (p + r) if p + r > 0 else 0.0)
+        p, r, f1 = self.at_thresholds(np.array([score_thresh]))
+        return float(p[0]), float(r[0]), float(f1[0])
 
 
 @dataclass
@@ -111,8 +133,9 @@ class VOCResult:
 
     @property
     def map(self) -> float:
+        """Mean AP over classes with ground truth; NaN (undefined) when no class has any."""
         aps = [c.ap for c in self.classes if c.num_gt > 0]
-        return float(np.mean(aps)) if aps else 0.0
+        return float(np.mean(aps)) if aps else float("nan")
 
     def ap_per_class(self) -> dict[str, float | None]:
         """{class name: AP}, None for classes without ground truth (AP undefined)."""
@@ -155,46 +178,77 @@ def _best_gt(dets, det_image, gt_boxes, gt_labels, gt_image, num_classes, pixel_
     ovmax, best = np.full(len(dets), -np.inf), np.full(len(dets), -1)
     has = count > 0
     if has.any():
-        ovmax[has] = np.maximum.reduceat(iou, seg_start[has])
+        ovmax[has] = np.maximum.reduceat(iou, seg_start[has])  # NaN propagates, as np.max in the devkit
         is_max = np.flatnonzero(iou == ovmax[pair_det])
         first = np.unique(pair_det[is_max], return_index=True)[1]
         best[pair_det[is_max[first]]] = pair_gt[is_max[first]]
     return ovmax, best
 
 
-def voc_evaluate(detections: Sequence[np.ndarray], truths: Sequence[Annotated], class_names: Sequence[str],
-                 iou_thresh: float = 0.5, use_07: bool = False, pixel_offset: float = 1.0) -> VOCResult:
-    """VOC AP per class, matching exactly as the devkit's voc_eval.py, over the whole dataset at once.
+@dataclass
+class Matching:
+    """The devkit's verdict on every detection of a dataset; rows in per-image order (images in dataset order).
+
+    dets [D, 6] with det_image [D]; tp [D]: matched a not yet matched object; ignored [D]: matched a difficult object
+    (neither TP nor FP); every other detection is a false positive. gt_of [D]: the object a TP matched (index into
+    the flattened gt_* arrays), else -1.
+    """
+
+    dets: np.ndarray
+    det_image: np.ndarray
+    tp: np.ndarray
+    ignored: np.ndarray
+    gt_of: np.ndarray
+    gt_boxes: np.ndarray
+    gt_labels: np.ndarray
+    gt_difficult: np.ndarray
+    gt_image: np.ndarray
+
+
+def match_detections(detections: Sequence[np.ndarray], truths: Sequence[Annotated], num_classes: int,
+                     iou_thresh: float = 0.5, pixel_offset: float = 1.0) -> Matching:
+    """Match detections to ground truth exactly as the devkit's voc_eval.py, over the whole dataset at once.
 
     Per class, detections are taken in descending score order over the dataset (stable for equal scores); each is
     matched to the max-IoU gt of its image and class; IoU > iou_thresh (strict) with a difficult gt -> ignored
     (neither TP nor FP), with an unmatched gt -> TP, with a gt already matched -> FP; otherwise FP.
-    Detections: one ndarray[K, 6] (x1, y1, x2, y2, score, class) per image; truths: per image, see module doc.
     """
     if len(detections) != len(truths):
         raise ValueError(f"{len(detections)} detection arrays for {len(truths)} ground-truth images")
-    num_classes = len(class_names)
     dets, det_image, gt_boxes, gt_labels, gt_difficult, gt_image = _flatten(detections, truths)
     det_class = dets[:, 5].astype(np.int64)
     for what, labels in (("detection", det_class), ("ground-truth", gt_labels)):
         if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"{what} class ids must lie in [0, {num_classes}), found {labels.min()}..{labels.max()}")
     ovmax, best = _best_gt(dets, det_image, gt_boxes, gt_labels, gt_image, num_classes, pixel_offset)
-
+    hit = ovmax > iou_thresh
+    ignored = np.zeros(len(dets), bool)
+    ignored[hit] = gt_difficult[best[hit]]
     order = np.lexsort((-dets[:, 4], det_class))  # by class, then score descending; lexsort is stable
-    hit = ovmax[order] > iou_thresh
-    gt_hit = best[order]
-    ignored = np.zeros(len(order), bool)
-    ignored[hit] = gt_difficult[gt_hit[hit]]
-    claims = np.flatnonzero(hit & ~ignored)
-    first_claim = claims[np.unique(gt_hit[claims], return_index=True)[1]]  # earliest (highest score) claim per gt
-    tp = np.zeros(len(order))
-    tp[first_claim] = 1.0
-    fp = (~ignored).astype(np.float64) - tp
+    claims = order[(hit & ~ignored)[order]]
+    first_claim = claims[np.unique(best[claims], return_index=True)[1]]  # earliest (highest score) claim per gt
+    tp = np.zeros(len(dets), bool)
+    tp[first_claim] = True
+    gt_of = np.full(len(dets), -1)
+    gt_of[first_claim] = best[first_claim]
+    return Matching(dets, det_image, tp, ignored, gt_of, gt_boxes, gt_labels, gt_difficult, gt_image)
 
-    npos = np.bincount(gt_labels[~gt_difficult], minlength=num_classes)
+
+def voc_evaluate(detections: Sequence[np.ndarray], truths: Sequence[Annotated], class_names: Sequence[str],
+                 iou_thresh: float = 0.5, use_07: bool = False, pixel_offset: float = 1.0) -> VOCResult:
+    """VOC AP per class, matching exactly as the devkit's voc_eval.py (see match_detections).
+
+    Detections: one ndarray[K, 6] (x1, y1, x2, y2, score, class) per image; truths: per image, see module doc.
+    """
+    num_classes = len(class_names)
+    m = match_detections(detections, truths, num_classes, iou_thresh, pixel_offset)
+    det_class = m.dets[:, 5].astype(np.int64)
+    order = np.lexsort((-m.dets[:, 4], det_class))
+    tp = m.tp[order].astype(np.float64)
+    fp = (~m.tp & ~m.ignored)[order].astype(np.float64)
+    npos = np.bincount(m.gt_labels[~m.gt_difficult], minlength=num_classes)
     bounds = np.searchsorted(det_class[order], np.arange(num_classes + 1))
-    results = [_class_ap(name, tp[lo:hi], fp[lo:hi], dets[order[lo:hi], 4], int(npos[c]), use_07)
+    results = [_class_ap(name, tp[lo:hi], fp[lo:hi], m.dets[order[lo:hi], 4], int(npos[c]), use_07)
                for c, (name, lo, hi) in enumerate(zip(class_names, bounds[:-1], bounds[1:], strict=True))]
     return VOCResult(results, iou_thresh, use_07)
 
@@ -206,6 +260,26 @@ def _class_ap(name: str, tp: np.ndarray, fp: np.ndarray, scores: np.ndarray, npo
     precision = tp_sum / np.maximum(tp_sum + fp_sum, np.finfo(np.float64).eps)
     ap = float("nan") if npos == 0 else (voc_ap(recall, precision, use_07) if len(tp) else 0.0)
     return ClassAP(name, ap, npos, len(tp), recall, precision, scores)
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold a SIGINT that arrives inside the block and deliver it to the previous handler when the block ends.
+
+    For third-party code that catches everything (a bare `except:` also catches KeyboardInterrupt): Ctrl-C still
+    stops the program, a moment later. Only the main thread can set signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _quiet(func, *args):
@@ -244,76 +318,162 @@ def coco_ground_truth(truths: Sequence[Annotated], class_names: Sequence[str],
 
 
 def coco_results(detections: Sequence[np.ndarray], image_ids: Sequence | None = None,
-                 category_ids: Sequence[int] | None = None) -> list[dict]:
+                 category_ids: Sequence[int | None] | None = None) -> list[dict]:
     """Detections in COCO results format: {"image_id", "category_id", "bbox": [x, y, w, h], "score"}.
 
-    Defaults: image ids 1..N in dataset order, category id = class index + 1 (as `coco_ground_truth`).
+    Defaults: image ids 1..N in dataset order, category id = class index + 1 (as `coco_ground_truth`). A class whose
+    category id is None (not in the ground truth's categories) cannot be scored; its detections are left out.
     """
     results = []
     for i, dets in enumerate(detections):
         image_id = image_ids[i] if image_ids is not None else i + 1
         for x1, y1, x2, y2, score, cls in np.asarray(dets, np.float64).reshape(-1, 6).tolist():
             category = category_ids[int(cls)] if category_ids is not None else int(cls) + 1
-            results.append({"image_id": image_id, "category_id": category,
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+            if category is not None:
+                results.append({"image_id": image_id, "category_id": category,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
     return results
 
 
-def coco_evaluate(detections: Sequence[np.ndarray], truths: Sequence[Annotated], class_names: Sequence[str],
-                  image_sizes: Sequence[tuple[int, int]] | None = None) -> dict[str, float]:
-    """COCO box metrics by pycocotools on the same detections: mAP50_95, AP50, AP75, APs, APm, APl (stats[0..5]).
+def coco_stats(ground_truth: dict, results: list[dict], category_ids: Sequence[int] | None = None
+               ) -> dict[str, float | None]:
+    """COCO box metrics by pycocotools: mAP50_95, AP50, AP75, APs, APm, APl (stats[0..5]).
 
-    Returns zeros when there are no detections at all (pycocotools cannot load an empty result list).
+    ground_truth: a COCO dataset dict (images, annotations, categories) as pycocotools reads it from a file;
+    results: detections in COCO results format; category_ids: the categories scored (default: all of the ground
+    truth's). A figure without any ground truth (pycocotools' -1, e.g. APs when no object is small) is None.
     """
-    results = coco_results(detections)
-    if not results:
-        LOGGER.warning("no detections at all: COCO metrics are 0")
-        return dict.fromkeys(COCO_STAT_NAMES, 0.0)
     coco_gt = COCO()
-    coco_gt.dataset = coco_ground_truth(truths, class_names, image_sizes)
+    coco_gt.dataset = ground_truth
     _quiet(coco_gt.createIndex)
-    coco_dt = _quiet(coco_gt.loadRes, results)
+    if results:
+        coco_dt = _quiet(coco_gt.loadRes, results)
+    else:  # loadRes cannot take an empty list; no detections is a valid result (AP 0 where there is ground truth)
+        coco_dt = COCO()
+        coco_dt.dataset = {"images": list(ground_truth["images"]), "categories": list(ground_truth["categories"]),
+                           "annotations": []}
+        _quiet(coco_dt.createIndex)
     evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
-    for step in (evaluator.evaluate, evaluator.accumulate, evaluator.summarize):
-        _quiet(step)
-    return {name: float(value) for name, value in zip(COCO_STAT_NAMES, evaluator.stats[:6], strict=True)}
+    if category_ids is not None:
+        evaluator.params.catIds = sorted(int(c) for c in category_ids)
+    _quiet(evaluator.evaluate)
+    with _ctrl_c_held():  # accumulate() has a bare `except: pass` inside its loops, which would swallow a Ctrl-C
+        _quiet(evaluator.accumulate)
+    _quiet(evaluator.summarize)
+    return {name: (float(value) if value > -1 else None)
+            for name, value in zip(COCO_STAT_NAMES, evaluator.stats[:6], strict=True)}
 
 
-def _file_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "class"
+def coco_evaluate(detections: Sequence[np.ndarray], truths: Sequence[Annotated], class_names: Sequence[str],
+                  image_sizes: Sequence[tuple[int, int]] | None = None) -> dict[str, float | None]:
+    """COCO box metrics by pycocotools for detections and ground truth given as arrays (see coco_ground_truth)."""
+    return coco_stats(coco_ground_truth(truths, class_names, image_sizes), coco_results(detections))
 
 
-def plot_pr_curves(result: VOCResult, out_dir: str | Path) -> list[Path]:
-    """One PNG per class with ground truth (pr_<class>.png) plus all classes in pr_curves.png; returns the paths."""
-    # local: matplotlib takes 0.7-0.8 s to import on the 2-core CI machine (python -X importtime); only eval.py's PR
-    # curves need it, not the importers of this module that want the numbers (training's validation, benchmarks)
-    import matplotlib
-    matplotlib.use("Agg")  # files only, never a window (also works without a display)
-    import matplotlib.pyplot as plt
+# ---------------------------------------------------------------------------------------------------- diagnostics
+def confusion_matrix(detections: Sequence[np.ndarray], truths: Sequence[Annotated], num_classes: int,
+                     score_thresh: float = 0.5, iou_thresh: float = 0.5, pixel_offset: float = 1.0) -> np.ndarray:
+    """int64 [nc + 1, nc + 1] counts: row = true class, column = predicted class; the last row and column are the
+    background (row: detections of no object, false positives; column: objects not detected).
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    summary, summary_ax = plt.subplots(figsize=(7, 6))
-    for c in (c for c in result.classes if c.num_gt > 0):
-        fig, ax = plt.subplots(figsize=(5, 4.5))
-        for axis in (ax, summary_ax):
-            axis.plot(np.concatenate(([0.0], c.recall)), np.concatenate(([1.0], c.precision)),
-                      label=f"{c.name} {c.ap:.3f}", linewidth=1.2)
-        _style(ax, f"{c.name}: AP{int(result.iou_thresh * 100)} = {c.ap:.3f}")
-        written.append(out_dir / f"pr_{_file_name(c.name)}.png")
-        fig.savefig(written[-1], dpi=100)
-        plt.close(fig)
-    _style(summary_ax, f"mAP{int(result.iou_thresh * 100)} = {result.map:.3f}")
-    if len(result.classes) <= 20:
-        summary_ax.legend(fontsize=7, loc="lower left")
-    written.append(out_dir / "pr_curves.png")
-    summary.savefig(written[-1], dpi=100)
-    plt.close(summary)
-    return written
+    Detections scoring >= score_thresh. First the devkit's matching (match_detections): a TP adds to the diagonal,
+    a detection of a difficult object is left out. Then, per image, the remaining detections and not yet found
+    (non-difficult) objects of another class pair greedily by IoU > iou_thresh, highest first: a swapped class.
+    So row c sums to class c's positives, the diagonal is the TP count behind recall and precision at score_thresh,
+    and column c sums to class c's TP + FP.
+    """
+    kept = [d[d[:, 4] >= score_thresh] for d in (np.asarray(d, np.float64).reshape(-1, 6) for d in detections)]
+    m = match_detections(kept, truths, num_classes, iou_thresh, pixel_offset)
+    det_class = m.dets[:, 5].astype(np.int64)
+    matrix = np.zeros((num_classes + 1, num_classes + 1), np.int64)
+    np.add.at(matrix, (det_class[m.tp], det_class[m.tp]), 1)
+    open_det = ~m.tp & ~m.ignored
+    open_gt = ~m.gt_difficult
+    open_gt[m.gt_of[m.tp]] = False
+    det_bounds = np.searchsorted(m.det_image, np.arange(len(truths) + 1))  # rows are in image order
+    gt_bounds = np.searchsorted(m.gt_image, np.arange(len(truths) + 1))
+    for image in np.unique(m.det_image[open_det]):
+        dets = np.arange(det_bounds[image], det_bounds[image + 1])
+        gts = np.arange(gt_bounds[image], gt_bounds[image + 1])
+        dets, gts = dets[open_det[dets]], gts[open_gt[gts]]
+        for d, g in _swapped_pairs(m.dets[dets], det_class[dets], m.gt_boxes[gts], m.gt_labels[gts], iou_thresh,
+                                   pixel_offset):
+            matrix[m.gt_labels[gts[g]], det_class[dets[d]]] += 1
+            open_det[dets[d]] = open_gt[gts[g]] = False
+    np.add.at(matrix, (num_classes, det_class[open_det]), 1)
+    np.add.at(matrix, (m.gt_labels[open_gt], num_classes), 1)
+    return matrix
 
 
-def _style(ax, title: str) -> None:
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
-    ax.grid(alpha=0.3)
-    ax.figure.tight_layout()
+def _swapped_pairs(dets: np.ndarray, det_class: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray,
+                   iou_thresh: float, pixel_offset: float) -> list[tuple[int, int]]:
+    """Greedy one-to-one pairs (detection, object) of different classes with IoU > iou_thresh, highest IoU first."""
+    if not len(dets) or not len(gt_boxes):
+        return []
+    iou = box_iou_matrix(dets[:, :4], gt_boxes, pixel_offset)
+    candidates = np.argwhere((iou > iou_thresh) & (det_class[:, None] != gt_labels[None, :]))
+    order = np.argsort(-iou[candidates[:, 0], candidates[:, 1]], kind="stable")
+    pairs, used_d, used_g = [], set(), set()
+    for d, g in candidates[order].tolist():
+        if d not in used_d and g not in used_g:
+            pairs.append((d, g))
+            used_d.add(d)
+            used_g.add(g)
+    return pairs
+
+
+def normalize_rows(matrix: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (rows summing to 0 stay 0): for a true class, where its objects went."""
+    sums = matrix.sum(axis=1, keepdims=True)
+    return np.divide(matrix, sums, out=np.zeros(matrix.shape), where=sums > 0)
+
+
+def confidence_curves(result: VOCResult, thresholds: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall and F1 against the score threshold, for classes with ground truth and their mean ("all").
+
+    Returns {"thresholds": [T], "precision"/"recall"/"f1": [C, T] per class with ground truth, "all_precision" /
+    "all_recall" / "all_f1": [T] means over those classes, "names": their names}.
+    """
+    classes = [c for c in result.classes if c.num_gt > 0]
+    curves = [c.at_thresholds(thresholds) for c in classes]
+    stack = np.array(curves).reshape(len(classes), 3, len(thresholds))
+    out: dict = {"thresholds": np.asarray(thresholds, np.float64), "names": [c.name for c in classes]}
+    for k, key in enumerate(("precision", "recall", "f1")):
+        out[key] = stack[:, k]
+        out[f"all_{key}"] = stack[:, k].mean(axis=0) if classes else np.zeros(len(thresholds))
+    return out
+
+
+MAX_THRESHOLD_CANDIDATES = 5000
+
+
+def best_f1_threshold(result: VOCResult) -> dict[str, float] | None:
+    """The score threshold whose mean F1 over classes with ground truth is highest (the highest such threshold on a
+    tie), with that F1, precision and recall; None without ground truth or detections.
+
+    F1 changes only at detection scores, so the candidates are the scores themselves (rounded to 0.001 when there
+    are more than MAX_THRESHOLD_CANDIDATES). `conf` is the roundest number that keeps exactly the same detections
+    (in (next lower candidate, threshold]): what to pass to predict.py --conf.
+    """
+    classes = [c for c in result.classes if c.num_gt > 0]
+    scores = np.concatenate([c.scores for c in classes] + [np.zeros(0)])
+    if not len(scores):
+        return None
+    candidates = np.unique(scores)[::-1]
+    if len(candidates) > MAX_THRESHOLD_CANDIDATES:
+        candidates = np.unique(np.floor(scores * 1000) / 1000)[::-1]
+    curves = confidence_curves(result, candidates)
+    best = int(np.argmax(curves["all_f1"]))
+    lower = candidates[best + 1] if best + 1 < len(candidates) else 0.0
+    return {"conf": _roundest_in(lower, float(candidates[best])), "threshold": float(candidates[best]),
+            "f1": float(curves["all_f1"][best]), "precision": float(curves["all_precision"][best]),
+            "recall": float(curves["all_recall"][best])}
+
+
+def _roundest_in(low: float, high: float) -> float:
+    """The number with the fewest decimals in (low, high] (high itself when none with up to 6 decimals is)."""
+    for decimals in range(7):
+        value = np.floor(high * 10**decimals) / 10**decimals
+        if low < value <= high:
+            return float(round(value, decimals))
+    return float(high)

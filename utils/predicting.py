@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.filenames import unique_stems
 from utils.image_io import write_image
 from utils.inference import BaseDetector, objectness_map, overlay_heatmap
 from utils.sources import Frame, ImageSource, VideoSource
@@ -41,6 +42,7 @@ class ResultWriter:
         """save_dir None: nothing is written, detections are only counted."""
         self.save_dir, self.class_names = Path(save_dir) if save_dir else None, class_names
         self.save_images, self.save_txt, self.save_crop = save_images, save_txt, save_crop
+        self._crop_folders = unique_stems(class_names, fallback="class")
         self.video_fps = video_fps or DEFAULT_VIDEO_FPS
         self.counts: Counter = Counter()
         self.images = 0
@@ -74,12 +76,16 @@ class ResultWriter:
     def class_name(self, label: int) -> str:
         return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
 
+    def crop_folder(self, label: int) -> str:
+        """A folder name per class that stays inside crops/ and is not shared (class names can be hostile)."""
+        return self._crop_folders[label] if 0 <= label < len(self._crop_folders) else str(label)
+
     def _write_crops(self, image: np.ndarray, detections: np.ndarray, stem: str) -> None:
         for k, (x1, y1, x2, y2, _, label) in enumerate(detections.tolist()):
             x1, y1, x2, y2 = int(x1), int(y1), int(np.ceil(x2)), int(np.ceil(y2))
             if x2 <= x1 or y2 <= y1:
                 continue
-            folder = self.save_dir / "crops" / self.class_name(int(label))
+            folder = self.save_dir / "crops" / self.crop_folder(int(label))
             folder.mkdir(parents=True, exist_ok=True)
             write_image(folder / f"{stem}_{k}.jpg", image[y1:y2, x1:x2])
 

@@ -5,7 +5,6 @@ import csv
 import io
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -14,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from utils.errors import UserError
+from utils.filenames import safe_run_name
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -80,35 +80,42 @@ def write_results_csv(history: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+RESULT_PANELS = (  # (title, results.csv columns drawn in it)
+    ("box loss", ("train/box", "val/box")), ("objectness loss", ("train/obj", "val/obj")),
+    ("class loss", ("train/cls", "val/cls")), ("total train loss", ("train/total",)), ("learning rate", ("lr",)),
+    ("val precision / recall", ("val/precision", "val/recall")), ("val mAP@0.5", ("val/mAP50",)),
+    ("val mAP@0.5:0.95", ("val/mAP50_95",)),
+)
+
+
 def plot_results(history: list[dict], path: Path) -> None:
-    """Loss, learning-rate and mAP curves per epoch in one PNG."""
+    """Train and validation losses, learning rate, precision/recall and mAP curves per epoch in one PNG."""
     # local: matplotlib takes 0.7-0.8 s to import on the 2-core CI machine (python -X importtime), which predict.py
     # and eval.py would pay at start-up for run_command alone
     import matplotlib
     matplotlib.use("Agg")  # files only; training machines often have no display
     import matplotlib.pyplot as plt
 
-    panels = [("train/box", "box loss"), ("train/obj", "objectness loss"), ("train/cls", "class loss"),
-              ("train/total", "total loss"), ("lr", "learning rate"), ("val/mAP50", "val mAP@0.5"),
-              ("val/mAP50_95", "val mAP@0.5:0.95")]
-    panels = [(key, title) for key, title in panels if any(key in row for row in history)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
-    for ax, (key, title) in zip(axes[0], panels, strict=True):
-        points = [(row["epoch"], row[key]) for row in history if row.get(key) not in (None, "")]
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="o", markersize=2)
+    panels = [(title, [k for k in keys if any(row.get(k) not in (None, "") for row in history)])
+              for title, keys in RESULT_PANELS]
+    panels = [(title, keys) for title, keys in panels if keys]
+    columns = min(len(panels), 4) or 1
+    rows = -(-len(panels) // columns) or 1
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3 * rows), squeeze=False)
+    for ax, (title, keys) in zip(axes.flat[:len(panels)], panels, strict=True):
+        for key in keys:
+            points = [(row["epoch"], row[key]) for row in history if row.get(key) not in (None, "")]
+            ax.plot(*zip(*points, strict=True), marker="o", markersize=2, label=key if len(keys) > 1 else None)
+        if len(keys) > 1:
+            ax.legend(fontsize=7)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def safe_run_name(name: str) -> str:
-    """A run name usable as a folder name on every OS (spaces and non-ASCII letters are fine)."""
-    cleaned = re.sub(r'[<>:"/\\|?*\x00-\x1f]', "_", name).strip()
-    return cleaned or "exp"
 
 
 # Running out of host or GPU memory is no bug: say what to lower (the original error with --verbose).

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from utils.errors import UserError
-from utils.image_io import IMAGE_SUFFIXES, ImageReadError, read_image
+from utils.image_io import IMAGE_SUFFIXES, ImageReadError, read_image, truncation_warning
 
 LOGGER = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".flv")
@@ -42,7 +42,8 @@ def supported_types() -> str:
 class ImageSource:
     """Image files in the given order, read lazily (so reading can run on a prefetch thread).
 
-    With several files an unreadable one is logged and skipped; a single unreadable file is an error.
+    With several files an unreadable one is logged and skipped; a single unreadable file is an error. A truncated
+    JPEG is used as far as it decodes, with one warning line naming it.
     """
 
     kind = "images"
@@ -55,14 +56,18 @@ class ImageSource:
 
     def __iter__(self) -> Iterator[Frame]:
         for index, path in enumerate(self.paths):
+            notes: list[str] = []
             try:
-                image = read_image(path)
+                image = read_image(path, notes)
             except ImageReadError as err:
                 if len(self.paths) == 1:
                     raise SourceError(str(err)) from None
                 LOGGER.warning("skipped %s", err)
                 self.skipped.append(str(path))
                 continue
+            warning = truncation_warning(path, notes)
+            if warning:
+                LOGGER.warning("%s", warning)
             yield Frame(path.name, image, index)
 
 
