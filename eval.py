@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from utils.dataloader import EvalDataset, build_loader, eval_collate
-from utils.datasets import DatasetIndex, load_split
+from utils.datasets import DATA_HELP, DatasetIndex, load_split
 from utils.evaluation import compute_metrics, predict_split
 from utils.metrics import VOCResult, coco_results
 from utils.plots import plot_confidence_curves, plot_confusion_matrix, plot_pr_curves
@@ -34,7 +34,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", "--classes", dest="classes", default=None,
                    help="class names file, for bare state_dicts and Darknet files only")
     p.add_argument("--phi", default=None, help="attention of a bare state_dict: 0/none, 1/se, 2/cbam, 3/eca, 4/ca")
-    p.add_argument("--data", default="VOCdevkit", help="VOCdevkit folder, images/+annotations/ folder, or COCO json")
+    p.add_argument("--data", default="VOCdevkit", help=DATA_HELP)
     p.add_argument("--split", default="test", help="train, val, trainval, test or all")
     p.add_argument("--conf", type=float, default=0.001, help="score threshold before NMS (low: full PR curve)")
     p.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold")

@@ -13,6 +13,7 @@ import sys
 from nets.attention import attention_name
 from nets.yolo import ATTENTION_PLACES
 from utils.config import parse_input_shape
+from utils.datasets import DATA_HELP
 from utils.engine import TrainConfig, train
 from utils.run_logging import run_command, setup_logging
 
@@ -29,7 +30,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-reduction", type=int, default=None,
                    help="channel reduction ratio of SE, CBAM and CA (default: the reference's, SE 16, CBAM 8, CA 16)")
     p.add_argument("--cbam-kernel", type=int, choices=(3, 7), default=7, help="CBAM's spatial attention kernel")
-    p.add_argument("--data", default="VOCdevkit", help="VOCdevkit folder, images/+annotations/ folder, or COCO json")
+    p.add_argument("--data", default="VOCdevkit", help=DATA_HELP)
     p.add_argument("--train-split", default="train", help="split to train on (VOC07+12: trainval)")
     p.add_argument("--val-split", default="val", help="split for validation mAP during training (VOC07+12: test)")
     p.add_argument("--classes", default=None, help="class names file (one per line); default: from the annotations")

@@ -16,7 +16,7 @@ import torch
 from torchvision.ops import box_iou
 
 from utils.config import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, MODEL_DATA, ModelConfig, parse_input_shape, read_anchors
-from utils.datasets import load_split
+from utils.datasets import DATA_HELP, load_split
 from utils.errors import ConfigError
 from utils.image_io import image_size, probe_image
 from utils.run_logging import run_command, setup_logging
@@ -157,7 +157,7 @@ def format_anchors(anchors: np.ndarray) -> str:
 # ---------------------------------------------------------------------------------------------------------- CLI
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="k-means anchors (1 - IoU distance) for a dataset", add_help=True)
-    parser.add_argument("--data", required=True, help="VOCdevkit folder, images/+annotations/ folder, or COCO json")
+    parser.add_argument("--data", required=True, help=DATA_HELP)
     parser.add_argument("--split", default="train", help="split whose boxes are clustered (default train)")
     parser.add_argument("-n", "--num-anchors", type=int, default=6, help="number of anchors (yolov4-tiny: 6)")
     parser.add_argument("--input-shape", default="416", help="network input: 416 or height,width")
