@@ -144,4 +144,4 @@ def test_anchors_train_and_eval_read_a_data_yaml(yolo, tmp_path, capsys):
                               "--no-preview"]) == 0
     weights = next((tmp_path / "runs").glob("*/best.pth"))
     assert eval_script.main(["--weights", str(weights), "--data", str(yolo), "--split", "val", "--input-shape", "64",
-                             "--device", "cpu", "--workers", "0", "--save-dir", str(tmp_path / "eval")]) == 0
+                             "--device", "cpu", "--workers", "0", "--save-dir", str(tmp_path), "--name", "eval"]) == 0
