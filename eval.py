@@ -16,25 +16,27 @@ import sys
 from pathlib import Path
 
 from utils.dataloader import EvalDataset, build_loader, eval_collate
-from utils.datasets import DatasetIndex, load_split
+from utils.datasets import DATA_HELP, DatasetIndex, load_split
 from utils.evaluation import compute_metrics, predict_split
 from utils.metrics import VOCResult, coco_results
 from utils.plots import plot_confidence_curves, plot_confusion_matrix, plot_pr_curves
-from utils.run_logging import claim_run_dir, run_command, setup_logging
+from utils.run_logging import DefaultsHelpFormatter, claim_run_dir, run_command, setup_logging
 from utils.weights import Loaded, load_runnable
 
 LOGGER = logging.getLogger("eval")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     p.add_argument("--weights", default=None, help="our .pth (default: the newest logs/*/best.pth), a bare "
-                   "state_dict (with --classes/--phi), Darknet .weights (with --cfg) or an exported .onnx (int8 too)")
+                   "state_dict (with --names/--phi), Darknet .weights (with --cfg) or an exported .onnx (int8 too)")
+    p.add_argument("--weights-sha256", default=None, help="expected sha256 of --weights given as a URL (default: the "
+                   "hash prefix in the file name, torch.hub style, if any)")
     p.add_argument("--cfg", default=None, help="Darknet .cfg for --weights *.weights")
     p.add_argument("--names", "--classes", dest="classes", default=None,
                    help="class names file, for bare state_dicts and Darknet files only")
     p.add_argument("--phi", default=None, help="attention of a bare state_dict: 0/none, 1/se, 2/cbam, 3/eca, 4/ca")
-    p.add_argument("--data", default="VOCdevkit", help="VOCdevkit folder, images/+annotations/ folder, or COCO json")
+    p.add_argument("--data", default="VOCdevkit", help=DATA_HELP)
     p.add_argument("--split", default="test", help="train, val, trainval, test or all")
     p.add_argument("--conf", type=float, default=0.001, help="score threshold before NMS (low: full PR curve)")
     p.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold")
@@ -42,14 +44,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--voc07", action="store_true", help="VOC2007 11-point AP instead of all-point interpolation")
     p.add_argument("--score-thresh", type=float, default=0.5,
                    help="score for the precision/recall/F1 figures and the confusion matrix")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     p.add_argument("--workers", type=int, default=2, help="image loading processes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: best available)")
     p.add_argument("--input-shape", default=None, help="input size (multiple of 32); default: the checkpoint's")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision: bf16/fp16 on CUDA, bf16 on CPUs with native support")
     p.add_argument("--save-json", action="store_true", help="also write detections.json in COCO results format")
-    p.add_argument("--save-dir", default="logs/eval", help="run folder; a number is appended if it exists")
+    p.add_argument("--save-dir", default="logs", help="project folder (as in train.py and predict.py): results go to "
+                   "SAVE_DIR/NAME")
+    p.add_argument("--name", default="eval", help="run folder name inside --save-dir (eval, eval2, ... never "
+                   "overwritten)")
     p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return p
 
@@ -58,7 +63,8 @@ def load(args: argparse.Namespace) -> tuple[Loaded, DatasetIndex]:
     """(the weights, loaded to run, and the dataset index of --data/--split with the model's classes).
 
     The index keeps images that cannot be read (keep_unreadable): their objects count as missed."""
-    loaded = load_runnable(args.weights, args.classes, args.phi, args.cfg, args.device, args.input_shape)
+    loaded = load_runnable(args.weights, args.classes, args.phi, args.cfg, args.device, args.input_shape,
+                           args.weights_sha256)
     index = load_split(args.data, args.split, classes=loaded.config.classes, keep_empty=True, keep_unreadable=True)
     return loaded, index
 
@@ -72,8 +78,7 @@ def evaluate_split(args: argparse.Namespace) -> tuple[dict, Path]:
     detections = predict_split(loaded.runnable, loader, config, loaded.device, args.conf, args.iou, args.max_det,
                                args.amp, progress=True).detections
     metrics, voc = compute_metrics(detections, index, config.classes, args.voc07, args.score_thresh)
-    save_dir = Path(args.save_dir)
-    out = claim_run_dir(save_dir.parent, save_dir.name)
+    out = claim_run_dir(args.save_dir, args.name)
     metrics.update(weights=str(loaded.path), data=str(args.data), split=args.split, conf=args.conf,
                    nms_iou=args.iou, input_shape=config.input_shape, classes=config.classes,
                    unknown_objects=index.unknown_objects, summary=index.ground_truth_summary())

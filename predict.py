@@ -26,7 +26,7 @@ from utils.export import export_onnx
 from utils.inference import BaseDetector, DetectOptions
 from utils.predicting import ResultWriter, display_available, predict_source
 from utils.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx
-from utils.run_logging import claim_run_dir, run_command, setup_logging
+from utils.run_logging import DefaultsHelpFormatter, claim_run_dir, run_command, setup_logging
 from utils.sources import ImageSource, SourceError, open_source
 from utils.weights import load_runnable
 
@@ -36,10 +36,12 @@ DEFAULT_DATA = ROOT / "VOCdevkit"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--weights", help="our checkpoint (.pth), a bare state_dict (with --names), a Darknet "
                        ".weights (with --cfg) or an exported .onnx; default: the newest logs/*/best.pth")
+    model.add_argument("--weights-sha256", help="expected sha256 of --weights given as a URL (default: the hash "
+                       "prefix in the file name, torch.hub style, if any)")
     model.add_argument("--names", help="class names file (one per line), only for bare state_dicts and Darknet files")
     model.add_argument("--phi", default=None, help="attention of a bare state_dict: 0-4 or none/se/cbam/eca/ca")
     model.add_argument("--cfg", help="Darknet .cfg for a .weights file")
@@ -51,7 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="torch.compile the model (inductor, frozen weights): ~30-60 s once per batch size, "
                             "then ~1.1x faster end to end on a 2-core CPU at batch 1; for long videos")
     detect = parser.add_argument_group("detection")
-    detect.add_argument("--source", help=f"image, folder, glob, video file or webcam index (default {DEFAULT_SOURCE})")
+    detect.add_argument("--source", help="image, folder, glob, video file or webcam index (default: the project's "
+                        "VOCdevkit/VOC2007/JPEGImages)")
     detect.add_argument("--conf", type=float, default=0.5, help="score threshold (objectness x class probability)")
     detect.add_argument("--iou", type=float, default=0.3, help="NMS IoU threshold")
     detect.add_argument("--max-det", type=int, default=300, help="most detections kept per image")
@@ -59,7 +62,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     detect.add_argument("--classes", nargs="+", help="keep only these classes, by name or index (e.g. 0 2 or dog)")
     detect.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     output = parser.add_argument_group("output")
-    output.add_argument("--save-dir", default="logs/predict", help="run folder; numbered when it exists (predict2)")
+    output.add_argument("--save-dir", default="logs", help="project folder (as in train.py and eval.py): results go "
+                        "to SAVE_DIR/NAME")
+    output.add_argument("--name", default="predict", help="run folder name inside --save-dir (predict, predict2, "
+                        "... never overwritten)")
     output.add_argument("--nosave", action="store_true", help="do not save annotated images/videos")
     output.add_argument("--save-txt", action="store_true", help="labels/<image>.txt: class xc yc w h conf (0-1)")
     output.add_argument("--save-crop", action="store_true", help="crops/<class>/<image>_<k>.jpg")
@@ -99,7 +105,8 @@ def class_filter(values: list[str] | None, names: list[str]) -> list[int] | None
 
 
 def load_detector(args: argparse.Namespace) -> BaseDetector:
-    loaded = load_runnable(args.weights, args.names, args.phi, args.cfg, args.device, args.input_shape)
+    loaded = load_runnable(args.weights, args.names, args.phi, args.cfg, args.device, args.input_shape,
+                           args.weights_sha256)
     detector = loaded.detector(optimize=not args.plain, amp=not (args.fp32 or args.plain),
                                compile=args.compile and not args.plain)
     detector.options = DetectOptions(args.conf, args.iou, args.max_det, args.agnostic_nms,
@@ -108,7 +115,8 @@ def load_detector(args: argparse.Namespace) -> BaseDetector:
 
 
 def export(args: argparse.Namespace) -> list[Path]:
-    loaded = load_runnable(args.weights, args.names, args.phi, args.cfg, "cpu", args.input_shape)
+    loaded = load_runnable(args.weights, args.names, args.phi, args.cfg, "cpu", args.input_shape,
+                           args.weights_sha256)
     if loaded.model is None:
         raise ConfigError(f"{loaded.path} is already ONNX; --export needs PyTorch or Darknet weights")
     save_dir = claim_save_dir(args)
@@ -134,9 +142,8 @@ def quantize(args: argparse.Namespace, exported: Path, config: ModelConfig) -> P
 
 
 def claim_save_dir(args: argparse.Namespace) -> Path:
-    """A new run folder: --save-dir, else --save-dir numbered (logs/predict2, ...); claimed atomically."""
-    save_dir = Path(args.save_dir)
-    return claim_run_dir(save_dir.parent, save_dir.name)
+    """A new run folder: SAVE_DIR/NAME, else numbered (logs/predict2, ...); claimed atomically."""
+    return claim_run_dir(args.save_dir, args.name)
 
 
 def run(args: argparse.Namespace) -> None:

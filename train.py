@@ -12,16 +12,20 @@ import sys
 
 from nets.attention import attention_name
 from nets.yolo import ATTENTION_PLACES
+from utils.augment import AugmentConfig
 from utils.config import parse_input_shape
+from utils.datasets import DATA_HELP
 from utils.engine import TrainConfig, train
-from utils.run_logging import run_command, setup_logging
+from utils.errors import ConfigError
+from utils.run_config import config_field_names, read_config_file
+from utils.run_logging import DefaultsHelpFormatter, run_command, setup_logging
 
 LOGGER = logging.getLogger("train")
 AUGMENT_FLAGS = ("mosaic", "mixup", "hsv_h", "hsv_s", "hsv_v", "flip", "jitter", "mosaic_epochs_fraction")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     p.add_argument("--phi", default="0", help="attention: 0/none, 1/se, 2/cbam, 3/eca, 4/ca (coordinate attention)")
     p.add_argument("--attention-at", choices=ATTENTION_PLACES, default="neck",
                    help="where attention goes: neck (the reference's 3 places), backbone (inside each CSP stage, "
@@ -29,10 +33,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-reduction", type=int, default=None,
                    help="channel reduction ratio of SE, CBAM and CA (default: the reference's, SE 16, CBAM 8, CA 16)")
     p.add_argument("--cbam-kernel", type=int, choices=(3, 7), default=7, help="CBAM's spatial attention kernel")
-    p.add_argument("--data", default="VOCdevkit", help="VOCdevkit folder, images/+annotations/ folder, or COCO json")
+    p.add_argument("--data", default="VOCdevkit", help=DATA_HELP)
     p.add_argument("--train-split", default="train", help="split to train on (VOC07+12: trainval)")
-    p.add_argument("--val-split", default="val", help="split for validation mAP during training (VOC07+12: test)")
-    p.add_argument("--classes", default=None, help="class names file (one per line); default: from the annotations")
+    p.add_argument("--val-split", default="val", help="split for validation mAP during training (VOC07+12: test); "
+                   "none: no validation (best.pth is then the last epoch's weights, as last.pth)")
+    p.add_argument("--names", default=None, help="class names file (one per line); default: the dataset's (sorted VOC "
+                   "names, COCO categories, data.yaml names)")
+    p.add_argument("--classes", default=None, help=argparse.SUPPRESS)  # before --names; still read, with a note
     p.add_argument("--anchors", default=None, help="anchors file (w,h, w,h, ... in input pixels; python -m "
                    "utils.anchors writes one for your data); default: yolov4-tiny's 10,14, 23,27, 37,58, 81,82, "
                    "135,169, 344,319")
@@ -44,14 +51,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", default="320", help="input size, a multiple of 32: 320, 416 or height,width "
                    "(320 suits the bundled sample on a CPU; VOC: 416)")
     p.add_argument("--weights", default=None, help="initial weights: our .pth, a reference state_dict or a Darknet "
-                                                   ".conv.29/.weights file (every matching tensor is loaded)")
+                   ".conv.29/.weights file (every matching tensor is loaded), local or an http(s) URL (downloaded "
+                   "once into $YOLO_CACHE_DIR, default ~/.cache/yolov4-tiny-attention)")
+    p.add_argument("--weights-sha256", default=None, help="expected sha256 of --weights given as an http(s) URL "
+                   "(default: the hash prefix in the file name, torch.hub style, if any)")
     p.add_argument("--resume", nargs="?", const=True, default=None,
                    help="continue a run: its folder or last.pth (no value: the newest logs/*/last.pth)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: best available)")
     p.add_argument("--workers", type=int, default=2, help="data loading processes per training process")
     p.add_argument("--seed", type=int, default=0, help="base random seed (augmentation is seeded per worker)")
-    p.add_argument("--save-dir", default="logs", help="folder holding run folders")
-    p.add_argument("--name", default="exp", help="run folder name (exp, exp2, ... never overwritten)")
+    p.add_argument("--save-dir", default="logs", help="project folder holding the run folders (as in eval.py and "
+                   "predict.py): the run goes to SAVE_DIR/NAME")
+    p.add_argument("--name", default="exp", help="run folder name inside --save-dir (exp, exp2, ... never "
+                   "overwritten)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                    help="mixed precision: bf16/fp16 on CUDA, bf16 on CPUs with native support")
     p.add_argument("--eval-period", type=int, default=1,
@@ -78,33 +90,67 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bad-steps", type=int, default=20,
                    help="consecutive non-finite losses (each skipped) before training stops")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="class target smoothing epsilon")
+    p.add_argument("--multi-scale", action="store_true",
+                   help="resize each training batch to a size drawn from --multi-scale-range x --input-shape, in "
+                        "steps of the model's largest stride (validation stays at --input-shape)")
+    p.add_argument("--multi-scale-range", default="0.5,1.5", help="low,high factors of --input-shape")
     p.add_argument("--cache", choices=("ram",), default=None, help="keep decoded images in memory")
     p.add_argument("--keep-difficult", action="store_true", help="train on VOC difficult objects too")
     p.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across DDP processes")
-    p.add_argument("--no-preview", dest="preview", action="store_false",
-                   help="skip the training-start pictures (augmented samples, labels)")
-    p.add_argument("--mosaic", type=float, default=None, help="mosaic probability")
-    p.add_argument("--mixup", type=float, default=None, help="mixup probability (after mosaic)")
-    p.add_argument("--hsv-h", type=float, default=None, help="hue jitter")
-    p.add_argument("--hsv-s", type=float, default=None, help="saturation jitter")
-    p.add_argument("--hsv-v", type=float, default=None, help="value jitter")
-    p.add_argument("--flip", type=float, default=None, help="horizontal flip probability")
-    p.add_argument("--jitter", type=float, default=None, help="aspect-ratio jitter")
-    p.add_argument("--mosaic-epochs-fraction", type=float, default=None,
-                   help="mosaic and mixup stop after this fraction of the epochs")
+    p.add_argument("--preview", action=argparse.BooleanOptionalAction, default=True,
+                   help="write the training-start pictures (augmented samples, labels); --no-preview skips them")
+    # default None (so that --resume can tell a given value from the default); help shows AugmentConfig's value
+    for flag, text in (("mosaic", "mosaic probability"), ("mixup", "mixup probability (after mosaic)"),
+                       ("hsv_h", "hue jitter"), ("hsv_s", "saturation jitter"), ("hsv_v", "value jitter"),
+                       ("flip", "horizontal flip probability"), ("jitter", "aspect-ratio jitter"),
+                       ("mosaic_epochs_fraction", "mosaic and mixup stop after this fraction of the epochs")):
+        p.add_argument("--" + flag.replace("_", "-"), type=float, default=None,
+                       help=f"{text} (default: {getattr(AugmentConfig, flag)})")
+    p.add_argument("--config", default=None, help="a run's args.yaml or a recipe (model_data/voc_recipe.yaml): its "
+                   "options become the defaults; flags given here override them")
     p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from the parsed arguments: same-named options map one to one."""
+# TrainConfig fields whose flag has another name or type
+FIELD_FLAGS = {"classes_file": "names", "anchors_file": "anchors"}
+
+
+def apply_config_file(parser: argparse.ArgumentParser, path: str) -> dict:
+    """Make the options of a --config file the parser's defaults (so flags override them); returns the augment
+    settings of the file that have no flag of their own (kept as they are)."""
+    values = read_config_file(path, config_field_names(TrainConfig))
+    augment = dict(values.pop("augment", None) or {})
+    defaults = {FIELD_FLAGS.get(k, k): v for k, v in values.items()}
+    if "input_shape" in defaults:
+        defaults["input_shape"] = ",".join(map(str, parse_input_shape(defaults["input_shape"])))
+    defaults.update({k: augment.pop(k) for k in AUGMENT_FLAGS if k in augment})
+    parser.set_defaults(**defaults)
+    return augment
+
+
+def config_from_args(args: argparse.Namespace, extra_augment: dict | None = None) -> TrainConfig:
+    """TrainConfig from the parsed arguments: same-named options map one to one (extra_augment: AugmentConfig
+    settings without a flag, from --config)."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
-    values.update(classes_file=args.classes, anchors_file=args.anchors,
+    values.update(classes_file=args.names or args.classes, anchors_file=args.anchors,
                   input_shape=parse_input_shape(args.input_shape),
-                  augment={k: getattr(args, k) for k in AUGMENT_FLAGS if getattr(args, k) is not None},
-                  patience=args.patience or 0)  # None by default, so that an explicit 0 overrides it on --resume
+                  augment={**(extra_augment or {}),
+                           **{k: getattr(args, k) for k in AUGMENT_FLAGS if getattr(args, k) is not None}},
+                  patience=args.patience or 0,  # None by default, so that an explicit 0 overrides it on --resume
+                  multi_scale_range=parse_range(args.multi_scale_range))
     return TrainConfig(**values)
+
+
+def parse_range(value: str | list) -> list[float]:
+    """'0.5,1.5' (or a list from --config) -> [0.5, 1.5]."""
+    parts = value if isinstance(value, list) else str(value).split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--multi-scale-range {value!r}: give two factors, low,high (e.g. 0.5,1.5)") from None
+    return [low, high]
 
 
 def explicit_overrides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
@@ -118,8 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, main_process=os.environ.get("RANK", "0") == "0")
 
     def train_from_args() -> None:
+        nonlocal args
+        extra_augment = apply_config_file(parser, args.config) if args.config else {}
+        if args.config:
+            args = parser.parse_args(argv)  # the file's options are now the defaults; the flags given win
+        if args.classes is not None:
+            LOGGER.warning("--classes FILE is now --names FILE (the same in train.py, eval.py and predict.py); %s",
+                           "--names wins" if args.names else "reading it as --names")
         args.phi = attention_name(args.phi)
-        train(config_from_args(args), resume=args.resume, overrides=explicit_overrides(args, parser))
+        train(config_from_args(args, extra_augment), resume=args.resume, overrides=explicit_overrides(args, parser))
     return run_command(train_from_args, args.verbose, LOGGER)
 
 

@@ -167,3 +167,33 @@ def random_dataset(seed: int, images: int = 60, num_classes: int = 3, dets_per_i
         dets = np.column_stack([boxes_d, rng.random(len(boxes_d)), labels_d])
         detections.append(dets)
     return detections, truths
+
+
+def make_yolo(root: Path, images: int = 4, size: tuple[int, int] = (96, 128),
+              classes: tuple[str, ...] = ("red", "blue"), splits: tuple[str, ...] = ("train", "val"),
+              names_as_dict: bool = False, seed: int = 0) -> Path:
+    """An Ultralytics-layout dataset under `root`: images/<split>/imgNNN.jpg, labels/<split>/imgNNN.txt (normalised
+    class xc yc w h rows of coloured rectangles) and data.yaml (names as a list or an {id: name} dict). Returns the
+    yaml's path."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    for split in splits:
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(images):
+            image = np.full((height, width, 3), 235, np.uint8)
+            rows = []
+            for k in range(1 + i % 2):
+                cls = (i + k) % len(classes)
+                w, h = int(rng.integers(width // 5, width // 3)), int(rng.integers(height // 5, height // 3))
+                x1 = int(rng.integers(0, width // 2 - w)) + (width // 2 if k else 0)
+                y1 = int(rng.integers(0, height - h))
+                cv2.rectangle(image, (x1, y1), (x1 + w, y1 + h), COLOURS[classes[cls]], -1)
+                rows.append(f"{cls} {(x1 + w / 2) / width:.6f} {(y1 + h / 2) / height:.6f} {w / width:.6f} "
+                            f"{h / height:.6f}\n")
+            cv2.imwrite(str(root / "images" / split / f"img{i:03d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            (root / "labels" / split / f"img{i:03d}.txt").write_text("".join(rows))
+    names = ("{" + ", ".join(f"{i}: {n}" for i, n in enumerate(classes)) + "}") if names_as_dict else list(classes)
+    text = "".join(f"{split}: images/{split}\n" for split in splits) + f"names: {names}\n"
+    (root / "data.yaml").write_text(text.replace("'", ""))
+    return root / "data.yaml"

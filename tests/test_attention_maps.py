@@ -90,7 +90,8 @@ def test_predict_writes_one_attention_picture_per_image(tmp_path, capsys):
     for i, (h, w) in enumerate([(96, 160), (120, 120)]):
         cv2.imwrite(str(images / f"im{i}.jpg"), np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8))
     out = tmp_path / "out"
-    argv = ["--weights", str(weights), "--source", str(images), "--save-dir", str(out), "--attention-maps",
+    argv = ["--weights", str(weights), "--source", str(images), "--save-dir", str(out.parent), "--name", out.name,
+            "--attention-maps",
             "--nosave"]
     assert predict.main(argv) == 0
     written = sorted(p.name for p in out.iterdir())
@@ -106,7 +107,8 @@ def test_attention_maps_of_a_video_is_a_clear_error(tmp_path, capsys):
     for _ in range(3):
         writer.write(np.zeros((64, 64, 3), np.uint8))
     writer.release()
-    argv = ["--weights", str(weights), "--source", str(video), "--save-dir", str(tmp_path / "o"), "--attention-maps"]
+    argv = ["--weights", str(weights), "--source", str(video), "--save-dir", str(tmp_path), "--name", "o",
+            "--attention-maps"]
     assert predict.main(argv) == 1
     assert "--attention-maps draws one picture per image" in capsys.readouterr().err
 

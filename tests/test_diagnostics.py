@@ -214,7 +214,8 @@ def test_eval_writes_confusion_matrix_and_f1_curve(tmp_path, monkeypatch, capsys
     config = ModelConfig(["blue", "red"], attention="none", input_shape=[96, 96])
     torch.manual_seed(0)
     weights = write_weights(tmp_path / "w.pth", build_model(config).state_dict(), config)
-    argv = ["--weights", weights, "--data", data, "--save-dir", tmp_path / "eval", "--workers", "0", "--device",
+    argv = ["--weights", weights, "--data", data, "--save-dir", str(tmp_path), "--name", "eval", "--workers", "0",
+            "--device",
             "cpu", "--no-amp", "--score-thresh", "0.01"]
     assert eval_script.main([str(a) for a in argv]) == 0
     out = tmp_path / "eval"

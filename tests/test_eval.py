@@ -127,7 +127,8 @@ def eval_main(monkeypatch):
 def test_eval_script_end_to_end(tmp_path, eval_main, capsys):
     data = write_voc(tmp_path / "VOCdevkit")
     weights = random_checkpoint(tmp_path / "w.pth")
-    args = ["--weights", weights, "--data", data, "--save-dir", tmp_path / "runs" / "eval", "--workers", "0",
+    args = ["--weights", weights, "--data", data, "--save-dir", str(tmp_path / "runs"), "--name", "eval",
+            "--workers", "0",
             "--device", "cpu", "--save-json", "--conf", "0.01"]
     assert eval_main(*args) == 0
     out = tmp_path / "runs" / "eval"
@@ -174,8 +175,8 @@ def test_eval_errors_are_one_clear_line(tmp_path, eval_main, caplog):
 def test_eval_reports_objects_of_other_classes(tmp_path, eval_main, caplog):
     # the model knows red and green only: blue rectangles are reported, not evaluated
     weights = random_checkpoint(tmp_path / "w.pth", classes=["red", "green"])
-    assert eval_main("--weights", weights, "--data", write_voc(tmp_path / "VOCdevkit"), "--save-dir",
-                     tmp_path / "eval", "--workers", "0", "--device", "cpu", "--no-amp") == 0
+    assert eval_main("--weights", weights, "--data", write_voc(tmp_path / "VOCdevkit"), "--save-dir", str(tmp_path),
+                     "--name", "eval", "--workers", "0", "--device", "cpu", "--no-amp") == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(metrics["AP50_per_class"]) == {"red", "green"} and metrics["unknown_objects"] == {"blue": 1}
     assert "blue x1" in caplog.text

@@ -194,7 +194,8 @@ def test_eval_script_counts_the_broken_image_and_says_so(tmp_path, eval_main, ca
     config = ModelConfig(CLASSES, attention="none", input_shape=[128, 128])
     torch.manual_seed(0)
     weights = write_weights(tmp_path / "w.pth", build_model(config).state_dict(), config)
-    assert eval_main("--weights", weights, "--data", root, "--save-dir", tmp_path / "eval", "--workers", "0",
+    assert eval_main("--weights", weights, "--data", root, "--save-dir", str(tmp_path), "--name", "eval",
+                     "--workers", "0",
                      "--device", "cpu", "--no-amp", "--save-json") == 0
     printed = capsys.readouterr().out
     assert SUMMARIES[broken] in printed.splitlines()

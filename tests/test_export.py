@@ -89,14 +89,15 @@ def test_export_check_catches_a_wrong_graph(tmp_path):
 def test_predict_exports_and_runs_onnx(tmp_path, capsys):
     model, config = make_model("eca")
     weights = write_weights(tmp_path / "best.pth", model.state_dict(), config)
-    args = ["--weights", str(weights), "--export", "onnx", "--save-dir", str(tmp_path / "export")]
+    args = ["--weights", str(weights), "--export", "onnx", "--save-dir", str(tmp_path), "--name", "export"]
     assert predict.main(args) == 0
     onnx_path = tmp_path / "export" / "best.onnx"
     assert f"exported {onnx_path}" in capsys.readouterr().out
     image = tmp_path / "in.png"
     import cv2
     cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8))
-    args = ["--weights", str(onnx_path), "--source", str(image), "--save-dir", str(tmp_path / "run"), "--conf", "0.3"]
+    args = ["--weights", str(onnx_path), "--source", str(image), "--save-dir", str(tmp_path), "--name", "run",
+            "--conf", "0.3"]
     assert predict.main(args) == 0
     assert (tmp_path / "run" / "in.png").is_file()
     assert "1 image(s):" in capsys.readouterr().out
@@ -105,7 +106,7 @@ def test_predict_exports_and_runs_onnx(tmp_path, capsys):
 def test_predict_exports_darknet(tmp_path, capsys):
     model, config = make_model("none")
     weights = write_weights(tmp_path / "plain.pth", model.state_dict(), config)
-    args = ["--weights", str(weights), "--export", "darknet", "--save-dir", str(tmp_path / "dk")]
+    args = ["--weights", str(weights), "--export", "darknet", "--save-dir", str(tmp_path), "--name", "dk"]
     assert predict.main(args) == 0
     assert (tmp_path / "dk" / "plain.cfg").is_file() and (tmp_path / "dk" / "plain.weights").is_file()
     assert "exported" in capsys.readouterr().out
@@ -118,7 +119,7 @@ def test_broken_onnx_file_is_one_clear_error(tmp_path, capsys, content):
     image = tmp_path / "in.png"
     import cv2
     cv2.imwrite(str(image), np.zeros((32, 32, 3), np.uint8))
-    args = ["--weights", str(path), "--source", str(image), "--save-dir", str(tmp_path / "run")]
+    args = ["--weights", str(path), "--source", str(image), "--save-dir", str(tmp_path), "--name", "run"]
     assert predict.main(args) == 1
     printed = "".join(capsys.readouterr())
     errors = [line for line in printed.splitlines() if line.startswith("error:")]

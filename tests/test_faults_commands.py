@@ -58,7 +58,7 @@ CASES = [
 ]
 EXTRA = {"train.py": [*TRAIN_FAST, "--epochs", "1"], "eval.py": ["--device", "cpu", "--workers", "0"],
          "predict.py": ["--device", "cpu"]}
-SAVE_DIR = {"train.py": "{logs}", "eval.py": "{logs}/eval", "predict.py": "{logs}/predict"}
+SAVE_DIR = {"train.py": "{logs}", "eval.py": "{logs}", "predict.py": "{logs}"}
 
 
 def test_bad_commands_fail_with_one_clear_sentence(setup):

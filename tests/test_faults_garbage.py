@@ -205,7 +205,8 @@ def test_train_and_eval_survive_garbage(garbage, tmp_path):
     assert all(line in output for line in lines), "every problem line is also in the log"
     # eval.py over every annotated image of the folder
     status, output, eval_gib = _run("eval.py", "--weights", run / "last.pth", "--data", root, "--split", "all",
-                                    "--device", "cpu", "--workers", "0", "--save-dir", tmp_path / "eval", cwd=tmp_path)
+                                    "--device", "cpu", "--workers", "0", "--save-dir", str(tmp_path), "--name",
+                                        "eval", cwd=tmp_path)
     assert status == 0 and "Traceback" not in output, output[-4000:]
     problem_lines = [line.strip() for line in output.splitlines()
                      if line.startswith(("fixed: ", "skipped: ", "unreadable: "))]

@@ -64,8 +64,9 @@ def test_clis_refuse_code_running_checkpoints(evil, tmp_path):
     folder, marker = evil
     data = tiny_voc(tmp_path / "data", train=2, val=1)
     extra = {"train.py": ["--data", str(data), "--save-dir", str(tmp_path / "logs"), *TRAIN_FAST],
-             "eval.py": ["--data", str(data), "--device", "cpu", "--save-dir", str(tmp_path / "logs" / "eval")],
-             "predict.py": ["--device", "cpu", "--save-dir", str(tmp_path / "logs" / "predict")]}
+             "eval.py": ["--data", str(data), "--device", "cpu", "--save-dir", str(tmp_path / "logs"), "--name",
+                         "eval"],
+             "predict.py": ["--device", "cpu", "--save-dir", str(tmp_path / "logs"), "--name", "predict"]}
     jobs = [(script, [a.format(dir=folder, data=data) for a in args] + extra[script])
             for script, args in CLI_CASES.values()]
     failures = []
@@ -136,9 +137,9 @@ def test_paths_with_spaces_and_non_ascii_characters(tmp_path):
     assert load_checkpoint(weights)["epoch"] == 1
     evaluated, predicted = cli_many([
         ("eval.py", ["--weights", weights, "--data", data, "--split", "val", "--device", "cpu", "--workers", "0",
-                     "--save-dir", logs / "评估 eval"]),
+                     "--save-dir", str(logs), "--name", "评估 eval"]),
         ("predict.py", ["--weights", weights, "--source", pictures, "--device", "cpu", "--conf", "0.01",
-                        "--save-dir", logs / "预测 predict"])])
+                        "--save-dir", str(logs), "--name", "预测 predict"])])
     assert evaluated.returncode == 0, evaluated.stdout[-3000:]
     metrics = json.loads((logs / "评估 eval" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["images"] == 2 and "数据 集" in metrics["data"]

@@ -73,7 +73,8 @@ def test_predict_writes_annotated_images(kind, checkpoint, image_dir, tmp_path, 
     expected = {"image": ["img1.jpg"], "folder": ["img0.jpg", "img1.jpg", "img2.jpg"],
                 "glob": ["img0.jpg", "img2.jpg"]}[kind]
     save_dir = tmp_path / "logs" / "predict"
-    assert run_predict("--weights", str(checkpoint), "--source", str(source), "--save-dir", str(save_dir),
+    assert run_predict("--weights", str(checkpoint), "--source", str(source), "--save-dir", str(save_dir.parent),
+                       "--name", save_dir.name,
                        "--batch-size", "2", "--max-det", "20", "--fps") == 0
     assert sorted(p.name for p in save_dir.iterdir()) == expected
     for name in expected:  # annotated copies keep the original size
@@ -86,13 +87,14 @@ def test_run_folders_are_numbered(checkpoint, image_dir, tmp_path):
     save_dir = tmp_path / "logs" / "predict"
     for _ in range(2):
         assert run_predict("--weights", str(checkpoint), "--source", str(image_dir / "img0.jpg"),
-                           "--save-dir", str(save_dir), "--max-det", "5") == 0
+                           "--save-dir", str(save_dir.parent), "--name", save_dir.name, "--max-det", "5") == 0
     assert sorted(p.name for p in save_dir.parent.iterdir()) == ["predict", "predict2"]
 
 
 def test_save_txt_and_crops_match_the_detector(checkpoint, image_dir, tmp_path):
     save_dir = tmp_path / "run"
-    assert run_predict("--weights", str(checkpoint), "--source", str(image_dir), "--save-dir", str(save_dir),
+    assert run_predict("--weights", str(checkpoint), "--source", str(image_dir), "--save-dir", str(save_dir.parent),
+                       "--name", save_dir.name,
                        "--nosave", "--save-txt", "--save-crop", "--max-det", "10", "--fp32") == 0
     assert not list(save_dir.glob("*.jpg"))  # --nosave: no annotated images
     model, config = make_model()
@@ -121,7 +123,8 @@ def write_video(path: Path, frames: int = 4, size: tuple[int, int] = (160, 96)) 
 def test_predict_video_writes_annotated_video(checkpoint, tmp_path, capsys):
     video = write_video(tmp_path / "clip.avi")
     save_dir = tmp_path / "run"
-    assert run_predict("--weights", str(checkpoint), "--source", str(video), "--save-dir", str(save_dir),
+    assert run_predict("--weights", str(checkpoint), "--source", str(video), "--save-dir", str(save_dir.parent),
+                       "--name", save_dir.name,
                        "--batch-size", "3", "--max-det", "5", "--heatmap", "--save-txt") == 0
     capture = cv2.VideoCapture(str(save_dir / "clip.mp4"))
     assert capture.isOpened() and int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
@@ -141,7 +144,8 @@ def test_predict_video_writes_annotated_video(checkpoint, tmp_path, capsys):
 ])
 def test_bad_sources_give_one_clear_error(make_source, message, checkpoint, tmp_path, capsys):
     source = make_source(tmp_path)
-    code = run_predict("--weights", str(checkpoint), "--source", str(source), "--save-dir", str(tmp_path / "r"))
+    code = run_predict("--weights", str(checkpoint), "--source", str(source), "--save-dir", str(tmp_path), "--name",
+                       "r")
     assert code == 1
     lines = [line for line in "".join(capsys.readouterr()).splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0] and str(source) in lines[0]
@@ -261,7 +265,8 @@ def test_truncated_jpeg_is_used_as_decoded_with_one_warning(checkpoint, image_di
     (folder / "a.jpg").write_bytes(data)
     (folder / "t.jpg").write_bytes(data[: len(data) * 6 // 10])
     save_dir = tmp_path / "out"
-    assert run_predict("--weights", str(checkpoint), "--source", str(folder), "--save-dir", str(save_dir),
+    assert run_predict("--weights", str(checkpoint), "--source", str(folder), "--save-dir", str(save_dir.parent),
+                       "--name", save_dir.name,
                        "--max-det", "5") == 0
     assert sorted(p.name for p in save_dir.iterdir()) == ["a.jpg", "t.jpg"]
     assert cv2.imread(str(save_dir / "t.jpg")).shape == cv2.imread(str(folder / "a.jpg")).shape

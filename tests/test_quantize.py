@@ -128,13 +128,13 @@ def test_predict_exports_int8_that_predict_runs(tmp_path, capsys):
     for i, image in enumerate(scenes(6)):
         cv2.imwrite(str(images / f"{i}.jpg"), image[..., ::-1])
     args = ["--weights", weights, "--export", "onnx", "--int8", "--source", images, "--calib-images", "4",
-            "--save-dir", tmp_path / "export"]
+            "--save-dir", str(tmp_path), "--name", "export"]
     assert predict.main([str(a) for a in args]) == 0
     int8 = tmp_path / "export" / "best_int8.onnx"
     printed = capsys.readouterr().out
     assert f"exported {tmp_path / 'export' / 'best.onnx'}" in printed and f"exported {int8}" in printed
     assert "4 calibration images" in {p.key: p.value for p in onnx.load(str(int8)).metadata_props}[QUANTIZATION_KEY]
-    args = ["--weights", int8, "--source", images, "--save-dir", tmp_path / "run", "--conf", "0.01"]
+    args = ["--weights", int8, "--source", images, "--save-dir", str(tmp_path), "--name", "run", "--conf", "0.01"]
     assert predict.main([str(a) for a in args]) == 0
     assert "6 image(s):" in capsys.readouterr().out
 
@@ -147,7 +147,7 @@ def test_predict_exports_int8_that_predict_runs(tmp_path, capsys):
 def test_bad_int8_options_are_one_clear_error(tmp_path, capsys, argv, message):
     model, config = make_model("none")
     weights = write_weights(tmp_path / "w.pth", model.state_dict(), config)
-    args = ["--weights", str(weights), "--save-dir", str(tmp_path / "x"), *argv]
+    args = ["--weights", str(weights), "--save-dir", str(tmp_path), "--name", "x", *argv]
     assert predict.main(args) == 1
     errors = [line for line in "".join(capsys.readouterr()).splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0]
@@ -167,7 +167,8 @@ def test_eval_scores_an_onnx_file_like_its_checkpoint(tmp_path, monkeypatch):
     int8 = quantize_onnx(fp32, tmp_path / "w_int8.onnx", letterboxed(scenes(8), SIZE, limit=8))
 
     def evaluate(path, name):
-        argv = ["--weights", path, "--data", data, "--save-dir", tmp_path / name, "--workers", "0", "--device", "cpu",
+        argv = ["--weights", path, "--data", data, "--save-dir", str(tmp_path), "--name", name, "--workers", "0",
+                "--device", "cpu",
                 "--no-amp", "--conf", "0.01"]
         assert eval_script.main([str(a) for a in argv]) == 0
         return json.loads((tmp_path / name / "metrics.json").read_text())

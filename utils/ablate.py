@@ -410,7 +410,7 @@ class Study:
         if "--no-amp" in self.train_flags:
             forwarded.append("--no-amp")
         return [sys.executable, str(ROOT / "eval.py"), "--weights", str(run_dir / f"{self.args.evaluate}.pth"),
-                "--data", self.args.data, "--split", self.args.eval_split, "--save-dir", str(run_dir / "eval"),
+                "--data", self.args.data, "--split", self.args.eval_split, "--save-dir", str(run_dir), "--name", "eval",
                 "--device", device, *forwarded]
 
     def results(self) -> list[dict]:

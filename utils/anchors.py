@@ -16,10 +16,10 @@ import torch
 from torchvision.ops import box_iou
 
 from utils.config import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, MODEL_DATA, ModelConfig, parse_input_shape, read_anchors
-from utils.datasets import load_split
+from utils.datasets import DATA_HELP, load_split
 from utils.errors import ConfigError
 from utils.image_io import image_size, probe_image
-from utils.run_logging import run_command, setup_logging
+from utils.run_logging import DefaultsHelpFormatter, run_command, setup_logging
 
 LOGGER = logging.getLogger(__name__)
 # A box counts as recallable when its best anchor is within this factor in both width and height (the peers'
@@ -156,12 +156,14 @@ def format_anchors(anchors: np.ndarray) -> str:
 
 # ---------------------------------------------------------------------------------------------------------- CLI
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="k-means anchors (1 - IoU distance) for a dataset", add_help=True)
-    parser.add_argument("--data", required=True, help="VOCdevkit folder, images/+annotations/ folder, or COCO json")
+    parser = argparse.ArgumentParser(description="k-means anchors (1 - IoU distance) for a dataset",
+                                     formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--data", required=True, help=DATA_HELP)
     parser.add_argument("--split", default="train", help="split whose boxes are clustered (default train)")
     parser.add_argument("-n", "--num-anchors", type=int, default=6, help="number of anchors (yolov4-tiny: 6)")
     parser.add_argument("--input-shape", default="416", help="network input: 416 or height,width")
-    parser.add_argument("--out", default=str(MODEL_DATA / "kmeans_anchors.txt"), help="anchors file to write")
+    parser.add_argument("--out", default=None, help="anchors file to write (default: the project's "
+                        "model_data/kmeans_anchors.txt)")
     parser.add_argument("--default-anchors", default=None,
                         help="anchors file to compare against (default: yolov4-tiny's, utils.config.DEFAULT_ANCHORS)")
     parser.add_argument("--seed", type=int, default=0, help="k-means seed")
@@ -187,7 +189,7 @@ def fit_and_write(args: argparse.Namespace) -> np.ndarray:
     wh = boxes_wh(index.records, input_shape)
     LOGGER.info("clustering %d boxes from %d images of %s/%s", len(wh), len(index.records), args.data, args.split)
     anchors = kmeans_anchors(wh, args.num_anchors, seed=args.seed, iters=args.iters)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else MODEL_DATA / "kmeans_anchors.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(format_anchors(anchors) + "\n", encoding="utf-8")
     rounded = np.asarray(read_anchors(out))

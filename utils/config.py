@@ -44,7 +44,7 @@ class ModelConfig:
         self._check_attention_options()
         self.classes = [str(c) for c in self.classes]
         if not self.classes:
-            raise ConfigError("the class list is empty; give --classes FILE or annotations with objects")
+            raise ConfigError("the class list is empty; give --names FILE or annotations with objects")
         if len(set(self.classes)) != len(self.classes):
             raise ConfigError(f"duplicate class names in {self.classes}")
         self.input_shape = parse_input_shape(self.input_shape)

@@ -291,3 +291,44 @@ def save_preview(dataset: TrainDataset, path: str | Path, n: int = 16, seed: int
     path.parent.mkdir(parents=True, exist_ok=True)
     write_image(path, grid)
     return path
+
+
+class MultiScale:
+    """Multi-scale training (Darknet's random=1, Ultralytics' --multi-scale): each batch is resized to one size drawn
+    from `low`..`high` x the input shape, in steps of the model's largest stride (so every head's grid stays whole).
+
+    It works on the batch already on the training device (bilinear on the float input), so data loading is
+    unchanged; targets (input pixels) are scaled with the images. Anchors are in input pixels and the loss reads
+    the input size from the head shapes, so both stay right at every size. The draw is seeded (seed, epoch)."""
+
+    def __init__(self, input_shape: list[int], stride: int, low: float = 0.5, high: float = 1.5, seed: int = 0):
+        if not 0 < low <= high:
+            raise ConfigError(f"--multi-scale-range {low},{high}: give 0 < low <= high, e.g. 0.5,1.5")
+        height, width = input_shape
+        self.shapes = []
+        for h in range(stride, int(height * high) + 1, stride):
+            if h >= height * low:
+                w = max(stride, round(h * width / height / stride) * stride)
+                self.shapes.append((h, w))
+        if not self.shapes:
+            raise ConfigError(f"--multi-scale-range {low},{high} holds no multiple of {stride} around {input_shape}")
+        self.seed = seed
+        self.generator = torch.Generator()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 100_003 + epoch)
+
+    def draw(self) -> tuple[int, int]:
+        return self.shapes[int(torch.randint(len(self.shapes), (1,), generator=self.generator))]
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resize a float [B, 3, H, W] batch and its targets [M, 6] (.., x1, y1, x2, y2) to a drawn size."""
+        height, width = self.draw()
+        if (height, width) == tuple(images.shape[2:]):
+            return images, targets
+        scale_y, scale_x = height / images.shape[2], width / images.shape[3]
+        images = torch.nn.functional.interpolate(images, size=(height, width), mode="bilinear", align_corners=False)
+        targets = targets.clone()
+        targets[:, [2, 4]] *= scale_x
+        targets[:, [3, 5]] *= scale_y
+        return images.contiguous(memory_format=torch.channels_last), targets

@@ -26,11 +26,14 @@ from utils.annotations import AnnotationError, RawAnnotation, parse_coco_json, p
 from utils.errors import DatasetError, MissingFileError
 from utils.image_io import IMAGE_SUFFIXES, ImageReadError, probe_image
 from utils.metrics import GroundTruthBoxes
+from utils.yolo_format import YoloLabels, YoloSource, is_yolo_source, label_path, parse_label_file, read_source
 
 LOGGER = logging.getLogger(__name__)
 SPLITS = ("train", "val", "trainval", "test")
 TEST_FRACTION = 0.1  # generated splits: 10% test, then 10% of trainval as val (the usual VOC-style 90/10 twice)
 VAL_FRACTION = 0.1
+DATA_HELP = ("VOCdevkit folder, images/+annotations/ folder, COCO json, YOLO data.yaml or YOLO images/+labels/ "
+             "folder")
 
 
 @dataclass
@@ -71,6 +74,7 @@ class DatasetIndex:
     unknown_objects: dict[str, int] = field(default_factory=dict)
     keep_difficult: bool = False
     coco_json: Path | None = None  # the instances json of a COCO source (pycocotools scores against it as written)
+    pixel_offset: float | None = None  # IoU convention of its boxes (utils.evaluation.iou_pixel_offset when None)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -130,15 +134,19 @@ class _Entry:
     annotation: Path
     raw: RawAnnotation | AnnotationError
     coco_id: int | None = None
+    line_notes: bool = False  # notes are full problem lines (YOLO labels: file:line), one problem line each
 
 
 # ---------------------------------------------------------------------------------------------------------- splits
 def make_splits(ids: list[str], seed: int = 0) -> dict[str, list[str]]:
-    """Deterministic split of ids: 10% test, the rest trainval, of which 10% val. Each list sorted."""
+    """Deterministic split of ids: 10% test, the rest trainval, of which 10% val. Each list sorted.
+
+    Tiny datasets still get usable splits: from 2 images on, val holds at least one image, from 3 on test too, and
+    train always keeps at least one (1 image: train only; training then validates on it, with a warning)."""
     order = np.random.default_rng(seed).permutation(sorted(ids)).tolist()
-    n_test = int(round(len(order) * TEST_FRACTION))
+    n_test = int(round(len(order) * TEST_FRACTION)) or int(len(order) >= 3)
     test, trainval = order[:n_test], order[n_test:]
-    n_val = int(round(len(trainval) * VAL_FRACTION))
+    n_val = int(round(len(trainval) * VAL_FRACTION)) or int(len(trainval) >= 2)
     val, train = trainval[:n_val], trainval[n_val:]
     return {"train": sorted(train), "val": sorted(val), "trainval": sorted(trainval), "test": sorted(test)}
 
@@ -353,6 +361,26 @@ def _unreadable_record(entry: _Entry, error: ImageReadError, class_index: dict[s
     return record, f"unreadable: {error} ({missed_objects(int((~truth.difficult).sum()))}){notes}"
 
 
+def _check_yolo_entry(entry: _Entry, class_index: dict[str, int],
+                      unknown: Counter) -> tuple[ImageRecord, list[str]]:
+    """_check_entry for a YOLO label file: rows scaled to the real image size. Truth = every known-class row as
+    written; training targets = the usable rows, clipped (utils.yolo_format notes each bad row with its line)."""
+    height, width, image_notes = probe_image(entry.image)
+    raw: YoloLabels = entry.raw
+    notes = list(raw.notes) + [f"{entry.image}: {note}" for note in image_notes]
+    scale = np.array([width, height, width, height], np.float64)
+    pixels = RawAnnotation(raw.names, raw.boxes * scale, raw.difficult, (height, width))
+    class_notes: list[str] = []
+    known, truth = _known_objects(pixels, class_index, unknown, class_notes)
+    if any(not name.startswith("class id ") for name in raw.names if name not in class_index):
+        notes += [f"{entry.annotation}: {note}" for note in class_notes]  # ids outside names are noted per line
+    keep = raw.train_keep[known]
+    boxes = (raw.train_boxes[known][keep] * scale).astype(np.float32)
+    record = ImageRecord(entry.image, entry.image.stem, boxes, truth.labels[keep], truth.difficult[keep], width,
+                         height, None, truth)
+    return record, notes
+
+
 def missed_objects(count: int, images: int = 1) -> str:
     """'its 2 objects count as missed', 'its 1 object counts as missed', 'their 5 objects count as missed'."""
     owner = "its" if images == 1 else "their"
@@ -366,7 +394,8 @@ def _build_index(entries: list[_Entry], classes: list[str], split: str, problems
     unknown: Counter = Counter()
     for entry in entries:
         try:
-            record, notes = _check_entry(entry, class_index, unknown)
+            check = _check_yolo_entry if isinstance(entry.raw, YoloLabels) else _check_entry
+            record, notes = check(entry, class_index, unknown)
         except ImageReadError as err:
             if keep_unreadable and isinstance(entry.raw, RawAnnotation):
                 record, line = _unreadable_record(entry, err, class_index, unknown)
@@ -378,7 +407,10 @@ def _build_index(entries: list[_Entry], classes: list[str], split: str, problems
         except AnnotationError as err:
             problems.append(f"skipped: {err}")
             continue
-        if notes:
+        if notes and entry.line_notes:
+            index.fixed += 1
+            problems.extend(f"fixed: {note}" for note in notes)
+        elif notes:
             index.fixed += 1
             # name both files: a note may be about the image (16-bit, CMYK) or the annotation (boxes, size)
             if entry.coco_id is not None:
@@ -405,6 +437,51 @@ def _xml_source_entries(data: Path, split: str, seed: int, problems: list[str]) 
     return _voc_entries(data, split, seed, problems)
 
 
+def _yolo_split_images(source: YoloSource, split: str, seed: int) -> list[Path]:
+    """The images of `split`: as the yaml/folder states them (trainval = train + val, all = every image); splits it
+    does not state are made from its train images (or all of them) as for VOC folders, seeded, in memory."""
+    stated = source.splits
+    if split == "all":
+        return sorted({p for images in stated.values() for p in images})
+    if split == "trainval" and "train" in stated and "val" in stated:
+        return stated["train"] + stated["val"]
+    if split in stated:
+        return stated[split]
+    if split == "test" and "val" in stated:
+        raise DatasetError(f"{source.origin}: no 'test' split; add a 'test' entry or evaluate another split "
+                           "(--split val)")
+    pool = stated.get("all", stated.get("train", []))
+    by_id = {str(p.relative_to(source.root) if p.is_relative_to(source.root) else p): p for p in pool}
+    LOGGER.info("%s states no '%s' split; using the seed-%d '%s' split of its %d images made in memory",
+                source.origin, split, seed, split, len(by_id))
+    return [by_id[i] for i in make_splits(list(by_id), seed)[split]]
+
+
+def _yolo_entries(data: Path, split: str, classes: list[str] | None, seed: int,
+                  problems: list[str]) -> tuple[list[_Entry], list[str]]:
+    """Entries and class names of a YOLO dataset (utils/yolo_format.py). Class ids map to the dataset's names; a
+    dataset without names takes the caller's list by id, else its ids become the names ('0', '1', ...)."""
+    source = read_source(data)
+    problems += source.problems
+    names = source.names or classes
+    entries = []
+    for image in _yolo_split_images(source, split, seed):
+        label = label_path(image)
+        try:
+            raw = parse_label_file(label, names, source.root)
+        except AnnotationError as err:
+            raw = err
+        entries.append(_Entry(image, label, raw, line_notes=True))
+    if names is None:
+        ids = [int(k) for e in entries if isinstance(e.raw, YoloLabels) for k in e.raw.class_ids]
+        names = [str(i) for i in range(max(ids, default=0) + 1)]
+    return entries, names
+
+
+class EmptySplitError(DatasetError):
+    """The split holds no image at all (e.g. the val split of a 1-image dataset made on the fly)."""
+
+
 def load_split(data: str | Path, split: str, classes: list[str] | None = None, keep_difficult: bool = False,
                keep_empty: bool = True, seed: int = 0, keep_unreadable: bool = False) -> DatasetIndex:
     """Index one split of a dataset. `data`: a VOCdevkit (or one VOC<year>) folder, an images/ + annotations/
@@ -422,16 +499,23 @@ def load_split(data: str | Path, split: str, classes: list[str] | None = None, k
     if split not in SPLITS + ("all",):
         raise DatasetError(f"unknown split {split!r}; expected one of {', '.join(SPLITS + ('all',))}")
     problems: list[str] = []
-    json_path = _coco_json_for(data, split)
-    if json_path is not None:
+    json_path = None if is_yolo_source(data) else _coco_json_for(data, split)
+    if json_path is None and is_yolo_source(data):
+        entries, found = _yolo_entries(data, split, classes, seed, problems)
+    elif json_path is not None:
         entries, found = _coco_entries(json_path)
     else:
         entries = _xml_source_entries(data, split, seed, problems)
         found = _discover(entries)
     index = _build_index(entries, classes or found, split, problems, keep_difficult, keep_empty, keep_unreadable)
     index.coco_json = json_path
+    if entries and isinstance(entries[0].raw, (YoloLabels, AnnotationError)) and entries[0].line_notes:
+        index.pixel_offset = 0.0  # YOLO rows are continuous normalised coordinates (as COCO's): no +1 pixel IoU
     for line in problems:
         LOGGER.warning("%s", line)
+    if not entries:
+        raise EmptySplitError(f"{data}: split '{split}' has no usable images (it holds none); use another split, or "
+                              "add images")
     if not index.records:
         raise DatasetError(f"{data}: split '{split}' has no usable images ({index.summary()}); check the paths and "
                            "the problems logged above")

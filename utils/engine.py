@@ -35,15 +35,25 @@ from utils.checkpoint import (
 )
 from utils.config import ModelConfig, build_model, read_anchors, read_classes
 from utils.darknet import is_darknet_weights, load_darknet_backbone
-from utils.dataloader import EvalDataset, TrainDataset, build_loader, eval_collate, save_preview, train_collate
-from utils.datasets import load_split
+from utils.dataloader import (
+    EvalDataset,
+    MultiScale,
+    TrainDataset,
+    build_loader,
+    eval_collate,
+    save_preview,
+    train_collate,
+)
+from utils.datasets import DatasetIndex, EmptySplitError, load_split
 from utils.device import autocast, autocast_dtype, select_device
+from utils.download import local_weights
 from utils.errors import ConfigError, DatasetError, MissingFileError, UserError
 from utils.evaluation import evaluate
 from utils.image_io import read_image, to_model_input, write_image
 from utils.loss import YoloLoss
 from utils.optim import DEFAULT_LR, LRSchedule, build_optimizer, ema_model, scaled_lr, set_lr
 from utils.plots import letterboxed_boxes, plot_confidence_curves, plot_confusion_matrix, plot_labels
+from utils.run_config import write_args_yaml
 from utils.run_logging import add_log_file, claim_run_dir, plot_results, write_results_csv
 from utils.visualize import draw_detections, image_grid
 
@@ -67,7 +77,8 @@ class TrainConfig:
     batch_size: int = 8
     freeze_epochs: int = 0
     freeze_batch_size: int = 16
-    weights: str | None = None
+    weights: str | None = None  # a path or an http(s) URL (utils/download.py)
+    weights_sha256: str | None = None
     device: str | None = None
     workers: int = 2
     seed: int = 0
@@ -97,6 +108,8 @@ class TrainConfig:
     preview: bool = True
     val_split: str = "val"
     train_split: str = "train"
+    multi_scale: bool = False  # each batch resized to a size drawn from multi_scale_range x input_shape
+    multi_scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -157,9 +170,10 @@ class StepResult:
 
 def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                     ema, schedule: LRSchedule, peak_lr: float, epoch: int, device: torch.device,
-                    config: TrainConfig, bad_streak: int = 0) -> StepResult:
+                    config: TrainConfig, bad_streak: int = 0, multi_scale: MultiScale | None = None) -> StepResult:
     """One pass over `loader`; the LR follows `schedule` every iteration. Non-finite losses skip the step;
-    `config.max_bad_steps` of them in a row (counted across epochs from `bad_streak`) stop training."""
+    `config.max_bad_steps` of them in a row (counted across epochs from `bad_streak`) stop training.
+    multi_scale: resizes each batch (and its targets) on the device to a drawn size."""
     model.train()
     sums: dict[str, float] = {}
     steps = skipped = seen = 0
@@ -172,6 +186,8 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
         set_lr(optimizer, lr)
         images = to_model_input(images, device)
         targets = targets.to(device, non_blocking=True)
+        if multi_scale is not None:
+            images, targets = multi_scale(images, targets)
         buffers = float_buffers(model)
         saved = [b.clone() for b in buffers]  # BatchNorm statistics, restored if this batch turns out non-finite
         with autocast(device, config.amp):
@@ -326,6 +342,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             add_log_file(self.run_dir / "train.log")
             LOGGER.info("run folder: %s", self.run_dir)
+            write_args_yaml(self.run_dir / "args.yaml", self.config, self.classes)  # train.py --config re-runs it
 
     def _setup_data(self, resume: dict | None) -> None:
         cfg = self.config
@@ -338,9 +355,7 @@ class Trainer:
         self.train_index = load_split(cfg.data, cfg.train_split, classes=classes, keep_difficult=cfg.keep_difficult,
                                       seed=SPLIT_SEED)
         self.classes = self.train_index.classes
-        # every val image counts, readable or not: its objects are missed when it cannot be read (as in eval.py)
-        self.val_index = load_split(cfg.data, cfg.val_split, classes=self.classes, seed=SPLIT_SEED,
-                                    keep_unreadable=True)
+        self.val_index = self._load_val_index()
         if not self.train_index.records:
             raise DatasetError(f"the {cfg.train_split!r} split of {cfg.data} holds no images; check the dataset folder")
         self.augment = AugmentConfig(**cfg.augment)
@@ -348,7 +363,28 @@ class Trainer:
         self.train_loader, self.loader_batch, self.frozen = None, None, None  # built per phase by _prepare_phase
         self.val_loader = None  # built on the first validation
 
+    def _load_val_index(self) -> DatasetIndex:
+        """The validation split; every val image counts, readable or not (its objects are missed when it cannot be
+        read, as in eval.py). --val-split none: no validation. A split made on the fly that came out empty (a
+        1-image dataset): validate on the training images, with a warning."""
+        cfg = self.config
+        if cfg.val_split.lower() == "none":
+            LOGGER.info("--val-split none: no validation; best.pth is then the last epoch's weights (= last.pth)")
+            return DatasetIndex([], list(self.classes), split="none")
+        try:
+            return load_split(cfg.data, cfg.val_split, classes=self.classes, seed=SPLIT_SEED, keep_unreadable=True)
+        except EmptySplitError as err:
+            LOGGER.warning("%s; validating on the training images instead (the figures then measure fit, not "
+                           "generalisation; add images or give --val-split none)", err)
+            return load_split(cfg.data, cfg.train_split, classes=self.classes, seed=SPLIT_SEED, keep_unreadable=True)
+
     def _log_data_summary(self) -> None:
+        if not self.val_index.records:
+            index = self.train_index
+            problems = index.write_problems(self.run_dir) if index.problems else None
+            LOGGER.info("train data: %s", index.summary(problems))
+            LOGGER.info("classes (%d): %s", len(self.classes), ", ".join(self.classes))
+            return
         for split, index in (("train", self.train_index), ("val", self.val_index)):
             problems = index.write_problems(self.run_dir) if index.problems else None
             LOGGER.info("%s data: %s", split, index.summary(problems))
@@ -368,7 +404,7 @@ class Trainer:
         model = build_model(self.model_config)
         model.initialize_biases(self.model_config.input_shape)
         if cfg.weights and not resume:
-            load_initial_weights(model, cfg.weights)
+            load_initial_weights(model, str(local_weights(cfg.weights, cfg.weights_sha256)))
         if self.main:
             LOGGER.info(model_summary(model, tuple(self.model_config.input_shape)))
             self._check_anchors()
@@ -380,6 +416,12 @@ class Trainer:
                                self.device)
         self.model = model.to(self.device, memory_format=torch.channels_last)
         self.ddp_model = self.model
+        self.multi_scale = None
+        if cfg.multi_scale:  # validation stays at the input shape
+            self.multi_scale = MultiScale(self.model_config.input_shape, max(model.strides), *cfg.multi_scale_range,
+                                          seed=cfg.seed)
+            LOGGER.info("multi-scale training: batch sizes drawn from %s", ", ".join(
+                f"{h}x{w}" for h, w in self.multi_scale.shapes))
 
     def _check_anchors(self) -> None:
         wh = boxes_wh(self.train_index.records, self.model_config.input_shape)
@@ -438,7 +480,8 @@ class Trainer:
     def _final_line(self) -> str:
         state, name = self.state, self.config.fitness
         best = (f"best.pth = epoch {state.best_epoch} (val {name} {state.best_fitness:.4f})" if state.best_epoch
-                else "no validation fitness (best.pth = the last epoch)")
+                else "no validation (--val-split none): best.pth = last.pth, the last epoch's weights"
+                if not self.val_index.records else "no validation fitness (best.pth = the last epoch)")
         if state.stop_reason is not None:
             return (f"stopped early after epoch {state.epoch} of {self.config.epochs}: {state.stop_reason}; {best}, "
                     f"last.pth = epoch {state.epoch}; results in {self.run_dir}")
@@ -446,8 +489,11 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> None:
         loader = self._prepare_phase(epoch)
+        if self.multi_scale is not None:
+            self.multi_scale.set_epoch(epoch)
         result = train_one_epoch(self.ddp_model, loader, self.loss_fn, self.optimizer, self.scaler, self.ema,
-                                 self.schedule, self._peak_lr(), epoch, self.device, self.config, self.bad_streak)
+                                 self.schedule, self._peak_lr(), epoch, self.device, self.config, self.bad_streak,
+                                 self.multi_scale)
         self.bad_streak = result.bad_streak
         row = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in result.losses.items()},
                "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": result.skipped,
@@ -642,6 +688,7 @@ def train(config: TrainConfig, resume: str | bool | None = None, overrides: dict
         for key, value in (overrides or {}).items():
             if key in RESUMABLE_OVERRIDES:
                 setattr(config, key, value)
+        warn_unapplied_overrides(overrides or {})
         run_dir = path.parent
         remove_stale_temporaries(run_dir)  # half-written checkpoints of a killed predecessor
     try:
@@ -661,6 +708,20 @@ def train(config: TrainConfig, resume: str | bool | None = None, overrides: dict
     finally:
         dist_utils.cleanup()  # the one place that leaves the process group, also when setup or training fails
     return trainer.run_dir
+
+
+RESUME_NEUTRAL = ("resume", "verbose", "config")  # options about this command, not about the run
+
+
+def warn_unapplied_overrides(overrides: dict) -> list[str]:
+    """One warning naming the options given with --resume that a resumed run cannot apply (it keeps the options
+    saved in its checkpoint); returns their flags."""
+    flags = sorted("--" + k.replace("_", "-") for k in overrides if k not in RESUMABLE_OVERRIDES + RESUME_NEUTRAL)
+    if flags:
+        allowed = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_OVERRIDES)
+        LOGGER.warning("--resume keeps the run's saved options: ignoring %s (only %s can change when resuming; "
+                       "start a new run to change the others)", ", ".join(flags), allowed)
+    return flags
 
 
 def still_stopped(state: TrainState, config: TrainConfig) -> bool:

@@ -163,7 +163,9 @@ def compute_metrics(detections: Sequence[np.ndarray], records: DatasetIndex | Se
     index = records if isinstance(records, DatasetIndex) else None
     records = index.records if index is not None else list(records)
     truths = [r.ground_truth() if isinstance(r, ImageRecord) else r for r in records]
-    pixel_offset = iou_pixel_offset(records) if pixel_offset is None else pixel_offset
+    if pixel_offset is None:
+        stated = index.pixel_offset if index is not None else None
+        pixel_offset = iou_pixel_offset(records) if stated is None else stated
     voc = voc_evaluate(detections, truths, class_names, use_07=voc07, pixel_offset=pixel_offset)
     coco_figures = _coco_figures(detections, records, truths, class_names, index) if coco else None
     prf = voc.prf(score_thresh)

@@ -1,6 +1,7 @@
 """What a run leaves for the user: a log file, results.csv, loss/mAP curves, TensorBoard events."""
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import logging
@@ -45,6 +46,14 @@ def add_log_file(path: Path) -> None:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.getLogger().addHandler(handler)
+
+
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every default, except None ones (their help text says what no value means: 'default: the
+    checkpoint's', 'default: best available') so no '(default: None)' appears; descriptions keep their layout."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return (action.help or "") if action.default is None else super()._get_help_string(action)
 
 
 def claim_run_dir(save_dir: str | Path, name: str) -> Path:

@@ -18,6 +18,7 @@ from nets.yolo import YoloBody
 from utils.checkpoint import latest_weights, load_model
 from utils.config import ModelConfig, parse_input_shape, read_classes
 from utils.device import select_device
+from utils.download import local_weights
 from utils.export import OnnxDetector
 from utils.inference import BaseDetector, Detector
 
@@ -49,15 +50,16 @@ class Loaded:
 
 def load_runnable(path: str | Path | None, names: str | Path | Sequence[str] | None = None,
                   phi: int | str | None = None, cfg: str | Path | None = None, device: str | None = None,
-                  input_shape: str | int | Sequence[int] | None = None) -> Loaded:
+                  input_shape: str | int | Sequence[int] | None = None, sha256: str | None = None) -> Loaded:
     """Load `path` (None: the newest logs/*/best.pth) into something that runs.
 
     names: a class-names file (or the names) for bare state_dicts and Darknet files; phi: the attention of a bare
     state_dict; cfg: the Darknet .cfg of a .weights file; device: for PyTorch models (an .onnx runs on the CPU, and a
     --device asking for more is ignored with a warning); input_shape: run at this size instead of the stored one
-    (an .onnx file is fixed to the size it was exported at).
+    (an .onnx file is fixed to the size it was exported at). An http(s) URL is downloaded once into the cache
+    (utils/download.py; sha256: its expected hash).
     """
-    path = Path(path) if path else latest_weights()
+    path = local_weights(str(path), sha256) if path else latest_weights()
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     if path.suffix == ".onnx":  # an export (fp32 or int8) run by onnxruntime on the CPU, decoding inside
         if device not in (None, "", "cpu"):
