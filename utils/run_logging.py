@@ -49,11 +49,16 @@ def add_log_file(path: Path) -> None:
 
 
 class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows every default, except None ones (their help text says what no value means: 'default: the
-    checkpoint's', 'default: best available') so no '(default: None)' appears; descriptions keep their layout."""
+    """--help shows every default, except where it would say nothing or repeat itself: None and '' (the help text says
+    what no value means: 'default: the checkpoint's', 'default: best available'), switches that are off unless given
+    (store_true / store_false), and help texts that already name their default. Descriptions keep their layout."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        return (action.help or "") if action.default is None else super()._get_help_string(action)
+        text = action.help or ""
+        switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        if action.default in (None, "") or switch or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 def claim_run_dir(save_dir: str | Path, name: str) -> Path:
