@@ -29,7 +29,7 @@ from utils.predicting import ResultWriter, StreamWriters, display_available, pre
 from utils.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx
 from utils.run_logging import DefaultsHelpFormatter, claim_run_dir, run_command, setup_logging
 from utils.sources import ImageSource, SourceError, VideoSource, open_source
-from utils.streams import DEFAULT_STREAM_TIMEOUT, StreamSet, open_any_source
+from utils.streams import DEFAULT_STREAM_TIMEOUT, RECONNECTS, StreamSet, open_any_source
 from utils.weights import load_runnable
 
 LOGGER = logging.getLogger("predict")
@@ -61,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     detect.add_argument("--vid-stride", type=int, default=1, help="videos and streams: detect on every Nth frame")
     detect.add_argument("--stream-timeout", type=float, default=DEFAULT_STREAM_TIMEOUT,
                         help="seconds a stream may take to open or to send its next frame before it counts as "
-                             "failed; a dropped connection is reopened up to 3 times first")
+                             f"failed; a dropped connection is reopened up to {RECONNECTS} times first")
     detect.add_argument("--conf", type=float, default=0.5, help="score threshold (objectness x class probability)")
     detect.add_argument("--iou", type=float, default=0.3, help="NMS IoU threshold")
     detect.add_argument("--max-det", type=int, default=300, help="most detections kept per image")
@@ -183,9 +183,17 @@ def run(args: argparse.Namespace) -> None:
         writer.close()
         if args.show:
             cv2.destroyAllWindows()
-    report(detector, writer, args.fps)
+    if isinstance(source, StreamSet) and source.failures and not writer.images:
+        discard_empty_run(writer.save_dir)  # nothing arrived: only the failure's line, no folder left behind
+    else:
+        report(detector, writer, args.fps)
     if isinstance(source, StreamSet):
         source.raise_failures()
+
+
+def discard_empty_run(save_dir: Path | None) -> None:
+    if save_dir is not None and save_dir.is_dir() and not any(save_dir.iterdir()):
+        save_dir.rmdir()
 
 
 def result_writer(args: argparse.Namespace, save_dir: Path | None, class_names: list[str],

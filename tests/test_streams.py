@@ -39,9 +39,11 @@ class Handler(BaseHTTPRequestHandler):
 
     video: bytes = b""
     requests: list[str] = []
+    authorizations: list[str] = []
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         Handler.requests.append(self.path)
+        Handler.authorizations.append(self.headers.get("Authorization", ""))
         if self.path.startswith("/stall"):
             time.sleep(5)
             return
@@ -161,10 +163,25 @@ def _error_lines(capsys) -> list[str]:
 
 def test_stalled_server_fails_within_timeout(server, checkpoint, tmp_path, capsys):
     start = time.monotonic()
-    code, _ = run(checkpoint, tmp_path, f"{server}/stall", "--stream-timeout", "1")
+    code, save_dir = run(checkpoint, tmp_path, f"{server}/stall", "--stream-timeout", "1")
     assert code == 1 and time.monotonic() - start < 4
     (line,) = _error_lines(capsys)
     assert "/stall" in line and "--stream-timeout 1" in line
+    assert not save_dir.exists()  # nothing arrived: no empty run folder left
+
+
+def test_watchdog_ends_a_source_whose_backend_ignores_the_timeout(server, checkpoint, tmp_path, capsys,
+                                                                   monkeypatch):
+    release = threading.Event()
+    monkeypatch.setattr(streams, "open_http", lambda url, timeout: release.wait(30))  # blocks past any timeout
+    start = time.monotonic()
+    try:
+        code, _ = run(checkpoint, tmp_path, f"{server}/mjpeg", "--stream-timeout", "1")
+    finally:
+        release.set()
+    assert code == 1 and time.monotonic() - start < 5
+    (line,) = _error_lines(capsys)
+    assert "no answer for 1 s (--stream-timeout 1)" in line
 
 
 def test_dead_port_fails_quickly(checkpoint, tmp_path, capsys):
@@ -218,6 +235,16 @@ def test_credentials_are_masked(server, checkpoint, tmp_path, capsys):
     assert code == 1 and "s3cret" not in text and "abc123" not in text and "admin:***@" in text
     names = " ".join(p.name for p in tmp_path.rglob("*"))
     assert "s3cret" not in names and "admin" not in names
+
+
+def test_credentials_of_a_working_stream(server, checkpoint, tmp_path, capsys):
+    port = server.rsplit(":", 1)[1]
+    Handler.authorizations.clear()
+    code, save_dir = run(checkpoint, tmp_path, f"http://admin:s3cret@127.0.0.1:{port}/mjpeg", "--vid-stride", "4")
+    assert code == 0 and Handler.authorizations == ["Basic YWRtaW46czNjcmV0"]  # sent as HTTP Basic auth
+    assert [p.name for p in save_dir.iterdir()] == [f"127_0_0_1_{port}_mjpeg.mp4"]
+    out = capsys.readouterr()
+    assert "s3cret" not in out.out + out.err
 
 
 def test_mask_url_and_schemes(tmp_path):
