@@ -28,8 +28,8 @@ from utils.inference import BaseDetector, DetectOptions
 from utils.predicting import ResultWriter, StreamWriters, display_available, predict_source
 from utils.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx
 from utils.run_logging import DefaultsHelpFormatter, claim_run_dir, run_command, setup_logging
-from utils.sources import ImageSource, SourceError, VideoSource, open_source
-from utils.streams import DEFAULT_STREAM_TIMEOUT, RECONNECTS, StreamSet, open_any_source
+from utils.sources import ImageSource, SourceError, VideoSource
+from utils.streams import DEFAULT_STREAM_TIMEOUT, RECONNECTS, StreamSet, mask_url, open_any_source
 from utils.weights import load_runnable
 
 LOGGER = logging.getLogger("predict")
@@ -139,10 +139,10 @@ def quantize(args: argparse.Namespace, exported: Path, config: ModelConfig) -> P
     if args.source is None and DEFAULT_DATA.is_dir():
         source = ImageSource([record.path for record in load_split(DEFAULT_DATA, "train").records])
     else:
-        source = open_source(args.source or DEFAULT_SOURCE)
+        source = open_any_source(args.source or DEFAULT_SOURCE)
     if source.kind != "images":
-        raise SourceError(f"--int8 calibrates on images; --source {args.source} is a {source.kind}: give a folder "
-                          "or glob of images like those the model will see")
+        raise SourceError(f"--int8 calibrates on images; --source {mask_url(str(args.source))} is a {source.kind}: "
+                          "give a folder or glob of images like those the model will see")
     images = (frame.image for frame in source)
     canvases = letterboxed(images, config.input_shape, args.calib_images)
     return quantize_onnx(exported, exported.with_name(f"{exported.stem}_int8.onnx"), canvases)

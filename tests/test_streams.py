@@ -51,6 +51,10 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, "video/x-msvideo", self.video)
         elif self.path.startswith("/mjpeg"):
             self._mjpeg(FRAMES, length="nolength" not in self.path)
+        elif self.path == "/freeze":  # 2 frames, then silence on every connection
+            self._mjpeg(2, length=True)
+            self.wfile.flush()
+            time.sleep(5)
         elif self.path == "/drop":
             if Handler.requests.count("/drop") > 1:
                 self._send(503, "text/plain", b"gone")
@@ -205,6 +209,19 @@ def test_dropped_connection_is_retried(server, checkpoint, tmp_path, capsys, mon
     (line,) = [line for line in lines if line.startswith("error:")]
     assert "connection lost after 3 frames" in line
     assert video_frames(next(save_dir.glob("*.mp4"))) == 3  # what arrived before the drop is kept
+
+
+def test_a_source_freezing_on_every_connection_ends(server, checkpoint, tmp_path, capsys, monkeypatch):
+    """Frames then silence, again after each reconnect: the count does not restart (the connection was not healthy
+    for HEALTHY_SECONDS), so it ends after RECONNECTS attempts instead of looping."""
+    monkeypatch.setattr(streams, "RECONNECT_PAUSE", 0.05)
+    start = time.monotonic()
+    code, save_dir = run(checkpoint, tmp_path, f"{server}/freeze", "--stream-timeout", "1")
+    assert code == 1 and time.monotonic() - start < 15
+    lines = _lines(capsys)
+    assert len([line for line in lines if "reconnecting in" in line]) == streams.RECONNECTS
+    (line,) = [line for line in lines if line.startswith("error:")]
+    assert f"connection lost after {2 * (1 + streams.RECONNECTS)} frames" in line
 
 
 def test_source_list_side_by_side(server, checkpoint, tmp_path, capsys):

@@ -39,6 +39,8 @@ STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
 DEFAULT_STREAM_TIMEOUT = 10.0
 RECONNECTS = 3  # reopen attempts after a dropped connection, with a growing pause between them
 RECONNECT_PAUSE = 0.5  # seconds before the first reopen; doubled for each further one
+HEALTHY_SECONDS = 60.0  # a connection that delivered frames this long restarts the reconnect count
+MAX_STREAM_TIMEOUT = 24 * 3600.0
 MAX_LIST_SOURCES = 64  # lines of a .txt list (each is a thread and an open connection)
 MAX_LIST_BYTES = 1 << 20
 MAX_PART_BYTES = 32 << 20  # one MJPEG part (one JPEG)
@@ -112,19 +114,26 @@ class LiveSource:
         self.failure: str | None = None
 
     def scrub(self, text: str) -> str:
-        """An error text with this source's password removed (libraries may echo the URL they were given)."""
+        """An error text with this source's credentials removed (libraries may echo the URL they were given)."""
         if self.is_url:
-            parts = urlsplit(self.target)
-            for secret in filter(None, (parts.password, parts.username if parts.password is None else None)):
-                text = text.replace(secret, "***")
+            userinfo = urlsplit(self.target).netloc.rpartition("@")[0]
+            masked = urlsplit(self.display).netloc.rpartition("@")[0]
             text = text.replace(self.target, self.display)
+            if userinfo:
+                text = text.replace(userinfo + "@", masked + "@")
+            password = urlsplit(self.target).password
+            if password and len(password) >= 4:  # a shorter one would mangle ordinary words
+                text = text.replace(password, "***")
         return text
 
     def images(self, stop: threading.Event) -> Iterator[np.ndarray]:
-        """RGB frames, reconnecting after a drop; raises StreamError when the source is unusable or lost."""
+        """RGB frames, reconnecting after a drop; raises StreamError when the source is unusable or lost.
+
+        The reconnect count restarts only after a connection delivered frames for HEALTHY_SECONDS, so a server that
+        sends a few frames and then drops every connection ends after RECONNECTS attempts instead of looping."""
         reconnects = 0
         while not stop.is_set():
-            before = self.frames
+            before, started = self.frames, time.monotonic()
             try:
                 yield from self._connection()
                 return
@@ -133,15 +142,14 @@ class LiveSource:
             if self.frames == 0:
                 raise StreamError(f"{self.display}: cannot be opened or sends no frame ({reason}); check the "
                                   f"address and that the source is up (--stream-timeout {self.timeout:g} s)")
-            reconnects = 0 if self.frames > before else reconnects + 1
+            healthy = self.frames > before and time.monotonic() - started >= HEALTHY_SECONDS
+            reconnects = 1 if healthy else reconnects + 1
             if reconnects > RECONNECTS:
                 raise StreamError(f"{self.display}: connection lost after {self.frames} frames and {RECONNECTS} "
                                   f"failed reconnects ({reason}; --stream-timeout {self.timeout:g})")
-            what = "connection lost" if reconnects == 0 else "reconnect failed"
-            reconnects = max(reconnects, 1)
             pause = RECONNECT_PAUSE * 2 ** (reconnects - 1)
-            LOGGER.warning("%s: %s (%s); reconnecting in %.1f s (attempt %d of %d)", self.display, what, reason,
-                           pause, reconnects, RECONNECTS)
+            LOGGER.warning("%s: connection lost (%s); reconnecting in %.1f s (attempt %d of %d)", self.display,
+                           reason, pause, reconnects, RECONNECTS)
             stop.wait(pause)
 
     def _connection(self) -> Iterator[np.ndarray]:
@@ -469,9 +477,9 @@ def open_any_source(spec: str | Path, stride: int = 1, timeout: float = DEFAULT_
     videos, webcams and streams keep every `stride`-th frame."""
     if stride < 1:
         raise SourceError(f"--vid-stride {stride}: give 1 (every frame) or more (every Nth frame)")
-    if not timeout > 0:
-        raise SourceError(f"--stream-timeout {timeout}: give a number of seconds above 0 (default "
-                          f"{DEFAULT_STREAM_TIMEOUT:g})")
+    if not 0 < timeout <= MAX_STREAM_TIMEOUT:  # also refuses nan
+        raise SourceError(f"--stream-timeout {timeout}: give a number of seconds above 0 and at most "
+                          f"{MAX_STREAM_TIMEOUT:g} (default {DEFAULT_STREAM_TIMEOUT:g})")
     text = str(spec)
     if url_scheme(text):
         return StreamSet([LiveSource(check_stream_url(text), timeout, stride)], timeout)
