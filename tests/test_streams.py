@@ -290,3 +290,12 @@ def test_single_failure_raises_one_stream_error():
     assert list(source) == []
     with pytest.raises(StreamError, match="127.0.0.1:1/x"):
         source.raise_failures()
+
+
+def test_list_of_images_is_read_as_images(tmp_path):
+    for name in ("a.jpg", "b.png"):
+        cv2.imwrite(str(tmp_path / name), _image(0))
+    listing = tmp_path / "images.txt"
+    listing.write_text(f"b.png\n{tmp_path / 'a.jpg'}\n")
+    source = open_any_source(listing)
+    assert source.kind == "images" and [frame.name for frame in source] == ["b.png", "a.jpg"]

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from utils.filenames import safe_stem, unique_stems
-from utils.image_io import encoded_size
+from utils.image_io import IMAGE_SUFFIXES, encoded_size
 from utils.sources import VIDEO_SUFFIXES, Frame, ImageSource, SourceError, VideoSource, open_source
 
 LOGGER = logging.getLogger(__name__)
@@ -242,8 +242,8 @@ def mjpeg_boundary(content_type: str) -> bytes | None:
     if not content_type.lower().startswith("multipart/x-mixed-replace"):
         return None
     match = re.search(r'boundary="?([^";]+)"?', content_type, re.IGNORECASE)
-    boundary = match.group(1).strip() if match else "--"
-    return boundary[2:].encode() if boundary.startswith("--") and len(boundary) > 2 else boundary.encode()
+    boundary = match.group(1).strip().lstrip("-") if match else ""
+    return boundary.encode() if boundary else None
 
 
 class PushbackReader:
@@ -279,13 +279,19 @@ def mjpeg_images(response: PushbackReader, boundary: bytes) -> Iterator[np.ndarr
             yield image
 
 
+def _is_boundary(line: bytes, marker: bytes) -> bool:
+    """A delimiter line: '--' + boundary as RFC 2046 says; cameras that declare 'boundary=--x' and send '--x' (or
+    '----x') are read too, so the dashes before the boundary's name are not counted."""
+    return line.startswith(b"--") and line.lstrip(b"-").startswith(marker.lstrip(b"-"))
+
+
 def _next_boundary(response: PushbackReader, marker: bytes) -> bytes | None:
     skipped = 0
     while True:
         line = response.readline(65536)
         if not line:
             return None
-        if line.startswith(marker):
+        if _is_boundary(line, marker):
             return line
         skipped += len(line)
         if skipped > MAX_PART_BYTES:
@@ -319,7 +325,7 @@ def _read_part(response: PushbackReader, marker: bytes, length: int | None) -> b
         line = response.readline(65536)
         if not line:  # the server closed after this part: the last frame (a cut one fails to decode, said there)
             return b"".join(chunks).removesuffix(b"\r\n")
-        if line.startswith(marker):
+        if _is_boundary(line, marker):
             response.push(line)
             return b"".join(chunks).removesuffix(b"\r\n")
         size += len(line)
@@ -452,6 +458,22 @@ def read_source_list(path: Path) -> list[tuple[int, str]]:
     return entries
 
 
+def _beside(entry: str, list_path: Path) -> Path:
+    """A listed path as given, else relative to the list's folder (as data.yaml lists are)."""
+    path = Path(entry)
+    if not path.exists() and not path.is_absolute() and (list_path.parent / path).exists():
+        return list_path.parent / path
+    return path
+
+
+def listed_images(list_path: Path, entries: list[str]) -> list[Path] | None:
+    """The paths of a list whose every line is an image file (read in order, as a folder is), else None."""
+    paths = [_beside(entry, list_path) for entry in entries if not url_scheme(entry)]
+    if len(paths) < len(entries) or not all(p.suffix.lower() in IMAGE_SUFFIXES for p in paths):
+        return None
+    return paths
+
+
 def list_entry(entry: str, list_path: Path, line: int, timeout: float, stride: int) -> LiveSource:
     """One line of a source list -> a LiveSource; relative paths are tried as given, then beside the list."""
     where = f"{list_path}:{line}"
@@ -462,12 +484,10 @@ def list_entry(entry: str, list_path: Path, line: int, timeout: float, stride: i
             raise SourceError(f"{where}: {err}") from None
     if entry.isdigit():
         return LiveSource(int(entry), timeout, stride)
-    path = Path(entry)
-    if not path.exists() and not path.is_absolute() and (list_path.parent / path).exists():
-        path = list_path.parent / path
+    path = _beside(entry, list_path)
     if not path.is_file() or path.suffix.lower() not in VIDEO_SUFFIXES:
         raise SourceError(f"{where}: {entry!r} is not a stream URL, a video file ({' '.join(VIDEO_SUFFIXES)}) nor "
-                          "a webcam index; a list holds sources read side by side (images: give a folder or glob)")
+                          "a webcam index; a list holds sources read side by side, or only image files")
     return LiveSource(str(path), timeout, stride)
 
 
@@ -486,6 +506,9 @@ def open_any_source(spec: str | Path, stride: int = 1, timeout: float = DEFAULT_
     path = Path(text)
     if path.suffix.lower() == ".txt" and path.is_file():
         entries = read_source_list(path)
+        images = listed_images(path, [entry for _, entry in entries])
+        if images is not None:
+            return ImageSource(images)
         return StreamSet([list_entry(entry, path, n, timeout, stride) for n, entry in entries], timeout)
     source = open_source(spec)
     return source.every(stride) if isinstance(source, VideoSource) and stride > 1 else source
