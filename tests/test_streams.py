@@ -51,6 +51,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, "video/x-msvideo", self.video)
         elif self.path.startswith("/mjpeg"):
             self._mjpeg(FRAMES, length="nolength" not in self.path)
+        elif self.path.startswith("/slow"):  # a live camera: a frame every 0.1 s
+            self._mjpeg(4, length=True, pause=0.1)
         elif self.path == "/freeze":  # 2 frames, then silence on every connection
             self._mjpeg(2, length=True)
             self.wfile.flush()
@@ -70,7 +72,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _mjpeg(self, count: int, length: bool, cut: bool = False) -> None:
+    def _mjpeg(self, count: int, length: bool, cut: bool = False, pause: float = 0.0) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
         self.end_headers()
@@ -78,6 +80,8 @@ class Handler(BaseHTTPRequestHandler):
             data = _jpeg(i)
             head = f"Content-Length: {len(data)}\r\n" if length else ""
             self.wfile.write(f"--frame\r\nContent-Type: image/jpeg\r\n{head}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+            time.sleep(pause)
         if cut:
             self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n\xff\xd8")
 
@@ -299,3 +303,20 @@ def test_list_of_images_is_read_as_images(tmp_path):
     listing.write_text(f"b.png\n{tmp_path / 'a.jpg'}\n")
     source = open_any_source(listing)
     assert source.kind == "images" and [frame.name for frame in source] == ["b.png", "a.jpg"]
+
+
+def test_list_sources_are_interleaved_as_frames_arrive(server, tmp_path):
+    listing = tmp_path / "cams.txt"
+    listing.write_text(f"{server}/slow?cam=1\n{server}/slow?cam=2\n")
+    source = open_any_source(listing, timeout=2)
+    order = [frame.source for frame in source]
+    assert {stem: order.count(stem) for stem in order} == {s.stem: 4 for s in source.sources}
+    assert len(set(order[:4])) == 2, order  # both cameras before either finished: side by side, not one by one
+    assert not source.failures
+
+
+@pytest.mark.parametrize("url", ["rtsp://u:pw@host:99999/x", "http://[::1/x", "rtsp://", "http://u:pw@h:abc/"])
+def test_malformed_urls_are_one_clear_error(url):
+    with pytest.raises(predict.SourceError, match="not a valid URL|names no host") as info:
+        open_any_source(url)
+    assert ":pw@" not in str(info.value)

@@ -68,7 +68,10 @@ def url_scheme(text: str) -> str | None:
 
 def mask_url(url: str) -> str:
     """`url` with its password (or a lone user token) and secret-looking query values replaced by ***."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: mask everything between // and the last @
+        return re.sub(r"^([^:/]*://)[^/]*@", r"\1***@", url)
     userinfo, at, host = parts.netloc.rpartition("@")
     if at:
         user, colon, _ = userinfo.partition(":")
@@ -86,7 +89,13 @@ def check_stream_url(url: str) -> str:
     if scheme not in STREAM_SCHEMES:
         raise SourceError(f"source {mask_url(url)}: the {scheme}:// scheme is not a stream; streams are "
                           f"{', '.join(s + '://' for s in STREAM_SCHEMES)} (a local file is given by its path)")
-    if not urlsplit(url).hostname:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range or not a number)
+    except ValueError as err:
+        raise SourceError(f"source {mask_url(url)} is not a valid URL ({err}); write it as "
+                          f"{scheme}://host[:port]/path") from None
+    if not parts.hostname:
         raise SourceError(f"source {mask_url(url)} names no host; write it as {scheme}://host[:port]/path")
     return url
 
@@ -111,7 +120,6 @@ class LiveSource:
         self.fps: float | None = None
         self.frames = 0  # frames read (kept and skipped), the index of the next one
         self.busy_since: float | None = None  # when the current blocking open/read began (for the watchdog)
-        self.failure: str | None = None
 
     def scrub(self, text: str) -> str:
         """An error text with this source's credentials removed (libraries may echo the URL they were given)."""
