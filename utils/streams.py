@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import http.client
 import logging
+import os
 import queue
 import re
 import socket
@@ -35,6 +36,10 @@ from utils.image_io import IMAGE_SUFFIXES, encoded_size
 from utils.sources import VIDEO_SUFFIXES, Frame, ImageSource, SourceError, VideoSource, open_source
 
 LOGGER = logging.getLogger(__name__)
+# FFMPEG's own lines ("[tcp @ 0x..] Connection to tcp://host:port failed", "[http @ ..] Stream ends prematurely")
+# would stand beside the one line this module prints per failed source. OpenCV reads the variable once, when FFMPEG
+# first starts in the process; set OPENCV_FFMPEG_LOGLEVEL=24 (warnings) yourself to see them.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
 DEFAULT_STREAM_TIMEOUT = 10.0
 RECONNECTS = 3  # reopen attempts after a dropped connection, with a growing pause between them
@@ -225,12 +230,37 @@ def _reason(err: BaseException) -> str:
     return str(getattr(err, "strerror", None) or err) or type(err).__name__
 
 
+class _QuietOpenCV:
+    """OpenCV's log level at ERROR while any reader thread opens a URL (its 'backend ... can't be used to capture by
+    name' warning would stand beside our own line), restored when the last one is done."""
+
+    def __init__(self):
+        self._lock, self._users, self._saved = threading.Lock(), 0, None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._users == 0:
+                self._saved = cv2.utils.logging.getLogLevel()
+                cv2.utils.logging.setLogLevel(min(self._saved, cv2.utils.logging.LOG_LEVEL_ERROR))
+            self._users += 1
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                cv2.utils.logging.setLogLevel(self._saved)
+
+
+_QUIET_OPENCV = _QuietOpenCV()
+
+
 def open_capture(target: str | int, timeout: float) -> cv2.VideoCapture:
     """cv2.VideoCapture with FFMPEG's open and read timeouts for URLs (the watchdog covers backends ignoring them)."""
     if isinstance(target, str) and url_scheme(target):
         ms = int(timeout * 1000)
-        return cv2.VideoCapture(target, cv2.CAP_FFMPEG,
-                                [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+        with _QUIET_OPENCV:
+            return cv2.VideoCapture(target, cv2.CAP_FFMPEG,
+                                    [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
     return cv2.VideoCapture(target)
 
 
