@@ -53,6 +53,18 @@ class Handler(BaseHTTPRequestHandler):
             self._mjpeg(FRAMES, length="nolength" not in self.path)
         elif self.path.startswith("/slow"):  # a live camera: a frame every 0.1 s
             self._mjpeg(4, length=True, pause=0.1)
+        elif self.path == "/huge":  # a part that claims 1 GiB
+            self.send_response(200)
+            self.send_header("Content-Type", 'multipart/x-mixed-replace; boundary="--cam"')
+            self.end_headers()
+            self.wfile.write(b"--cam\r\nContent-Type: image/jpeg\r\nContent-Length: 1073741824\r\n\r\n\xff\xd8")
+        elif self.path == "/garbage":  # a text part between two frames
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace;boundary=b")
+            self.end_headers()
+            for data in (_jpeg(0), b"<html>not an image</html>", _jpeg(1)):
+                self.wfile.write(b"--b\r\n\r\n" + data + b"\r\n")
+            self.wfile.write(b"--b--\r\n")
         elif self.path == "/freeze":  # 2 frames, then silence on every connection
             self._mjpeg(2, length=True)
             self.wfile.flush()
@@ -229,12 +241,15 @@ def test_a_source_freezing_on_every_connection_ends(server, checkpoint, tmp_path
 
 
 def test_source_list_side_by_side(server, checkpoint, tmp_path, capsys):
+    (tmp_path / "clip.avi").write_bytes(Handler.video)
     listing = tmp_path / "sources.txt"
-    listing.write_text(f"# two cameras\n{server}/mjpeg\n\n{server}/mjpeg?cam=2\n", encoding="utf-8")
-    code, save_dir = run(checkpoint, tmp_path, listing, "--vid-stride", "2")
+    listing.write_text(f"# two cameras and a file\n{server}/mjpeg\n\n{server}/mjpeg?cam=2\nclip.avi\n",
+                       encoding="utf-8")
+    code, save_dir = run(checkpoint, tmp_path, listing, "--vid-stride", "2", "--save-txt")
     assert code == 0
     videos = sorted(save_dir.glob("*.mp4"))
-    assert len(videos) == 2 and all(video_frames(v) == len(range(0, FRAMES, 2)) for v in videos)
+    assert len(videos) == 3 and all(video_frames(v) == len(range(0, FRAMES, 2)) for v in videos)
+    assert len(list((save_dir / "labels").iterdir())) == 3 * len(range(0, FRAMES, 2))  # no name shared
 
 
 def test_source_list_goes_on_past_a_failed_source(server, checkpoint, tmp_path, capsys):
@@ -320,3 +335,13 @@ def test_malformed_urls_are_one_clear_error(url):
     with pytest.raises(predict.SourceError, match="not a valid URL|names no host") as info:
         open_any_source(url)
     assert ":pw@" not in str(info.value)
+
+
+def test_hostile_mjpeg_parts(server, checkpoint, tmp_path, capsys):
+    code, _ = run(checkpoint, tmp_path, f"{server}/huge")
+    assert code == 1
+    (line,) = _error_lines(capsys)
+    assert "/huge" in line and "1073741824 bytes" in line
+    code, save_dir = run(checkpoint, tmp_path / "g", f"{server}/garbage")
+    assert code == 0 and video_frames(next(save_dir.glob("*.mp4"))) == 2
+    assert any("not a decodable image" in line for line in _lines(capsys))

@@ -58,6 +58,10 @@ class StreamError(SourceError):
     """A stream that could not be opened, stalled, or was lost after its reconnects."""
 
 
+class StreamDataError(StreamError):
+    """A stream that sends what cannot be a frame (an oversized part, no boundary); said with the source's name."""
+
+
 @dataclass
 class StreamFrame(Frame):
     """A Frame that knows which source of a list it came from (`source`: its output stem)."""
@@ -150,6 +154,8 @@ class LiveSource:
             try:
                 yield from self._connection()
                 return
+            except StreamDataError as err:
+                raise StreamError(f"{self.display}: {err}") from None
             except (OSError, http.client.HTTPException, StreamDropped) as err:
                 reason = self.scrub(_reason(err))
             if self.frames == 0:
@@ -303,7 +309,7 @@ class PushbackReader:
 
 def mjpeg_images(response: PushbackReader, boundary: bytes) -> Iterator[np.ndarray]:
     """RGB frames of an MJPEG response. The closing boundary or the connection closed between parts is the end;
-    a part cut short raises StreamDropped. Parts over MAX_PART_BYTES or MAX_FRAME_PIXELS raise StreamError."""
+    a part cut short raises StreamDropped. Parts over MAX_PART_BYTES or MAX_FRAME_PIXELS raise StreamDataError."""
     marker = b"--" + boundary
     while True:
         line = _next_boundary(response, marker)
@@ -333,7 +339,7 @@ def _next_boundary(response: PushbackReader, marker: bytes) -> bytes | None:
             return line
         skipped += len(line)
         if skipped > MAX_PART_BYTES:
-            raise StreamError(f"MJPEG stream: no part boundary {marker.decode(errors='replace')!r} within "
+            raise StreamDataError(f"MJPEG stream: no part boundary {marker.decode(errors='replace')!r} within "
                               f"{MAX_PART_BYTES >> 20} MiB; is it really multipart/x-mixed-replace?")
 
 
@@ -347,13 +353,13 @@ def _part_headers(response: PushbackReader) -> dict[str, str]:
             return headers
         key, _, value = line.decode("latin-1").partition(":")
         headers[key.strip().lower()] = value.strip()
-    raise StreamError("MJPEG stream: a part has more than 64 header lines")
+    raise StreamDataError("MJPEG stream: a part has more than 64 header lines")
 
 
 def _read_part(response: PushbackReader, marker: bytes, length: int | None) -> bytes:
     if length is not None:
         if length > MAX_PART_BYTES:
-            raise StreamError(f"MJPEG stream: a part of {length} bytes (over {MAX_PART_BYTES >> 20} MiB)")
+            raise StreamDataError(f"MJPEG stream: a part of {length} bytes (over {MAX_PART_BYTES >> 20} MiB)")
         data = response.read(length)
         if len(data) < length:
             raise StreamDropped(f"connection closed inside a frame ({len(data)} of {length} bytes)")
@@ -368,7 +374,7 @@ def _read_part(response: PushbackReader, marker: bytes, length: int | None) -> b
             return b"".join(chunks).removesuffix(b"\r\n")
         size += len(line)
         if size > MAX_PART_BYTES:
-            raise StreamError(f"MJPEG stream: a part over {MAX_PART_BYTES >> 20} MiB")
+            raise StreamDataError(f"MJPEG stream: a part over {MAX_PART_BYTES >> 20} MiB")
         chunks.append(line)
 
 
@@ -376,7 +382,7 @@ def decode_part(data: bytes) -> np.ndarray | None:
     """One MJPEG part -> RGB uint8, or None (with a warning) when it is not a decodable image."""
     size = encoded_size(data[:65536])
     if size is not None and size[0] * size[1] > MAX_FRAME_PIXELS:
-        raise StreamError(f"MJPEG stream: a frame of {size[1]}x{size[0]} pixels (over {MAX_FRAME_PIXELS} pixels)")
+        raise StreamDataError(f"MJPEG stream: a frame of {size[1]}x{size[0]} pixels (over {MAX_FRAME_PIXELS} pixels)")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if image is None:
         LOGGER.warning("MJPEG stream: skipped a part of %d bytes that is not a decodable image", len(data))
