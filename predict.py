@@ -1,8 +1,9 @@
-"""Detect objects in images, folders, globs, videos or a webcam, or export a model to ONNX / Darknet.
+"""Detect objects in images, folders, globs, videos, a webcam or streams, or export a model to ONNX / Darknet.
 
     python predict.py --source photo.jpg                      # newest logs/*/best.pth
     python predict.py --weights logs/run/best.pth --source clips/street.mp4 --save-txt --fps
     python predict.py --weights model.onnx --source "data/**/*.jpg" --classes person car
+    python predict.py --source rtsp://user:pass@camera/stream --vid-stride 2     # or http(s)://, or a .txt list
     python predict.py --weights logs/run/best.pth --export onnx
     python predict.py --weights logs/run/best.pth --export onnx --int8        # also best_int8.onnx (CPU, ~2x)
 
@@ -24,10 +25,11 @@ from utils.datasets import load_split
 from utils.errors import ConfigError
 from utils.export import export_onnx
 from utils.inference import BaseDetector, DetectOptions
-from utils.predicting import ResultWriter, display_available, predict_source
+from utils.predicting import ResultWriter, StreamWriters, display_available, predict_source
 from utils.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx
 from utils.run_logging import DefaultsHelpFormatter, claim_run_dir, run_command, setup_logging
-from utils.sources import ImageSource, SourceError, open_source
+from utils.sources import ImageSource, SourceError, VideoSource
+from utils.streams import DEFAULT_STREAM_TIMEOUT, RECONNECTS, StreamSet, mask_url, open_any_source
 from utils.weights import load_runnable
 
 LOGGER = logging.getLogger("predict")
@@ -53,8 +55,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="torch.compile the model (inductor, frozen weights): ~30-60 s once per batch size, "
                             "then ~1.1x faster end to end on a 2-core CPU at batch 1; for long videos")
     detect = parser.add_argument_group("detection")
-    detect.add_argument("--source", help="image, folder, glob, video file or webcam index (default: the project's "
-                        "VOCdevkit/VOC2007/JPEGImages)")
+    detect.add_argument("--source", help="image, folder, glob, video file, webcam index, stream URL (rtsp, rtsps, "
+                        "rtmp, http, https: a video or an MJPEG stream) or a .txt list of streams, videos and webcams "
+                        "read side by side (default: the project's VOCdevkit/VOC2007/JPEGImages)")
+    detect.add_argument("--vid-stride", type=int, default=1, help="videos and streams: detect on every Nth frame")
+    detect.add_argument("--stream-timeout", type=float, default=DEFAULT_STREAM_TIMEOUT,
+                        help="seconds a stream may take to open or to send its next frame before it counts as "
+                             f"failed; a dropped connection is reopened up to {RECONNECTS} times first")
     detect.add_argument("--conf", type=float, default=0.5, help="score threshold (objectness x class probability)")
     detect.add_argument("--iou", type=float, default=0.3, help="NMS IoU threshold")
     detect.add_argument("--max-det", type=int, default=300, help="most detections kept per image")
@@ -132,10 +139,10 @@ def quantize(args: argparse.Namespace, exported: Path, config: ModelConfig) -> P
     if args.source is None and DEFAULT_DATA.is_dir():
         source = ImageSource([record.path for record in load_split(DEFAULT_DATA, "train").records])
     else:
-        source = open_source(args.source or DEFAULT_SOURCE)
+        source = open_any_source(args.source or DEFAULT_SOURCE)
     if source.kind != "images":
-        raise SourceError(f"--int8 calibrates on images; --source {args.source} is a {source.kind}: give a folder "
-                          "or glob of images like those the model will see")
+        raise SourceError(f"--int8 calibrates on images; --source {mask_url(str(args.source))} is a {source.kind}: "
+                          "give a folder or glob of images like those the model will see")
     images = (frame.image for frame in source)
     canvases = letterboxed(images, config.input_shape, args.calib_images)
     return quantize_onnx(exported, exported.with_name(f"{exported.stem}_int8.onnx"), canvases)
@@ -160,15 +167,14 @@ def run(args: argparse.Namespace) -> None:
                       "images, or run with X forwarding")
     if args.source is None and not DEFAULT_SOURCE.is_dir():
         raise SourceError(f"no --source given and the sample folder {DEFAULT_SOURCE} is absent; pass --source")
-    source = open_source(args.source or DEFAULT_SOURCE)
+    source = open_any_source(args.source or DEFAULT_SOURCE, args.vid_stride, args.stream_timeout)
     if args.attention_maps and not isinstance(source, ImageSource):
         raise SourceError("--attention-maps draws one picture per image: give an image, a folder or a glob")
     detector = load_detector(args)
     maps_detector = attention_detector(detector) if args.attention_maps else None  # a plain copy, hooked
     saving = not args.nosave or args.save_txt or args.save_crop
     save_dir = claim_save_dir(args) if saving or args.attention_maps else None  # claimed only when writing
-    writer = ResultWriter(save_dir if saving else None, detector.config.classes, not args.nosave,
-                          args.save_txt, args.save_crop, video_fps=source.fps)
+    writer = result_writer(args, save_dir if saving else None, detector.config.classes, source)
     try:
         predict_source(detector, source, writer, args.batch_size, args.heatmap, args.show)
         if maps_detector is not None:  # a second pass on the hooked copy: the fast path above stays as it is
@@ -177,7 +183,25 @@ def run(args: argparse.Namespace) -> None:
         writer.close()
         if args.show:
             cv2.destroyAllWindows()
-    report(detector, writer, args.fps)
+    if isinstance(source, StreamSet) and source.failures and not writer.images:
+        discard_empty_run(writer.save_dir)  # nothing arrived: only the failure's line, no folder left behind
+    else:
+        report(detector, writer, args.fps)
+    if isinstance(source, StreamSet):
+        source.raise_failures()
+
+
+def discard_empty_run(save_dir: Path | None) -> None:
+    if save_dir is not None and save_dir.is_dir() and not any(save_dir.iterdir()):
+        save_dir.rmdir()
+
+
+def result_writer(args: argparse.Namespace, save_dir: Path | None, class_names: list[str],
+                  source: ImageSource | VideoSource | StreamSet) -> ResultWriter | StreamWriters:
+    """The writer of a run: one ResultWriter, or one per source of a stream set (each its own video and labels)."""
+    if isinstance(source, StreamSet):
+        return StreamWriters(save_dir, class_names, source, not args.nosave, args.save_txt, args.save_crop)
+    return ResultWriter(save_dir, class_names, not args.nosave, args.save_txt, args.save_crop, video_fps=source.fps)
 
 
 def report(detector: BaseDetector, writer: ResultWriter, fps: bool) -> None:

@@ -138,7 +138,7 @@ def test_predict_video_writes_annotated_video(checkpoint, tmp_path, capsys):
 @pytest.mark.parametrize("make_source, message", [
     (lambda d: d / "missing.jpg", "not found"),
     (lambda d: d / "nothing*.png", "matches no files"),
-    (lambda d: (d / "notes.txt").write_text("x") and d / "notes.txt", "unsupported type .txt; supported: images"),
+    (lambda d: (d / "notes.txt").write_text("x") and d / "notes.txt", "notes.txt:1: 'x' is not a stream URL"),
     (lambda d: (d / "broken.mp4").write_bytes(b"garbage" * 64) and d / "broken.mp4", "cannot be opened"),
     (lambda d: (d / "broken.jpg").write_bytes(b"<html>oops</html>") and d / "broken.jpg", "is a text file"),
 ])

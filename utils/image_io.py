@@ -195,6 +195,12 @@ def _header_size(head: bytes) -> tuple[int, int] | None:
     return (int(frame[0]), int(frame[1])) if frame else None
 
 
+def encoded_size(head: bytes) -> tuple[int, int] | None:
+    """(height, width) from the first bytes of an encoded JPEG/PNG (e.g. a stream's part), None when they cannot
+    tell; lets a caller bound the pixels before decoding."""
+    return _header_size(head)
+
+
 def image_size(path: str | Path) -> tuple[int, int] | None:
     """(height, width) read from a JPEG/PNG header without decoding, or None when the header cannot tell."""
     try:

@@ -19,6 +19,7 @@ from utils.filenames import unique_stems
 from utils.image_io import write_image
 from utils.inference import BaseDetector, objectness_map, overlay_heatmap
 from utils.sources import Frame, ImageSource, VideoSource
+from utils.streams import StreamFrame, StreamSet
 from utils.visualize import draw_detections
 
 LOGGER = logging.getLogger(__name__)
@@ -153,3 +154,37 @@ def predict_source(detector: BaseDetector, source: ImageSource | VideoSource, wr
                 if show_window and not show(annotated):
                     return
             bar.update(len(chunk))
+
+
+class StreamWriters:
+    """A ResultWriter per source of a StreamSet, all in one run folder: `<source stem>.mp4` each (at the source's
+    own frame rate) and labels/<source stem>_<frame>.txt; counts are summed for the report. Duck-types
+    ResultWriter for `predict_source`."""
+
+    def __init__(self, save_dir: Path | None, class_names: list[str], source: StreamSet, save_images: bool = True,
+                 save_txt: bool = False, save_crop: bool = False):
+        self.save_dir, self.save_images, self.source = save_dir, save_images, source
+        self._make = lambda fps: ResultWriter(save_dir, class_names, save_images, save_txt, save_crop, fps)
+        self.writers: dict[str, ResultWriter] = {}
+
+    def write(self, frame: StreamFrame, detections: np.ndarray, annotated: np.ndarray | None,
+              video_stem: str | None = None) -> None:
+        writer = self.writers.get(frame.source)
+        if writer is None:
+            writer = self.writers[frame.source] = self._make(self.source.fps_of(frame.source))
+        writer.write(frame, detections, annotated, frame.source)
+
+    @property
+    def images(self) -> int:
+        return sum(writer.images for writer in self.writers.values())
+
+    @property
+    def counts(self) -> Counter:
+        return sum((writer.counts for writer in self.writers.values()), Counter())
+
+    def counts_text(self) -> str:
+        return ", ".join(f"{n} {name}" for name, n in self.counts.most_common()) or "no detections"
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()

@@ -80,16 +80,28 @@ class VideoSource:
         self.length = length
         self.kind = "webcam" if isinstance(target, int) else "video"
         self.stem = f"webcam{target}" if isinstance(target, int) else Path(target).stem
+        self.stride = 1
+
+    def every(self, stride: int) -> VideoSource:
+        """Keep every `stride`-th frame (--vid-stride); fps and length become those of the kept frames."""
+        self.stride = stride
+        self.fps = self.fps / stride if self.fps else None
+        self.length = -(-self.length // stride) if self.length else None
+        return self
 
     def __iter__(self) -> Iterator[Frame]:
         capture = cv2.VideoCapture(self.target)
         try:
             index = 0
             while True:
-                ok, frame = capture.read()
+                if index % self.stride:  # skipped by --vid-stride: grabbed, not converted
+                    ok, frame = capture.grab(), None
+                else:
+                    ok, frame = capture.read()
                 if not ok:
                     return
-                yield Frame(f"{self.stem}_{index:06d}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), index)
+                if frame is not None:
+                    yield Frame(f"{self.stem}_{index:06d}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), index)
                 index += 1
         finally:
             capture.release()
