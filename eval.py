@@ -18,6 +18,7 @@ from pathlib import Path
 from utils.dataloader import EvalDataset, build_loader, eval_collate
 from utils.datasets import DatasetIndex, load_split
 from utils.evaluation import compute_metrics, predict_split
+from utils.image_io import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.metrics import VOCResult, coco_results
 from utils.plots import plot_confidence_curves, plot_confusion_matrix, plot_pr_curves
 from utils.run_logging import claim_run_dir, run_command, setup_logging
@@ -50,6 +51,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="mixed precision: bf16/fp16 on CUDA, bf16 on CPUs with native support")
     p.add_argument("--save-json", action="store_true", help="also write detections.json in COCO results format")
     p.add_argument("--save-dir", default="logs/eval", help="run folder; a number is appended if it exists")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse images declaring more pixels than this, before decoding (decompression bombs); default "
+                        f"{DEFAULT_MAX_PIXELS} (about 268 MP), or the YOLO_MAX_PIXELS environment variable")
     p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return p
 
@@ -123,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def evaluate_and_print() -> None:
+        set_max_pixels(args.max_pixels)
         metrics, out = evaluate_split(args)
         print(metrics["summary"])
         print(format_table(metrics))

@@ -23,6 +23,7 @@ from utils.darknet import export_darknet
 from utils.datasets import load_split
 from utils.errors import ConfigError
 from utils.export import export_onnx
+from utils.image_io import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.inference import BaseDetector, DetectOptions
 from utils.predicting import ResultWriter, display_available, predict_source
 from utils.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx
@@ -78,6 +79,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "on CPUs with VNNI; check its mAP with eval.py --weights <name>_int8.onnx")
     output.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
                         help="calibration images for --int8")
+    output.add_argument("--max-pixels", type=int, default=None,
+                        help="refuse images declaring more pixels than this, before decoding (decompression "
+                             f"bombs); default {DEFAULT_MAX_PIXELS} (about 268 MP), or the YOLO_MAX_PIXELS "
+                             "environment variable")
     output.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return parser
 
@@ -140,6 +145,7 @@ def claim_save_dir(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> None:
+    set_max_pixels(args.max_pixels)
     if args.int8 and args.export != "onnx":
         raise ConfigError("--int8 quantizes an ONNX export: add --export onnx")
     if args.int8 and args.calib_images < 1:

@@ -14,6 +14,7 @@ from nets.attention import attention_name
 from nets.yolo import ATTENTION_PLACES
 from utils.config import parse_input_shape
 from utils.engine import TrainConfig, train
+from utils.image_io import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.run_logging import run_command, setup_logging
 
 LOGGER = logging.getLogger("train")
@@ -92,6 +93,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--jitter", type=float, default=None, help="aspect-ratio jitter")
     p.add_argument("--mosaic-epochs-fraction", type=float, default=None,
                    help="mosaic and mixup stop after this fraction of the epochs")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse images declaring more pixels than this, before decoding (decompression bombs); default "
+                        f"{DEFAULT_MAX_PIXELS} (about 268 MP), or the YOLO_MAX_PIXELS environment variable")
     p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return p
 
@@ -118,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, main_process=os.environ.get("RANK", "0") == "0")
 
     def train_from_args() -> None:
+        set_max_pixels(args.max_pixels)
         args.phi = attention_name(args.phi)
         train(config_from_args(args), resume=args.resume, overrides=explicit_overrides(args, parser))
     return run_command(train_from_args, args.verbose, LOGGER)

@@ -75,7 +75,7 @@ EXPECTED = {  # stem -> (kind, text in its line)
     "malformed": ("skipped", "malformed XML"),
     "nosize": ("fixed", "no <size> in XML"),
     "wrongsize": ("fixed", "annotation says 500x375 but the image is 64x48"),
-    "nonnumeric": ("fixed", "non-numeric xmin='abc'"),
+    "nonnumeric": ("fixed", "non-numeric xmin"),
     "outside": ("fixed", "entirely outside"),
     "clipped": ("fixed", "reaching outside the image (clipped)"),
     "zeroarea": ("fixed", "2 box(es) with zero or negative area"),

@@ -15,6 +15,7 @@ from torch import nn
 from utils.config import ModelConfig, build_model
 from utils.darknet import load_darknet
 from utils.errors import UserError
+from utils.paths import check_user_path
 
 LOGGER = logging.getLogger(__name__)
 # The layout of our checkpoint dicts (utils.engine.checkpoint_payload). Raise it when that layout changes in a way
@@ -59,7 +60,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """torch.load with weights_only=True: tensors and plain containers only, never code."""
-    path = Path(path)
+    path = check_user_path(path, "weights file")  # a FIFO or device would block torch.load forever
     if not path.is_file():
         raise CheckpointError(f"weights file {path} not found; check the path (train.py writes logs/<run>/best.pth)")
     try:

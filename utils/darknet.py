@@ -24,6 +24,7 @@ from nets.backbone import BasicConv
 from nets.yolo import YoloBody
 from utils.config import ModelConfig, build_model, read_classes
 from utils.errors import ConfigError, MissingFileError, UserError
+from utils.paths import check_user_path
 
 LOGGER = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def parse_cfg(path: str | Path) -> list[dict[str, str]]:
     Like Darknet's read_cfg: whitespace is removed everywhere in a line, and lines starting with '#' or ';' are
     comments.
     """
-    path = Path(path)
+    path = check_user_path(path, "Darknet cfg")
     if not path.is_file():
         raise MissingFileError(f"Darknet cfg {path} not found; give --cfg with the .cfg that matches the weights")
     try:
@@ -307,7 +308,7 @@ def _count(layers: list[list[torch.Tensor]]) -> int:
 
 def read_weights(path: str | Path) -> tuple[WeightsHeader, np.ndarray]:
     """Header and all float32 values of a Darknet .weights / .conv.N file."""
-    path = Path(path)
+    path = check_user_path(path, "Darknet weights")
     if not path.is_file():
         raise MissingFileError(f"Darknet weights {path} not found; check the path")
     data = path.read_bytes()

@@ -36,7 +36,7 @@ from utils.checkpoint import (
 from utils.config import ModelConfig, build_model, read_anchors, read_classes
 from utils.darknet import is_darknet_weights, load_darknet_backbone
 from utils.dataloader import EvalDataset, TrainDataset, build_loader, eval_collate, save_preview, train_collate
-from utils.datasets import load_split
+from utils.datasets import load_split, shared_images
 from utils.device import autocast, autocast_dtype, select_device
 from utils.errors import ConfigError, DatasetError, MissingFileError, UserError
 from utils.evaluation import evaluate
@@ -341,12 +341,23 @@ class Trainer:
         # every val image counts, readable or not: its objects are missed when it cannot be read (as in eval.py)
         self.val_index = load_split(cfg.data, cfg.val_split, classes=self.classes, seed=SPLIT_SEED,
                                     keep_unreadable=True)
+        self._check_split_leak()
         if not self.train_index.records:
             raise DatasetError(f"the {cfg.train_split!r} split of {cfg.data} holds no images; check the dataset folder")
         self.augment = AugmentConfig(**cfg.augment)
         self.train_dataset = TrainDataset(self.train_index, cfg.input_shape, self.augment, cfg.epochs, cache=cfg.cache)
         self.train_loader, self.loader_batch, self.frozen = None, None, None  # built per phase by _prepare_phase
         self.val_loader = None  # built on the first validation
+
+    def _check_split_leak(self) -> None:
+        """Warn when validation would score training images (overlapping split files), unless asked for."""
+        cfg = self.config
+        shared = shared_images(self.train_index, self.val_index)
+        if shared and cfg.val_split != cfg.train_split and self.main:
+            LOGGER.warning("%d image(s) of the '%s' split are also in the '%s' split (e.g. %s): validation mAP and "
+                           "best.pth would score training images; fix the split files (ImageSets/Main), or pass "
+                           "--val-split %s to validate on the training split knowingly", len(shared), cfg.val_split,
+                           cfg.train_split, shared[0].name, cfg.train_split)
 
     def _log_data_summary(self) -> None:
         for split, index in (("train", self.train_index), ("val", self.val_index)):

@@ -16,6 +16,7 @@ import numpy as np
 
 from utils.errors import UserError
 from utils.image_io import IMAGE_SUFFIXES, ImageReadError, read_image, truncation_warning
+from utils.paths import check_user_path
 
 LOGGER = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".flv")
@@ -144,7 +145,7 @@ def open_source(spec: str | Path) -> ImageSource | VideoSource:
         if not matches:
             raise SourceError(f"the pattern {text!r} matches no files; check the folder and the pattern")
         return _images_in(matches, f"the pattern {text!r}")
-    path = Path(text)
+    path = check_user_path(text, "--source", folder_ok=True)  # a FIFO or device would block the read forever
     if not path.exists():
         raise SourceError(f"source {path} not found; give an existing image, folder, glob pattern, video file or "
                           "webcam index")
