@@ -21,7 +21,7 @@ from utils.evaluation import compute_metrics, predict_split
 from utils.image_io import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.metrics import VOCResult, coco_results
 from utils.plots import plot_confidence_curves, plot_confusion_matrix, plot_pr_curves
-from utils.run_logging import claim_run_dir, run_command, setup_logging
+from utils.run_logging import claim_run_dir, remove_if_empty, run_command, setup_logging
 from utils.weights import Loaded, load_runnable
 
 LOGGER = logging.getLogger("eval")
@@ -69,15 +69,14 @@ def load(args: argparse.Namespace) -> tuple[Loaded, DatasetIndex]:
 
 def evaluate_split(args: argparse.Namespace) -> tuple[dict, Path]:
     """Run the evaluation the arguments describe; returns (metrics, run folder)."""
-    loaded, index = load(args)
-    config = loaded.config
-    loader = build_loader(EvalDataset(index, config.input_shape), args.batch_size, args.workers, shuffle=False,
-                          seed=0, collate_fn=eval_collate)
-    detections = predict_split(loaded.runnable, loader, config, loaded.device, args.conf, args.iou, args.max_det,
-                               args.amp, progress=True).detections
-    metrics, voc = compute_metrics(detections, index, config.classes, args.voc07, args.score_thresh)
     save_dir = Path(args.save_dir)
-    out = claim_run_dir(save_dir.parent, save_dir.name)
+    out = claim_run_dir(save_dir.parent, save_dir.name)  # first: an unwritable --save-dir fails before the work
+    try:
+        metrics, voc, detections, loaded, index = _evaluate(args)
+    except BaseException:
+        remove_if_empty(out)
+        raise
+    config = loaded.config
     metrics.update(weights=str(loaded.path), data=str(args.data), split=args.split, conf=args.conf,
                    nms_iou=args.iou, input_shape=config.input_shape, classes=config.classes,
                    unknown_objects=index.unknown_objects, summary=index.ground_truth_summary())
@@ -87,6 +86,18 @@ def evaluate_split(args: argparse.Namespace) -> tuple[dict, Path]:
         results = coco_results(detections, [r.image_id for r in index.records], list(range(config.num_classes)))
         (out / "detections.json").write_text(json.dumps(results), encoding="utf-8")
     return metrics, out
+
+
+def _evaluate(args: argparse.Namespace) -> tuple[dict, VOCResult, list, Loaded, DatasetIndex]:
+    """(metrics, VOC result, detections, the weights, the index) of the evaluation the arguments describe."""
+    loaded, index = load(args)
+    config = loaded.config
+    loader = build_loader(EvalDataset(index, config.input_shape), args.batch_size, args.workers, shuffle=False,
+                          seed=0, collate_fn=eval_collate)
+    detections = predict_split(loaded.runnable, loader, config, loaded.device, args.conf, args.iou, args.max_det,
+                               args.amp, progress=True).detections
+    metrics, voc = compute_metrics(detections, index, config.classes, args.voc07, args.score_thresh)
+    return metrics, voc, detections, loaded, index
 
 
 def write_plots(metrics: dict, voc: VOCResult, out: Path) -> None:

@@ -27,7 +27,7 @@ from utils.image_io import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.inference import BaseDetector, DetectOptions
 from utils.predicting import ResultWriter, display_available, predict_source
 from utils.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx
-from utils.run_logging import claim_run_dir, run_command, setup_logging
+from utils.run_logging import claim_run_dir, remove_if_empty, run_command, setup_logging
 from utils.sources import ImageSource, SourceError, open_source
 from utils.weights import load_runnable
 
@@ -113,10 +113,18 @@ def load_detector(args: argparse.Namespace) -> BaseDetector:
 
 
 def export(args: argparse.Namespace) -> list[Path]:
+    save_dir = claim_save_dir(args)  # first: an unwritable --save-dir is found before the work
+    try:
+        return _export_into(args, save_dir)
+    except BaseException:
+        remove_if_empty(save_dir)
+        raise
+
+
+def _export_into(args: argparse.Namespace, save_dir: Path) -> list[Path]:
     loaded = load_runnable(args.weights, args.names, args.phi, args.cfg, "cpu", args.input_shape)
     if loaded.model is None:
         raise ConfigError(f"{loaded.path} is already ONNX; --export needs PyTorch or Darknet weights")
-    save_dir = claim_save_dir(args)
     if args.export == "onnx":
         exported = export_onnx(loaded.model, loaded.config, save_dir / f"{loaded.path.stem}.onnx")
         return [exported, quantize(args, exported, loaded.config)] if args.int8 else [exported]
@@ -159,13 +167,24 @@ def run(args: argparse.Namespace) -> None:
                       "images, or run with X forwarding")
     if args.source is None and not DEFAULT_SOURCE.is_dir():
         raise SourceError(f"no --source given and the sample folder {DEFAULT_SOURCE} is absent; pass --source")
+    saving = not args.nosave or args.save_txt or args.save_crop
+    # claimed only when writing, and first: an unwritable --save-dir is found before the work; removed again when
+    # the run fails before writing anything
+    save_dir = claim_save_dir(args) if saving or args.attention_maps else None
+    try:
+        detect(args, save_dir, saving)
+    except BaseException:
+        remove_if_empty(save_dir)
+        raise
+
+
+def detect(args: argparse.Namespace, save_dir: Path | None, saving: bool) -> None:
+    """Detect on --source, writing into `save_dir` what the flags ask for."""
     source = open_source(args.source or DEFAULT_SOURCE)
     if args.attention_maps and not isinstance(source, ImageSource):
         raise SourceError("--attention-maps draws one picture per image: give an image, a folder or a glob")
     detector = load_detector(args)
     maps_detector = attention_detector(detector) if args.attention_maps else None  # a plain copy, hooked
-    saving = not args.nosave or args.save_txt or args.save_crop
-    save_dir = claim_save_dir(args) if saving or args.attention_maps else None  # claimed only when writing
     writer = ResultWriter(save_dir if saving else None, detector.config.classes, not args.nosave,
                           args.save_txt, args.save_crop, video_fps=source.fps)
     try:

@@ -44,7 +44,14 @@ from utils.image_io import read_image, to_model_input, write_image
 from utils.loss import YoloLoss
 from utils.optim import DEFAULT_LR, LRSchedule, build_optimizer, ema_model, scaled_lr, set_lr
 from utils.plots import letterboxed_boxes, plot_confidence_curves, plot_confusion_matrix, plot_labels
-from utils.run_logging import add_log_file, claim_run_dir, plot_results, write_results_csv
+from utils.run_logging import (
+    Terminated,
+    add_log_file,
+    claim_run_dir,
+    plot_results,
+    remove_if_empty,
+    write_results_csv,
+)
 from utils.visualize import draw_detections, image_grid
 
 LOGGER = logging.getLogger(__name__)
@@ -305,8 +312,15 @@ class Trainer:
         self.device = dist_utils.init_distributed(select_device(config.device))
         self.main = dist_utils.is_main_process()
         torch.manual_seed(config.seed + dist_utils.rank())
-        self._setup_data(resume)  # before the run folder exists: a dataset error leaves no empty run behind
+        # claimed before the data loads: two runs started together never share a folder, and an unwritable
+        # --save-dir is found before any work; a dataset error removes the still-empty folder again
         self.run_dir = run_dir or self._claim_run_dir()
+        try:
+            self._setup_data(resume)
+        except BaseException:
+            if run_dir is None and self.main:
+                remove_if_empty(self.run_dir)
+            raise
         self._setup_files()
         if self.main:
             self._log_data_summary()
@@ -338,6 +352,9 @@ class Trainer:
         self.train_index = load_split(cfg.data, cfg.train_split, classes=classes, keep_difficult=cfg.keep_difficult,
                                       seed=SPLIT_SEED)
         self.classes = self.train_index.classes
+        if not self.classes:  # here, before any file is written: the still-empty run folder is removed again
+            raise DatasetError(f"{cfg.data}: no class names (the {cfg.train_split!r} split has no objects); give "
+                               "--classes FILE or annotations with objects")
         # every val image counts, readable or not: its objects are missed when it cannot be read (as in eval.py)
         self.val_index = load_split(cfg.data, cfg.val_split, classes=self.classes, seed=SPLIT_SEED,
                                     keep_unreadable=True)
@@ -429,11 +446,13 @@ class Trainer:
                 self._train_epoch(epoch)
                 if self._stopped_early():
                     break
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (run_logging.Terminated): same clean-up
             if self.main:
-                LOGGER.warning("interrupted: saving %s (resume with --resume %s)", self.run_dir / "last.pth",
+                why = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+                LOGGER.warning("%s: saving %s (resume with --resume %s)", why, self.run_dir / "last.pth",
                                self.run_dir)
                 self._save("last.pth")
+                LOGGER.warning("saved %s after %d finished epoch(s)", self.run_dir / "last.pth", self.state.epoch)
             raise
         finally:
             if self.writer is not None:
