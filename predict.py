@@ -88,19 +88,29 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def class_filter(values: list[str] | None, names: list[str]) -> list[int] | None:
-    """--classes entries (names or indices, spaces or commas) -> sorted class indices."""
+    """--classes entries -> sorted class indices. Each value is first taken whole as a class name (so a name with a
+    comma can be given), else split on commas; each part is a class name first, then an index: "2" is the class
+    named "2" when there is one (a warning says so when it could also mean index 2)."""
     if not values:
         return None
     indices = set()
-    for value in (v.strip() for text in values for v in text.split(",") if v.strip()):
-        if value.isdigit() and int(value) < len(names):
-            indices.add(int(value))
-        elif value in names:
-            indices.add(names.index(value))
-        else:
-            raise ConfigError(f"--classes {value!r} is neither a class name nor an index below {len(names)}; "
-                              f"the model's classes are {', '.join(names)}")
+    for text in values:
+        parts = [text.strip()] if text.strip() in names else [v.strip() for v in text.split(",") if v.strip()]
+        indices.update(_class_index(part, names) for part in parts)
     return sorted(indices)
+
+
+def _class_index(value: str, names: list[str]) -> int:
+    if value in names:
+        index = names.index(value)
+        if value.isdigit() and int(value) < len(names) and int(value) != index:
+            LOGGER.warning("--classes %s: a class is named %r (index %d), so that class is kept, not index %s (%r); "
+                           "names come first, then indices", value, value, index, value, names[int(value)])
+        return index
+    if value.isdigit() and int(value) < len(names):
+        return int(value)
+    raise ConfigError(f"--classes {value!r} is neither a class name nor an index below {len(names)}; "
+                      f"the model's classes are {', '.join(names)}")
 
 
 def load_detector(args: argparse.Namespace) -> BaseDetector:

@@ -242,3 +242,41 @@ def test_command_line_tools_survive_untrusted_input(tmp_path):
     assert "skipped" in results["predict bomb"].stdout and "1 image(s)" in results["predict bomb"].stdout
     print("untrusted input:", json.dumps({"injected": len(results), "survived": len(results) - len(failures),
                                           "lost": 0, "leaked_content": 0}))
+
+
+def test_every_predict_input_gets_its_own_outputs(tmp_path):
+    """predict.py --source 'dir/**/*.*' over a/img.jpg, b/img.jpg, a/img.png: three images, three label files, and
+    crops of hostile class names inside crops/ (in-process: a random model, --conf 0 so every image has boxes)."""
+    import predict
+    from tests.synthetic import write_weights
+    from utils.config import ModelConfig, build_model
+
+    for relative, suffix in (("a/img", ".jpg"), ("b/img", ".jpg"), ("a/img", ".png")):
+        (tmp_path / "dir" / relative).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "dir" / f"{relative}{suffix}"),
+                    np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    classes = ["../../../evil", "Évent", "évent", "2"]
+    config = ModelConfig(classes=classes, input_shape=(64, 64))
+    weights = write_weights(tmp_path / "w.pth", build_model(config).state_dict(), config)
+    out = tmp_path / "out"
+    assert predict.main(["--weights", str(weights), "--source", str(tmp_path / "dir" / "**" / "*.*"), "--device",
+                         "cpu", "--conf", "0.0", "--max-det", "4", "--save-txt", "--save-crop",
+                         "--save-dir", str(out)]) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert [w for w in written if not w.startswith(("labels/", "crops/"))] == ["a/img.jpg", "a/img.png", "b/img.jpg"]
+    assert [w for w in written if w.startswith("labels/")] == ["labels/a/img_jpg.txt", "labels/a/img_png.txt",
+                                                               "labels/b/img.txt"]
+    crops = [p for p in out.rglob("*") if p.is_file() and "crops" in p.parts]
+    assert crops and all(p.resolve().is_relative_to((out / "crops").resolve()) for p in crops)
+    assert not (tmp_path / "evil").exists() and not any(tmp_path.glob("*evil*"))
+
+
+def test_class_names_first_then_indices_and_commas(caplog):
+    import predict
+
+    names = ["a,b", "x", "0", "dog"]
+    assert predict.class_filter(["a,b"], names) == [0]  # a whole name with a comma
+    assert predict.class_filter(["x,dog"], names) == [1, 3]
+    assert predict.class_filter(["0"], names) == [2]  # the class named "0", not index 0
+    assert "names come first" in caplog.text
+    assert predict.class_filter(["1"], names) == [1]  # no class named "1": an index
