@@ -280,3 +280,30 @@ def test_class_names_first_then_indices_and_commas(caplog):
     assert predict.class_filter(["0"], names) == [2]  # the class named "0", not index 0
     assert "names come first" in caplog.text
     assert predict.class_filter(["1"], names) == [1]  # no class named "1": an index
+
+
+@pytest.mark.parametrize("old, new", [
+    ("classes=1\n", "classes=1000000000000\n"), ("width=64\n", "width=1000000\n"), ("height=64\n", "height=100\n"),
+    ("classes=1\n", "classes=-3\n"), ("mask=3,4,5\n", "mask=3,4,99\n"), ("classes=1\n", "classes=1e400\n"),
+])
+def test_absurd_darknet_cfg_values_are_refused_before_allocating(tmp_path, old, new):
+    from utils.config import ModelConfig
+    from utils.darknet import DarknetFormatError, read_darknet_cfg, write_cfg
+
+    cfg = write_cfg(ModelConfig(classes=["a"], input_shape=(64, 64)), tmp_path / "x.cfg")
+    text = cfg.read_text()
+    assert old in text
+    cfg.write_text(text.replace(old, new))
+    with pytest.raises(DarknetFormatError) as info:
+        read_darknet_cfg(cfg)
+    assert str(cfg) in str(info.value) and len(str(info.value)) < 300
+
+
+def test_huge_darknet_cfg_file_is_refused_unread(tmp_path):
+    from utils.darknet import DarknetFormatError, read_darknet_cfg
+
+    cfg = tmp_path / "big.cfg"
+    with open(cfg, "wb") as handle:
+        handle.truncate(50 * 2 ** 20)  # sparse: 50 MB declared, nothing written
+    with pytest.raises(DarknetFormatError, match="too large"):
+        read_darknet_cfg(cfg)
