@@ -140,3 +140,37 @@ def test_sigterm_in_the_first_epoch_saves_a_resumable_last_pth(tmp_path):
     resumed = cli_many([("train.py", ["--resume", run_dir])])[0]
     assert resumed.returncode == 0 and "Traceback" not in resumed.stdout, resumed.stdout[-3000:]
     assert load_checkpoint(run_dir / "last.pth")["epoch"] == 1
+
+
+@POSIX
+@pytest.mark.slow
+def test_sigterm_stops_eval_and_predict_cleanly(tmp_path):
+    from tests.fault_helpers import child_env
+    from tests.paths import ROOT
+    from tests.synthetic import write_weights
+    from utils.config import ModelConfig, build_model
+
+    config = ModelConfig(classes=["a"], input_shape=(416, 416))
+    weights = write_weights(tmp_path / "w.pth", build_model(config).state_dict(), config)
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    source = next((ROOT / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))
+    for i in range(400):  # long enough that the signal arrives mid-work
+        shutil.copy(source, pictures / f"{i:03d}.jpg")
+    data = tiny_voc(tmp_path / "data", train=2, val=40)
+    commands = {"predict": ["predict.py", "--weights", weights, "--source", pictures, "--device", "cpu",
+                            "--nosave"],
+                "eval": ["eval.py", "--weights", weights, "--data", data, "--split", "val", "--device", "cpu",
+                         "--workers", "0", "--batch-size", "1", "--save-dir", tmp_path / "eval"]}
+    for name, command in commands.items():
+        log = tmp_path / f"{name}.log"
+        with open(log, "wb") as sink:
+            process = subprocess.Popen([sys.executable, *map(str, command)], cwd=ROOT, env=child_env(), stdout=sink,
+                                       stderr=subprocess.STDOUT)
+        assert wait_for(lambda log=log: "weights " in log.read_text(errors="replace"), STARTUP_S, process), \
+            log.read_text()[-2000:]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 143, (name, log.read_text()[-2000:])
+        output = log.read_text(errors="replace")
+        assert "terminated (SIGTERM)" in output and "Traceback" not in output, (name, output[-2000:])
+    assert not (tmp_path / "eval").exists()  # stopped before writing anything: no empty run folder left
