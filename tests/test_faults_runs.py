@@ -174,3 +174,18 @@ def test_sigterm_stops_eval_and_predict_cleanly(tmp_path):
         output = log.read_text(errors="replace")
         assert "terminated (SIGTERM)" in output and "Traceback" not in output, (name, output[-2000:])
     assert not (tmp_path / "eval").exists()  # stopped before writing anything: no empty run folder left
+
+
+def test_full_disk_elsewhere_is_one_line_naming_the_file(tmp_path, monkeypatch, caplog):
+    import logging
+    from pathlib import Path as _Path
+
+    from utils.run_logging import run_command, write_results_csv
+
+    def no_space(self, *_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(_Path, "write_text", no_space)
+    status = run_command(lambda: write_results_csv([{"epoch": 1}], tmp_path / "results.csv"), False,
+                         logging.getLogger("t"))
+    assert status == 1 and f"no space left on {tmp_path / 'results.csv'}" in caplog.text
+    assert not list(tmp_path.iterdir())

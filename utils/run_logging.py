@@ -117,7 +117,11 @@ def write_results_csv(history: list[dict], path: Path) -> None:
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     tmp = path.with_suffix(".csv.tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    try:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    except OSError as err:  # name the file (a failed write carries no file name): "no space left on <path>"
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from None
     os.replace(tmp, path)
 
 
