@@ -18,9 +18,10 @@ from pathlib import Path
 from utils.dataloader import EvalDataset, build_loader, eval_collate
 from utils.datasets import DATA_HELP, DatasetIndex, load_split
 from utils.evaluation import compute_metrics, predict_split
+from utils.image_io import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.metrics import VOCResult, coco_results
 from utils.plots import plot_confidence_curves, plot_confusion_matrix, plot_pr_curves
-from utils.run_logging import DefaultsHelpFormatter, claim_run_dir, run_command, setup_logging
+from utils.run_logging import DefaultsHelpFormatter, claim_run_dir, remove_if_empty, run_command, setup_logging
 from utils.weights import Loaded, load_runnable
 
 LOGGER = logging.getLogger("eval")
@@ -55,6 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "SAVE_DIR/NAME")
     p.add_argument("--name", default="eval", help="run folder name inside --save-dir (eval, eval2, ... never "
                    "overwritten)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse images declaring more pixels than this, before decoding (decompression bombs); default "
+                        f"{DEFAULT_MAX_PIXELS} (about 268 MP), or the YOLO_MAX_PIXELS environment variable")
     p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return p
 
@@ -71,14 +75,13 @@ def load(args: argparse.Namespace) -> tuple[Loaded, DatasetIndex]:
 
 def evaluate_split(args: argparse.Namespace) -> tuple[dict, Path]:
     """Run the evaluation the arguments describe; returns (metrics, run folder)."""
-    loaded, index = load(args)
+    out = claim_run_dir(args.save_dir, args.name)  # first: an unwritable --save-dir fails before the work
+    try:
+        metrics, voc, detections, loaded, index = _evaluate(args)
+    except BaseException:
+        remove_if_empty(out)
+        raise
     config = loaded.config
-    loader = build_loader(EvalDataset(index, config.input_shape), args.batch_size, args.workers, shuffle=False,
-                          seed=0, collate_fn=eval_collate)
-    detections = predict_split(loaded.runnable, loader, config, loaded.device, args.conf, args.iou, args.max_det,
-                               args.amp, progress=True).detections
-    metrics, voc = compute_metrics(detections, index, config.classes, args.voc07, args.score_thresh)
-    out = claim_run_dir(args.save_dir, args.name)
     metrics.update(weights=str(loaded.path), data=str(args.data), split=args.split, conf=args.conf,
                    nms_iou=args.iou, input_shape=config.input_shape, classes=config.classes,
                    unknown_objects=index.unknown_objects, summary=index.ground_truth_summary())
@@ -88,6 +91,18 @@ def evaluate_split(args: argparse.Namespace) -> tuple[dict, Path]:
         results = coco_results(detections, [r.image_id for r in index.records], list(range(config.num_classes)))
         (out / "detections.json").write_text(json.dumps(results), encoding="utf-8")
     return metrics, out
+
+
+def _evaluate(args: argparse.Namespace) -> tuple[dict, VOCResult, list, Loaded, DatasetIndex]:
+    """(metrics, VOC result, detections, the weights, the index) of the evaluation the arguments describe."""
+    loaded, index = load(args)
+    config = loaded.config
+    loader = build_loader(EvalDataset(index, config.input_shape), args.batch_size, args.workers, shuffle=False,
+                          seed=0, collate_fn=eval_collate)
+    detections = predict_split(loaded.runnable, loader, config, loaded.device, args.conf, args.iou, args.max_det,
+                               args.amp, progress=True).detections
+    metrics, voc = compute_metrics(detections, index, config.classes, args.voc07, args.score_thresh)
+    return metrics, voc, detections, loaded, index
 
 
 def write_plots(metrics: dict, voc: VOCResult, out: Path) -> None:
@@ -128,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def evaluate_and_print() -> None:
+        set_max_pixels(args.max_pixels)
         metrics, out = evaluate_split(args)
         print(metrics["summary"])
         print(format_table(metrics))

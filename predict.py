@@ -24,10 +24,11 @@ from utils.darknet import export_darknet
 from utils.datasets import load_split
 from utils.errors import ConfigError
 from utils.export import export_onnx
+from utils.image_io import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.inference import BaseDetector, DetectOptions
 from utils.predicting import ResultWriter, StreamWriters, display_available, predict_source
 from utils.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx
-from utils.run_logging import DefaultsHelpFormatter, claim_run_dir, run_command, setup_logging
+from utils.run_logging import DefaultsHelpFormatter, claim_run_dir, remove_if_empty, run_command, setup_logging
 from utils.sources import ImageSource, SourceError, VideoSource
 from utils.streams import DEFAULT_STREAM_TIMEOUT, RECONNECTS, StreamSet, mask_url, open_any_source
 from utils.weights import load_runnable
@@ -91,24 +92,38 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "on CPUs with VNNI; check its mAP with eval.py --weights <name>_int8.onnx")
     output.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
                         help="calibration images for --int8")
+    output.add_argument("--max-pixels", type=int, default=None,
+                        help="refuse images declaring more pixels than this, before decoding (decompression "
+                             f"bombs); default {DEFAULT_MAX_PIXELS} (about 268 MP), or the YOLO_MAX_PIXELS "
+                             "environment variable")
     output.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return parser
 
 
 def class_filter(values: list[str] | None, names: list[str]) -> list[int] | None:
-    """--classes entries (names or indices, spaces or commas) -> sorted class indices."""
+    """--classes entries -> sorted class indices. Each value is first taken whole as a class name (so a name with a
+    comma can be given), else split on commas; each part is a class name first, then an index: "2" is the class
+    named "2" when there is one (a warning says so when it could also mean index 2)."""
     if not values:
         return None
     indices = set()
-    for value in (v.strip() for text in values for v in text.split(",") if v.strip()):
-        if value.isdigit() and int(value) < len(names):
-            indices.add(int(value))
-        elif value in names:
-            indices.add(names.index(value))
-        else:
-            raise ConfigError(f"--classes {value!r} is neither a class name nor an index below {len(names)}; "
-                              f"the model's classes are {', '.join(names)}")
+    for text in values:
+        parts = [text.strip()] if text.strip() in names else [v.strip() for v in text.split(",") if v.strip()]
+        indices.update(_class_index(part, names) for part in parts)
     return sorted(indices)
+
+
+def _class_index(value: str, names: list[str]) -> int:
+    if value in names:
+        index = names.index(value)
+        if value.isdigit() and int(value) < len(names) and int(value) != index:
+            LOGGER.warning("--classes %s: a class is named %r (index %d), so that class is kept, not index %s (%r); "
+                           "names come first, then indices", value, value, index, value, names[int(value)])
+        return index
+    if value.isdigit() and int(value) < len(names):
+        return int(value)
+    raise ConfigError(f"--classes {value!r} is neither a class name nor an index below {len(names)}; "
+                      f"the model's classes are {', '.join(names)}")
 
 
 def load_detector(args: argparse.Namespace) -> BaseDetector:
@@ -122,11 +137,19 @@ def load_detector(args: argparse.Namespace) -> BaseDetector:
 
 
 def export(args: argparse.Namespace) -> list[Path]:
+    save_dir = claim_save_dir(args)  # first: an unwritable --save-dir is found before the work
+    try:
+        return _export_into(args, save_dir)
+    except BaseException:
+        remove_if_empty(save_dir)
+        raise
+
+
+def _export_into(args: argparse.Namespace, save_dir: Path) -> list[Path]:
     loaded = load_runnable(args.weights, args.names, args.phi, args.cfg, "cpu", args.input_shape,
                            args.weights_sha256)
     if loaded.model is None:
         raise ConfigError(f"{loaded.path} is already ONNX; --export needs PyTorch or Darknet weights")
-    save_dir = claim_save_dir(args)
     if args.export == "onnx":
         exported = export_onnx(loaded.model, loaded.config, save_dir / f"{loaded.path.stem}.onnx")
         return [exported, quantize(args, exported, loaded.config)] if args.int8 else [exported]
@@ -154,6 +177,7 @@ def claim_save_dir(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> None:
+    set_max_pixels(args.max_pixels)
     if args.int8 and args.export != "onnx":
         raise ConfigError("--int8 quantizes an ONNX export: add --export onnx")
     if args.int8 and args.calib_images < 1:
@@ -167,13 +191,24 @@ def run(args: argparse.Namespace) -> None:
                       "images, or run with X forwarding")
     if args.source is None and not DEFAULT_SOURCE.is_dir():
         raise SourceError(f"no --source given and the sample folder {DEFAULT_SOURCE} is absent; pass --source")
+    saving = not args.nosave or args.save_txt or args.save_crop
+    # claimed only when writing, and first: an unwritable --save-dir is found before the work; removed again when
+    # the run fails before writing anything
+    save_dir = claim_save_dir(args) if saving or args.attention_maps else None
+    try:
+        detect(args, save_dir, saving)
+    except BaseException:
+        remove_if_empty(save_dir)
+        raise
+
+
+def detect(args: argparse.Namespace, save_dir: Path | None, saving: bool) -> None:
+    """Detect on --source, writing into `save_dir` what the flags ask for."""
     source = open_any_source(args.source or DEFAULT_SOURCE, args.vid_stride, args.stream_timeout)
     if args.attention_maps and not isinstance(source, ImageSource):
         raise SourceError("--attention-maps draws one picture per image: give an image, a folder or a glob")
     detector = load_detector(args)
     maps_detector = attention_detector(detector) if args.attention_maps else None  # a plain copy, hooked
-    saving = not args.nosave or args.save_txt or args.save_crop
-    save_dir = claim_save_dir(args) if saving or args.attention_maps else None  # claimed only when writing
     writer = result_writer(args, save_dir if saving else None, detector.config.classes, source)
     try:
         predict_source(detector, source, writer, args.batch_size, args.heatmap, args.show)
@@ -184,16 +219,11 @@ def run(args: argparse.Namespace) -> None:
         if args.show:
             cv2.destroyAllWindows()
     if isinstance(source, StreamSet) and source.failures and not writer.images:
-        discard_empty_run(writer.save_dir)  # nothing arrived: only the failure's line, no folder left behind
+        remove_if_empty(writer.save_dir)  # nothing arrived: only the failure's line, no folder left behind
     else:
         report(detector, writer, args.fps)
     if isinstance(source, StreamSet):
         source.raise_failures()
-
-
-def discard_empty_run(save_dir: Path | None) -> None:
-    if save_dir is not None and save_dir.is_dir() and not any(save_dir.iterdir()):
-        save_dir.rmdir()
 
 
 def result_writer(args: argparse.Namespace, save_dir: Path | None, class_names: list[str],

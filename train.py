@@ -17,6 +17,7 @@ from utils.config import parse_input_shape
 from utils.datasets import DATA_HELP
 from utils.engine import TrainConfig, train
 from utils.errors import ConfigError
+from utils.image_io import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.run_config import config_field_names, read_config_file
 from utils.run_logging import DefaultsHelpFormatter, run_command, setup_logging
 
@@ -108,6 +109,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help=f"{text} (default: {getattr(AugmentConfig, flag)})")
     p.add_argument("--config", default=None, help="a run's args.yaml or a recipe (model_data/voc_recipe.yaml): its "
                    "options become the defaults; flags given here override them")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="refuse images declaring more pixels than this, before decoding (decompression bombs); default "
+                        f"{DEFAULT_MAX_PIXELS} (about 268 MP), or the YOLO_MAX_PIXELS environment variable")
     p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return p
 
@@ -171,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.classes is not None:
             LOGGER.warning("--classes FILE is now --names FILE (the same in train.py, eval.py and predict.py); %s",
                            "--names wins" if args.names else "reading it as --names")
+        set_max_pixels(args.max_pixels)
         args.phi = attention_name(args.phi)
         train(config_from_args(args, extra_augment), resume=args.resume, overrides=explicit_overrides(args, parser))
     return run_command(train_from_args, args.verbose, LOGGER)

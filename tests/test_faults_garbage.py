@@ -38,7 +38,7 @@ BROKEN = {
     "not_xml": ("skipped", ["malformed XML"]),
     "empty_xml": ("skipped", ["empty XML file"]),
     "missing_fields": ("fixed", ["no <size> in XML", "has no <bndbox>"]),
-    "non_numeric": ("fixed", ["non-numeric xmin='12px'"]),
+    "non_numeric": ("fixed", ["non-numeric xmin"]),
     "outside": ("fixed", ["1 box(es) entirely outside", "1 box(es) reaching outside the image (clipped)"]),
     "degenerate": ("fixed", ["2 box(es) with zero or negative area"]),
     "unknown_class": ("fixed", ["not in the class list (not used): dog x1"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import zlib
 
 import numpy as np
 import pytest
@@ -145,3 +146,27 @@ def test_anchors_train_and_eval_read_a_data_yaml(yolo, tmp_path, capsys):
     weights = next((tmp_path / "runs").glob("*/best.pth"))
     assert eval_script.main(["--weights", str(weights), "--data", str(yolo), "--split", "val", "--input-shape", "64",
                              "--device", "cpu", "--workers", "0", "--save-dir", str(tmp_path), "--name", "eval"]) == 0
+
+
+def test_unreadable_yolo_images_count_as_missed_in_evaluation(tmp_path):
+    """Issue 13's rule for YOLO data: a zero-byte image, a listed image that is missing, and a decompression bomb keep
+    their label rows as ground truth (missed objects) when evaluating; training skips them."""
+    root = tmp_path / "ds"
+    make_yolo(root, images=4, splits=("val",))
+    images = root / "images" / "val"
+    (images / "img000.jpg").write_bytes(b"")
+    (images / "img001.jpg").unlink()
+    bomb = b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + b"IHDR" + (40000).to_bytes(4, "big") * 2 + b"\x08\x02\0\0\0"
+    (images / "img002.png").write_bytes(bomb + zlib.crc32(bomb[12:]).to_bytes(4, "big"))
+    os.replace(label_path(images / "img002.jpg"), label_path(images / "img002.png"))
+    (images / "img002.jpg").unlink()
+    (root / "val.txt").write_text("".join(f"images/val/img00{i}.{'png' if i == 2 else 'jpg'}\n" for i in range(4)))
+    (root / "data.yaml").write_text("path: .\ntrain: val.txt\nval: val.txt\nnames: [red, blue]\n")
+    rows = sum(len(label_path(images / f"img00{i}.jpg").read_text().splitlines()) for i in range(4))
+    scored = load_split(root / "data.yaml", "val", keep_unreadable=True)
+    assert len(scored.records) == 4 and sum(len(r.truth.boxes) for r in scored.records) == rows
+    assert sum(r.image_error is not None for r in scored.records) == 3
+    bomb_record = next(r for r in scored.records if r.path.suffix == ".png")
+    assert (bomb_record.width, bomb_record.height) == (40000, 40000)
+    assert bomb_record.truth.boxes[:, 2].max() > 1000  # rows scaled by the declared size, not left normalised
+    assert len(load_split(root / "data.yaml", "train").records) == 1  # training: only the readable image

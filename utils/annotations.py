@@ -15,6 +15,7 @@ from xml.parsers import expat
 import numpy as np
 
 from utils.errors import UserError
+from utils.paths import is_regular_file
 
 # Entity declarations allow "billion laughs" expansion and external-entity reads; VOC files never need them.
 _UNSAFE_XML = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
@@ -68,6 +69,9 @@ def _declares_doctype(data: bytes) -> bool:
 
 
 def _read_xml(path: Path) -> ET.Element:
+    if not is_regular_file(path):
+        raise AnnotationError(f"{path}: is not a regular file (missing, a folder, FIFO or device); refused without "
+                              "opening it")
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -100,6 +104,11 @@ def _xml_size(root: ET.Element, notes: list[str]) -> tuple[int, int] | None:
     return height, width
 
 
+def _short(name: str, limit: int = 40) -> str:
+    """A class name for a message: quoted, cut to `limit` characters (a hostile file can hold anything)."""
+    return repr(name if len(name) <= limit else name[:limit] + "...")
+
+
 def _xml_object(obj: ET.Element, number: int, notes: list[str]) -> tuple[str, list[float], bool] | None:
     """(name, [x1, y1, x2, y2], difficult) of one <object>, or None (with a note) when unusable."""
     name = _text(obj, "name")
@@ -108,7 +117,7 @@ def _xml_object(obj: ET.Element, number: int, notes: list[str]) -> tuple[str, li
         return None
     bndbox = obj.find("bndbox")
     if bndbox is None:
-        notes.append(f"object {number} ({name!r}) has no <bndbox> (dropped)")
+        notes.append(f"object {number} ({_short(name)}) has no <bndbox> (dropped)")
         return None
     coords = []
     for tag in ("xmin", "ymin", "xmax", "ymax"):
@@ -116,10 +125,10 @@ def _xml_object(obj: ET.Element, number: int, notes: list[str]) -> tuple[str, li
         try:
             coords.append(float(value))
         except (TypeError, ValueError):
-            notes.append(f"object {number} ({name!r}) has non-numeric {tag}={value!r} (dropped)")
+            notes.append(f"object {number} ({_short(name)}) has a non-numeric {tag} (dropped)")
             return None
     if not all(np.isfinite(coords)):
-        notes.append(f"object {number} ({name!r}) has a non-finite coordinate (dropped)")
+        notes.append(f"object {number} ({_short(name)}) has a non-finite coordinate (dropped)")
         return None
     return name, coords, _text(obj, "difficult") == "1"
 
@@ -151,24 +160,70 @@ class CocoImage:
     category_ids: list[int]
 
 
-def parse_coco_json(path: str | Path) -> tuple[list[CocoImage], dict[int, str]]:
+def parse_coco_json(path: str | Path, problems: list[str] | None = None
+                    ) -> tuple[list[CocoImage], dict[int, str]]:
     """Read a COCO instances json: (images in file order, {category id: name} in id order).
 
     bbox [x, y, w, h] -> (x1, y1, x2, y2); iscrowd regions are flagged difficult (kept for evaluation, never targets).
+    An image id listed twice keeps its first entry, an annotation id seen twice its first annotation, and an
+    annotation whose image id is not listed is dropped: each gets one line in `problems` (when a list is given).
     """
     path = Path(path)
+    if not is_regular_file(path):
+        raise AnnotationError(f"{path}: is not a regular file (missing, a folder, FIFO or device); refused without "
+                              "opening it")
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AnnotationError(f"{path}: cannot be read as JSON ({err}); is it a COCO instances file?") from None
+        reason = f"{type(err).__name__} at position {getattr(err, 'pos', getattr(err, 'start', '?'))}"
+        raise AnnotationError(f"{path}: cannot be read as JSON ({reason}); is it a COCO instances file?") from None
     if not isinstance(content, dict) or not {"images", "annotations", "categories"} <= content.keys():
         raise AnnotationError(f"{path}: not a COCO instances file (needs 'images', 'annotations' and 'categories')")
+    problems = [] if problems is None else problems
     categories = {int(c["id"]): str(c["name"]) for c in sorted(content["categories"], key=lambda c: int(c["id"]))}
-    by_image: dict[int, list[dict]] = {}
-    for ann in content["annotations"]:
-        by_image.setdefault(int(ann["image_id"]), []).append(ann)
-    images = [_coco_image(entry, by_image.get(int(entry["id"]), []), categories) for entry in content["images"]]
+    entries = _unique_images(path, content["images"], problems)
+    by_image = _annotations_by_image(path, content["annotations"], entries.keys(), problems)
+    images = [_coco_image(entry, by_image.get(coco_id, []), categories) for coco_id, entry in entries.items()]
     return images, categories
+
+
+def _unique_images(path: Path, images: list[dict], problems: list[str]) -> dict[int, dict]:
+    """{image id: entry}, first entry kept; a repeated id or file_name gets a problem line."""
+    entries: dict[int, dict] = {}
+    names: dict[str, int] = {}
+    for position, entry in enumerate(images):
+        coco_id, file_name = int(entry["id"]), str(entry["file_name"])
+        if coco_id in entries:
+            problems.append(f"skipped: {path}: images[{position}] repeats image id {coco_id} (first entry kept); "
+                            "give every image its own id")
+            continue
+        if file_name in names:
+            problems.append(f"skipped: {path}: images[{position}] (id {coco_id}) lists the file of image id "
+                            f"{names[file_name]} again (first entry kept); list each image once")
+            continue
+        entries[coco_id] = entry
+        names[file_name] = coco_id
+    return entries
+
+
+def _annotations_by_image(path: Path, annotations: list[dict], image_ids, problems: list[str]) -> dict[int, list]:
+    """Annotations grouped by image id; those of unknown images and repeated annotation ids get a problem line."""
+    by_image: dict[int, list[dict]] = {}
+    seen: set = set()
+    known = set(image_ids)
+    for position, ann in enumerate(annotations):
+        ann_id, image_id = ann.get("id"), int(ann["image_id"])
+        if image_id not in known:
+            problems.append(f"dropped: {path}: annotations[{position}] (id {ann_id}) points at image id {image_id}, "
+                            "which the json does not list; add the image or remove the annotation")
+            continue
+        if ann_id is not None and ann_id in seen:
+            problems.append(f"dropped: {path}: annotations[{position}] repeats annotation id {ann_id} (first kept); "
+                            "give every annotation its own id")
+            continue
+        seen.add(ann_id)
+        by_image.setdefault(image_id, []).append(ann)
+    return by_image
 
 
 def _coco_image(entry: dict, anns: list[dict], categories: dict[int, str]) -> CocoImage:
@@ -177,7 +232,7 @@ def _coco_image(entry: dict, anns: list[dict], categories: dict[int, str]) -> Co
     for ann in anns:
         bbox = ann.get("bbox")
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
-            notes.append(f"annotation {ann.get('id')} has an invalid bbox {bbox!r} (dropped)")
+            notes.append(f"annotation {ann.get('id')} has an invalid bbox (not 4 numbers; dropped)")
             continue
         kept.append(ann)
     boxes = np.array([a["bbox"] for a in kept], dtype=np.float64).reshape(-1, 4)

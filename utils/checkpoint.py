@@ -1,9 +1,11 @@
 """Safe, self-describing checkpoints: atomic writes, weights_only loads, strict or partial weight loading."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,7 @@ from torch import nn
 from utils.config import ModelConfig, build_model
 from utils.darknet import load_darknet
 from utils.errors import UserError
+from utils.paths import check_user_path
 
 LOGGER = logging.getLogger(__name__)
 # The layout of our checkpoint dicts (utils.engine.checkpoint_payload). Raise it when that layout changes in a way
@@ -35,14 +38,42 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets what the run's other files get
         with os.fdopen(fd, "wb") as handle:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if _out_of_space(err, path.parent):
+            raise CheckpointError(f"no space left on {path.parent} while writing {path.name}; the previous "
+                                  f"{path.name} (if any) is kept: free some space, then --resume") from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set, then restore at once
+    os.umask(mask)
+    return mask
+
+
+def _out_of_space(err: BaseException, folder: Path) -> bool:
+    """ENOSPC anywhere in the exception chain (torch.save turns the OSError into a RuntimeError such as "unexpected
+    pos" or "PytorchStreamWriter failed writing file", the OSError kept as its context), or a RuntimeError on a
+    device with (almost) no free space left."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(err, RuntimeError):
+        try:
+            return shutil.disk_usage(folder).free < 64 * 2 ** 20
+        except OSError:
+            return False
+    return False
+    return False
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
@@ -59,7 +90,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """torch.load with weights_only=True: tensors and plain containers only, never code."""
-    path = Path(path)
+    path = check_user_path(path, "weights file")  # a FIFO or device would block torch.load forever
     if not path.is_file():
         raise CheckpointError(f"weights file {path} not found; check the path (train.py writes logs/<run>/best.pth)")
     try:

@@ -10,6 +10,7 @@ from typing import Sequence
 from nets.attention import OPTION_FLAGS, attention_name, block_options
 from nets.yolo import HEAD_STRIDES, YoloBody, attention_place, check_input_size
 from utils.errors import ConfigError, MissingFileError
+from utils.paths import check_user_path
 
 LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +118,7 @@ def build_model(config: ModelConfig) -> YoloBody:
 
 def read_text_file(path: Path, what: str, fix: str) -> str:
     """The UTF-8 text of the user's `what` file (classes, anchors), or a UserError that names it and says `fix`."""
+    check_user_path(path, f"{what} file")  # a FIFO or device would block the read forever
     if not path.is_file():
         raise MissingFileError(f"{what} file {path} not found; {fix}")
     try:

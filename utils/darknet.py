@@ -24,6 +24,7 @@ from nets.backbone import BasicConv
 from nets.yolo import YoloBody
 from utils.config import ModelConfig, build_model, read_classes
 from utils.errors import ConfigError, MissingFileError, UserError
+from utils.paths import check_user_path
 
 LOGGER = logging.getLogger(__name__)
 
@@ -77,9 +78,12 @@ def parse_cfg(path: str | Path) -> list[dict[str, str]]:
     Like Darknet's read_cfg: whitespace is removed everywhere in a line, and lines starting with '#' or ';' are
     comments.
     """
-    path = Path(path)
+    path = check_user_path(path, "Darknet cfg")
     if not path.is_file():
         raise MissingFileError(f"Darknet cfg {path} not found; give --cfg with the .cfg that matches the weights")
+    if path.stat().st_size > MAX_CFG_BYTES:
+        raise DarknetFormatError(f"{path} is {path.stat().st_size} bytes, too large for a Darknet .cfg (yolov4-tiny's "
+                                 "is about 3 KB); give --cfg the .cfg that matches the weights")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -249,9 +253,10 @@ def config_from_cfg(sections: list[dict[str, str]], path: str | Path,
     for key, default in (("classes", "20"), ("anchors", ""), ("scale_x_y", "1")):
         values = {y.get(key, default) for y in yolos}
         if len(values) != 1:
-            raise DarknetFormatError(f"{path}: the two [yolo] sections differ in {key} ({sorted(values)}); "
+            raise DarknetFormatError(f"{path}: the two [yolo] sections differ in {key} ({_clip(values)}); "
                                      f"this model shares one {key} between its heads")
     net = sections[0]
+    check_sizes(net, yolos, path)  # before anything is built from these numbers
     try:
         anchors = [float(v) for v in yolos[0].get("anchors", "").split(",") if v]
         return ModelConfig(
@@ -264,6 +269,56 @@ def config_from_cfg(sections: list[dict[str, str]], path: str | Path,
         if isinstance(err, DarknetFormatError):
             raise
         raise DarknetFormatError(f"{path}: [net] or [yolo] values do not describe a yolov4-tiny model: {err}") from err
+
+
+MAX_CLASSES = 10_000  # LVIS has 1203, Open Images 601; 10k classes already make 120 MB of head weights
+MAX_SIDE = 8192  # input pixels per side; 8192^2 inputs need tens of GB of activations on this model
+MAX_CFG_BYTES = 1 << 20  # a yolov4-tiny.cfg is about 3 KB
+
+
+def _clip(values, limit: int = 60) -> str:
+    text = ", ".join(sorted(map(str, values)))
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _int_in(text: str, low: int, high: int, what: str, path: Path) -> int:
+    """int(text) when low <= it <= high, else DarknetFormatError naming the value's meaning and the limits."""
+    try:
+        value = int(float(text))
+    except (ValueError, OverflowError):
+        raise DarknetFormatError(f"{path}: {what}={text[:30]!r} is not a number") from None
+    if not low <= value <= high:
+        raise DarknetFormatError(f"{path}: {what}={value} is outside {low}..{high}; fix the cfg (is it a "
+                                 "yolov4-tiny cfg?)")
+    return value
+
+
+def check_sizes(net: dict[str, str], yolos: list[dict[str, str]], path: str | Path) -> None:
+    """Validate every number that sizes an allocation (classes, width/height, anchors, masks) before any list,
+    tensor or model is built from it: one DarknetFormatError line per absurd value."""
+    path = Path(path)
+    _int_in(yolos[0].get("classes", "20"), 1, MAX_CLASSES, "[yolo] classes", path)
+    for key in ("width", "height"):
+        side = _int_in(net.get(key, "416"), 32, MAX_SIDE, f"[net] {key}", path)
+        if side % 32:
+            raise DarknetFormatError(f"{path}: [net] {key}={side} is not a multiple of 32 (the model's stride)")
+    values = [v for v in yolos[0].get("anchors", "").split(",") if v.strip()]
+    if len(values) > 2 * 64 or len(values) % 2:
+        raise DarknetFormatError(f"{path}: [yolo] anchors holds {len(values)} numbers; it needs w,h pairs "
+                                 "(yolov4-tiny: 6 pairs)")
+    for value in values:
+        try:
+            number = float(value)
+        except ValueError:
+            raise DarknetFormatError(f"{path}: [yolo] anchors holds {value[:30]!r}, not a number") from None
+        if not 0 < number <= 100 * MAX_SIDE:
+            raise DarknetFormatError(f"{path}: [yolo] anchor value {number} is not a positive size in pixels")
+    for yolo in yolos:
+        mask = [v for v in yolo.get("mask", "").split(",") if v.strip()]
+        if not 1 <= len(mask) <= len(values) // 2:
+            raise DarknetFormatError(f"{path}: [yolo] mask has {len(mask)} entries for {len(values) // 2} anchors")
+        for entry in mask:
+            _int_in(entry, 0, len(values) // 2 - 1, "[yolo] mask entry", path)
 
 
 def read_darknet_cfg(cfg_path: str | Path, classes: list[str] | str | Path | None = None) -> ModelConfig:
@@ -307,7 +362,7 @@ def _count(layers: list[list[torch.Tensor]]) -> int:
 
 def read_weights(path: str | Path) -> tuple[WeightsHeader, np.ndarray]:
     """Header and all float32 values of a Darknet .weights / .conv.N file."""
-    path = Path(path)
+    path = check_user_path(path, "Darknet weights")
     if not path.is_file():
         raise MissingFileError(f"Darknet weights {path} not found; check the path")
     data = path.read_bytes()

@@ -16,16 +16,18 @@ objects count as missed instead of leaving the denominator.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from utils.annotations import AnnotationError, RawAnnotation, parse_coco_json, parse_voc_xml
 from utils.errors import DatasetError, MissingFileError
-from utils.image_io import IMAGE_SUFFIXES, ImageReadError, probe_image
+from utils.image_io import IMAGE_SUFFIXES, ImageReadError, image_size, probe_image
 from utils.metrics import GroundTruthBoxes
+from utils.paths import UnsafePathError, check_user_path, resolve_inside
 from utils.yolo_format import YoloLabels, YoloSource, is_yolo_source, label_path, parse_label_file, read_source
 
 LOGGER = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ class DatasetIndex:
     background: int = 0
     unknown_objects: dict[str, int] = field(default_factory=dict)
     keep_difficult: bool = False
+    refused: int = 0  # entries whose path leaves the dataset or is no regular file (skipped, also by evaluation)
     coco_json: Path | None = None  # the instances json of a COCO source (pycocotools scores against it as written)
     pixel_offset: float | None = None  # IoU convention of its boxes (utils.evaluation.iou_pixel_offset when None)
 
@@ -107,6 +110,8 @@ class DatasetIndex:
         if unreadable:
             line += f", {len(unreadable)} unreadable ({missed_objects(sum(map(scored, unreadable)), len(unreadable))})"
         line += f", {sum(scored(r) for r in self.records)} objects"
+        if self.refused:
+            line += f" ({self.refused} refused: path outside the dataset or not a regular file; not scored)"
         difficult = sum(int(r.ground_truth().difficult.sum()) for r in self.records)
         return line + (f" ({difficult} difficult, not scored)" if difficult else "")
 
@@ -134,6 +139,9 @@ class _Entry:
     annotation: Path
     raw: RawAnnotation | AnnotationError
     coco_id: int | None = None
+    relative: str | None = None  # COCO: file_name as written, resolved inside `root` (the image folder) when checked
+    root: Path | None = None
+    field: str = ""  # where the path is written ("<json>: image id 7 file_name"), for refusals
     line_notes: bool = False  # notes are full problem lines (YOLO labels: file:line), one problem line each
 
 
@@ -174,6 +182,11 @@ def _write_splits(main: Path, splits: dict[str, list[str]], seed: int) -> None:
                    main, seed, len(splits["train"]), len(splits["val"]), len(splits["test"]))
 
 
+def _split_file(year: Path, split: str) -> str:
+    path = year / "ImageSets" / "Main" / f"{split}.txt"
+    return str(path) if path.is_file() else f"{year} ({split} split)"
+
+
 def _voc_split_ids(year: Path, split: str, seed: int) -> list[str] | None:
     """Ids of `split` in one VOC<year> folder; None when the year has split files but not this one."""
     main = year / "ImageSets" / "Main"
@@ -181,7 +194,7 @@ def _voc_split_ids(year: Path, split: str, seed: int) -> list[str] | None:
     if split == "all":
         return all_ids
     if (main / f"{split}.txt").is_file():
-        return _read_id_file(main / f"{split}.txt")
+        return _read_id_file(check_user_path(main / f"{split}.txt", "split file"))
     if any((main / f"{name}.txt").is_file() for name in SPLITS):
         LOGGER.info("%s has no ImageSets/Main/%s.txt; it contributes no images to '%s'", year, split, split)
         return None
@@ -208,10 +221,15 @@ def _parse(path: Path) -> RawAnnotation | AnnotationError:
         return err
 
 
-def _xml_entries(ids: list[str], xml_dir: Path, images: dict[str, Path], problems: list[str]) -> list[_Entry]:
+def _xml_entries(ids: list[str], xml_dir: Path, images: dict[str, Path], problems: list[str],
+                 listed_in: str = "the split") -> list[_Entry]:
     entries = []
     for image_id in ids:
-        xml = xml_dir / f"{image_id}.xml"
+        try:  # ids come from split files: "../../x" or "/etc/x" must not lead outside Annotations/
+            xml = resolve_inside(xml_dir, f"{image_id}.xml", f"{listed_in}: id {image_id!r}")
+        except UnsafePathError as err:
+            problems.append(f"skipped (unsafe path): {err}")
+            continue
         if not xml.is_file():
             problems.append(f"skipped: {xml}: annotation listed in the split but missing; add it or remove the id")
             continue
@@ -236,7 +254,7 @@ def _voc_entries(root: Path, split: str, seed: int, problems: list[str]) -> list
         ids = _voc_split_ids(year, split, seed)
         if ids is not None:
             images = _image_lookup(year / "JPEGImages")
-            entries += _xml_entries(ids, year / "Annotations", images, problems)
+            entries += _xml_entries(ids, year / "Annotations", images, problems, _split_file(year, split))
             if split == "all":
                 _orphans(images, year / "Annotations", problems)
     return entries
@@ -249,6 +267,39 @@ def _folder_entries(root: Path, split: str, seed: int, problems: list[str]) -> l
         LOGGER.info("%s has no split files; using the seed-%d '%s' split made in memory", root, seed, split)
     _orphans(images, xml_dir, problems)
     return _xml_entries(ids, xml_dir, images, problems)
+
+
+_COCO_SPLIT_FILE = re.compile(r"instances_(train|val|test)(\d*)\.json")
+
+
+def _coco_siblings(json_path: Path) -> dict[str, Path]:
+    """{split: instances_<split><year>.json} beside `json_path` with the same year, `json_path` included; empty when
+    its name is not instances_<train|val|test><year>.json."""
+    match = _COCO_SPLIT_FILE.fullmatch(json_path.name)
+    if match is None:
+        return {}
+    return {split: json_path.with_name(f"instances_{split}{match[2]}.json") for split in ("train", "val", "test")
+            if json_path.with_name(f"instances_{split}{match[2]}.json").is_file()}
+
+
+def _coco_json_split(json_path: Path, split: str, seed: int) -> tuple[Path, str]:
+    """(the json holding `split`, the part of it to use: "all", or a split to make with `seed`).
+
+    A COCO json holds one split. Given instances_train2017.json, split 'val' is read from its sibling
+    instances_val2017.json; a json without siblings is split in memory (seeded, as a VOC folder without split files),
+    so that train, val and test never share an image."""
+    siblings = _coco_siblings(json_path)
+    if split == "all":
+        return json_path, "all"
+    if split in siblings:
+        return siblings[split], "all"
+    if len(siblings) > 1:
+        raise DatasetError(f"{json_path}: no instances_{split}*.json beside it (found "
+                           f"{', '.join(p.name for p in siblings.values())}); choose one of those splits "
+                           "(e.g. --train-split train --val-split val), or 'all' to use one file whole")
+    LOGGER.info("%s is the only COCO json of its dataset: using the seed-%d '%s' split of its images made in memory "
+                "(train, val and test never share an image)", json_path, seed, split)
+    return json_path, split
 
 
 def _coco_json_for(root: Path, split: str) -> Path | None:
@@ -272,11 +323,18 @@ def _coco_image_dir(json_path: Path) -> Path:
                            "put the images beside the annotations as in COCO (train2017/, val2017/)")
 
 
-def _coco_entries(json_path: Path) -> tuple[list[_Entry], list[str]]:
-    """Entries of a COCO json and its category names in id order (contiguous index = position)."""
-    images, categories = parse_coco_json(json_path)
+def _coco_entries(json_path: Path, problems: list[str], split: str = "all", seed: int = 0
+                  ) -> tuple[list[_Entry], list[str]]:
+    """Entries of a COCO json (all its images, or the seeded `split` of them when the json is the only one of its
+    dataset) and its category names in id order (contiguous index = position). file_name is untrusted: it is kept
+    as written here and resolved inside the image folder when the entry is checked."""
+    images, categories = parse_coco_json(json_path, problems)
+    if split != "all":
+        chosen = set(_select([str(image.coco_id) for image in images], split, seed))
+        images = [image for image in images if str(image.coco_id) in chosen]
     folder = _coco_image_dir(json_path)
-    entries = [_Entry(folder / image.file_name, json_path, image.annotation, image.coco_id) for image in images]
+    entries = [_Entry(folder / image.file_name, json_path, image.annotation, image.coco_id, image.file_name, folder,
+                      f"{json_path}: image id {image.coco_id} file_name") for image in images]
     return entries, list(categories.values())
 
 
@@ -330,7 +388,8 @@ def _check_entry(entry: _Entry, class_index: dict[str, int], unknown: Counter) -
     if entry.image is None:
         raise ImageReadError(f"{entry.annotation}: its image is missing (no file with this stem in the image "
                              "folder); add the image or remove the annotation")
-    height, width, notes = probe_image(entry.image)
+    image = _contained_image(entry)
+    height, width, notes = probe_image(image)
     raw = entry.raw
     notes = raw.notes + notes
     if raw.size is not None and raw.size != (height, width):
@@ -346,6 +405,14 @@ def _check_entry(entry: _Entry, class_index: dict[str, int], unknown: Counter) -
     return record, notes
 
 
+def _contained_image(entry: _Entry) -> Path:
+    """The entry's image, resolved inside its folder (COCO: the json's image folder; VOC: JPEGImages/), else
+    UnsafePathError: a file_name leading elsewhere, a link out of the folder, a FIFO or device file."""
+    if entry.relative is not None:
+        return resolve_inside(entry.root, entry.relative, entry.field)
+    return resolve_inside(entry.image.parent, entry.image.name, f"{entry.annotation}: its image")
+
+
 def _unreadable_record(entry: _Entry, error: ImageReadError, class_index: dict[str, int],
                        unknown: Counter) -> tuple[ImageRecord, str]:
     """An evaluation record for an image that cannot be read: no training targets, its annotated objects as truth.
@@ -359,6 +426,20 @@ def _unreadable_record(entry: _Entry, error: ImageReadError, class_index: dict[s
                          entry.coco_id, truth, image_error=str(error))
     notes = f"; annotation: {'; '.join(raw.notes)}" if raw.notes else ""
     return record, f"unreadable: {error} ({missed_objects(int((~truth.difficult).sum()))}){notes}"
+
+
+def _pixel_entry(entry: _Entry) -> _Entry:
+    """The entry with its YOLO rows in pixels, for an image that cannot be decoded: scaled by the size its header
+    declares (a bomb, a cut file), else left normalised (a missing or empty file: the size is unknown; the objects
+    still count as missed, only their COCO area bucket is then 'small')."""
+    raw = entry.raw
+    if not isinstance(raw, YoloLabels):
+        return entry
+    height, width = (entry.image and image_size(entry.image)) or (1, 1)
+    scale = np.array([width, height, width, height], np.float64)
+    size = (height, width) if (height, width) != (1, 1) else None
+    pixels = RawAnnotation(raw.names, raw.boxes * scale, raw.difficult, size, list(raw.notes))
+    return replace(entry, raw=pixels)
 
 
 def _check_yolo_entry(entry: _Entry, class_index: dict[str, int],
@@ -381,6 +462,13 @@ def _check_yolo_entry(entry: _Entry, class_index: dict[str, int],
     return record, notes
 
 
+def shared_images(first: DatasetIndex, second: DatasetIndex) -> list[Path]:
+    """Image files that are in both indexes (resolved paths), sorted: a split leak unless asked for."""
+    def files(index: DatasetIndex) -> set[Path]:
+        return {record.path.resolve() for record in index.records}
+    return sorted(files(first) & files(second))
+
+
 def missed_objects(count: int, images: int = 1) -> str:
     """'its 2 objects count as missed', 'its 1 object counts as missed', 'their 5 objects count as missed'."""
     owner = "its" if images == 1 else "their"
@@ -397,8 +485,8 @@ def _build_index(entries: list[_Entry], classes: list[str], split: str, problems
             check = _check_yolo_entry if isinstance(entry.raw, YoloLabels) else _check_entry
             record, notes = check(entry, class_index, unknown)
         except ImageReadError as err:
-            if keep_unreadable and isinstance(entry.raw, RawAnnotation):
-                record, line = _unreadable_record(entry, err, class_index, unknown)
+            if keep_unreadable:
+                record, line = _unreadable_record(_pixel_entry(entry), err, class_index, unknown)
                 problems.append(line)
                 index.records.append(record)
             else:
@@ -406,6 +494,10 @@ def _build_index(entries: list[_Entry], classes: list[str], split: str, problems
             continue
         except AnnotationError as err:
             problems.append(f"skipped: {err}")
+            continue
+        except UnsafePathError as err:  # not an image of this dataset: neither trained on nor scored (README)
+            problems.append(f"skipped (unsafe path): {err}")
+            index.refused += 1
             continue
         if notes and entry.line_notes:
             index.fixed += 1
@@ -422,7 +514,7 @@ def _build_index(entries: list[_Entry], classes: list[str], split: str, problems
                 continue
             index.background += 1
         index.records.append(record)
-    index.skipped = sum(line.startswith("skipped:") for line in problems)
+    index.skipped = sum(line.startswith("skipped") for line in problems)
     index.unknown_objects = dict(unknown)
     return index
 
@@ -492,7 +584,7 @@ def load_split(data: str | Path, split: str, classes: list[str] | None = None, k
     keep_unreadable: keep images that cannot be read (missing, empty, undecodable) as records with `image_error`
     set, so that evaluation counts their objects as missed; otherwise (training) they are skipped.
     """
-    data = Path(data)
+    data = check_user_path(data, "--data", folder_ok=True)
     if not data.exists():
         raise MissingFileError(f"dataset {data} does not exist; pass --data a VOCdevkit folder, an images/ + "
                                "annotations/ folder pair or a COCO instances json")
@@ -503,7 +595,10 @@ def load_split(data: str | Path, split: str, classes: list[str] | None = None, k
     if json_path is None and is_yolo_source(data):
         entries, found = _yolo_entries(data, split, classes, seed, problems)
     elif json_path is not None:
-        entries, found = _coco_entries(json_path)
+        part = "all"
+        if data.is_file():
+            json_path, part = _coco_json_split(json_path, split, seed)
+        entries, found = _coco_entries(json_path, problems, part, seed)
     else:
         entries = _xml_source_entries(data, split, seed, problems)
         found = _discover(entries)

@@ -44,7 +44,7 @@ from utils.dataloader import (
     save_preview,
     train_collate,
 )
-from utils.datasets import DatasetIndex, EmptySplitError, load_split
+from utils.datasets import DatasetIndex, EmptySplitError, load_split, shared_images
 from utils.device import autocast, autocast_dtype, select_device
 from utils.download import local_weights
 from utils.errors import ConfigError, DatasetError, MissingFileError, UserError
@@ -54,7 +54,14 @@ from utils.loss import YoloLoss
 from utils.optim import DEFAULT_LR, LRSchedule, build_optimizer, ema_model, scaled_lr, set_lr
 from utils.plots import letterboxed_boxes, plot_confidence_curves, plot_confusion_matrix, plot_labels
 from utils.run_config import write_args_yaml
-from utils.run_logging import add_log_file, claim_run_dir, plot_results, write_results_csv
+from utils.run_logging import (
+    Terminated,
+    add_log_file,
+    claim_run_dir,
+    plot_results,
+    remove_if_empty,
+    write_results_csv,
+)
 from utils.visualize import draw_detections, image_grid
 
 LOGGER = logging.getLogger(__name__)
@@ -321,8 +328,15 @@ class Trainer:
         self.device = dist_utils.init_distributed(select_device(config.device))
         self.main = dist_utils.is_main_process()
         torch.manual_seed(config.seed + dist_utils.rank())
-        self._setup_data(resume)  # before the run folder exists: a dataset error leaves no empty run behind
+        # claimed before the data loads: two runs started together never share a folder, and an unwritable
+        # --save-dir is found before any work; a dataset error removes the still-empty folder again
         self.run_dir = run_dir or self._claim_run_dir()
+        try:
+            self._setup_data(resume)
+        except BaseException:
+            if run_dir is None and self.main:
+                remove_if_empty(self.run_dir)
+            raise
         self._setup_files()
         if self.main:
             self._log_data_summary()
@@ -355,7 +369,11 @@ class Trainer:
         self.train_index = load_split(cfg.data, cfg.train_split, classes=classes, keep_difficult=cfg.keep_difficult,
                                       seed=SPLIT_SEED)
         self.classes = self.train_index.classes
+        if not self.classes:  # here, before any file is written: the still-empty run folder is removed again
+            raise DatasetError(f"{cfg.data}: no class names (the {cfg.train_split!r} split has no objects); give "
+                               "--names FILE or annotations with objects")
         self.val_index = self._load_val_index()
+        self._check_split_leak()
         if not self.train_index.records:
             raise DatasetError(f"the {cfg.train_split!r} split of {cfg.data} holds no images; check the dataset folder")
         self.augment = AugmentConfig(**cfg.augment)
@@ -377,6 +395,17 @@ class Trainer:
             LOGGER.warning("%s; validating on the training images instead (the figures then measure fit, not "
                            "generalisation; add images or give --val-split none)", err)
             return load_split(cfg.data, cfg.train_split, classes=self.classes, seed=SPLIT_SEED, keep_unreadable=True)
+
+    def _check_split_leak(self) -> None:
+        """Warn when validation would score training images (overlapping split files), unless asked for."""
+        cfg = self.config
+        shared = shared_images(self.train_index, self.val_index)
+        asked = cfg.val_split == cfg.train_split or self.val_index.split == self.train_index.split  # or fallen back to
+        if shared and not asked and self.main:
+            LOGGER.warning("%d image(s) of the '%s' split are also in the '%s' split (e.g. %s): validation mAP and "
+                           "best.pth would score training images; fix the split files (ImageSets/Main), or pass "
+                           "--val-split %s to validate on the training split knowingly", len(shared), cfg.val_split,
+                           cfg.train_split, shared[0].name, cfg.train_split)
 
     def _log_data_summary(self) -> None:
         if not self.val_index.records:
@@ -460,11 +489,13 @@ class Trainer:
                 self._train_epoch(epoch)
                 if self._stopped_early():
                     break
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (run_logging.Terminated): same clean-up
             if self.main:
-                LOGGER.warning("interrupted: saving %s (resume with --resume %s)", self.run_dir / "last.pth",
+                why = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+                LOGGER.warning("%s: saving %s (resume with --resume %s)", why, self.run_dir / "last.pth",
                                self.run_dir)
                 self._save("last.pth")
+                LOGGER.warning("saved %s after %d finished epoch(s)", self.run_dir / "last.pth", self.state.epoch)
             raise
         finally:
             if self.writer is not None:

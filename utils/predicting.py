@@ -59,18 +59,20 @@ class ResultWriter:
         self.counts.update(self.class_name(int(c)) for c in detections[:, 5])
         if self.save_dir is None:
             return
-        stem = Path(frame.name).stem
+        stem = frame.stem or Path(frame.name).stem  # distinct per input (utils.sources.output_names)
         if annotated is not None and self.save_images:
             if video_stem is not None:
                 self._write_video_frame(video_stem, annotated)
             else:
-                name = frame.name if Path(frame.name).suffix else f"{frame.name}.jpg"
+                name = frame.output or frame.name
+                name = name if Path(name).suffix else f"{name}.jpg"
+                (self.save_dir / name).parent.mkdir(parents=True, exist_ok=True)
                 write_image(self.save_dir / name, annotated)
         if self.save_txt:
-            labels = self.save_dir / "labels"
-            labels.mkdir(exist_ok=True)
+            label = self.save_dir / "labels" / f"{stem}.txt"
+            label.parent.mkdir(parents=True, exist_ok=True)
             lines = yolo_lines(detections, *frame.image.shape[:2])
-            (labels / f"{stem}.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            label.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         if self.save_crop:
             self._write_crops(frame.image, detections, stem)
 
@@ -86,9 +88,9 @@ class ResultWriter:
             x1, y1, x2, y2 = int(x1), int(y1), int(np.ceil(x2)), int(np.ceil(y2))
             if x2 <= x1 or y2 <= y1:
                 continue
-            folder = self.save_dir / "crops" / self.crop_folder(int(label))
-            folder.mkdir(parents=True, exist_ok=True)
-            write_image(folder / f"{stem}_{k}.jpg", image[y1:y2, x1:x2])
+            crop = self.save_dir / "crops" / self.crop_folder(int(label)) / f"{stem}_{k}.jpg"
+            crop.parent.mkdir(parents=True, exist_ok=True)
+            write_image(crop, image[y1:y2, x1:x2])
 
     def _write_video_frame(self, stem: str, annotated: np.ndarray) -> None:
         if self._video is None:

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import errno
 import io
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -68,15 +72,52 @@ def claim_run_dir(save_dir: str | Path, name: str) -> Path:
     loser of each race moves on to the next number. `name` is made safe as a folder name (see safe_run_name).
     """
     base, name = Path(save_dir), safe_run_name(name)
-    base.mkdir(parents=True, exist_ok=True)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputFolderError(f"cannot create the output folder {base} ({err.strerror or err}); choose a writable "
+                                "--save-dir") from None
     number = 1
     while True:
         candidate = base / (name if number == 1 else f"{name}{number}")
         try:
             candidate.mkdir()
-            return candidate
         except FileExistsError:  # an earlier run, or another process that took this name meanwhile
             number += 1
+            continue
+        except OSError as err:
+            raise OutputFolderError(f"cannot create a run folder in {base} ({err.strerror or err}); it is read-only "
+                                    "or not writable: choose another --save-dir") from None
+        _check_writable(candidate)
+        return candidate
+
+
+class OutputFolderError(UserError, OSError):
+    """An output location that cannot be written (read-only file system, no permission)."""
+
+
+def _check_writable(folder: Path) -> None:
+    """Write and remove a probe file, so a read-only location is found before any work starts (mkdir can succeed
+    where files cannot be written, e.g. on some network and overlay file systems)."""
+    probe = folder / ".write_test"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        remove_if_empty(folder)
+        raise OutputFolderError(f"the run folder {folder} is not writable ({err.strerror or err}); choose another "
+                                "--save-dir") from None
+
+
+def remove_if_empty(folder: str | Path | None) -> None:
+    """Remove a claimed run folder that is still empty (the run failed before writing anything): no empty run is
+    left behind. A folder holding anything is kept."""
+    if folder is None:
+        return
+    try:
+        Path(folder).rmdir()  # fails unless empty
+    except OSError:
+        pass
 
 
 def write_results_csv(history: list[dict], path: Path) -> None:
@@ -90,7 +131,11 @@ def write_results_csv(history: list[dict], path: Path) -> None:
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     tmp = path.with_suffix(".csv.tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    try:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8")
+    except OSError as err:  # name the file (a failed write carries no file name): "no space left on <path>"
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from None
     os.replace(tmp, path)
 
 
@@ -137,6 +182,29 @@ OUT_OF_MEMORY = (MemoryError, torch.cuda.OutOfMemoryError)
 OUT_OF_MEMORY_FIX = "lower --batch-size, --input-shape or --workers (run with --verbose for the original error)"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM, Kubernetes and `timeout` send), raised like Ctrl-C so the same clean-up runs (train.py
+    saves last.pth); run_command then exits with 143 (128 + SIGTERM), as a process killed by it would."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut short the clean-up of the first
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises Terminated inside the block (main thread only: only it can set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_command(action: Callable[[], object], verbose: bool, logger: logging.Logger) -> int:
     """Run `action()` for an entry script and return its exit status.
 
@@ -145,12 +213,20 @@ def run_command(action: Callable[[], object], verbose: bool, logger: logging.Log
     Anything else (a bug here, in torch or in a dependency) propagates with its traceback: it is what to report.
     """
     try:
-        action()
+        with _sigterm_raises():
+            action()
+    except Terminated:
+        logger.warning("terminated (SIGTERM): exit 143")
+        return 143
     except KeyboardInterrupt:
         return 130
     except (UserError, OSError) as err:
         if verbose:
             raise
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            logger.error("error: no space left on %s; free some space (then --resume a training run)",
+                         err.filename or "the output device")
+            return 1
         logger.error("error: %s", err)
         return 1
     except OUT_OF_MEMORY as err:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +18,7 @@ import numpy as np
 
 from utils.errors import UserError
 from utils.image_io import IMAGE_SUFFIXES, ImageReadError, read_image, truncation_warning
+from utils.paths import check_user_path
 
 LOGGER = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".flv")
@@ -33,6 +36,8 @@ class Frame:
     name: str
     image: np.ndarray
     index: int
+    output: str = ""  # where its outputs go, relative to the run folder ("a/img.jpg"); "" = `name`
+    stem: str = ""  # the stem of its label file and crops ("a/img", or "a/img_png" when a/img.jpg is also an input)
 
 
 def supported_types() -> str:
@@ -53,6 +58,7 @@ class ImageSource:
         self.paths = paths
         self.length: int | None = len(paths)
         self.skipped: list[str] = []
+        self.outputs = output_names(paths)
 
     def __iter__(self) -> Iterator[Frame]:
         for index, path in enumerate(self.paths):
@@ -68,7 +74,26 @@ class ImageSource:
             warning = truncation_warning(path, notes)
             if warning:
                 LOGGER.warning("%s", warning)
-            yield Frame(path.name, image, index)
+            output, stem = self.outputs[index]
+            yield Frame(path.name, image, index, output, stem)
+
+
+def output_names(paths: list[Path]) -> list[tuple[str, str]]:
+    """(output path, label/crop stem) per input, relative to the run folder and distinct for distinct inputs.
+
+    Inputs from several folders (a glob such as 'dir/**/*.*') keep their path relative to the folder they share, so
+    a/img.jpg and b/img.jpg write a/img.jpg and b/img.jpg; inputs of one folder keep their bare names. Label files and
+    crops use the output path without its suffix, unless two inputs share it (a/img.jpg, a/img.png): then the suffix
+    stays in the stem (a/img_jpg, a/img_png). Deterministic: the same inputs always get the same names."""
+    if not paths:
+        return []
+    resolved = [p.absolute() for p in paths]
+    common = Path(os.path.commonpath([p.parent for p in resolved]))
+    outputs = [p.relative_to(common).as_posix() for p in resolved]
+    stems = [output.rsplit(".", 1)[0] if "." in Path(output).name else output for output in outputs]
+    shared = Counter(stem.casefold() for stem in stems)
+    return [(output, stem if shared[stem.casefold()] == 1 else output.replace(".", "_"))
+            for output, stem in zip(outputs, stems, strict=True)]
 
 
 class VideoSource:
@@ -156,7 +181,7 @@ def open_source(spec: str | Path) -> ImageSource | VideoSource:
         if not matches:
             raise SourceError(f"the pattern {text!r} matches no files; check the folder and the pattern")
         return _images_in(matches, f"the pattern {text!r}")
-    path = Path(text)
+    path = check_user_path(text, "--source", folder_ok=True)  # a FIFO or device would block the read forever
     if not path.exists():
         raise SourceError(f"source {path} not found; give an existing image, folder, glob pattern, video file or "
                           "webcam index")

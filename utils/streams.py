@@ -451,7 +451,7 @@ class StreamSet:
             for image in source.images(stop):
                 index, source.frames = source.frames, source.frames + 1
                 if index % source.stride == 0:
-                    frame = StreamFrame(f"{source.stem}_{index:06d}", image, index, source.stem)
+                    frame = StreamFrame(f"{source.stem}_{index:06d}", image, index, source=source.stem)
                     if not put((self._FRAME, number, frame)):
                         return
         except (StreamError, OSError) as err:

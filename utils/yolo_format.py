@@ -219,10 +219,18 @@ def _inside_root(root: Path, entry: str, what: str) -> Path:
         if target.is_dir() and target.is_relative_to(root):
             return (root / candidate) if not Path(candidate).is_absolute() else target
         if target.exists() and not target.is_dir():
-            return resolve_inside(root, candidate, f"{what} ({entry})")
+            return _contained(root, root / candidate, f"{what} ({entry})")
     if (root / entry).resolve().is_relative_to(root):
         raise MissingFileError(f"{what}: {entry} not found under {root}; fix the entry or 'path'")
     raise DatasetError(f"{what}: {entry} leads outside the dataset folder {root}; keep the data inside it")
+
+
+def _contained(root: Path, path: Path, what: str) -> Path:
+    """utils.paths.resolve_inside for a path that may be written absolute (Ultralytics allows absolute entries in
+    yaml and list files): it is taken relative to `root` first, so one inside the dataset passes and one outside
+    (or a link leading out) is refused."""
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    return resolve_inside(root, relative, what)
 
 
 def _folder_images(folder: Path, root: Path, problems: list[str]) -> list[Path]:
@@ -230,8 +238,7 @@ def _folder_images(folder: Path, root: Path, problems: list[str]) -> list[Path]:
     for path in sorted(folder.rglob("*")):
         if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir():
             try:
-                resolve_inside(root, str(path.relative_to(root) if path.is_relative_to(root) else path),
-                               f"image {path}")
+                _contained(root, path, f"image {path}")
             except UserError as err:
                 problems.append(f"skipped: {err}")
                 continue
@@ -248,7 +255,7 @@ def _listed_images(list_file: Path, root: Path, problems: list[str]) -> list[Pat
             continue
         path = Path(entry) if Path(entry).is_absolute() else list_file.parent / entry
         try:
-            resolve_inside(root, str(path), f"{list_file}:{number}")
+            _contained(root, path, f"{list_file}:{number}")
         except UserError as err:
             problems.append(f"skipped: {err}")
             continue
@@ -276,7 +283,7 @@ def parse_label_file(path: Path, names: list[str] | None, root: Path | None = No
         return labels
     try:
         if root is not None:
-            resolve_inside(root, str(path), f"label file {path}")
+            _contained(root, path, f"label file {path}")
         text = _bounded_text(path, MAX_LABEL_BYTES)
     except (UserError, OSError) as err:
         raise AnnotationError(f"{path}: cannot be used ({err}); fix or remove the label file") from None
