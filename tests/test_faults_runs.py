@@ -88,8 +88,10 @@ def test_read_only_output_is_found_before_the_work(tmp_path):
         weights = tmp_path / "missing.pth"  # never reached: the folder check comes first
         results = cli_many([
             ("train.py", ["--data", data, "--save-dir", read_only, *TRAIN_FAST]),
-            ("eval.py", ["--weights", weights, "--data", data, "--device", "cpu", "--save-dir", read_only, "--name", "e"]),
-            ("predict.py", ["--weights", weights, "--source", data, "--device", "cpu", "--save-dir", read_only, "--name", "p"]),
+            ("eval.py", ["--weights", weights, "--data", data, "--device", "cpu", "--save-dir", read_only,
+                         "--name", "e"]),
+            ("predict.py", ["--weights", weights, "--source", data, "--device", "cpu", "--save-dir", read_only,
+                            "--name", "p"]),
         ])
     finally:
         _umount(read_only)
