@@ -24,12 +24,12 @@ if not __package__:  # run as `python benchmarks/bench_attention_init.py`: the r
     sys.path.insert(0, str(ROOT))
 
 from nets.attention import ATTENTION_NAMES, create_attention  # noqa: E402
-from utils.checkpoint import load_model, load_weights  # noqa: E402
-from utils.config import ModelConfig, build_model  # noqa: E402
-from utils.dataloader import EvalDataset, build_loader, eval_collate  # noqa: E402
-from utils.datasets import load_split  # noqa: E402
-from utils.evaluation import evaluate  # noqa: E402
-from utils.image_io import to_model_input  # noqa: E402
+from utils.common.image_io import to_model_input  # noqa: E402
+from utils.data.index import load_split  # noqa: E402
+from utils.data.loader import EvalDataset, build_loader, eval_collate  # noqa: E402
+from utils.eval.evaluation import evaluate  # noqa: E402
+from utils.model.checkpoint import load_model, load_weights  # noqa: E402
+from utils.model.config import ModelConfig, build_model  # noqa: E402
 
 INITS = ("default", "zero-gate", "identity")
 

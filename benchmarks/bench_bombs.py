@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if not __package__:  # run as `python benchmarks/bench_bombs.py`: the repository root is not on sys.path yet
     sys.path.insert(0, str(ROOT))
 
-from utils.config import ModelConfig, build_model  # noqa: E402
+from utils.model.config import ModelConfig, build_model  # noqa: E402
 
 SAMPLE = ROOT / "VOCdevkit" / "VOC2007"
 

@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if not __package__:  # run as `python benchmarks/bench_data.py`: the repository root is not on sys.path yet
     sys.path.insert(0, str(ROOT))
 
-from utils.augment import AugmentConfig  # noqa: E402
-from utils.dataloader import TrainDataset, build_loader  # noqa: E402
-from utils.datasets import load_split  # noqa: E402
+from utils.data.augment import AugmentConfig  # noqa: E402
+from utils.data.index import load_split  # noqa: E402
+from utils.data.loader import TrainDataset, build_loader  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "raccoon_dataset"
 

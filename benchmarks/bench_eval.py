@@ -1,4 +1,4 @@
-"""Seconds to compute VOC mAP@0.5 (utils.metrics.voc_evaluate) on a synthetic VOC-sized result set.
+"""Seconds to compute VOC mAP@0.5 (utils.eval.metrics.voc_evaluate) on a synthetic VOC-sized result set.
 
     python benchmarks/bench_eval.py [--images 5000] [--dets 30] [--classes 20] [--repeat 5]
 
@@ -21,7 +21,8 @@ import numpy as np
 
 if not __package__:  # run as `python benchmarks/bench_eval.py`: the repository root is not on sys.path yet
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from utils.metrics import GroundTruthBoxes, voc_evaluate
+from utils.common.boxes import GroundTruthBoxes
+from utils.eval.metrics import voc_evaluate
 
 
 def synthetic(images: int, dets: int, classes: int, seed: int = 0):

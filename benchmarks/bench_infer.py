@@ -5,11 +5,11 @@ Variants, each at every --batch-sizes:
 - baseline: the plain fp32 model (BatchNorm unfused, NCHW), images read one after another (like the reference
   implementation, which does about 18 images/s here at phi 2, 416 px);
 - fused_fp32: Detector with Conv+BN fused, channels_last, image reading/letterboxing on a prefetch thread;
-- fused_amp: the same with autocast (bf16 on CPUs with native bf16, see utils.device), when the CPU has it;
+- fused_amp: the same with autocast (bf16 on CPUs with native bf16, see utils.common.device), when the CPU has it;
 - compiled_fp32 (opt-in via --variants): fused_fp32 through torch.compile (inductor, frozen weights), compiled
   before timing; each partial last batch recompiles, so use it at batch 1;
-- onnxruntime: the model exported with utils.export (decoding inside) run by onnxruntime, same prefetching;
-- onnxruntime_int8: that export quantized by utils.quantize (static int8, calibrated on 100 images of --data's
+- onnxruntime: the model exported with utils.deploy.export (decoding inside) run by onnxruntime, same prefetching;
+- onnxruntime_int8: that export quantized by utils.deploy.quantize (static int8, calibrated on 100 images of --data's
   --calib-split, or of --images without --data), as `predict.py --export onnx --int8` makes it.
 
 The (variant, batch) runs are interleaved in --rounds rounds over slices of the images, so a shared machine's
@@ -40,15 +40,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if not __package__:  # run as `python benchmarks/bench_infer.py`: the repository root is not on sys.path yet
     sys.path.insert(0, str(ROOT))
 
-from utils.checkpoint import load_model  # noqa: E402
-from utils.config import ModelConfig, build_model  # noqa: E402
-from utils.datasets import load_split  # noqa: E402
-from utils.device import autocast_dtype  # noqa: E402
-from utils.evaluation import compute_metrics  # noqa: E402
-from utils.export import OnnxDetector, export_onnx  # noqa: E402
-from utils.image_io import IMAGE_SUFFIXES, read_image  # noqa: E402
-from utils.inference import BaseDetector, DetectOptions, Detector  # noqa: E402
-from utils.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx  # noqa: E402
+from utils.common.device import autocast_dtype  # noqa: E402
+from utils.common.image_io import IMAGE_SUFFIXES, read_image  # noqa: E402
+from utils.data.index import load_split  # noqa: E402
+from utils.deploy.export import export_onnx  # noqa: E402
+from utils.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx  # noqa: E402
+from utils.eval.evaluation import compute_metrics  # noqa: E402
+from utils.model.checkpoint import load_model  # noqa: E402
+from utils.model.config import ModelConfig, build_model  # noqa: E402
+from utils.runtime.detector import BaseDetector, DetectOptions, Detector  # noqa: E402
+from utils.runtime.onnx import OnnxDetector  # noqa: E402
 
 LOGGER = logging.getLogger("bench_infer")
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "raccoon_dataset" / "images"

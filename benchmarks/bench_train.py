@@ -22,15 +22,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if not __package__:  # run as `python benchmarks/bench_train.py`: the repository root is not on sys.path yet
     sys.path.insert(0, str(ROOT))
 
-from utils.augment import AugmentConfig  # noqa: E402
-from utils.config import ModelConfig, build_model  # noqa: E402
-from utils.dataloader import TrainDataset, build_loader, train_collate  # noqa: E402
-from utils.datasets import load_split  # noqa: E402
-from utils.device import autocast, autocast_dtype, select_device  # noqa: E402
-from utils.engine import TrainConfig, make_scaler, optimizer_step  # noqa: E402
-from utils.image_io import to_model_input  # noqa: E402
-from utils.loss import YoloLoss  # noqa: E402
-from utils.optim import build_optimizer  # noqa: E402
+from utils.common.device import autocast, autocast_dtype, select_device  # noqa: E402
+from utils.common.image_io import to_model_input  # noqa: E402
+from utils.data.augment import AugmentConfig  # noqa: E402
+from utils.data.index import load_split  # noqa: E402
+from utils.data.loader import TrainDataset, build_loader, train_collate  # noqa: E402
+from utils.model.config import ModelConfig, build_model  # noqa: E402
+from utils.train.config import TrainConfig  # noqa: E402
+from utils.train.loss import YoloLoss  # noqa: E402
+from utils.train.optim import build_optimizer  # noqa: E402
+from utils.train.trainer import make_scaler, optimizer_step  # noqa: E402
 
 
 def measure(loader, config: ModelConfig, device: torch.device, amp: bool, iters: int, warmup: int) -> float:

@@ -20,10 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if not __package__:  # run as `python benchmarks/bench_val.py`: the repository root is not on sys.path yet
     sys.path.insert(0, str(ROOT))
 
-from utils.checkpoint import load_checkpoint  # noqa: E402
-from utils.config import parse_input_shape  # noqa: E402
-from utils.datasets import load_split  # noqa: E402
-from utils.engine import TrainConfig, train  # noqa: E402
+from utils.data.index import load_split  # noqa: E402
+from utils.model.checkpoint import load_checkpoint  # noqa: E402
+from utils.model.config import parse_input_shape  # noqa: E402
+from utils.train.config import TrainConfig  # noqa: E402
+from utils.train.trainer import train  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -17,20 +17,20 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from utils.errors import ConfigError
+from nets.errors import ModelConfigError
 
 # The command-line flag behind each block option, for messages.
 OPTION_FLAGS = {"reduction": "--attention-reduction", "kernel_size": "--cbam-kernel"}
 
 
 def hidden_width(channels: int, reduction: int, minimum: int = 0) -> int:
-    """max(channels // reduction, minimum); a ConfigError naming the flag when no channel would be left."""
+    """max(channels // reduction, minimum); a ModelConfigError naming the flag when no channel would be left."""
     if not isinstance(reduction, int) or isinstance(reduction, bool) or reduction < 1:
-        raise ConfigError(f"{OPTION_FLAGS['reduction']} must be a positive integer, got {reduction!r}")
+        raise ModelConfigError(f"{OPTION_FLAGS['reduction']} must be a positive integer, got {reduction!r}")
     width = max(channels // reduction, minimum)
     if width < 1:
-        raise ConfigError(f"{OPTION_FLAGS['reduction']} {reduction} leaves no hidden channel in a {channels}-channel "
-                         f"attention block; use at most {channels}")
+        raise ModelConfigError(f"{OPTION_FLAGS['reduction']} {reduction} leaves no hidden channel in a "
+                               f"{channels}-channel attention block; use at most {channels}")
     return width
 
 
@@ -137,7 +137,7 @@ class SpatialAttention(nn.Module):
     def __init__(self, kernel_size: int = 7):
         super().__init__()
         if kernel_size not in (3, 7):
-            raise ConfigError(f"{OPTION_FLAGS['kernel_size']} must be 3 or 7, got {kernel_size}")
+            raise ModelConfigError(f"{OPTION_FLAGS['kernel_size']} must be 3 or 7, got {kernel_size}")
         self.conv1 = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
         self.sigmoid = nn.Sigmoid()
 
@@ -288,17 +288,17 @@ def attention_name(phi: int | str) -> str:
     """Map `phi` (an index 0..4 or a name, any case) to the attention's registry name."""
     valid = ", ".join(f"{i}/{n}" for i, n in enumerate(ATTENTION_NAMES))
     if isinstance(phi, bool):
-        raise ConfigError(f"invalid attention {phi!r}; valid values: {valid}")
+        raise ModelConfigError(f"invalid attention {phi!r}; valid values: {valid}")
     if isinstance(phi, int):
         if 0 <= phi < len(ATTENTION_NAMES):
             return ATTENTION_NAMES[phi]
-        raise ConfigError(f"invalid phi {phi}; valid values: {valid}")
+        raise ModelConfigError(f"invalid phi {phi}; valid values: {valid}")
     text = str(phi).strip().lower()
     if text.isdigit():
         return attention_name(int(text))
     if text in ATTENTION_BLOCKS:
         return text
-    raise ConfigError(f"invalid attention {phi!r}; valid values: {valid}")
+    raise ModelConfigError(f"invalid attention {phi!r}; valid values: {valid}")
 
 
 def block_options(name: int | str) -> dict[str, object]:
@@ -315,7 +315,7 @@ def create_attention(name: int | str, channels: int, reduction: int | None = Non
     """Build the attention block `name` for a feature map with `channels` channels (nn.Identity for none).
 
     `reduction` / `kernel_size` None mean the block's reference default; giving one to a block without that option
-    is a ConfigError (a ValueError) naming the flag."""
+    is a ModelConfigError (a ValueError) naming the flag."""
     name = attention_name(name)
     block = ATTENTION_BLOCKS[name]
     if block is None:
@@ -323,7 +323,7 @@ def create_attention(name: int | str, channels: int, reduction: int | None = Non
     given = {k: v for k, v in (("reduction", reduction), ("kernel_size", kernel_size)) if v is not None}
     unsupported = sorted(given.keys() - block_options(name).keys())
     if unsupported:
-        raise ConfigError(f"attention {name!r} has no {OPTION_FLAGS[unsupported[0]]} option")
+        raise ModelConfigError(f"attention {name!r} has no {OPTION_FLAGS[unsupported[0]]} option")
     return block(channels, gain=gain, **given)
 
 

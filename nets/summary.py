@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Sequence
 
@@ -12,11 +11,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nets.attention import ATTENTION_NAMES
-from nets.yolo import ATTENTION_PLACES
-from utils.config import ModelConfig, build_model, parse_input_shape
-from utils.run_logging import run_command, setup_logging
-
-LOGGER = logging.getLogger(__name__)
+from nets.errors import ModelConfigError
+from nets.yolo import ATTENTION_PLACES, DEFAULT_ANCHORS_MASK, YoloBody, check_input_size
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -57,10 +53,24 @@ def variants() -> list[tuple[str, str]]:
 
 
 def summary_model(num_classes: int, attention: str, attention_at: str, input_shape: Sequence[int]) -> nn.Module:
-    """The YoloBody a ModelConfig with these settings describes (random weights)."""
-    config = ModelConfig(classes=[f"class{i}" for i in range(num_classes)], attention=attention,
-                         attention_at=attention_at, input_shape=list(input_shape))
-    return build_model(config)
+    """A YoloBody with these settings and the default anchor masks (random weights)."""
+    check_input_size(*input_shape)
+    if num_classes < 1:
+        raise ModelConfigError(f"--num-classes must be a positive integer, got {num_classes}")
+    return YoloBody(DEFAULT_ANCHORS_MASK, num_classes, attention, attention_at)
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    """'416' or 'height,width' -> (height, width), positive multiples of the model's stride."""
+    try:
+        sides = [int(part) for part in str(value).split(",")]
+    except ValueError:
+        raise ModelConfigError(f"--input-shape {value!r}: give 416 or height,width") from None
+    if len(sides) not in (1, 2):
+        raise ModelConfigError(f"--input-shape {value!r}: give 416 or height,width")
+    height, width = sides if len(sides) == 2 else sides * 2
+    check_input_size(height, width)
+    return height, width
 
 
 def summary_table(num_classes: int, input_shape: tuple[int, int]) -> str:
@@ -85,15 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", action="store_true", help="a Markdown table of every (attention, placement)")
     parser.add_argument("--verbose", action="store_true", help="full tracebacks")
     args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-
-    def summarise() -> None:
-        input_shape = tuple(parse_input_shape(args.input_shape))
+    try:
+        input_shape = parse_size(args.input_shape)
         if args.table:
             print(summary_table(args.num_classes, input_shape))
-            return
-        print(model_summary(summary_model(args.num_classes, args.phi, args.attention_at, input_shape), input_shape))
-    return run_command(summarise, args.verbose, LOGGER)
+        else:
+            model = summary_model(args.num_classes, args.phi, args.attention_at, input_shape)
+            print(model_summary(model, input_shape))
+    except ModelConfigError as err:  # a bad option is one line; anything else is a bug and keeps its traceback
+        if args.verbose:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,7 +9,15 @@ from torch import nn
 
 from nets.attention import OPTION_FLAGS, AttentionBlock, attention_name, create_attention, identify_block
 from nets.backbone import BasicConv, CSPDarknet53Tiny
-from utils.errors import ConfigError
+from nets.errors import ModelConfigError
+
+# Darknet's yolov4-tiny.cfg anchors (w, h in input pixels at 416): the one source of the default, copied into every
+# checkpoint's ModelConfig so a trained model never depends on it.
+# `python -m utils.anchors` fits anchors to a dataset.
+DEFAULT_ANCHORS = [[10, 14], [23, 27], [37, 58], [81, 82], [135, 169], [344, 319]]
+# Darknet's yolov4-tiny.cfg: the stride-32 head uses anchors 3,4,5 and the stride-16 head 1,2,3.
+DEFAULT_ANCHORS_MASK = [[3, 4, 5], [1, 2, 3]]
+
 
 # Output stride of each head, in the order YoloBody.forward returns them: P5 on the backbone's 1/32 map, then P4 on
 # its 1/16 map (tests/test_model.py checks this against real outputs). The one definition the loss, decoding, heat
@@ -26,7 +34,7 @@ def attention_place(at: str) -> str:
     """Validate --attention-at."""
     text = str(at).strip().lower()
     if text not in ATTENTION_PLACES:
-        raise ConfigError(f"invalid --attention-at {at!r}; valid values: {', '.join(ATTENTION_PLACES)}")
+        raise ModelConfigError(f"invalid --attention-at {at!r}; valid values: {', '.join(ATTENTION_PLACES)}")
     return text
 
 
@@ -48,9 +56,9 @@ def yolo_head(channels: tuple[int, int], in_channels: int) -> nn.Sequential:
 
 
 def check_input_size(height: int, width: int) -> None:
-    """Raise ConfigError (a ValueError) unless both sides are positive multiples of 32."""
+    """Raise ModelConfigError (a ValueError) unless both sides are positive multiples of 32."""
     if height <= 0 or width <= 0 or height % STRIDE or width % STRIDE:
-        raise ConfigError(
+        raise ModelConfigError(
             f"input size {height}x{width} is not a multiple of {STRIDE}; use e.g. 320, 416, 512 or 608")
 
 
@@ -68,7 +76,7 @@ class YoloBody(nn.Module):
                  reduction: int | None = None, cbam_kernel: int | None = None):
         super().__init__()
         if len(anchors_mask) != len(HEAD_STRIDES):
-            raise ConfigError(f"anchors_mask {anchors_mask} has {len(anchors_mask)} masks; this model has "
+            raise ModelConfigError(f"anchors_mask {anchors_mask} has {len(anchors_mask)} masks; this model has "
                               f"{len(HEAD_STRIDES)} heads and needs one mask per head")
         self.attention = attention_name(phi)
         self.attention_at = attention_place(attention_at) if self.attention != "none" else "neck"

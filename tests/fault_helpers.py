@@ -121,14 +121,14 @@ def _touch(folder: Path, name: str) -> None:
 
 
 def install_hooks(markers: Path, save_pause: float, eval_pause: float) -> None:
-    """Wrap utils.engine.train_one_epoch, evaluate (as utils.engine sees it) and torch.save (as utils.checkpoint
-    sees it)."""
+    """Wrap utils.train.trainer.train_one_epoch, evaluate (as the trainer module sees it) and torch.save (as
+    utils.model.checkpoint sees it)."""
     import inspect
 
     import torch
 
-    import utils.checkpoint as checkpoint
-    import utils.engine as engine
+    import utils.model.checkpoint as checkpoint
+    import utils.train.trainer as engine
 
     real_epoch, real_eval, real_save = engine.train_one_epoch, engine.evaluate, torch.save
     current = {"epoch": 0}
@@ -164,7 +164,7 @@ def install_hooks(markers: Path, save_pause: float, eval_pause: float) -> None:
         return None
 
     engine.train_one_epoch = train_one_epoch
-    engine.evaluate = evaluate  # the name the engine calls (imported from utils.evaluation)
+    engine.evaluate = evaluate  # the name the engine calls (imported from utils.eval.evaluation)
     checkpoint.torch.save = save  # patches torch.save for this child process only
 
 

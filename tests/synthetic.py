@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.checkpoint import save_checkpoint
-from utils.config import ModelConfig
-from utils.darknet import CONV_LAYER_INDEX
-from utils.darknet import write_weights as write_darknet_weights
-from utils.datasets import DatasetIndex, ImageRecord
-from utils.metrics import GroundTruthBoxes
+from utils.common.boxes import GroundTruthBoxes
+from utils.data.index import DatasetIndex, ImageRecord
+from utils.model.checkpoint import save_checkpoint
+from utils.model.config import ModelConfig
+from utils.model.darknet import CONV_LAYER_INDEX
+from utils.model.darknet import write_weights as write_darknet_weights
 
 COLOURS = {"red": (0, 0, 255), "green": (0, 200, 0), "blue": (255, 0, 0)}  # BGR for cv2.imwrite
 

@@ -15,9 +15,9 @@ import pytest
 
 from tests.paths import ROOT
 from tests.synthetic import make_voc
-from utils import ablate
-from utils.ablate import Run, check_train_flags, format_table, plan_runs, summarise
-from utils.stats import mean_std, paired_difference, t_cdf, t_quantile
+from utils.study import ablate
+from utils.study.ablate import Run, check_train_flags, format_table, plan_runs, summarise
+from utils.study.stats import mean_std, paired_difference, t_cdf, t_quantile
 
 
 # Two-sided 95% critical values of Student's t (any statistics table).
@@ -84,7 +84,7 @@ def test_a_study_folder_in_use_is_a_user_error(tmp_path):
     first.lock()
     if ablate.fcntl is None:
         pytest.skip("no advisory locks on this platform")
-    with pytest.raises(ablate.StudyError, match="another utils.ablate process"):
+    with pytest.raises(ablate.StudyError, match="another utils.study.ablate process"):
         second.lock()
 
 

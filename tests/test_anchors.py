@@ -8,18 +8,17 @@ import numpy as np
 import pytest
 
 from tests.paths import ROOT
-from utils.anchors import (
+from utils.anchors import main
+from utils.data.anchors import (
     MAX_RATIO,
     anchor_fitness,
     boxes_wh,
     check_anchors,
     format_anchors,
     kmeans_anchors,
-    main,
-    used_anchors,
     wh_iou,
 )
-from utils.config import ModelConfig, read_anchors
+from utils.model.config import ModelConfig, read_anchors
 
 CENTRES = np.array([[12, 16], [40, 28], [24, 70], [90, 100], [170, 130], [330, 300]], dtype=np.float64)
 
@@ -68,11 +67,11 @@ def test_fitness_by_hand():
 
 def test_check_anchors_warns_when_recall_is_low(caplog):
     wh = clustered_boxes(4)
-    with caplog.at_level(logging.INFO, logger="utils.anchors"):
+    with caplog.at_level(logging.INFO, logger="utils.data.anchors"):
         assert check_anchors(wh, CENTRES) == 1.0
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="utils.anchors"):
+    with caplog.at_level(logging.WARNING, logger="utils.data.anchors"):
         bpr = check_anchors(wh, np.array([[300, 300]]))  # one big anchor: small boxes are out of reach
     assert bpr < 0.98
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -81,7 +80,7 @@ def test_check_anchors_warns_when_recall_is_low(caplog):
 
 def test_used_anchors_follow_the_masks():
     config = ModelConfig(classes=["a"])  # stock masks [[3, 4, 5], [1, 2, 3]]: anchor 0 unused
-    np.testing.assert_array_equal(used_anchors(config), np.array(config.anchors[1:]))
+    np.testing.assert_array_equal(config.used_anchors(), np.array(config.anchors[1:]))
 
 
 def test_boxes_scaled_like_the_letterbox(tmp_path):

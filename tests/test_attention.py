@@ -25,9 +25,10 @@ from nets.attention import (
 from nets.summary import count_parameters
 from nets.yolo import ATTENTION_PLACES, YoloBody
 from tests.synthetic import make_voc, write_partial, write_weights
-from utils.checkpoint import CheckpointError, load_model, load_weights, save_checkpoint
-from utils.config import ModelConfig, build_model
-from utils.engine import TrainConfig, Trainer, load_initial_weights
+from utils.model.checkpoint import CheckpointError, load_model, load_weights, save_checkpoint
+from utils.model.config import ModelConfig, build_model
+from utils.train.config import TrainConfig
+from utils.train.trainer import Trainer, load_initial_weights
 
 MASK = [[3, 4, 5], [1, 2, 3]]
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -10,10 +10,16 @@ import torch
 import predict
 from nets.attention import ATTENTION_NAMES
 from tests.synthetic import write_weights
-from utils.attention_maps import CAPTION_LINE, AttentionRecorder, attention_detector, attention_picture, tile_size
-from utils.config import ModelConfig, build_model
-from utils.errors import ConfigError
-from utils.inference import BaseDetector, DetectOptions, Detector
+from utils.common.errors import ConfigError
+from utils.deploy.attention_maps import (
+    CAPTION_LINE,
+    AttentionRecorder,
+    attention_detector,
+    attention_picture,
+    tile_size,
+)
+from utils.model.config import ModelConfig, build_model
+from utils.runtime.detector import BaseDetector, DetectOptions, Detector
 
 SIZE = 128
 BLOCKS = [n for n in ATTENTION_NAMES if n != "none"]

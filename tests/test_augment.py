@@ -1,4 +1,4 @@
-"""utils.augment through TrainDataset: augmented boxes still cover their (coloured) objects."""
+"""utils.data.augment through TrainDataset: augmented boxes still cover their (coloured) objects."""
 from __future__ import annotations
 
 import cv2
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from tests.synthetic import RECT_COLOURS, coloured_index
-from utils.augment import AugmentConfig, clip_boxes
-from utils.boxes import letterbox
-from utils.dataloader import EvalDataset, TrainDataset
+from utils.common.boxes import letterbox
+from utils.data.augment import AugmentConfig, clip_boxes
+from utils.data.loader import EvalDataset, TrainDataset
 
 
 def _colour_mask(image: np.ndarray, label: int) -> np.ndarray:

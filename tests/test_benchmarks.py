@@ -10,7 +10,7 @@ import torch
 
 from benchmarks import bench_infer, bench_train, bench_val
 from tests.synthetic import make_voc, write_weights
-from utils.config import ModelConfig, build_model
+from utils.model.config import ModelConfig, build_model
 
 
 def json_lines(text: str) -> list[dict]:

@@ -15,9 +15,9 @@ from nets.attention import attention_name
 from tests.paths import ROOT
 from tests.synthetic import make_voc
 from utils import anchors
-from utils.checkpoint import load_checkpoint
-from utils.datasets import make_splits
-from utils.engine import TrainConfig
+from utils.data.index import make_splits
+from utils.model.checkpoint import load_checkpoint
+from utils.train.config import TrainConfig
 
 FAST = ["--epochs", "1", "--batch-size", "2", "--input-shape", "64", "--workers", "0", "--device", "cpu",
         "--no-preview", "--no-amp"]

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.config import ModelConfig, build_model
-from utils.inference import DetectOptions, Detector
+from utils.model.config import ModelConfig, build_model
+from utils.runtime.detector import DetectOptions, Detector
 
 
 @pytest.mark.slow

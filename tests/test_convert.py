@@ -1,4 +1,4 @@
-"""utils.convert: VOC -> YOLO -> COCO -> VOC keeps every box (within rounding), the class names and the splits; the
+"""utils.data.convert: VOC -> YOLO -> COCO -> VOC keeps every box (within rounding), the class names and the splits; the
 difficult flag survives VOC <-> COCO and is reported where YOLO cannot hold it; the source is never written to."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 
 from tests.paths import TINY_COCO, needs_shared
 from tests.synthetic import make_voc, voc_xml
-from utils.convert import convert, main, stated_splits
-from utils.datasets import load_split
-from utils.errors import ConfigError
+from utils.common.errors import ConfigError
+from utils.data.convert import convert, main, stated_splits
+from utils.data.index import load_split
 
 
 def _snapshot(root) -> dict:

@@ -19,8 +19,8 @@ from torch import nn
 
 from tests.paths import DARKNET_CFG, needs_shared
 from tests.synthetic import write_partial
-from utils.config import ModelConfig, build_model
-from utils.darknet import (
+from utils.model.config import ModelConfig, build_model
+from utils.model.darknet import (
     CONV_LAYER_INDEX,
     DarknetFormatError,
     cfg_sections,
@@ -36,7 +36,7 @@ from utils.darknet import (
     write_cfg,
     write_weights,
 )
-from utils.decode import decode_outputs
+from utils.model.decode import decode_outputs
 
 needs_opencv_darknet = pytest.mark.skipif(not hasattr(cv2.dnn, "readNetFromDarknet"),
                                           reason=f"OpenCV {cv2.__version__} has no Darknet reader (removed in 5.x)")
@@ -99,7 +99,7 @@ def source_model(source: str) -> tuple[nn.Module, ModelConfig]:
     path = os.environ.get(CHECKPOINT_ENV)
     if not path:
         pytest.skip(f"set {CHECKPOINT_ENV} to one of our checkpoints (attention none) to check trained weights")
-    from utils.checkpoint import load_model
+    from utils.model.checkpoint import load_model
     return load_model(path)
 
 

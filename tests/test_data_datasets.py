@@ -1,4 +1,4 @@
-"""utils.datasets: every bad input gives one line naming its file (fixed or skipped), splits are deterministic, real
+"""utils.data.index: every bad input gives one line naming its file (fixed or skipped), splits are deterministic, real
 datasets load completely."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.paths import RACCOON, TINY_COCO, needs_shared
-from utils.datasets import load_split, make_splits
+from utils.data.index import load_split, make_splits
 
 W, H = 64, 48
 
@@ -239,8 +239,8 @@ def test_overlapping_split_files_are_reported(tmp_path, caplog):
     from types import SimpleNamespace
 
     from tests.synthetic import make_voc
-    from utils.datasets import shared_images
-    from utils.engine import Trainer
+    from utils.data.index import shared_images
+    from utils.train.trainer import Trainer
 
     data = make_voc(tmp_path, images=4, splits={"train": [0, 1, 2], "val": [2, 3]})
     train, val = load_split(data, "train"), load_split(data, "val")

@@ -1,4 +1,4 @@
-"""utils.image_io: every odd image file is either converted (with a note) or refused with a message naming it."""
+"""utils.common.image_io: every odd image file is either converted (with a note) or refused with a message naming it."""
 from __future__ import annotations
 
 import io
@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.image_io import ImageReadError, image_size, probe_image, read_image, truncation_warning, write_image
+from utils.common.image_io import ImageReadError, image_size, probe_image, read_image, truncation_warning, write_image
 
 
 def _rgb(h: int = 48, w: int = 64) -> np.ndarray:

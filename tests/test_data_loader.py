@@ -1,4 +1,4 @@
-"""utils.dataloader: worker seeding, set_epoch through persistent workers, collate formats, cache, broken images,
+"""utils.data.loader: worker seeding, set_epoch through persistent workers, collate formats, cache, broken images,
 preview."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tests.synthetic import coloured_index
-from utils.augment import AugmentConfig
-from utils.dataloader import (
+from utils.data.augment import AugmentConfig
+from utils.data.loader import (
     CacheTooLargeError,
     EvalDataset,
     TrainDataset,

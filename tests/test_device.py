@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from utils import device as device_utils
-from utils.errors import ConfigError
+from utils.common import device as device_utils
+from utils.common.errors import ConfigError
 
 
 def test_select_device_picks_the_best_available_and_keeps_explicit_choices():

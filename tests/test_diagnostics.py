@@ -12,23 +12,16 @@ import torch
 
 from tests.reference import standard_pycocotools, to_results
 from tests.synthetic import make_voc, random_dataset, write_weights
-from utils.boxes import letterbox, letterbox_boxes
-from utils.config import ModelConfig, build_model
-from utils.dataloader import EvalDataset, build_loader, eval_collate
-from utils.datasets import load_split
-from utils.evaluation import compute_metrics, evaluate
-from utils.filenames import safe_stem, unique_stems
-from utils.image_io import read_image
-from utils.loss import YoloLoss
-from utils.metrics import (
-    GroundTruthBoxes,
-    best_f1_threshold,
-    confusion_matrix,
-    match_detections,
-    normalize_rows,
-    voc_evaluate,
-)
-from utils.plots import plot_pr_curves
+from utils.common.boxes import GroundTruthBoxes, letterbox, letterbox_boxes
+from utils.common.filenames import safe_stem, unique_stems
+from utils.common.image_io import read_image
+from utils.data.index import load_split
+from utils.data.loader import EvalDataset, build_loader, eval_collate
+from utils.eval.evaluation import compute_metrics, evaluate
+from utils.eval.metrics import best_f1_threshold, confusion_matrix, match_detections, normalize_rows, voc_evaluate
+from utils.eval.plots import plot_pr_curves
+from utils.model.config import ModelConfig, build_model
+from utils.train.loss import YoloLoss
 
 A, B, C = [0, 0, 49, 49], [100, 0, 149, 49], [200, 0, 249, 49]
 
@@ -209,7 +202,7 @@ def test_validation_loss_is_the_training_loss_of_the_same_images(tmp_path):
 
 def test_eval_writes_confusion_matrix_and_f1_curve(tmp_path, monkeypatch, capsys):
     import eval as eval_script
-    monkeypatch.setattr(eval_script, "setup_logging", lambda verbose=False: None)
+    monkeypatch.setattr("utils.eval.cli.setup_logging", lambda verbose=False: None)
     data = make_voc(tmp_path / "VOCdevkit", images=4)
     config = ModelConfig(["blue", "red"], attention="none", input_shape=[96, 96])
     torch.manual_seed(0)

@@ -12,10 +12,10 @@ import torch
 
 import train as train_script
 from tests.synthetic import make_voc, write_weights
-from utils.config import ModelConfig, build_model
-from utils.download import DownloadError, fetch
-from utils.errors import ConfigError
-from utils.weights import load_runnable
+from utils.common.errors import ConfigError
+from utils.model.config import ModelConfig, build_model
+from utils.model.download import DownloadError, fetch
+from utils.runtime.loader import load_runnable
 
 
 class Files(BaseHTTPRequestHandler):

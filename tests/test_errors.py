@@ -6,17 +6,17 @@ import logging
 import pytest
 import torch
 
-from utils.annotations import AnnotationError
-from utils.checkpoint import CheckpointError
-from utils.darknet import DarknetFormatError
-from utils.dataloader import CacheTooLargeError
-from utils.engine import NonFiniteLossError
-from utils.errors import ConfigError, DatasetError, MissingDependencyError, MissingFileError, UserError
-from utils.export import ExportError
-from utils.image_io import ImageReadError
-from utils.quantize import QuantizationError
-from utils.run_logging import run_command
-from utils.sources import SourceError
+from utils.common.cli import run_command
+from utils.common.errors import ConfigError, DatasetError, MissingDependencyError, MissingFileError, UserError
+from utils.common.image_io import ImageReadError
+from utils.data.annotations import AnnotationError
+from utils.data.loader import CacheTooLargeError
+from utils.deploy.quantize import QuantizationError
+from utils.deploy.sources import SourceError
+from utils.model.checkpoint import CheckpointError
+from utils.model.darknet import DarknetFormatError
+from utils.runtime.onnx import ExportError
+from utils.train.trainer import NonFiniteLossError
 
 LOGGER = logging.getLogger("test_errors")
 # every project error type, with the builtin base that existing callers catch
@@ -66,8 +66,8 @@ def test_a_bug_inside_a_command_reaches_the_user_with_its_traceback(monkeypatch)
 
     def buggy_run(args) -> None:
         torch.zeros(2, 3) @ torch.zeros(2, 3)
-    monkeypatch.setattr(predict, "run", buggy_run)
-    monkeypatch.setattr(predict, "setup_logging", lambda verbose=False: None)
+    monkeypatch.setattr("utils.deploy.cli.run", buggy_run)
+    monkeypatch.setattr("utils.deploy.cli.setup_logging", lambda verbose=False: None)
     with pytest.raises(RuntimeError, match="cannot be multiplied"):
         predict.main(["--source", "photo.jpg"])
 

@@ -1,4 +1,4 @@
-"""utils.evaluation and eval.py end to end on a 4-image VOC folder of coloured rectangles built in tmp_path."""
+"""utils.eval.evaluation and eval.py end to end on a 4-image VOC folder of coloured rectangles built in tmp_path."""
 from __future__ import annotations
 
 import json
@@ -13,10 +13,10 @@ import torch
 
 from tests.paths import ROOT
 from tests.synthetic import ColourOracle, write_weights
-from utils.config import ModelConfig, build_model
-from utils.dataloader import EvalDataset, build_loader, eval_collate
-from utils.datasets import load_split
-from utils.evaluation import evaluate, predict_split
+from utils.data.index import load_split
+from utils.data.loader import EvalDataset, build_loader, eval_collate
+from utils.eval.evaluation import evaluate, predict_split
+from utils.model.config import ModelConfig, build_model
 
 CLASSES = ["red", "green", "blue"]
 COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}  # RGB
@@ -120,7 +120,7 @@ def random_checkpoint(path, classes=CLASSES):
 def eval_main(monkeypatch):
     """eval.py's main in this process, without it replacing pytest's log handlers."""
     import eval as eval_script
-    monkeypatch.setattr(eval_script, "setup_logging", lambda verbose=False: None)
+    monkeypatch.setattr("utils.eval.cli.setup_logging", lambda verbose=False: None)
     return lambda *argv: eval_script.main([str(a) for a in argv])
 
 

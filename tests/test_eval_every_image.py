@@ -19,11 +19,11 @@ import torch
 
 from tests.reference import devkit_voc_eval, standard_pycocotools, to_results
 from tests.synthetic import ColourOracle, voc_xml, write_weights
-from utils.config import ModelConfig, build_model
-from utils.dataloader import EvalDataset, build_loader, eval_collate
-from utils.datasets import load_split
-from utils.evaluation import compute_metrics, predict_split
-from utils.metrics import GroundTruthBoxes
+from utils.common.boxes import GroundTruthBoxes
+from utils.data.index import load_split
+from utils.data.loader import EvalDataset, build_loader, eval_collate
+from utils.eval.evaluation import compute_metrics, predict_split
+from utils.model.config import ModelConfig, build_model
 
 CLASSES = ["blue", "red"]  # sorted, as discovered from the annotations
 RGB = {"red": (230, 20, 20), "blue": (20, 20, 230)}
@@ -184,7 +184,7 @@ def _cleaned(record):
 def eval_main(monkeypatch):
     """eval.py's main in this process, without it replacing pytest's log handlers."""
     import eval as eval_script
-    monkeypatch.setattr(eval_script, "setup_logging", lambda verbose=False: None)
+    monkeypatch.setattr("utils.eval.cli.setup_logging", lambda verbose=False: None)
     return lambda *argv: eval_script.main([str(a) for a in argv])
 
 

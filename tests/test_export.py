@@ -9,10 +9,11 @@ import torch
 
 import predict
 from tests.synthetic import write_weights
-from utils.config import ModelConfig, build_model
-from utils.decode import decode_outputs
-from utils.export import ExportError, OnnxDetector, export_onnx, read_onnx_config
-from utils.inference import DetectOptions, Detector
+from utils.deploy.export import export_onnx
+from utils.model.config import ModelConfig, build_model
+from utils.model.decode import decode_outputs
+from utils.runtime.detector import DetectOptions, Detector
+from utils.runtime.onnx import ExportError, OnnxDetector, read_onnx_config
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (requirements-dev.txt)")
 SIZE = (128, 160)  # height, width: rectangular, to catch a swapped axis
@@ -81,7 +82,7 @@ def test_export_check_catches_a_wrong_graph(tmp_path):
     other, _ = make_model("none")
     with torch.no_grad():
         other.yolo_headP5[1].bias.add_(1.0)  # PyTorch side differs from the file
-    from utils.export import DecodedModel, check_onnx
+    from utils.deploy.export import DecodedModel, check_onnx
     with pytest.raises(ExportError, match="does not reproduce PyTorch"):
         check_onnx(path, DecodedModel(other, config, SIZE), SIZE)
 

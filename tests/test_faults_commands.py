@@ -9,7 +9,7 @@ import torch
 
 from tests.fault_helpers import TRAIN_FAST, cli, cli_many, snapshot, tiny_voc
 from tests.synthetic import write_weights
-from utils.config import ModelConfig, build_model
+from utils.model.config import ModelConfig, build_model
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.fault_helpers import ROOT, TRAIN_FAST, child_env
-from utils.datasets import make_splits
+from utils.data.index import make_splits
 
 pytestmark = pytest.mark.slow
 COLOURS = {"red": (0, 0, 230), "blue": (230, 0, 0)}  # BGR

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.fault_helpers import ROOT, TRAIN_FAST, child_env, cli, cli_many, tiny_voc
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.model.checkpoint import CheckpointError, load_checkpoint
 
 
 class RunsCode:
@@ -92,7 +92,7 @@ EXTERNAL = ('<?xml version="1.0" encoding="{enc}"?>\n<!DOCTYPE a [<!ENTITY x SYS
 XML_CHECK = r"""
 import json, resource, sys, time
 from pathlib import Path
-from utils.annotations import AnnotationError, parse_voc_xml
+from utils.data.annotations import AnnotationError, parse_voc_xml
 results = {}
 for path in sorted(Path(sys.argv[1]).glob("*.xml")):
     before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()

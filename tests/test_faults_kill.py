@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from tests.fault_helpers import TRAIN_FAST, kill_hard, marker_epochs, start_hooked, tiny_voc, wait_for
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.model.checkpoint import CheckpointError, load_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals and /proc")]
 EPOCHS = 4

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from tests.fault_helpers import tiny_voc
-from utils.checkpoint import load_checkpoint
-from utils.engine import NonFiniteLossError, TrainConfig, Trainer
+from utils.model.checkpoint import load_checkpoint
+from utils.train.config import TrainConfig
+from utils.train.trainer import NonFiniteLossError, Trainer
 
 
 def _trainer(tmp_path, epochs: int = 2, **overrides) -> Trainer:

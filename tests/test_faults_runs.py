@@ -18,8 +18,8 @@ import torch
 
 from tests.fault_helpers import TRAIN_FAST, cli_many, start_hooked, tiny_voc, wait_for
 from tests.synthetic import make_voc
-from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from utils.run_logging import OutputFolderError, claim_run_dir
+from utils.common.run_dir import OutputFolderError, claim_run_dir
+from utils.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 POSIX = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals and mounts")
 STARTUP_S = 180
@@ -54,7 +54,7 @@ def test_full_disk_keeps_the_previous_checkpoint_monkeypatched(tmp_path, monkeyp
 
     def no_space(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr("utils.checkpoint.torch.save", no_space)
+    monkeypatch.setattr("utils.model.checkpoint.torch.save", no_space)
     with pytest.raises(CheckpointError, match=f"no space left on {tmp_path}"):
         save_checkpoint({"epoch": 2}, path)
     assert load_checkpoint(path)["epoch"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]
@@ -150,7 +150,7 @@ def test_sigterm_stops_eval_and_predict_cleanly(tmp_path):
     from tests.fault_helpers import child_env
     from tests.paths import ROOT
     from tests.synthetic import write_weights
-    from utils.config import ModelConfig, build_model
+    from utils.model.config import ModelConfig, build_model
 
     config = ModelConfig(classes=["a"], input_shape=(416, 416))
     weights = write_weights(tmp_path / "w.pth", build_model(config).state_dict(), config)
@@ -182,7 +182,8 @@ def test_full_disk_elsewhere_is_one_line_naming_the_file(tmp_path, monkeypatch, 
     import logging
     from pathlib import Path as _Path
 
-    from utils.run_logging import run_command, write_results_csv
+    from utils.common.cli import run_command
+    from utils.train.results import write_results_csv
 
     def no_space(self, *_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -17,10 +17,10 @@ import pytest
 
 from tests.fault_helpers import TRAIN_FAST, cli_many
 from tests.synthetic import make_voc
-from utils.datasets import load_split
-from utils.errors import UserError
-from utils.image_io import ImageBudgetError, ImageReadError, declared_size, probe_image, read_image
-from utils.paths import UnsafePathError, check_user_path, is_regular_file, resolve_inside
+from utils.common.errors import UserError
+from utils.common.image_io import ImageBudgetError, ImageReadError, declared_size, probe_image, read_image
+from utils.common.paths import UnsafePathError, check_user_path, is_regular_file, resolve_inside
+from utils.data.index import load_split
 
 SECRET = "TOP-SECRET-CONTENT-42"
 
@@ -249,7 +249,7 @@ def test_every_predict_input_gets_its_own_outputs(tmp_path):
     crops of hostile class names inside crops/ (in-process: a random model, --conf 0 so every image has boxes)."""
     import predict
     from tests.synthetic import write_weights
-    from utils.config import ModelConfig, build_model
+    from utils.model.config import ModelConfig, build_model
 
     for relative, suffix in (("a/img", ".jpg"), ("b/img", ".jpg"), ("a/img", ".png")):
         (tmp_path / "dir" / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -287,8 +287,8 @@ def test_class_names_first_then_indices_and_commas(caplog):
     ("classes=1\n", "classes=-3\n"), ("mask=3,4,5\n", "mask=3,4,99\n"), ("classes=1\n", "classes=1e400\n"),
 ])
 def test_absurd_darknet_cfg_values_are_refused_before_allocating(tmp_path, old, new):
-    from utils.config import ModelConfig
-    from utils.darknet import DarknetFormatError, read_darknet_cfg, write_cfg
+    from utils.model.config import ModelConfig
+    from utils.model.darknet import DarknetFormatError, read_darknet_cfg, write_cfg
 
     cfg = write_cfg(ModelConfig(classes=["a"], input_shape=(64, 64)), tmp_path / "x.cfg")
     text = cfg.read_text()
@@ -300,7 +300,7 @@ def test_absurd_darknet_cfg_values_are_refused_before_allocating(tmp_path, old, 
 
 
 def test_huge_darknet_cfg_file_is_refused_unread(tmp_path):
-    from utils.darknet import DarknetFormatError, read_darknet_cfg
+    from utils.model.darknet import DarknetFormatError, read_darknet_cfg
 
     cfg = tmp_path / "big.cfg"
     with open(cfg, "wb") as handle:

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from utils.config import ModelConfig
-from utils.loss import YoloLoss, assign_anchors
+from utils.model.config import ModelConfig
+from utils.train.loss import YoloLoss, assign_anchors
 
 ANCHORS = ModelConfig(classes=["a"]).anchors  # yolov4-tiny defaults, input px
 
@@ -359,7 +359,7 @@ def test_cuda_matches_cpu():
 
 def test_yolobody_outputs_feed_the_loss():
     """The real model's heads (stride 32 first) go straight into the loss, and gradients reach both heads."""
-    from utils.config import build_model
+    from utils.model.config import build_model
     torch.manual_seed(10)
     config = make_config(2, (64, 96))
     model = build_model(config).train()

@@ -1,4 +1,4 @@
-"""utils.metrics: VOC AP against hand-computed cases and a slow re-typing of the devkit; COCO against pycocotools."""
+"""utils.eval.metrics: VOC AP against hand-computed cases and a slow re-typing of the devkit; COCO vs pycocotools."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,9 @@ from pycocotools.cocoeval import COCOeval
 from tests.paths import TINY_COCO, needs_shared
 from tests.reference import devkit_voc_eval, standard_pycocotools, to_results
 from tests.synthetic import random_dataset
-from utils.metrics import GroundTruthBoxes, coco_evaluate, voc_ap, voc_evaluate
-from utils.plots import plot_pr_curves
+from utils.common.boxes import GroundTruthBoxes
+from utils.eval.metrics import coco_evaluate, voc_ap, voc_evaluate
+from utils.eval.plots import plot_pr_curves
 
 NAMES = ["a", "b", "c"]
 

@@ -12,8 +12,15 @@ import torch
 from nets.attention import ATTENTION_NAMES, CBAMBlock, ECABlock, SEBlock, create_attention, eca_kernel_size
 from nets.summary import count_gflops, count_parameters
 from nets.yolo import YoloBody
-from utils.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_model, load_weights, save_checkpoint
-from utils.config import ModelConfig, build_model
+from utils.model.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    load_weights,
+    save_checkpoint,
+)
+from utils.model.config import ModelConfig, build_model
 
 MASK = [[3, 4, 5], [1, 2, 3]]
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -7,10 +7,10 @@ import torch
 
 import train as train_script
 from tests.synthetic import make_voc
-from utils.config import ModelConfig, build_model
-from utils.dataloader import MultiScale
-from utils.errors import ConfigError
-from utils.loss import YoloLoss
+from utils.common.errors import ConfigError
+from utils.data.loader import MultiScale
+from utils.model.config import ModelConfig, build_model
+from utils.train.loss import YoloLoss
 
 
 def test_sizes_are_stride_multiples_within_the_range():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nets.yolo import YoloBody
-from utils.optim import LRSchedule, build_optimizer, ema_model, parameter_groups, scaled_lr
+from utils.train.optim import LRSchedule, build_optimizer, ema_model, parameter_groups, scaled_lr
 
 
 def test_weight_decay_only_on_conv_and_linear_weights():

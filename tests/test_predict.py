@@ -13,11 +13,11 @@ import torch
 import predict
 from nets.attention import ATTENTION_NAMES
 from tests.synthetic import write_weights
-from utils.boxes import letterbox
-from utils.config import ModelConfig, build_model
-from utils.decode import decode_outputs
-from utils.inference import DetectOptions, Detector, Prefetcher, objectness_map
-from utils.sources import SourceError, open_source
+from utils.common.boxes import letterbox
+from utils.deploy.sources import SourceError, open_source
+from utils.model.config import ModelConfig, build_model
+from utils.model.decode import decode_outputs
+from utils.runtime.detector import DetectOptions, Detector, Prefetcher, objectness_map
 
 CLASSES = ["cat", "dog", "bird"]
 SIZE = 128
@@ -258,7 +258,7 @@ def test_show_without_a_display_is_a_clear_error(checkpoint, image_dir, monkeypa
 def test_truncated_jpeg_is_used_as_decoded_with_one_warning(checkpoint, image_dir, tmp_path, caplog, capsys,
                                                              monkeypatch):
     """A JPEG cut short is detected on as far as it decodes (not skipped), with one warning line naming it."""
-    monkeypatch.setattr(predict, "setup_logging", lambda verbose=False: None)  # keep pytest's log capture
+    monkeypatch.setattr("utils.deploy.cli.setup_logging", lambda verbose=False: None)  # keep pytest's log capture
     folder = tmp_path / "cut"
     folder.mkdir()
     data = (image_dir / "img1.jpg").read_bytes()

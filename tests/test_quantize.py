@@ -12,12 +12,13 @@ import torch
 
 import predict
 from tests.synthetic import make_voc, write_weights
-from utils.config import ModelConfig, build_model
-from utils.export import OnnxDetector, export_onnx, read_onnx_config
-from utils.image_io import to_model_input
+from utils.common.image_io import to_model_input
+from utils.deploy.export import export_onnx
+from utils.model.config import ModelConfig, build_model
+from utils.runtime.onnx import OnnxDetector, read_onnx_config
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (requirements-dev.txt)")
-from utils.quantize import (
+from utils.deploy.quantize import (
     QUANTIZATION_KEY,
     QuantizationError,
     letterboxed,
@@ -156,7 +157,7 @@ def test_bad_int8_options_are_one_clear_error(tmp_path, capsys, argv, message):
 def test_eval_scores_an_onnx_file_like_its_checkpoint(tmp_path, monkeypatch):
     """eval.py on the fp32 export gives the checkpoint's metrics; on the int8 export it runs and reports."""
     import eval as eval_script
-    monkeypatch.setattr(eval_script, "setup_logging", lambda verbose=False: None)
+    monkeypatch.setattr("utils.eval.cli.setup_logging", lambda verbose=False: None)
     data = make_voc(tmp_path / "VOCdevkit", images=4, classes=("red", "blue"))
     model, config = make_model("eca")
     with torch.no_grad():  # confident boxes, so there is something to score

@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from utils.run_logging import claim_run_dir
+from utils.common.run_dir import claim_run_dir
 
 
 def test_run_folders_are_numbered_and_never_reused(tmp_path):

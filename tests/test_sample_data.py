@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tests.paths import ROOT
-from utils import sample_data
-from utils.sample_data import CLASSES, README_TITLE, add_object, generate, main
+from utils.data import sample_data
+from utils.data.sample_data import CLASSES, README_TITLE, add_object, generate, main
 
 COMMITTED = ROOT / "VOCdevkit"
 

@@ -17,9 +17,9 @@ import pytest
 import predict
 from tests.synthetic import write_weights
 from tests.test_predict import make_model
-from utils import streams
-from utils.filenames import MAX_STEM
-from utils.streams import StreamError, mask_url, open_any_source
+from utils.common.filenames import MAX_STEM
+from utils.deploy import streams
+from utils.deploy.streams import StreamError, mask_url, open_any_source
 
 FRAMES = 7
 SIZE = (96, 64)  # width, height of every served frame

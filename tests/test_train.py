@@ -13,10 +13,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.paths import ROOT
 from tests.synthetic import make_voc
-from utils import engine
-from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.engine import NonFiniteLossError, TrainConfig, Trainer, train
-from utils.loss import YoloLoss
+from utils.model.checkpoint import load_checkpoint, save_checkpoint
+from utils.train import trainer as engine
+from utils.train.config import TrainConfig
+from utils.train.loss import YoloLoss
+from utils.train.trainer import NonFiniteLossError, Trainer, train
 
 NO_AUGMENT = {"mosaic": 0.0, "mixup": 0.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "flip": 0.0, "jitter": 0.0,
               "scale": (1.0, 1.0), "translate": False}
@@ -137,7 +138,7 @@ def test_ddp_two_processes_on_gloo(tiny_voc, tmp_path):
 
 def scripted_fitness(monkeypatch, values: list[float]):
     """Validation runs for real, but reports mAP50 values[k] at its k-th call: the fitness follows a known script.
-    Patched where the engine calls it (utils.engine imports evaluate at module level)."""
+    Patched where the engine calls it (utils.train.trainer imports evaluate at module level)."""
     real, calls = engine.evaluate, []
 
     def evaluate(*args, **kwargs):

@@ -1,4 +1,4 @@
-"""utils.weights.load_runnable: every weights format predict.py and eval.py take, through one function."""
+"""utils.runtime.loader.load_runnable: every weights format predict.py and eval.py take, through one function."""
 from __future__ import annotations
 
 import logging
@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from tests.synthetic import write_weights
-from utils import checkpoint as checkpoint_module
-from utils.checkpoint import CheckpointError
-from utils.config import ModelConfig, build_model
-from utils.export import ExportError, OnnxDetector, export_onnx
-from utils.inference import Detector
-from utils.weights import load_runnable
+from utils.deploy.export import export_onnx
+from utils.model import checkpoint as checkpoint_module
+from utils.model.checkpoint import CheckpointError
+from utils.model.config import ModelConfig, build_model
+from utils.runtime.detector import Detector
+from utils.runtime.loader import load_runnable
+from utils.runtime.onnx import ExportError, OnnxDetector
 
 CONFIG = ModelConfig(classes=["a", "b"], attention="se", input_shape=[64, 96])
 

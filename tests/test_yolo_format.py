@@ -1,6 +1,6 @@
 """YOLO-format datasets (utils/yolo_format.py): data.yaml and images/ + labels/ folders, one problem line per bad
 label row (file:line), truth as written in pixels, containment of paths from inside the data, the same data in
-train.py, eval.py and utils.anchors."""
+train.py, eval.py and utils.data.anchors."""
 from __future__ import annotations
 
 import os
@@ -14,10 +14,10 @@ import eval as eval_script
 import train as train_script
 from tests.synthetic import make_yolo
 from utils import anchors
-from utils.datasets import load_split
-from utils.errors import ConfigError, UserError
-from utils.evaluation import compute_metrics
-from utils.yolo_format import label_path
+from utils.common.errors import ConfigError, UserError
+from utils.data.formats.yolo import label_path
+from utils.data.index import load_split
+from utils.eval.evaluation import compute_metrics
 
 BAD_ROWS = {  # row text -> what its problem line says (None: no line)
     "0 0.5 0.5 0.2 0.2": None,

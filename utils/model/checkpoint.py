@@ -1,0 +1,239 @@
+"""Safe, self-describing checkpoints: atomic writes, weights_only loads, strict or partial weight loading."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from utils.common.errors import UserError
+from utils.common.paths import check_user_path
+from utils.model.config import ModelConfig, build_model
+from utils.model.darknet import load_darknet
+
+LOGGER = logging.getLogger(__name__)
+# The layout of our checkpoint dicts (utils.train.trainer.checkpoint_payload).
+# Raise it when that layout changes in a way
+# older code cannot read; load_checkpoint refuses files from a newer version with a clear message.
+FORMAT_VERSION = 1
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that cannot be used, with a message that says why and what to do."""
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
+    """Write `payload` to `path` atomically: a temporary file in the same folder, fsync, then rename.
+
+    A crash or kill mid-write leaves the previous file untouched (rename is atomic on POSIX and Windows).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets what the run's other files get
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if _out_of_space(err, path.parent):
+            raise CheckpointError(f"no space left on {path.parent} while writing {path.name}; the previous "
+                                  f"{path.name} (if any) is kept: free some space, then --resume") from None
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set, then restore at once
+    os.umask(mask)
+    return mask
+
+
+def _out_of_space(err: BaseException, folder: Path) -> bool:
+    """ENOSPC anywhere in the exception chain (torch.save turns the OSError into a RuntimeError such as "unexpected
+    pos" or "PytorchStreamWriter failed writing file", the OSError kept as its context), or a RuntimeError on a
+    device with (almost) no free space left."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(err, RuntimeError):
+        try:
+            return shutil.disk_usage(folder).free < 64 * 2 ** 20
+        except OSError:
+            return False
+    return False
+    return False
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete `.<name>.pth.*.tmp` files that a killed `save_checkpoint` left in `folder` (never valid checkpoints).
+
+    Call only when no other process is writing checkpoints into `folder` (e.g. when resuming its run).
+    """
+    stale = sorted(Path(folder).glob(".*.pth.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+        LOGGER.info("removed %s, a checkpoint write interrupted by an earlier crash", path)
+    return stale
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """torch.load with weights_only=True: tensors and plain containers only, never code."""
+    path = check_user_path(path, "weights file")  # a FIFO or device would block torch.load forever
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} not found; check the path (train.py writes logs/<run>/best.pth)")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} holds Python objects other than tensors and was refused, because unpickling it could run "
+            f"code. If you trust its source, re-save just its state_dict: torch.save(model.state_dict(), ...). "
+            f"Detail: {str(err).splitlines()[0]}") from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable PyTorch file (truncated or corrupt?): {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, not a checkpoint or state_dict")
+    check_format_version(data, path)
+    return data
+
+
+def check_format_version(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint written in a format this code does not know. No `format_version` means version 1: our
+    files from before the field, and bare (reference) state_dicts."""
+    version = checkpoint.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format_version {version!r}, but this code reads versions 1 to {FORMAT_VERSION}; "
+            f"it was written by a newer version of this project: update the code (git pull), or load it with the "
+            f"version that wrote it and save just its state_dict")
+
+
+def state_dict_of(checkpoint: dict[str, Any], prefer_ema: bool = True) -> dict[str, torch.Tensor]:
+    """The model weights inside a checkpoint of ours, a {'state_dict'/'model': ...} wrapper or a bare state_dict."""
+    for key in (("ema", "model") if prefer_ema else ("model",)) + ("state_dict",):
+        value = checkpoint.get(key)
+        if isinstance(value, dict) and value:
+            return value
+    if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return checkpoint
+    raise CheckpointError(f"no model weights found among keys {sorted(checkpoint)[:10]}")
+
+
+def classes_in_state_dict(state_dict: dict[str, torch.Tensor], anchors_per_head: int = 3) -> int | None:
+    """The class count implied by the 13x13 head's output channels, or None when that key is absent."""
+    weight = state_dict.get("yolo_headP5.1.weight")
+    return None if weight is None else weight.shape[0] // anchors_per_head - 5
+
+
+@dataclass
+class LoadReport:
+    """What a partial load did: tensors loaded and those skipped, with the reason for each."""
+
+    loaded: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        text = f"loaded {len(self.loaded)} tensors, skipped {len(self.skipped)}"
+        if self.skipped:
+            shown = list(self.skipped.items())[:8]
+            text += ": " + "; ".join(f"{k} ({v})" for k, v in shown) + (" ..." if len(self.skipped) > 8 else "")
+        return text
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], partial: bool = False,
+                 source: str = "weights") -> LoadReport:
+    """Load `state_dict` into `model`.
+
+    strict (default): every key and shape must match; a different class count is reported with both counts.
+    partial: load each tensor whose name and shape match and report the rest (fine-tuning on other classes).
+    """
+    own = model.state_dict()
+    report = LoadReport()
+    for name, tensor in state_dict.items():
+        if name not in own:
+            report.skipped[name] = "not in this model"
+        elif own[name].shape != tensor.shape:
+            report.skipped[name] = f"shape {tuple(tensor.shape)} vs {tuple(own[name].shape)}"
+        else:
+            report.loaded.append(name)
+    missing = [k for k in own if k not in state_dict]
+    if not partial and (report.skipped or missing):
+        raise CheckpointError(_mismatch_message(model, state_dict, report, missing, source))
+    model.load_state_dict({k: state_dict[k] for k in report.loaded}, strict=False)
+    for name in missing:
+        report.skipped[name] = "missing from the file (kept at initial value)"
+    return report
+
+
+def _mismatch_message(model: nn.Module, state_dict: dict, report: LoadReport, missing: list[str], source: str) -> str:
+    theirs = classes_in_state_dict(state_dict)
+    ours = getattr(model, "num_classes", None)
+    if theirs is not None and ours is not None and theirs != ours:
+        return (f"{source} was trained for {theirs} classes but {ours} were requested. Use the classes file the "
+                f"weights were trained with, or load them partially (train.py --weights loads every matching "
+                f"tensor and reports the rest) to fine-tune on your {ours} classes.")
+    hint = model.attention_mismatch(state_dict) if hasattr(model, "attention_mismatch") else None
+    if hint:  # wrong --phi, --attention-at, --attention-reduction or --cbam-kernel: say which
+        return f"{source} does not match this model: {hint}"
+    detail = list(report.skipped.items())[:5]
+    return (f"{source} does not match this model ({len(report.skipped)} unexpected or mis-shaped tensors, "
+            f"{len(missing)} missing; e.g. {detail or missing[:5]}). Check the attention type (--phi) it was "
+            f"trained with, or load it partially.")
+
+
+def stored_config(checkpoint: dict[str, Any], path: str | Path) -> ModelConfig:
+    """The ModelConfig inside one of our checkpoints; a CheckpointError naming the file when it is not valid."""
+    try:
+        return ModelConfig.from_dict(checkpoint["config"])
+    except (TypeError, ValueError, KeyError, AttributeError) as err:  # ValueError covers ConfigError
+        raise CheckpointError(f"{path}: its stored model config is not valid ({err}); use a checkpoint written by "
+                              "train.py, or a bare state_dict with --names and --phi") from None
+
+
+def load_model(weights: str | Path, classes: list[str] | None = None, phi: int | str | None = None,
+               cfg: str | Path | None = None, prefer_ema: bool = True) -> tuple[nn.Module, ModelConfig]:
+    """Any PyTorch-side weights -> (model in eval mode on CPU, its config); a checkpoint file is read once.
+
+    - our checkpoints: the stored config rebuilds the exact model; `classes`/`phi` are not needed;
+    - a bare reference-layout state_dict: `classes` (and `phi`, default none) describe the model;
+    - Darknet `.weights` with its `.cfg` (utils.model.darknet).
+    utils.runtime.loader.load_runnable wraps this for predict.py and eval.py (and adds exported .onnx files).
+    """
+    path = Path(weights)
+    if path.suffix == ".weights" or cfg is not None:
+        if cfg is None:
+            raise CheckpointError(f"{path} is a Darknet weights file; also pass its --cfg (e.g. yolov4-tiny.cfg)")
+        return load_darknet(cfg, path, classes)
+    checkpoint = load_checkpoint(path)
+    if "config" in checkpoint:
+        config = stored_config(checkpoint, path)
+    elif classes is None:
+        found = classes_in_state_dict(state_dict_of(checkpoint))
+        raise CheckpointError(
+            f"{path} is a bare state_dict without a model config (trained for {found} classes); pass --names FILE "
+            f"with the class names it was trained on and --phi with its attention type")
+    else:
+        config = ModelConfig(classes=classes, attention=phi if phi is not None else "none")
+    model = build_model(config)
+    load_weights(model, state_dict_of(checkpoint, prefer_ema), source=str(path))
+    return model.eval(), config
+
+
+def latest_weights(logs_dir: str | Path = "logs", name: str = "best.pth") -> Path:
+    """The most recently written logs/*/best.pth (predict.py and eval.py default), or a clear error."""
+    candidates = sorted(Path(logs_dir).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise CheckpointError(f"no {logs_dir}/*/{name} found; train first (python train.py) or pass --weights FILE")
+    return candidates[-1]

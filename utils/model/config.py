@@ -1,0 +1,168 @@
+"""The one model configuration shared by train.py, predict.py and eval.py and stored in every checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from nets.attention import OPTION_FLAGS, attention_name, block_options
+from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, HEAD_STRIDES, YoloBody, attention_place, check_input_size
+from utils.common.errors import ConfigError, MissingFileError
+from utils.common.paths import check_user_path
+
+LOGGER = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_DATA = ROOT / "model_data"
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a trained model: classes, anchors (input pixels), masks, attention, size."""
+
+    classes: list[str]
+    anchors: list[list[float]] = field(default_factory=lambda: [list(a) for a in DEFAULT_ANCHORS])
+    anchors_mask: list[list[int]] = field(default_factory=lambda: [list(m) for m in DEFAULT_ANCHORS_MASK])
+    attention: str = "none"
+    input_shape: list[int] = field(default_factory=lambda: [416, 416])  # height, width
+    # Darknet's grid-sensitivity factor; 1.0 is the plain sigmoid(t) + grid decoding.
+    scale_x_y: float = 1.0
+    # Attention placement and block options (nets/yolo.py, nets/attention.py). The defaults are the reference layout,
+    # and checkpoints written before these fields existed load with them.
+    attention_at: str = "neck"  # neck | backbone | both
+    attention_reduction: int | None = None  # None: the block's reference ratio (SE 16, CBAM 8, CA 16; ECA has none)
+    cbam_kernel: int = 7  # CBAM's spatial kernel, 3 or 7
+
+    def __post_init__(self) -> None:
+        self.attention = attention_name(self.attention)
+        self._check_attention_options()
+        self.classes = [str(c) for c in self.classes]
+        if not self.classes:
+            raise ConfigError("the class list is empty; give --names FILE or annotations with objects")
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"duplicate class names in {self.classes}")
+        self.input_shape = parse_input_shape(self.input_shape)
+        self.anchors = [[float(w), float(h)] for w, h in self.anchors]
+        self.anchors_mask = [[int(i) for i in m] for m in self.anchors_mask]
+        bad = [i for m in self.anchors_mask for i in m if not 0 <= i < len(self.anchors)]
+        if bad or len(self.anchors_mask) != len(self.strides):
+            raise ConfigError(f"anchors_mask {self.anchors_mask} must hold one list of indices into the "
+                              f"{len(self.anchors)} anchors per head of the model ({len(self.strides)} heads)")
+
+    def _check_attention_options(self) -> None:
+        """Validate placement and options; an option the chosen block lacks is dropped with a warning (so that one
+        ablation command can pass --attention-reduction to SE, CBAM and CA and still run ECA and none)."""
+        self.attention_at = attention_place(self.attention_at) if self.attention != "none" else "neck"
+        if self.cbam_kernel not in (3, 7):
+            raise ConfigError(f"{OPTION_FLAGS['kernel_size']} must be 3 or 7, got {self.cbam_kernel!r}")
+        options = block_options(self.attention)
+        if self.attention_reduction is not None:
+            if "reduction" not in options:
+                LOGGER.warning("%s %s ignored: attention %s has no reduction ratio", OPTION_FLAGS["reduction"],
+                               self.attention_reduction, self.attention)
+                self.attention_reduction = None
+            else:
+                self.attention_reduction = positive_int(self.attention_reduction, OPTION_FLAGS["reduction"])
+        if self.cbam_kernel != 7 and "kernel_size" not in options:
+            LOGGER.warning("%s %s ignored: it is an option of cbam, not %s", OPTION_FLAGS["kernel_size"],
+                           self.cbam_kernel, self.attention)
+            self.cbam_kernel = 7
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Output stride of each head, in the model's output order (nets.yolo.HEAD_STRIDES: 32, then 16)."""
+        return HEAD_STRIDES
+
+    def used_anchors(self) -> np.ndarray:
+        """The anchors [K, 2] some head uses, in index order (the stock masks leave anchor 0 out)."""
+        used = sorted({i for mask in self.anchors_mask for i in mask})
+        return np.asarray(self.anchors, dtype=np.float64)[used]
+
+    def to_dict(self) -> dict:
+        """Plain types only, so a checkpoint holding it loads with torch.load(weights_only=True)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            LOGGER.warning("ignoring unknown model config fields %s (checkpoint from a newer version?)", unknown)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def positive_int(value: object, flag: str) -> int:
+    """`value` as an int >= 1, or a ConfigError naming `flag` (a bool or a fraction is not a count)."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag} must be a positive integer, got {value!r}") from None
+    if number < 1:
+        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+    return number
+
+
+def build_model(config: ModelConfig) -> YoloBody:
+    """The YoloBody that `config` describes (random weights)."""
+    return YoloBody(config.anchors_mask, config.num_classes, config.attention, config.attention_at,
+                    config.attention_reduction, config.cbam_kernel)
+
+
+def read_text_file(path: Path, what: str, fix: str) -> str:
+    """The UTF-8 text of the user's `what` file (classes, anchors), or a UserError that names it and says `fix`."""
+    check_user_path(path, f"{what} file")  # a FIFO or device would block the read forever
+    if not path.is_file():
+        raise MissingFileError(f"{what} file {path} not found; {fix}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} file {path} is not UTF-8 text ({err.reason} at byte {err.start}); {fix}") from None
+
+
+def read_classes(path: str | Path) -> list[str]:
+    """One class name per line; blank lines and surrounding spaces ignored."""
+    path = Path(path)
+    names = [line.strip() for line in read_text_file(path, "classes", "give a text file with one class name per line")
+             .splitlines()]
+    names = [n for n in names if n]
+    if not names:
+        raise ConfigError(f"classes file {path} holds no class names; write one name per line")
+    return names
+
+
+def read_anchors(path: str | Path) -> list[list[float]]:
+    """Anchors as 'w,h, w,h, ...' (Darknet style, any whitespace or newlines), in input pixels."""
+    path = Path(path)
+    text = read_text_file(path, "anchors", "write 'w,h, w,h, ...' in input pixels").replace("\n", ",")
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise ConfigError(f"anchors file {path}: {err}; write 'w,h, w,h, ...' in input pixels") from err
+    if not values or len(values) % 2:
+        raise ConfigError(f"anchors file {path} must hold an even number of values (w,h pairs), found {len(values)}")
+    return [values[i:i + 2] for i in range(0, len(values), 2)]
+
+
+def parse_input_shape(value: str | int | Sequence[int]) -> list[int]:
+    """The one parser of input sizes, for every command line and ModelConfig: '416' or 416 -> [416, 416];
+    '320,416', '320x416' or [320, 416] -> [320, 416] (height, width). ConfigError unless both sides are positive
+    multiples of 32."""
+    parts = str(value).replace("x", ",").split(",") if isinstance(value, (str, int)) else list(value)
+    try:
+        sizes = [int(p) for p in parts if str(p).strip()]
+    except (TypeError, ValueError):
+        raise ConfigError(f"input shape {value!r} is not a whole number; give one size (416) or height,width "
+                          "(320,416)") from None
+    shape = sizes * 2 if len(sizes) == 1 else sizes
+    if len(shape) != 2:
+        raise ConfigError(f"input shape {value!r}: give one size (416) or height,width (320,416)")
+    check_input_size(*shape)
+    return shape

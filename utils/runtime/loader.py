@@ -1,0 +1,79 @@
+"""One way from a weights path to something that runs, for predict.py and eval.py alike.
+
+`load_runnable` takes any weights file this project reads (our .pth checkpoint, a bare reference-layout state_dict,
+Darknet .weights with its .cfg, an exported .onnx in fp32 or int8) and returns a `Loaded`: a PyTorch model in eval mode
+on its device, or an onnxruntime detector, together with the ModelConfig that describes it. A checkpoint file is read
+once. train.py's --weights (a partial load for transfer learning) and --resume have their own path in
+utils.train.trainer.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from nets.yolo import YoloBody
+from utils.common.device import select_device
+from utils.model.checkpoint import latest_weights, load_model
+from utils.model.config import ModelConfig, parse_input_shape, read_classes
+from utils.model.download import local_weights
+from utils.runtime.detector import BaseDetector, Detector
+from utils.runtime.onnx import OnnxDetector
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass
+class Loaded:
+    """A weights file ready to run: `model` (PyTorch, eval mode, on `device`) or `onnx` (onnxruntime, CPU)."""
+
+    path: Path
+    config: ModelConfig
+    device: torch.device
+    model: YoloBody | None = None
+    onnx: OnnxDetector | None = None
+
+    @property
+    def runnable(self) -> YoloBody | OnnxDetector:
+        """What utils.eval.evaluation runs: the PyTorch model, or the ONNX detector (which decodes by itself)."""
+        return self.model if self.model is not None else self.onnx
+
+    def detector(self, optimize: bool = True, amp: bool = True, compile: bool = False) -> BaseDetector:
+        """A detector at config.input_shape: the ONNX one as it is, or a Detector over the model (see
+        utils.runtime.detector.Detector for optimize, amp and compile)."""
+        if self.onnx is not None:
+            return self.onnx
+        return Detector(self.model, self.config, self.device, optimize=optimize, amp=amp, compile=compile)
+
+
+def load_runnable(path: str | Path | None, names: str | Path | Sequence[str] | None = None,
+                  phi: int | str | None = None, cfg: str | Path | None = None, device: str | None = None,
+                  input_shape: str | int | Sequence[int] | None = None, sha256: str | None = None) -> Loaded:
+    """Load `path` (None: the newest logs/*/best.pth) into something that runs.
+
+    names: a class-names file (or the names) for bare state_dicts and Darknet files; phi: the attention of a bare
+    state_dict; cfg: the Darknet .cfg of a .weights file; device: for PyTorch models (an .onnx runs on the CPU, and a
+    --device asking for more is ignored with a warning); input_shape: run at this size instead of the stored one
+    (an .onnx file is fixed to the size it was exported at). An http(s) URL is downloaded once into the cache
+    (utils/download.py; sha256: its expected hash).
+    """
+    path = local_weights(str(path), sha256) if path else latest_weights()
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    if path.suffix == ".onnx":  # an export (fp32 or int8) run by onnxruntime on the CPU, decoding inside
+        if device not in (None, "", "cpu"):
+            LOGGER.warning("--device %s ignored: %s runs on the CPU with onnxruntime", device, path.name)
+        onnx = OnnxDetector(path, input_shape=shape)
+        loaded = Loaded(path, onnx.config, torch.device("cpu"), onnx=onnx)
+    else:
+        classes = read_classes(names) if isinstance(names, (str, Path)) else names
+        model, config = load_model(path, list(classes) if classes is not None else None, phi, cfg)
+        if shape is not None:
+            config = ModelConfig.from_dict(config.to_dict() | {"input_shape": shape})
+        chosen = select_device(device)
+        loaded = Loaded(path, config, chosen, model=model.to(chosen))
+    LOGGER.info("weights %s: %d classes, attention %s, input %s", path, loaded.config.num_classes,
+                loaded.config.attention, loaded.config.input_shape)
+    return loaded

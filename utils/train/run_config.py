@@ -1,0 +1,87 @@
+"""A run's configuration as a file: every run folder gets args.yaml, and `train.py --config FILE` reads one back.
+
+args.yaml holds every TrainConfig field with its resolved value (defaults filled in), then a `run_info` section
+(dataset, class names, torch/torchvision/Python versions, this project's git commit when it is a git checkout) that
+--config ignores. A hand-written recipe (model_data/voc_recipe.yaml) may hold any subset of the fields; flags given
+on the command line override the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+import yaml
+
+from utils.common.errors import ConfigError, MissingFileError
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_CONFIG_BYTES = 1 << 20
+RUN_INFO = "run_info"
+
+
+def git_commit(root: Path = ROOT) -> str | None:
+    """This project's commit (with '-dirty' when the tree has changes), or None outside a git checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def run_info(data: str, classes: list[str]) -> dict[str, Any]:
+    return {"dataset": data, "classes": [str(c) for c in classes], "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "python": platform.python_version(),
+            "git_commit": git_commit()}
+
+
+def write_args_yaml(path: Path, config: Any, classes: list[str]) -> Path:
+    """Write `config` (a TrainConfig) with every field resolved, plus run_info, to `path`."""
+    content = _plain({**config.to_dict(), RUN_INFO: run_info(config.data, classes)})
+    text = "# train.py --config this file [flags] re-runs this training; flags override the file\n"
+    path.write_text(text + yaml.safe_dump(content, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (safe_dump writes plain YAML types only)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def read_config_file(path: str | Path, fields: set[str]) -> dict[str, Any]:
+    """The TrainConfig fields of a --config yaml (run_info ignored); field names may be written as flags
+    (input-shape or input_shape). Unknown keys are a ConfigError naming them."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"--config {path} not found; give an args.yaml of a run or a recipe such as "
+                               "model_data/voc_recipe.yaml")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"--config {path}: larger than {MAX_CONFIG_BYTES} bytes; not a training configuration")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise ConfigError(f"--config {path}: not a valid YAML file; fix its syntax") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option: value")
+    content.pop(RUN_INFO, None)
+    values = {str(k).replace("-", "_"): v for k, v in content.items()}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown option(s) {', '.join(unknown)}; see train.py --help")
+    return values
+
+
+def config_field_names(config_class: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(config_class)}
