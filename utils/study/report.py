@@ -150,6 +150,10 @@ def plot_study(variants: list[dict], effects: list[dict], factors: list[str], me
 
 
 def _plot_deltas(ax, rows: list[dict], labels: list[str], title: str) -> None:
+    if not rows:  # a study of one variant, or no paired seeds yet
+        ax.set_axis_off()
+        ax.set_title(f"{title}: nothing to compare yet", fontsize=10)
+        return
     for offset, key, color in ((-0.15, "mAP50", "#4c72b0"), (0.15, "mAP50_95", "#dd8452")):
         shown = [(i, r) for i, r in enumerate(rows) if f"delta_{key}" in r]
         means = [r[f"delta_{key}"] for _, r in shown]
@@ -162,8 +166,7 @@ def _plot_deltas(ax, rows: list[dict], labels: list[str], title: str) -> None:
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.set_ylim(len(rows) - 0.5, -0.5)  # first row on top
     ax.set_title(title, fontsize=10)
-    if rows:
-        ax.legend(fontsize=8)
+    ax.legend(fontsize=8)
     ax.grid(axis="x", alpha=0.3)
 
 
