@@ -71,6 +71,7 @@ def test_flags_the_study_sets_are_refused(flags):
     (["--vary", "foo=1"], "train.py has no option --foo"),
     (["--shard", "2/2"], "--shard 2/2: give I/N"),
     (["--nproc-per-run", "0", "--devices", "cpu"], "--nproc-per-run 0"),
+    (["--detect", "0"], "--detect 0.0: give the difference"),
 ])
 def test_bad_study_commands_are_one_error_line(tmp_path, capsys, argv, message):
     """What the user can fix is a UserError: exit 1 with one `error:` line naming it, no traceback, no study folder."""

@@ -554,9 +554,17 @@ def report_only(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def check_report_options(args: argparse.Namespace) -> None:
+    if not args.detect > 0:
+        raise ConfigError(f"--detect {args.detect}: give the difference to detect, in mAP (e.g. 0.02)")
+    if args.speed_rounds < 0 or args.speed_images < 1:
+        raise ConfigError("--speed-rounds must be 0 or more and --speed-images 1 or more")
+
+
 def run_study(args: argparse.Namespace, train_flags: list[str], command: str) -> int:
     """Plan, train and evaluate what is missing (this shard's part), then write the report; 1 when runs of this
     command are missing."""
+    check_report_options(args)
     if args.report:
         return report_only(args, command)
     if args.seeds < 1 or args.epochs < 1:
