@@ -409,6 +409,9 @@ class Study:
             forwarded += ["--workers", workers]
         if "--no-amp" in self.train_flags:
             forwarded.append("--no-amp")
+        precision = option_value(self.train_flags, "--precision")
+        if precision is not None:  # scored in the precision the runs trained in, as their validation was
+            forwarded += ["--precision", precision]
         return [sys.executable, str(ROOT / "eval.py"), "--weights", str(run_dir / f"{self.args.evaluate}.pth"),
                 "--data", self.args.data, "--split", self.args.eval_split, "--save-dir", str(run_dir), "--name", "eval",
                 "--device", device, *forwarded]
@@ -425,7 +428,7 @@ def _synchronize(device: torch.device) -> None:
 
 def images_per_second(detectors: dict, device: torch.device, images: int, rounds: int) -> dict:
     """Batch-1 forward pass + box decoding (no NMS, whose cost depends on what a model detects) on a grey letterbox
-    canvas, with each detector as predict.py runs it (fused Conv+BN, channels_last, the device's autocast). The
+    canvas, with each detector as predict.py runs it (fused Conv+BN, channels_last, the device's default precision). The
     variants take turns for `rounds` rounds after a warm-up round, and each keeps its fastest round, so a busy
     moment on a shared machine slows one round, not one variant."""
     best = dict.fromkeys(detectors, 0.0)
@@ -455,7 +458,7 @@ def measure_variants(study: Study, results: list[dict]) -> dict[tuple[str, str],
         loaded = load_runnable(path, device=str(device))
         measured[variant] = {"parameters": count_parameters(loaded.model),
                              "gflops": count_gflops(loaded.model, tuple(loaded.config.input_shape))}
-        detectors[variant] = loaded.detector(optimize=True, amp=True)
+        detectors[variant] = loaded.detector(optimize=True)
     LOGGER.info("timing %d variants on %s (%d interleaved rounds of %d images)", len(detectors), device,
                 study.args.speed_rounds, study.args.speed_images)
     speeds = images_per_second(detectors, device, study.args.speed_images, study.args.speed_rounds)
@@ -598,7 +601,7 @@ def report_header(study: Study, results: list[dict], command: str, wall_seconds:
         f"- {len(results)} of {len(study.runs)} runs finished; their run time summed {run_seconds / 60:.1f} min; "
         f"this session's wall time {wall_seconds / 60:.1f} min",
         f"- images/s: batch 1, forward pass + box decoding on a grey canvas at the run's input size, fused Conv+BN "
-        f"and the device's autocast as predict.py; {study.args.speed_rounds} interleaved rounds of "
+        f"and the device's default precision as predict.py; {study.args.speed_rounds} interleaved rounds of "
         f"{study.args.speed_images} images on {study.devices[0]}, fastest round per variant",
         "- Δ: mean over seeds of (attention - none) for the same seed (same data order, augmentation and initial "
         "weights of the shared layers), with a 95% Student-t interval; **better** / **worse** when the whole "
