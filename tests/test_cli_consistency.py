@@ -105,6 +105,10 @@ def test_args_yaml_recreates_the_same_train_config(tmp_path):
     args_yaml = tmp_path / "r" / "exp" / "args.yaml"
     info = yaml.safe_load(args_yaml.read_text())["run_info"]
     assert info["classes"] == ["blue", "red"] and info["torch"] == torch.__version__
+    # the precision the run computed in, in its files (FAST trains with --no-amp: fp32)
+    assert info["precision"] == "fp32" and info["device"] == "cpu"
+    assert load_checkpoint(tmp_path / "r" / "exp" / "last.pth")["precision"] == "fp32"
+    assert "precision: fp32 (--precision fp32)" in (tmp_path / "r" / "exp" / "train.log").read_text()
     parser = train_script.get_args_parser()
     extra = train_script.apply_config_file(parser, str(args_yaml))
     args = parser.parse_args([])

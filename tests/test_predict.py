@@ -98,7 +98,7 @@ def test_save_txt_and_crops_match_the_detector(checkpoint, image_dir, tmp_path):
                        "--nosave", "--save-txt", "--save-crop", "--max-det", "10", "--fp32") == 0
     assert not list(save_dir.glob("*.jpg"))  # --nosave: no annotated images
     model, config = make_model()
-    detector = Detector(model, config, "cpu", DetectOptions(0.5, 0.3, 10), amp=False)
+    detector = Detector(model, config, "cpu", DetectOptions(0.5, 0.3, 10), precision="fp32")
     image = cv2.cvtColor(cv2.imread(str(image_dir / "img1.jpg")), cv2.COLOR_BGR2RGB)
     (dets,) = detector([image])
     rows = np.loadtxt(save_dir / "labels" / "img1.txt", ndmin=2)
@@ -183,8 +183,8 @@ def assert_same_rows(a: np.ndarray, b: np.ndarray, tol: float = 1e-4) -> None:
 def test_fused_channels_last_equals_plain_model(attention):
     model, config = make_model(attention)
     batch = np.stack([letterbox(random_image(100, 140, i), (SIZE, SIZE))[0] for i in range(2)])
-    plain = Detector(model, config, "cpu", optimize=False, amp=False)
-    fast = Detector(model, config, "cpu", optimize=True, amp=False)
+    plain = Detector(model, config, "cpu", optimize=False, precision="fp32")
+    fast = Detector(model, config, "cpu", optimize=True, precision="fp32")
     assert fast.to_tensor(batch).is_contiguous(memory_format=torch.channels_last)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.model.modules())
     for a, b in zip(plain.raw_outputs(batch), fast.raw_outputs(batch), strict=True):
@@ -195,7 +195,7 @@ def test_fused_channels_last_equals_plain_model(attention):
 def test_batched_equals_per_image_and_stream_equals_call():
     model, config = make_model("cbam")
     images = [random_image(h, w, i) for i, (h, w) in enumerate([(90, 150), (160, 100), (128, 128)])]
-    detector = Detector(model, config, "cpu", DetectOptions(0.5, 0.3, 50), amp=False)
+    detector = Detector(model, config, "cpu", DetectOptions(0.5, 0.3, 50), precision="fp32")
     batched = detector(images)
     assert len(batched) == 3 and all(len(d) > 0 for d in batched)
     for image, dets in zip(images, batched, strict=True):
@@ -209,7 +209,7 @@ def test_batched_equals_per_image_and_stream_equals_call():
 def test_detections_are_clipped_to_the_original_image():
     model, config = make_model()
     image = random_image(60, 200, 0)
-    (dets,) = Detector(model, config, "cpu", DetectOptions(0.5, 0.3, 100), amp=False)([image])
+    (dets,) = Detector(model, config, "cpu", DetectOptions(0.5, 0.3, 100), precision="fp32")([image])
     assert len(dets) and dets[:, [0, 2]].max() <= 200 and dets[:, [1, 3]].max() <= 60 and dets[:, :4].min() >= 0
 
 

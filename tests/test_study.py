@@ -317,3 +317,15 @@ def test_each_run_gets_its_levels_and_nothing_else_of_the_grid(tmp_path):
     command = study.train_command(by_name["cbam-neck-multi_scale=off-mosaic=0-s1"], study.slots[0])
     assert "--multi-scale" not in command and command[command.index("--attention-at") + 1] == "neck"
     assert command[command.index("--seed") + 1] == "1" and command[-2:] == ["--input-shape", "64"]
+
+
+def test_each_run_is_scored_in_the_precision_it_trained_in(tmp_path):
+    args = ablate.get_args_parser().parse_args(["--vary", "precision=fp32,bf16", "--study", str(tmp_path / "s"),
+                                                "--devices", "cpu"])
+    study = ablate.Study(args, ["--workers", "1"], study_factors(args.vary, None, None))
+    commands = {run.name: study.eval_command(run, "cpu") for run in study.runs}
+    assert commands["precision=bf16-s0"][-4:] == ["--workers", "1", "--precision", "bf16"]
+    assert commands["precision=fp32-s0"][-2:] == ["--precision", "fp32"]
+    args = ablate.get_args_parser().parse_args(["--vary", "mosaic=0,0.5", "--study", str(tmp_path / "t")])
+    study = ablate.Study(args, ["--no-amp"], study_factors(args.vary, None, None))
+    assert study.eval_command(study.runs[0], "cpu")[-1] == "--no-amp"  # passed through: every run alike

@@ -15,7 +15,8 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
-from utils.common.errors import ModelConfigError, UserError
+from utils.common.device import PRECISIONS
+from utils.common.errors import ConfigError, ModelConfigError, UserError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -60,6 +61,25 @@ class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.Argum
         if action.default in (None, "") or switch or "default" in text.lower():
             return text
         return super()._get_help_string(action)
+
+
+PRECISION_HELP = ("compute precision: auto (bf16, else fp16, on CUDA; fp32 on every other device), fp32, bf16 or fp16 "
+                  "(autocast). Fixed by this option, never measured, and recorded in the run's files")
+
+
+def add_precision_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--precision, the same in train.py, eval.py and predict.py (see utils.common.device.resolve_precision)."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
+
+
+def requested_precision(precision: str, fp32_flag: bool, flag: str) -> str:
+    """--precision, with an older fp32 switch (`flag`: --no-amp, --fp32) as a spelling of --precision fp32; the two
+    contradicting each other is one clear error."""
+    if not fp32_flag:
+        return precision
+    if precision not in ("auto", "fp32"):
+        raise ConfigError(f"{flag} asks for fp32 but --precision asks for {precision}; give one of them")
+    return "fp32"
 
 
 OUT_OF_MEMORY = (MemoryError, torch.cuda.OutOfMemoryError)

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import cv2
 
-from utils.common.cli import DefaultsHelpFormatter, run_command, setup_logging
+from utils.common.cli import (
+    DefaultsHelpFormatter,
+    add_precision_argument,
+    requested_precision,
+    run_command,
+    setup_logging,
+)
+from utils.common.device import precision_note
 from utils.common.errors import ConfigError
 from utils.common.image_io import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.common.run_dir import claim_run_dir, remove_if_empty
@@ -30,7 +37,7 @@ from utils.deploy.sources import ImageSource, SourceError, VideoSource
 from utils.deploy.streams import DEFAULT_STREAM_TIMEOUT, RECONNECTS, StreamSet, mask_url, open_any_source
 from utils.model.config import ROOT, ModelConfig
 from utils.model.darknet import export_darknet
-from utils.runtime.detector import BaseDetector, DetectOptions
+from utils.runtime.detector import BaseDetector, DetectOptions, Detector
 from utils.runtime.loader import load_runnable
 
 LOGGER = logging.getLogger("predict")
@@ -50,7 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--cfg", help="Darknet .cfg for a .weights file")
     model.add_argument("--input-shape", help="e.g. 416 or 320,416 (default: the model's)")
     model.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: best available)")
-    model.add_argument("--fp32", action="store_true", help="no bf16/fp16 autocast (fused model kept)")
+    add_precision_argument(model)
+    model.add_argument("--fp32", action="store_true", help="--precision fp32 (fused model kept)")
     model.add_argument("--plain", action="store_true", help="unfused fp32 model, the slow reference path")
     model.add_argument("--compile", action="store_true",
                        help="torch.compile the model (inductor, frozen weights): ~30-60 s once per batch size, "
@@ -129,8 +137,10 @@ def _class_index(value: str, names: list[str]) -> int:
 def load_detector(args: argparse.Namespace) -> BaseDetector:
     loaded = load_runnable(args.weights, args.names, args.phi, args.cfg, args.device, args.input_shape,
                            args.weights_sha256)
-    detector = loaded.detector(optimize=not args.plain, amp=not (args.fp32 or args.plain),
-                               compile=args.compile and not args.plain)
+    precision = requested_precision(args.precision, args.fp32 or args.plain, "--plain" if args.plain else "--fp32")
+    detector = loaded.detector(optimize=not args.plain, precision=precision, compile=args.compile and not args.plain)
+    if isinstance(detector, Detector):
+        LOGGER.info("%s", precision_note(detector.device, precision, detector.precision))
     detector.options = DetectOptions(args.conf, args.iou, args.max_det, args.agnostic_nms,
                                      class_filter(args.classes, detector.config.classes))
     return detector

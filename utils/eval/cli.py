@@ -14,7 +14,14 @@ import json
 import logging
 from pathlib import Path
 
-from utils.common.cli import DefaultsHelpFormatter, run_command, setup_logging
+from utils.common.cli import (
+    DefaultsHelpFormatter,
+    add_precision_argument,
+    requested_precision,
+    run_command,
+    setup_logging,
+)
+from utils.common.device import precision_note, resolve_precision
 from utils.common.image_io import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.common.run_dir import claim_run_dir, remove_if_empty
 from utils.data.index import DATA_HELP, DatasetIndex, load_split
@@ -49,8 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="image loading processes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: best available)")
     p.add_argument("--input-shape", default=None, help="input size (multiple of 32); default: the checkpoint's")
+    add_precision_argument(p)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="mixed precision: bf16/fp16 on CUDA, bf16 on CPUs with native support")
+                   help="--no-amp is --precision fp32")
     p.add_argument("--save-json", action="store_true", help="also write detections.json in COCO results format")
     p.add_argument("--save-dir", default="logs", help="project folder (as in train.py and predict.py): results go to "
                    "SAVE_DIR/NAME")
@@ -99,9 +107,13 @@ def _evaluate(args: argparse.Namespace) -> tuple[dict, VOCResult, list, Loaded, 
     config = loaded.config
     loader = build_loader(EvalDataset(index, config.input_shape), args.batch_size, args.workers, shuffle=False,
                           seed=0, collate_fn=eval_collate)
+    precision = resolve_precision(loaded.device, requested_precision(args.precision, not args.amp, "--no-amp"))
+    LOGGER.info("%s", precision_note(loaded.device, args.precision, precision))
     detections = predict_split(loaded.runnable, loader, config, loaded.device, args.conf, args.iou, args.max_det,
-                               args.amp, progress=True).detections
+                               precision, progress=True).detections
     metrics, voc = compute_metrics(detections, index, config.classes, args.voc07, args.score_thresh)
+    # the compute precision ("precision" is the detection precision P): an exported .onnx runs as it was written
+    metrics["compute_precision"] = precision if loaded.model is not None else "as exported"
     return metrics, voc, detections, loaded, index
 
 

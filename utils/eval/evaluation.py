@@ -57,7 +57,7 @@ class SplitPredictions:
 
 
 def predict_split(model: nn.Module | BaseDetector, loader, config: ModelConfig, device: torch.device,
-                  conf: float = 0.001, iou: float = 0.5, max_det: int = 300, amp: bool = True,
+                  conf: float = 0.001, iou: float = 0.5, max_det: int = 300, precision: str = "fp32",
                   progress: bool = False, loss_fn: nn.Module | None = None) -> SplitPredictions:
     """Run the model over the loader's split (see the module docstring).
 
@@ -80,7 +80,7 @@ def predict_split(model: nn.Module | BaseDetector, loader, config: ModelConfig, 
                 if not keep:
                     continue
                 indices, infos = [indices[k] for k in keep], [infos[k] for k in keep]
-                outputs, decoded = forward_batch(model, images[keep], config, device, amp)
+                outputs, decoded = forward_batch(model, images[keep], config, device, precision)
                 for dets, i, info in zip(non_max_suppression(decoded, conf, iou, max_det), indices, infos,
                                           strict=True):
                     detections[i] = detections_to_original(dets, info)
@@ -119,7 +119,7 @@ def _warn_missing(records: list[ImageRecord], detections: list[np.ndarray | None
 
 
 def forward_batch(model: nn.Module | BaseDetector, images: torch.Tensor, config: ModelConfig, device: torch.device,
-                  amp: bool) -> tuple[tuple[torch.Tensor, ...] | None, torch.Tensor]:
+                  precision: str) -> tuple[tuple[torch.Tensor, ...] | None, torch.Tensor]:
     """uint8 letterboxed images [B, 3, H, W] -> (raw head outputs, decoded predictions [B, N, 5 + nc]).
 
     `model` is a YoloBody, or a detector that decodes by itself (an exported .onnx run by onnxruntime; its raw
@@ -127,7 +127,7 @@ def forward_batch(model: nn.Module | BaseDetector, images: torch.Tensor, config:
     if isinstance(model, BaseDetector):
         return None, model.forward(images.permute(0, 2, 3, 1).numpy())
     batch = to_model_input(images, device, torch.contiguous_format)
-    with autocast(device, amp):
+    with autocast(device, precision):
         outputs = model(batch)
     return outputs, decode_outputs(outputs, config, input_shape=tuple(batch.shape[2:]))
 
@@ -257,7 +257,8 @@ def iou_pixel_offset(records: Sequence) -> float:
 
 
 def evaluate(model: nn.Module, loader, config: ModelConfig, device: torch.device, conf: float = 0.001,
-             iou: float = 0.5, max_det: int = 300, voc07: bool = False, amp: bool = True, score_thresh: float = 0.5,
+             iou: float = 0.5, max_det: int = 300, voc07: bool = False, precision: str = "fp32",
+             score_thresh: float = 0.5,
              coco: bool = True, progress: bool = False, loss_fn: nn.Module | None = None,
              detections_out: list | None = None) -> dict:
     """Metrics of `model` on the loader's dataset (see compute_metrics for the keys; `val_loss` with a loss_fn).
@@ -270,7 +271,7 @@ def evaluate(model: nn.Module, loader, config: ModelConfig, device: torch.device
     if list(index.classes) != list(config.classes):
         raise ValueError(f"the dataset was indexed with classes {index.classes[:5]}... but the model predicts "
                          f"{config.classes[:5]}...; load it with load_split(..., classes=config.classes)")
-    predictions = predict_split(model, loader, config, device, conf, iou, max_det, amp, progress, loss_fn)
+    predictions = predict_split(model, loader, config, device, conf, iou, max_det, precision, progress, loss_fn)
     metrics, _ = compute_metrics(predictions.detections, index, config.classes, voc07, score_thresh, coco)
     if detections_out is not None:
         detections_out[:] = predictions.detections

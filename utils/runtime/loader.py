@@ -41,12 +41,12 @@ class Loaded:
         """What utils.eval.evaluation runs: the PyTorch model, or the ONNX detector (which decodes by itself)."""
         return self.model if self.model is not None else self.onnx
 
-    def detector(self, optimize: bool = True, amp: bool = True, compile: bool = False) -> BaseDetector:
+    def detector(self, optimize: bool = True, precision: str = "auto", compile: bool = False) -> BaseDetector:
         """A detector at config.input_shape: the ONNX one as it is, or a Detector over the model (see
-        utils.runtime.detector.Detector for optimize, amp and compile)."""
+        utils.runtime.detector.Detector for optimize, precision and compile)."""
         if self.onnx is not None:
             return self.onnx
-        return Detector(self.model, self.config, self.device, optimize=optimize, amp=amp, compile=compile)
+        return Detector(self.model, self.config, self.device, optimize=optimize, precision=precision, compile=compile)
 
 
 def load_runnable(path: str | Path | None, names: str | Path | Sequence[str] | None = None,

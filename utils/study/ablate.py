@@ -72,6 +72,8 @@ LOGGER = logging.getLogger("ablate")
 ROOT = Path(__file__).resolve().parents[2]
 # train.py flags that the study itself sets for each run
 STUDY_FLAGS = ("phi", "attention_at", "seed", "name", "save_dir", "resume", "device", "data", "epochs")
+# train.py options that eval.py takes too: each run is scored with its own (passed through or varied)
+EVAL_FORWARDED = ("workers", "precision", "amp")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -387,7 +389,7 @@ class Study:
             shutil.rmtree(stale)
         self.progress.update(run, self.args.epochs, "evaluating")
         start = time.perf_counter()
-        status = run_logged(self.eval_command(run_dir, slot.eval_device), log, self.stop, env=slot.env(), lock=lock)
+        status = run_logged(self.eval_command(run, slot.eval_device), log, self.stop, env=slot.env(), lock=lock)
         if status != 0:
             return self._failure(run, "eval.py", status, log)
         metrics = json.loads((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))
@@ -420,13 +422,21 @@ class Study:
                           "--seed", str(run.seed), "--save-dir", str(self.folder.path), "--name", run.name,
                           "--device", slot.device, *self.train_flags]
 
-    def eval_command(self, run_dir: Path, device: str) -> list[str]:
+    def eval_command(self, run: Run, device: str) -> list[str]:
+        """eval.py on the run's checkpoint, with the data loading and the precision the run trained with (its
+        validation scored that way too), whether they were passed through or are a factor of the study."""
+        flags = list(self.train_flags)
+        for factor in self.factors:  # a factor is never also passed through (check_train_flags)
+            if factor.name in EVAL_FORWARDED:
+                flags += factor.train_args(run.level(factor.name))
         forwarded = []
-        workers = option_value(self.train_flags, "--workers")
-        if workers is not None:
-            forwarded += ["--workers", workers]
-        if "--no-amp" in self.train_flags:
+        for flag in ("--workers", "--precision"):
+            value = option_value(flags, flag)
+            if value is not None:
+                forwarded += [flag, value]
+        if "--no-amp" in flags:
             forwarded.append("--no-amp")
+        run_dir = self.folder.run_dir(run)
         return [sys.executable, str(ROOT / "eval.py"), "--weights", str(run_dir / f"{self.args.evaluate}.pth"),
                 "--data", self.args.data, "--split", self.args.eval_split, "--save-dir", str(run_dir), "--name", "eval",
                 "--device", device, *forwarded]
@@ -440,8 +450,8 @@ def _synchronize(device: torch.device) -> None:
 
 def images_per_second(detectors: dict, device: torch.device, images: int, rounds: int) -> dict:
     """Batch-1 forward pass + box decoding (no NMS, whose cost depends on what a model detects) on a grey letterbox
-    canvas, with each detector as predict.py runs it (fused Conv+BN, channels_last, the device's autocast). The
-    variants take turns for `rounds` rounds after a warm-up round, and each keeps its fastest round, so a busy
+    canvas, with each detector as predict.py runs it (fused Conv+BN, channels_last, the device's default precision).
+    The variants take turns for `rounds` rounds after a warm-up round, and each keeps its fastest round, so a busy
     moment on a shared machine slows one round, not one variant."""
     best = dict.fromkeys(detectors, 0.0)
     for round_index in range(rounds + 1):
@@ -474,7 +484,7 @@ def measure_variants(folder: StudyFolder, finished: dict[Run, dict], device: str
             models[model_key] = {"parameters": count_parameters(loaded.model),
                                  "gflops": count_gflops(loaded.model, tuple(loaded.config.input_shape))}
             if rounds > 0:
-                detectors[model_key] = loaded.detector(optimize=True, amp=True)
+                detectors[model_key] = loaded.detector(optimize=True)
         measured[variant] = models[model_key]
     if detectors:
         LOGGER.info("timing %d models on %s (%d interleaved rounds of %d images)", len(detectors), device, rounds,
@@ -491,8 +501,9 @@ def report_header(stored: dict, args: argparse.Namespace, baseline: dict, counts
     factors = "; ".join(f"{name}: {', '.join(levels)}" for name, levels in stored["grid"].items())
     base = ", ".join(f"{name}={level}" for name, level in baseline.items())
     timing = (f"batch 1, forward pass + box decoding on a grey canvas at the run's input size, fused Conv+BN and the "
-              f"device's autocast as predict.py; {args.speed_rounds} interleaved rounds of {args.speed_images} images "
-              f"on {device}, fastest round per model (variants that build the same model share it)"
+              f"device's default precision as predict.py; {args.speed_rounds} interleaved rounds of "
+              f"{args.speed_images} images on {device}, fastest round per model (variants that build the same model "
+              "share it)"
               if args.speed_rounds > 0 else "not measured (--speed-rounds 0)")
     return "\n".join([
         "# Study", "",

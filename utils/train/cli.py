@@ -11,7 +11,13 @@ import os
 
 from nets.attention import attention_name
 from nets.yolo import ATTENTION_PLACES
-from utils.common.cli import DefaultsHelpFormatter, run_command, setup_logging
+from utils.common.cli import (
+    DefaultsHelpFormatter,
+    add_precision_argument,
+    requested_precision,
+    run_command,
+    setup_logging,
+)
 from utils.common.errors import ConfigError
 from utils.common.image_io import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.data.augment import AugmentConfig
@@ -65,8 +71,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "predict.py): the run goes to SAVE_DIR/NAME")
     p.add_argument("--name", default="exp", help="run folder name inside --save-dir (exp, exp2, ... never "
                    "overwritten)")
+    add_precision_argument(p)
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="mixed precision: bf16/fp16 on CUDA, bf16 on CPUs with native support")
+                   help="--no-amp is --precision fp32")
     p.add_argument("--eval-period", type=int, default=1,
                    help="validate every N epochs (and after the last); raise it when a validation costs more than "
                         "about a fifth of an epoch (see val_s in results.csv)")
@@ -143,7 +150,8 @@ def config_from_args(args: argparse.Namespace, extra_augment: dict | None = None
                   augment={**(extra_augment or {}),
                            **{k: getattr(args, k) for k in AUGMENT_FLAGS if getattr(args, k) is not None}},
                   patience=args.patience or 0,  # None by default, so that an explicit 0 overrides it on --resume
-                  multi_scale_range=parse_range(args.multi_scale_range))
+                  multi_scale_range=parse_range(args.multi_scale_range),
+                  precision=requested_precision(args.precision, not args.amp, "--no-amp"))
     return TrainConfig(**values)
 
 

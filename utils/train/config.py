@@ -29,7 +29,8 @@ class TrainConfig:
     seed: int = 0
     save_dir: str = "logs"
     name: str = "exp"
-    amp: bool = True
+    amp: bool = True  # False: fp32 whatever `precision` says (--no-amp, kept from before --precision)
+    precision: str = "auto"  # utils.common.device.PRECISIONS; auto: bf16/fp16 on CUDA, fp32 elsewhere
     eval_period: int = 1
     patience: int = 0  # validations without fitness improvement before training stops; 0: never stop early
     fitness: str = "map50"  # what best.pth and --patience follow: map50, map50_95 or mix (see FITNESS)

@@ -37,15 +37,21 @@ def git_commit(root: Path = ROOT) -> str | None:
     return commit.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def run_info(data: str, classes: list[str]) -> dict[str, Any]:
-    return {"dataset": data, "classes": [str(c) for c in classes], "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "python": platform.python_version(),
-            "git_commit": git_commit()}
+def run_info(data: str, classes: list[str], precision: str | None = None, device: str | None = None
+             ) -> dict[str, Any]:
+    """What the options alone do not say: the data and classes used, the precision the run computed in and on what
+    device, and the versions of the code."""
+    info = {"dataset": data, "classes": [str(c) for c in classes]}
+    if precision is not None:
+        info.update(precision=precision, device=device)
+    return {**info, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "python": platform.python_version(), "git_commit": git_commit()}
 
 
-def write_args_yaml(path: Path, config: Any, classes: list[str]) -> Path:
+def write_args_yaml(path: Path, config: Any, classes: list[str], precision: str | None = None,
+                    device: str | None = None) -> Path:
     """Write `config` (a TrainConfig) with every field resolved, plus run_info, to `path`."""
-    content = _plain({**config.to_dict(), RUN_INFO: run_info(config.data, classes)})
+    content = _plain({**config.to_dict(), RUN_INFO: run_info(config.data, classes, precision, device)})
     text = "# train.py --config this file [flags] re-runs this training; flags override the file\n"
     path.write_text(text + yaml.safe_dump(content, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path

@@ -21,7 +21,7 @@ from nets.yolo import attention_prefixes
 from utils.common import distributed as dist_utils
 from utils.common.boxes import letterbox
 from utils.common.cli import Terminated, add_log_file
-from utils.common.device import autocast, autocast_dtype, select_device
+from utils.common.device import autocast, precision_note, resolve_precision, select_device
 from utils.common.errors import ConfigError, DatasetError, MissingFileError, UserError
 from utils.common.image_io import read_image, to_model_input, write_image
 from utils.common.run_dir import claim_run_dir, remove_if_empty
@@ -104,10 +104,12 @@ class StepResult:
 
 def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                     ema, schedule: LRSchedule, peak_lr: float, epoch: int, device: torch.device,
-                    config: TrainConfig, bad_streak: int = 0, multi_scale: MultiScale | None = None) -> StepResult:
+                    config: TrainConfig, bad_streak: int = 0, multi_scale: MultiScale | None = None,
+                    precision: str = "fp32") -> StepResult:
     """One pass over `loader`; the LR follows `schedule` every iteration. Non-finite losses skip the step;
     `config.max_bad_steps` of them in a row (counted across epochs from `bad_streak`) stop training.
-    multi_scale: resizes each batch (and its targets) on the device to a drawn size."""
+    multi_scale: resizes each batch (and its targets) on the device to a drawn size. precision: a resolved one
+    (utils.common.device.resolve_precision)."""
     model.train()
     sums: dict[str, float] = {}
     steps = skipped = seen = 0
@@ -124,7 +126,7 @@ def train_one_epoch(model: nn.Module, loader, loss_fn, optimizer: torch.optim.Op
             images, targets = multi_scale(images, targets)
         buffers = float_buffers(model)
         saved = [b.clone() for b in buffers]  # BatchNorm statistics, restored if this batch turns out non-finite
-        with autocast(device, config.amp):
+        with autocast(device, precision):
             outputs = model(images)
         losses = loss_fn(outputs, targets)
         finite = dist_utils.all_ranks_true(bool(torch.isfinite(losses["total"])), device)
@@ -173,14 +175,13 @@ def optimizer_step(model: nn.Module, loss: torch.Tensor, optimizer: torch.optim.
     optimizer.zero_grad(set_to_none=True)
 
 
-def make_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
+def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """Loss scaling only for fp16 (bf16 has fp32's range and needs none)."""
-    enabled = amp and autocast_dtype(device) == torch.float16
-    return torch.amp.GradScaler(device.type, enabled=enabled)
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 def checkpoint_payload(model: nn.Module, ema, optimizer, scaler, state: TrainState, model_config,
-                       train_config: TrainConfig) -> dict[str, Any]:
+                       train_config: TrainConfig, precision: str = "fp32") -> dict[str, Any]:
     """Everything needed to resume exactly or to rebuild the model for inference (plain types and tensors). The LR
     schedule is not saved: it is a pure function of train_config and the epoch (utils.train.optim.LRSchedule)."""
     return {
@@ -198,6 +199,7 @@ def checkpoint_payload(model: nn.Module, ema, optimizer, scaler, state: TrainSta
         "history": state.history,
         "config": model_config.to_dict(),
         "train_config": train_config.to_dict(),
+        "precision": precision,  # what this run computed in (resolved --precision); a resume re-resolves it
     }
 
 
@@ -254,6 +256,7 @@ class Trainer:
         self.config = config
         self.device = dist_utils.init_distributed(select_device(config.device))
         self.main = dist_utils.is_main_process()
+        self.precision = resolve_precision(self.device, config.precision if config.amp else "fp32")
         torch.manual_seed(config.seed + dist_utils.rank())
         # claimed before the data loads: two runs started together never share a folder, and an unwritable
         # --save-dir is found before any work; a dataset error removes the still-empty folder again
@@ -283,7 +286,10 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             add_log_file(self.run_dir / "train.log")
             LOGGER.info("run folder: %s", self.run_dir)
-            write_args_yaml(self.run_dir / "args.yaml", self.config, self.classes)  # train.py --config re-runs it
+            LOGGER.info("%s", precision_note(self.device, self.config.precision if self.config.amp else "fp32",
+                                             self.precision))
+            # train.py --config re-runs it
+            write_args_yaml(self.run_dir / "args.yaml", self.config, self.classes, self.precision, str(self.device))
 
     def _setup_data(self, resume: dict | None) -> None:
         cfg = self.config
@@ -389,7 +395,7 @@ class Trainer:
         self.base_lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.optimizer]
         self.optimizer = build_optimizer(self.model, cfg.optimizer, self.base_lr, cfg.momentum, cfg.weight_decay)
         self.schedule = LRSchedule(cfg.epochs, cfg.warmup_epochs, min_ratio=cfg.min_lr_ratio, kind=cfg.lr_schedule)
-        self.scaler = make_scaler(self.device, cfg.amp)
+        self.scaler = make_scaler(self.device, self.precision)
         self.ema = ema_model(self.model, cfg.ema_decay) if cfg.ema else None
         if self.ema is not None:
             self.ema.requires_grad_(False)
@@ -451,7 +457,7 @@ class Trainer:
             self.multi_scale.set_epoch(epoch)
         result = train_one_epoch(self.ddp_model, loader, self.loss_fn, self.optimizer, self.scaler, self.ema,
                                  self.schedule, self._peak_lr(), epoch, self.device, self.config, self.bad_streak,
-                                 self.multi_scale)
+                                 self.multi_scale, self.precision)
         self.bad_streak = result.bad_streak
         row = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in result.losses.items()},
                "lr": self.optimizer.param_groups[0]["lr"], "skipped_steps": result.skipped,
@@ -523,8 +529,8 @@ class Trainer:
         """Validation with exactly eval.py's code path, thresholds and letterbox, plus the loss of the same forward
         passes; writes the diagnostics pictures. Returns the results.csv columns (and the fitness)."""
         start, detections = time.perf_counter(), []
-        metrics = evaluate(self.eval_model(), self._val_loader(), self.model_config, self.device, amp=self.config.amp,
-                           loss_fn=self.loss_fn, detections_out=detections)
+        metrics = evaluate(self.eval_model(), self._val_loader(), self.model_config, self.device,
+                           precision=self.precision, loss_fn=self.loss_fn, detections_out=detections)
         columns = {f"val/{k}": v for k, v in metrics.get("val_loss", {}).items() if k != "total"}
         columns.update({"val/precision": metrics["precision"], "val/recall": metrics["recall"],
                         "val/mAP50": metrics["mAP50"], "val/mAP50_95": metrics["mAP50_95"],
@@ -605,7 +611,7 @@ class Trainer:
 
     def _save(self, name: str) -> None:
         payload = checkpoint_payload(self.model, self.ema, self.optimizer, self.scaler, self.state, self.model_config,
-                                     self.config)
+                                     self.config, self.precision)
         save_checkpoint(payload, self.run_dir / name)
 
     def _save_preview(self) -> None:
@@ -619,7 +625,7 @@ class Trainer:
                     preview, pictures)
 
 
-RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "eval_period", "save_period", "patience")
+RESUMABLE_OVERRIDES = ("epochs", "workers", "device", "precision", "amp", "eval_period", "save_period", "patience")
 
 
 def resume_checkpoint_path(resume: str | bool, save_dir: str = "logs") -> Path:
