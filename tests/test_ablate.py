@@ -20,6 +20,7 @@ from tests.synthetic import make_voc
 from utils.study import ablate
 from utils.study.ablate import check_train_flags
 from utils.study.factors import Run, study_factors
+from utils.study.folder import RESULT_FILE
 from utils.study.stats import mean_std, paired_difference, t_cdf, t_quantile
 
 
@@ -120,7 +121,7 @@ def killed_and_resumed(tmp_path_factory):
     data, study = make_voc(root / "data", images=4), root / "study"
     process = subprocess.Popen(study_command(data, study), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    first = study / RUNS[0] / ablate.RESULT_FILE
+    first = study / RUNS[0] / RESULT_FILE
     deadline = time.monotonic() + 300
     while not first.is_file() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
@@ -139,13 +140,13 @@ def killed_and_resumed(tmp_path_factory):
 def test_killed_study_resumes_without_redoing_finished_runs(killed_and_resumed):
     _, study, resumed, before = killed_and_resumed
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    first = study / RUNS[0] / ablate.RESULT_FILE
+    first = study / RUNS[0] / RESULT_FILE
     assert (first.read_bytes(), first.stat().st_mtime_ns) == before
     assert (study / "console" / f"{RUNS[0]}.txt").read_text().count("\n$ ") == 2  # one train.py, one eval.py
     runs = sorted(p.name for p in study.iterdir() if p.is_dir() and p.name not in ("console", "locks"))
     assert runs == RUNS  # no duplicate folder such as multi_scale=off-s02
     for run in runs:
-        result = json.loads((study / run / ablate.RESULT_FILE).read_text())
+        result = json.loads((study / run / RESULT_FILE).read_text())
         assert 0.0 <= result["mAP50"] <= 1.0 and result["run"] == run
     trained_with = ["\nmulti_scale: true\n" in (study / run / "args.yaml").read_text() for run in RUNS]
     assert trained_with == [False, False, True, True]  # each run trained with its own level

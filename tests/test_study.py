@@ -15,6 +15,7 @@ from nets.yolo import YoloBody
 from tests.synthetic import write_weights
 from utils.model.config import ModelConfig
 from utils.study import ablate
+from utils.study import folder as folder_module
 from utils.study.analysis import Design, effect_rows, interaction_rows, variant_rows
 from utils.study.factors import (
     Run,
@@ -239,7 +240,7 @@ def test_levels_and_seeds_may_be_added_but_not_factors(tmp_path):
 
 
 def test_a_run_in_progress_elsewhere_is_not_claimed_twice(tmp_path):
-    if ablate.fcntl is None:
+    if folder_module.fcntl is None:
         pytest.skip("no advisory locks on this platform")
     run = Run((("mosaic", "0"),), 0)
     first, second = StudyFolder(tmp_path / "s"), StudyFolder(tmp_path / "s")

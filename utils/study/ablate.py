@@ -62,11 +62,9 @@ from utils.study.factors import (
     plan_runs,
     study_factors,
 )
-from utils.study.folder import RESULT_FILE, StudyError, StudyFolder, fcntl, write_json_atomic
+from utils.study.folder import RESULT_FILE, StudyError, StudyFolder, write_json_atomic
 from utils.study.report import run_row, write_files
 from utils.train import cli as train  # train.py's parser defines the flags a study passes through
-
-__all__ = ["RESULT_FILE", "StudyError", "StudyFolder", "fcntl"]  # used by the tests through this module
 
 LOGGER = logging.getLogger("ablate")
 ROOT = Path(__file__).resolve().parents[2]
