@@ -380,7 +380,7 @@ def test_command_line_tools_survive_hostile_data(tmp_path):
     nan_coco = coco_json(tmp_path / "nan", GOOD + ['{"id": 3, "image_id": 1, "category_id": 1, "bbox": [NaN, 1, 9, '
                                                    '9]}', '{"id": 4, "image_id": 2, "category_id": 1, "bbox": [1, 1, '
                                                    '9, 1e999]}'], categories='[{"name": "x"}, {"id": 1, "name": '
-                                                   '"thing"}]')
+                                                   '"red"}]')  # a class of the model trained below
     killed = make_voc(tmp_path / "src", images=20)
     assert killed_convert(killed, tmp_path / "conv", after=7) == -signal.SIGKILL
     pictures = looped_images(tmp_path / "pictures")

@@ -1,11 +1,11 @@
 """Bounded readers for the YAML and JSON files that reach the project from outside (data.yaml, args.yaml, --config
 recipes, COCO instances json). Every YAML read of the project goes through `load_yaml`.
 
-`yaml.safe_load` constructs no objects, but it still expands aliases without bound: a 1 KB file of nested anchors
-(`b: &b [*a, *a, ...]`) describes 10^9 values, and whatever walks them (class names, image lists) runs out of memory.
-Deep nesting overflows the recursive composer (YAML) or decoder (JSON). So each read is bounded before and while it
-parses: the file's size (checked before it is read), the number of values once aliases are expanded (counted while
-composing, so a bomb is refused after a few thousand nodes, not after the expansion), and the nesting depth. Each
+`yaml.safe_load` builds no arbitrary objects, but aliases let a small file describe a huge structure: 1 KB of nested
+anchors (`b: &b [*a, *a, ...]`) is 10^9 class names to whatever walks them (and merge keys copy them), which runs out
+of memory. Deep nesting overflows the recursive composer (YAML) or decoder (JSON). So each read is bounded before and
+while it parses: the file's size (checked before it is read), the number of values once aliases are expanded (counted
+while composing, so a bomb is refused after its first million values, never expanded), and the nesting depth. Each
 refusal is one `error:` line naming the file and the fix.
 """
 from __future__ import annotations

@@ -246,7 +246,8 @@ class CocoReader(DatasetReader):
 
     def read(self, data: Path, split: str, classes: list[str] | None, seed: int) -> SourceSplit:
         json_path, part = _json_split(data, split) if data.is_file() else (_folder_json(data, split), "all")
-        images, categories = parse_coco_json(json_path, problems := [])
+        problems: list[str] = []
+        images, categories = parse_coco_json(json_path, problems)
         made = part != "all"
         if made:
             LOGGER.info("%s is the only COCO json of its dataset: using the seed-%d '%s' split of its images made "
