@@ -2,8 +2,10 @@
 
 Each case runs in its own child process (memory capped with RLIMIT_AS, time with a timeout) on a small dataset
 written here; the child's peak resident memory comes from os.wait4's rusage. Prints one JSON line per case: exit
-code, seconds, peak RSS in MiB, whether a Python traceback was printed, the case's own figures (problem lines,
-images indexed, mAP of perfect detections, ...) and the last output line.
+code, seconds (child start to end, imports included), peak RSS in MiB (the imports alone take ~600 MiB: torch),
+whether a Python traceback was printed, the case's own figures (problem lines, images indexed, mAP of perfect
+detections, `refused` when the data layer refused it with a UserError (the tools' one `error:` line),
+`case_seconds` without the imports) and the last output line.
 
 Cases: yaml_bomb (a 1 KB data.yaml whose aliases expand to 10^9 names), deep_json (100000 nested arrays as an
 instances json), nan_coco (a NaN box among the good ones of each image; mAP50 / mAP50-95 of detections equal to the
@@ -30,40 +32,49 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r'''
-import json, logging, os, sys
+import json, logging, sys, time
 from pathlib import Path
 logging.disable(logging.CRITICAL)
 case, data = sys.argv[1], Path(sys.argv[2])
+from utils.common.errors import UserError
 from utils.data.index import load_split
 
-def problems(index):
-    return {"images": len(index.records), "problem_lines": len(index.problems)}
 
-if case in ("yaml_bomb", "deep_json", "inf_xml_size", "category_without_id", "million_rows"):
-    target = {"yaml_bomb": data / "data.yaml", "deep_json": data / "instances_x.json",
-              "category_without_id": data / "annotations" / "instances_x.json"}.get(case, data)
-    result = problems(load_split(target, "all"))
-elif case == "nan_coco":
-    import numpy as np
-    from utils.eval.evaluation import compute_metrics
-    clean = load_split(data / "clean" / "annotations" / "instances_x.json", "all", keep_unreadable=True)
-    hostile = load_split(data / "hostile" / "annotations" / "instances_x.json", "all", keep_unreadable=True)
-    detections = [np.column_stack([r.ground_truth().boxes, np.full(len(r.ground_truth().boxes), 0.9),
-                                   r.ground_truth().labels]) for r in clean.records]
-    result = {}
-    for name, index in (("clean", clean), ("hostile", hostile)):
-        metrics, _ = compute_metrics(detections, index, index.classes)
-        result[name] = {k: metrics[k] for k in ("mAP50", "mAP50_95", "objects")}
-elif case == "odd_names":
-    names = [r.path.stem for split in ("train", "val", "test") for r in load_split(data, split).records]
-    result = {"images_over_splits": len(names), "distinct": len(set(names))}
-elif case == "glob_loop":
-    from utils.deploy.sources import open_source
-    source = open_source(str(data / "images" / "**"))
-    result = {"inputs": len(source.paths)}
-elif case == "killed_convert":
-    index = load_split(data / "out", "train")
-    result = {"images_offered_to_training": len(index.records)}
+def run():
+    if case in ("yaml_bomb", "deep_json", "inf_xml_size", "category_without_id", "million_rows"):
+        target = {"yaml_bomb": data / "data.yaml", "deep_json": data / "instances_x.json",
+                  "category_without_id": data / "annotations" / "instances_x.json"}.get(case, data)
+        index = load_split(target, "all")
+        return {"images": len(index.records), "problem_lines": len(index.problems)}
+    if case == "nan_coco":
+        import numpy as np
+        from utils.eval.evaluation import compute_metrics
+        clean = load_split(data / "clean" / "annotations" / "instances_x.json", "all", keep_unreadable=True)
+        hostile = load_split(data / "hostile" / "annotations" / "instances_x.json", "all", keep_unreadable=True)
+        detections = [np.column_stack([r.ground_truth().boxes, np.full(len(r.ground_truth().boxes), 0.9),
+                                       r.ground_truth().labels]) for r in clean.records]
+        result = {}
+        for name, index in (("clean", clean), ("hostile", hostile)):
+            metrics, _ = compute_metrics(detections, index, index.classes)
+            result[name] = {k: metrics[k] for k in ("mAP50", "mAP50_95", "objects")}
+        return result
+    if case == "odd_names":
+        names = [r.path.stem for split in ("train", "val", "test") for r in load_split(data, split).records]
+        return {"images_over_splits": len(names), "distinct": len(set(names))}
+    if case == "glob_loop":
+        from utils.deploy.sources import open_source
+        return {"inputs": len(open_source(str(data / "images" / "**")).paths)}
+    index = load_split(data / "out", "train")  # killed_convert
+    return {"images_offered_to_training": len(index.records)}
+
+
+start = time.perf_counter()  # the case itself: imports (torch, cv2) excluded
+try:
+    result = run()
+except UserError as err:  # what the command-line tools print as their one `error:` line
+    print(f"error: {err}")
+    result = {"refused": str(err)[-160:]}
+result["case_seconds"] = round(time.perf_counter() - start, 3)
 print("RESULT " + json.dumps(result))
 '''
 
@@ -127,7 +138,8 @@ def build(case: str, data: Path, root: Path) -> list[str] | None:
         (data / "instances_x.json").write_text("[" * 100_000 + "]" * 100_000)
     elif case == "nan_coco":
         _coco(data / "clean", [_good(i) for i in range(1, 5)])
-        nan = [f'{{"id": {10 + i}, "image_id": {i}, "category_id": 1, "bbox": [NaN, 5, 9, 9]}}' for i in range(1, 5)]
+        nan = [f'{{"id": {10 + i}, "image_id": {i}, "category_id": 1, "bbox": [NaN, 5, 9, 9], "area": 81, '
+               '"iscrowd": 0}' for i in range(1, 5)]
         _coco(data / "hostile", [_good(i) for i in range(1, 5)] + nan)
     elif case in ("inf_xml_size", "odd_names"):
         names = (["a", "b"] if case == "inf_xml_size" else
@@ -143,6 +155,8 @@ def build(case: str, data: Path, root: Path) -> list[str] | None:
         _coco(data, [_good(i) for i in range(1, 5)], '[{"name": "thing"}]')
     elif case == "million_rows":
         _yolo(data, "0 .5 .5 .1 .1\n" * 1_000_000)
+        _image(data / "images" / "b.jpg")  # a good image beside it: the split stays usable
+        (data / "labels" / "b.txt").write_text("0 0.5 0.5 0.2 0.2\n")
     elif case == "glob_loop":
         for i, name in enumerate("abcdefgh"):
             _image(data / "images" / ("sub" if i >= 4 else "") / f"{name}.jpg")

@@ -426,3 +426,15 @@ def test_command_line_tools_survive_hostile_data(tmp_path):
               "odd_names_kept": sum(map(len, split_members)), "of_odd_names": len(ODD_NAMES),
               "predict_inputs": predicted, "convert_rerun_s": round(rerun_seconds, 1)}
     print("hostile data:", json.dumps(counts))
+
+
+def test_bench_hostile_data_runs(capsys):
+    """Smoke run of benchmarks/bench_hostile_data.py on two cheap cases (its figures are in the report, not here)."""
+    from benchmarks import bench_hostile_data
+
+    assert bench_hostile_data.main(["--cases", "inf_xml_size", "category_without_id", "--timeout", "120"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [line["case"] for line in lines] == ["inf_xml_size", "category_without_id"]
+    assert all(line["exit"] == 0 and not line["traceback"] for line in lines), lines
+    assert (lines[0]["result"]["images"], lines[0]["result"]["problem_lines"]) == (2, 1)  # the inf <width>: a line
+    assert lines[1]["result"]["images"] == 4
