@@ -14,7 +14,6 @@ folder when the entry is checked.
 from __future__ import annotations
 
 import functools
-import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +30,8 @@ from utils.data.annotations import (
     finite_number,
     whole_number,
 )
-from utils.data.reader import FORMATS, DatasetReader, Entry, SourceSplit, make_splits
+from utils.data.reader import FORMATS, DatasetReader, Entry, SourceSplit, split_ids
 
-LOGGER = logging.getLogger("utils.data.index")
 _SPLIT_FILE = re.compile(r"instances_(train|val|test)(\d*)\.json")
 
 
@@ -249,10 +247,8 @@ class CocoReader(DatasetReader):
         problems: list[str] = []
         images, categories = parse_coco_json(json_path, problems)
         made = part != "all"
-        if made:
-            LOGGER.info("%s is the only COCO json of its dataset: using the seed-%d '%s' split of its images made "
-                        "in memory (train, val and test never share an image)", json_path, seed, split)
-            chosen = set(make_splits([str(image.coco_id) for image in images], seed)[part])
+        if made:  # the only json of its dataset: split in memory, so train, val and test never share an image
+            chosen = set(split_ids([str(image.coco_id) for image in images], part, seed, json_path))
             images = [image for image in images if str(image.coco_id) in chosen]
         folder = _image_dir(json_path)
         entries = [Entry(folder / image.file_name, json_path, image.annotation, image.coco_id, image.file_name,
