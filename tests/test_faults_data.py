@@ -26,7 +26,7 @@ from tests.synthetic import make_voc, make_yolo, voc_xml
 from utils.common.errors import ConfigError, DatasetError
 from utils.common.paths import glob_files, walk_files
 from utils.common.safe_load import JsonFileError, load_json, load_yaml
-from utils.data.annotations import MAX_NOTES_SHOWN, MAX_OBJECTS, AnnotationError
+from utils.data.annotations import MAX_CLASSES, MAX_NOTES_SHOWN, MAX_OBJECTS, AnnotationError
 from utils.data.convert import convert, stated_splits
 from utils.data.formats import coco
 from utils.data.index import UNFINISHED_MARKER, load_split, read_split_file
@@ -253,6 +253,24 @@ def test_object_limit_in_xml_and_coco(tmp_path):
     index = load_split(coco_json(tmp_path / "coco", crowd + GOOD[1:]), "all")
     assert [r.coco_id for r in index.records] == [2]
     assert any(f"image id 1 has {MAX_OBJECTS + 1} annotations" in p for p in index.problems)
+
+
+def test_class_lists_are_bounded_before_a_model_is_built(tmp_path):
+    """A data.yaml of 20000 names, a COCO json of 20000 categories, a row with class id 10^12: each class widens the
+    heads (10^5 classes: ~1 GB of weights), so the list is refused (or the row skipped) before a model is built."""
+    yaml_path = make_yolo(tmp_path / "yolo", images=1)
+    yaml_path.write_text("train: images/train\nval: images/val\nnames: [" + ", ".join(f"c{i}" for i in range(20_000))
+                         + "]\n")
+    with pytest.raises(DatasetError, match=f"20000 class names, more than the {MAX_CLASSES}"):
+        load_split(yaml_path, "train")
+    categories = "[" + ", ".join(f'{{"id": {i}, "name": "c{i}"}}' for i in range(1, 20_001)) + "]"
+    with pytest.raises(DatasetError, match="20000 class names"):
+        load_split(coco_json(tmp_path / "coco", GOOD, categories=categories), "all")
+    yaml_path.write_text("train: images/train\nval: images/val\n")  # no names: class ids become the names
+    label = tmp_path / "yolo" / "labels" / "train" / "img000.txt"
+    label.write_text(label.read_text() + "1000000000000 0.5 0.5 0.1 0.1\n")
+    index = load_split(yaml_path, "train")
+    assert index.classes == ["0"] and any("larger than any dataset's" in p for p in index.problems)
 
 
 # ---------------------------------------------------------------------------------------------------- names

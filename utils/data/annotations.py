@@ -27,6 +27,7 @@ from utils.common.errors import UserError
 
 MAX_OBJECTS = 10_000  # per image: the densest public sets (SKU-110K, DOTA) stay far below; a detector keeps 300
 MAX_ANNOTATION_BYTES = 16 << 20  # one image's annotation file (VOC XML, YOLO txt): a few KB in practice
+MAX_CLASSES = 10_000  # a dataset's class list (as for a Darknet cfg): LVIS has 1203; each class widens the heads
 MAX_NOTES_SHOWN = 10  # notes of one file printed in full; the rest are counted by kind in one more line
 
 

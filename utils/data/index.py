@@ -34,7 +34,7 @@ from utils.common.boxes import GroundTruthBoxes
 from utils.common.errors import DatasetError, MissingFileError
 from utils.common.image_io import ImageReadError, image_size, probe_image
 from utils.common.paths import UnsafePathError, check_user_path, resolve_inside
-from utils.data.annotations import AnnotationError, ClassMap, RawAnnotation
+from utils.data.annotations import MAX_CLASSES, AnnotationError, ClassMap, RawAnnotation
 from utils.data.formats import FORMATS, detect_format
 from utils.data.reader import SPLITS, Entry, SourceSplit, make_splits
 
@@ -313,6 +313,9 @@ def load_split(data: str | Path, split: str, classes: list[str] | None = None, k
     source = reader.read(data, split, classes, seed)
     problems = list(source.problems)
     found = source.classes if source.classes is not None else _discover(source.entries)
+    if len(classes or found) > MAX_CLASSES:  # each class widens the model's heads: refused before anything is built
+        raise DatasetError(f"{data}: {len(classes or found)} class names, more than the {MAX_CLASSES} a model here "
+                           "can have; check the annotations' class names, or give --names FILE")
     index = _build_index(source.entries, classes or found, split, problems, keep_difficult, keep_empty,
                          keep_unreadable)
     index.coco_json, index.pixel_offset, index.source_format = source.coco_json, reader.pixel_offset, name

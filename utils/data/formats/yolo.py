@@ -39,6 +39,7 @@ from utils.common.image_io import IMAGE_SUFFIXES
 from utils.common.paths import resolve_inside, walk_files
 from utils.common.safe_load import load_yaml
 from utils.data.annotations import (
+    MAX_CLASSES,
     MAX_OBJECTS,
     AnnotationError,
     ClassMap,
@@ -54,7 +55,6 @@ from utils.data.reader import FORMATS, DatasetReader, Entry, SourceSplit, read_l
 LOGGER = logging.getLogger("utils.data.index")
 YAML_SUFFIXES = (".yaml", ".yml")
 SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
-MAX_CLASSES = 100_000  # class ids may become names ('0', '1', ...): a larger id is a broken row, not a class
 
 
 @dataclass
