@@ -446,6 +446,7 @@ def test_command_line_tools_survive_hostile_data(tmp_path):
     print("hostile data:", json.dumps(counts))
 
 
+@pytest.mark.slow  # two child processes that import torch
 def test_bench_hostile_data_runs(capsys):
     """Smoke run of benchmarks/bench_hostile_data.py on two cheap cases (its figures are in the report, not here)."""
     from benchmarks import bench_hostile_data
