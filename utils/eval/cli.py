@@ -94,6 +94,7 @@ def evaluate_split(args: argparse.Namespace) -> tuple[dict, Path]:
                    nms_iou=args.iou, input_shape=config.input_shape, classes=config.classes,
                    unknown_objects=index.unknown_objects, summary=index.ground_truth_summary())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    index.write_split(out)  # a split made in memory (the same as train.py's): splits/<split>.txt
     write_plots(metrics, voc, out)
     if args.save_json:
         results = coco_results(detections, [r.image_id for r in index.records], list(range(config.num_classes)))

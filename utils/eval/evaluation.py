@@ -11,7 +11,6 @@ evaluate: both, on a loader of utils.data.loader.EvalDataset batched by eval_col
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from tqdm import tqdm
 from utils.common.boxes import LetterboxInfo, detections_to_original, letterbox_boxes
 from utils.common.device import autocast
 from utils.common.image_io import to_model_input
+from utils.data.formats import coco
 from utils.data.index import DatasetIndex, ImageRecord, missed_objects
 from utils.eval.metrics import (
     Annotated,
@@ -157,15 +157,14 @@ def compute_metrics(detections: Sequence[np.ndarray], records: DatasetIndex | Se
     (pycocotools; None with coco=False), AP50_per_class {name: AP}, precision/recall/f1 (means over classes with
     ground truth at score >= score_thresh), per_class details, confusion_matrix, confidence_curves, best_f1, and the
     ground-truth counts. Undefined figures (no ground truth for them) are None, never 0 or -1.
-    pixel_offset: 1 = the VOC devkit's inclusive-pixel IoU (VOC XML boxes), 0 = continuous boxes (COCO json);
-    None: from the records.
+    pixel_offset: 1 = the VOC devkit's inclusive-pixel IoU (VOC XML boxes), 0 = continuous boxes (COCO json, YOLO);
+    None: the index's (its format's reader states it), or the devkit's for bare records.
     """
     index = records if isinstance(records, DatasetIndex) else None
     records = index.records if index is not None else list(records)
     truths = [r.ground_truth() if isinstance(r, ImageRecord) else r for r in records]
     if pixel_offset is None:
-        stated = index.pixel_offset if index is not None else None
-        pixel_offset = iou_pixel_offset(records) if stated is None else stated
+        pixel_offset = index.pixel_offset if index is not None else 1.0
     voc = voc_evaluate(detections, truths, class_names, use_07=voc07, pixel_offset=pixel_offset)
     coco_figures = _coco_figures(detections, records, truths, class_names, index) if coco else None
     prf = voc.prf(score_thresh)
@@ -230,30 +229,10 @@ def _coco_figures(detections: Sequence[np.ndarray], records: Sequence, truths: S
 
 
 def coco_json_ground_truth(json_path: Path, image_ids: Sequence[int]) -> dict:
-    """The json's own images and annotations for `image_ids`, as pycocotools reads them; annotations whose bbox is
-    not 4 numbers (reported when indexing) are left out, a missing area is w * h (pycocotools needs one)."""
-    content = _read_json(Path(json_path), Path(json_path).stat().st_mtime_ns)
-    wanted = {int(i) for i in image_ids}
-    images = [{**image, "id": int(image["id"])} for image in content["images"] if int(image["id"]) in wanted]
-    annotations = []
-    for ann in content["annotations"]:
-        bbox = ann.get("bbox")
-        if int(ann["image_id"]) not in wanted or not isinstance(bbox, list) or len(bbox) != 4 or not all(
-                isinstance(v, (int, float)) for v in bbox):
-            continue
-        annotations.append({**ann, "image_id": int(ann["image_id"]), "area": ann.get("area", bbox[2] * bbox[3])})
-    return {"images": images, "annotations": annotations, "categories": content["categories"]}
-
-
-@functools.lru_cache(maxsize=2)
-def _read_json(path: Path, mtime_ns: int) -> dict:
-    """A parsed json, cached while the file is unchanged (training validates against it every epoch)."""
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def iou_pixel_offset(records: Sequence) -> float:
-    """The devkit's +1 pixel IoU for VOC XML boxes (inclusive integer pixels); 0 for COCO json (continuous) boxes."""
-    return 0.0 if records and getattr(records[0], "coco_id", None) is not None else 1.0
+    """The json's own images and annotations for `image_ids`, as pycocotools reads them: exactly the entries the
+    index kept (utils.data.formats.coco.ground_truth: an annotation with a NaN bbox or area was reported and is not
+    scored), areas as written (w * h when absent)."""
+    return coco.ground_truth(Path(json_path), [int(i) for i in image_ids])
 
 
 def evaluate(model: nn.Module, loader, config: ModelConfig, device: torch.device, conf: float = 0.001,

@@ -18,6 +18,7 @@ import torchvision
 import yaml
 
 from utils.common.errors import ConfigError, MissingFileError
+from utils.common.safe_load import load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_CONFIG_BYTES = 1 << 20
@@ -73,12 +74,7 @@ def read_config_file(path: str | Path, fields: set[str]) -> dict[str, Any]:
     if not path.is_file():
         raise MissingFileError(f"--config {path} not found; give an args.yaml of a run or a recipe such as "
                                "model_data/voc_recipe.yaml")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"--config {path}: larger than {MAX_CONFIG_BYTES} bytes; not a training configuration")
-    try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise ConfigError(f"--config {path}: not a valid YAML file; fix its syntax") from None
+    content = load_yaml(path, f"--config {path}", MAX_CONFIG_BYTES) or {}  # bounded: size, aliases, depth
     if not isinstance(content, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option: value")
     content.pop(RUN_INFO, None)

@@ -341,6 +341,8 @@ class Trainer:
                            cfg.train_split, shared[0].name, cfg.train_split)
 
     def _log_data_summary(self) -> None:
+        for index in (self.train_index, self.val_index):  # a split made in memory is recorded: splits/<split>.txt
+            index.write_split(self.run_dir)
         if not self.val_index.records:
             index = self.train_index
             problems = index.write_problems(self.run_dir) if index.problems else None
