@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nets.attention import attention_name
+from nets.attention import attention_name, attention_names
 from nets.summary import count_gflops, count_parameters
 from nets.yolo import ATTENTION_PLACES, attention_place
 from utils.common.cli import run_command, setup_logging
@@ -97,8 +97,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--data", default="VOCdevkit", help="dataset, as train.py --data")
-    p.add_argument("--phi", default="none,se,cbam,eca,ca", help="attentions to compare, comma-separated (none is the "
-                   "baseline the verdicts compare against)")
+    p.add_argument("--phi", default=",".join(attention_names()), help="attentions to compare, comma-separated (none "
+                   "is the baseline the verdicts compare against)")
     p.add_argument("--at", default="neck", help=f"placements, comma-separated: {','.join(ATTENTION_PLACES)}")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per attention and placement")
     p.add_argument("--epochs", type=int, default=30, help="epochs per run")
