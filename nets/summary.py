@@ -1,5 +1,5 @@
-"""Parameter count and GFLOPs of a YoloBody: `python -m nets.summary --phi 2 --input-shape 416`, or of every
-(attention, placement) as a Markdown table: `python -m nets.summary --table --num-classes 80`."""
+"""Parameter count and GFLOPs of a YoloBody: `python -m nets.summary --phi 2 --input-shape 416 [--heads 3]`, or of
+every (attention, placement) as a Markdown table: `python -m nets.summary --table --num-classes 80 [--heads 3]`."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nets.attention import ATTENTION_NAMES
+from nets.attention import attention_choices, attention_names
 from nets.errors import ModelConfigError
-from nets.yolo import ATTENTION_PLACES, DEFAULT_ANCHORS_MASK, YoloBody, check_input_size
+from nets.yolo import ATTENTION_PLACES, HEAD_LAYOUTS, YoloBody, check_input_size, head_layout
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -43,21 +43,23 @@ def model_summary(model: nn.Module, input_shape: tuple[int, int]) -> str:
     attention = getattr(model, "attention", "?")
     placement = f", at={model.attention_at}" if attention not in ("none", "?") else ""
     classes = getattr(model, "num_classes", "?")
-    return (f"YoloBody(attention={attention}{placement}, classes={classes}): {params:,} parameters, "
+    heads = len(getattr(model, "strides", ())) or "?"
+    return (f"YoloBody(attention={attention}{placement}, classes={classes}, heads={heads}): {params:,} parameters, "
             f"{gflops:.2f} GFLOPs at {input_shape[0]}x{input_shape[1]}")
 
 
 def variants() -> list[tuple[str, str]]:
     """Every (attention, placement); none has no placement and appears once."""
-    return [("none", "-")] + [(name, at) for name in ATTENTION_NAMES[1:] for at in ATTENTION_PLACES]
+    return [("none", "-")] + [(name, at) for name in attention_names()[1:] for at in ATTENTION_PLACES]
 
 
-def summary_model(num_classes: int, attention: str, attention_at: str, input_shape: Sequence[int]) -> nn.Module:
-    """A YoloBody with these settings and the default anchor masks (random weights)."""
+def summary_model(num_classes: int, attention: str, attention_at: str, input_shape: Sequence[int],
+                  heads: int = 2) -> nn.Module:
+    """A YoloBody with these settings and the default anchor masks of `heads` heads (random weights)."""
     check_input_size(*input_shape)
     if num_classes < 1:
         raise ModelConfigError(f"--num-classes must be a positive integer, got {num_classes}")
-    return YoloBody(DEFAULT_ANCHORS_MASK, num_classes, attention, attention_at)
+    return YoloBody(head_layout(heads).anchors_mask, num_classes, attention, attention_at)
 
 
 def parse_size(value: str) -> tuple[int, int]:
@@ -73,12 +75,12 @@ def parse_size(value: str) -> tuple[int, int]:
     return height, width
 
 
-def summary_table(num_classes: int, input_shape: tuple[int, int]) -> str:
+def summary_table(num_classes: int, input_shape: tuple[int, int], heads: int = 2) -> str:
     """Markdown table of parameters and GFLOPs for every (attention, placement), with the change against none."""
     rows = ["| attention | placement | parameters | vs none | GFLOPs | vs none |", "|---|---|---|---|---|---|"]
     base = None
     for name, at in variants():
-        model = summary_model(num_classes, name, at if at != "-" else "neck", input_shape)
+        model = summary_model(num_classes, name, at if at != "-" else "neck", input_shape, heads)
         params, gflops = count_parameters(model), count_gflops(model, input_shape)
         base = base or (params, gflops)
         rows.append(f"| {name} | {at} | {params:,} | {params - base[0]:+,} | {gflops:.3f} | "
@@ -88,7 +90,9 @@ def summary_table(num_classes: int, input_shape: tuple[int, int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--phi", default="0", help="attention: 0/none, 1/se, 2/cbam, 3/eca, 4/ca")
+    parser.add_argument("--phi", default="0", help=f"attention: {attention_choices()}")
+    parser.add_argument("--heads", type=int, choices=sorted(HEAD_LAYOUTS), default=2,
+                        help="detection heads: 2 (yolov4-tiny) or 3 (+ stride 8, yolov4-tiny-3l)")
     parser.add_argument("--attention-at", choices=ATTENTION_PLACES, default="neck", help="attention placement")
     parser.add_argument("--num-classes", type=int, default=20, help="number of classes (20 for VOC, 80 for COCO)")
     parser.add_argument("--input-shape", default="416", help="416 or height,width; multiples of 32")
@@ -98,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         input_shape = parse_size(args.input_shape)
         if args.table:
-            print(summary_table(args.num_classes, input_shape))
+            print(summary_table(args.num_classes, input_shape, args.heads))
         else:
-            model = summary_model(args.num_classes, args.phi, args.attention_at, input_shape)
+            model = summary_model(args.num_classes, args.phi, args.attention_at, input_shape, args.heads)
             print(model_summary(model, input_shape))
     except ModelConfigError as err:  # a bad option is one line; anything else is a bug and keeps its traceback
         if args.verbose:

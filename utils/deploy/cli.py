@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cv2
 
+from nets.attention import attention_choices
 from utils.common.cli import (
     DefaultsHelpFormatter,
     add_precision_argument,
@@ -53,7 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--weights-sha256", help="expected sha256 of --weights given as a URL (default: the hash "
                        "prefix in the file name, torch.hub style, if any)")
     model.add_argument("--names", help="class names file (one per line), only for bare state_dicts and Darknet files")
-    model.add_argument("--phi", default=None, help="attention of a bare state_dict: 0-4 or none/se/cbam/eca/ca")
+    model.add_argument("--phi", default=None, help=f"attention of a bare state_dict: {attention_choices()}")
     model.add_argument("--cfg", help="Darknet .cfg for a .weights file")
     model.add_argument("--input-shape", help="e.g. 416 or 320,416 (default: the model's)")
     model.add_argument("--device", default="", help="cpu, cuda, cuda:1 (default: best available)")

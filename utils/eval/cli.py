@@ -14,6 +14,7 @@ import json
 import logging
 from pathlib import Path
 
+from nets.attention import attention_choices
 from utils.common.cli import (
     DefaultsHelpFormatter,
     add_precision_argument,
@@ -43,7 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", default=None, help="Darknet .cfg for --weights *.weights")
     p.add_argument("--names", "--classes", dest="classes", default=None,
                    help="class names file, for bare state_dicts and Darknet files only")
-    p.add_argument("--phi", default=None, help="attention of a bare state_dict: 0/none, 1/se, 2/cbam, 3/eca, 4/ca")
+    p.add_argument("--phi", default=None, help=f"attention of a bare state_dict: {attention_choices()}")
     p.add_argument("--data", default="VOCdevkit", help=DATA_HELP)
     p.add_argument("--split", default="test", help="train, val, trainval, test or all")
     p.add_argument("--conf", type=float, default=0.001, help="score threshold before NMS (low: full PR curve)")

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nets.yolo import heads_in_state_dict
 from utils.common.errors import UserError
 from utils.common.paths import check_user_path
 from utils.model.config import ModelConfig, build_model
@@ -184,8 +185,9 @@ def _mismatch_message(model: nn.Module, state_dict: dict, report: LoadReport, mi
         return (f"{source} was trained for {theirs} classes but {ours} were requested. Use the classes file the "
                 f"weights were trained with, or load them partially (train.py --weights loads every matching "
                 f"tensor and reports the rest) to fine-tune on your {ours} classes.")
-    hint = model.attention_mismatch(state_dict) if hasattr(model, "attention_mismatch") else None
-    if hint:  # wrong --phi, --attention-at, --attention-reduction or --cbam-kernel: say which
+    hint = model.heads_mismatch(state_dict) if hasattr(model, "heads_mismatch") else None
+    hint = hint or (model.attention_mismatch(state_dict) if hasattr(model, "attention_mismatch") else None)
+    if hint:  # wrong --heads, --phi, --attention-at or block option: say which
         return f"{source} does not match this model: {hint}"
     detail = list(report.skipped.items())[:5]
     return (f"{source} does not match this model ({len(report.skipped)} unexpected or mis-shaped tensors, "
@@ -225,7 +227,8 @@ def load_model(weights: str | Path, classes: list[str] | None = None, phi: int |
             f"{path} is a bare state_dict without a model config (trained for {found} classes); pass --names FILE "
             f"with the class names it was trained on and --phi with its attention type")
     else:
-        config = ModelConfig(classes=classes, attention=phi if phi is not None else "none")
+        config = ModelConfig(classes=classes, attention=phi if phi is not None else "none",
+                             heads=heads_in_state_dict(state_dict_of(checkpoint)))
     model = build_model(config)
     load_weights(model, state_dict_of(checkpoint, prefer_ema), source=str(path))
     return model.eval(), config

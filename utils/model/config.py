@@ -5,70 +5,66 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from nets.attention import OPTION_FLAGS, attention_name, block_options
-from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, HEAD_STRIDES, YoloBody, attention_place, check_input_size
+from nets.attention import attention_name, attention_options
+from nets.yolo import YoloBody, attention_place, check_input_size, head_layout
 from utils.common.errors import ConfigError, MissingFileError
 from utils.common.paths import check_user_path
 
 LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DATA = ROOT / "model_data"
+# Fields of configs written before `attention_options` (checkpoints, args.yaml): field -> (block option, the value
+# that meant "the block's default"). Read back as attention_options; never written again.
+LEGACY_OPTION_FIELDS = {"attention_reduction": ("reduction", None), "cbam_kernel": ("kernel_size", 7)}
+
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a trained model: classes, anchors (input pixels), masks, attention, size."""
+    """Everything needed to rebuild a trained model: classes, heads, anchors (input pixels), masks, attention, size."""
 
     classes: list[str]
-    anchors: list[list[float]] = field(default_factory=lambda: [list(a) for a in DEFAULT_ANCHORS])
-    anchors_mask: list[list[int]] = field(default_factory=lambda: [list(m) for m in DEFAULT_ANCHORS_MASK])
+    # None: the defaults of the head count (nets.yolo.HEAD_LAYOUTS); stored resolved, so a checkpoint never depends on
+    # them.
+    anchors: list[list[float]] | None = None
+    anchors_mask: list[list[int]] | None = None
     attention: str = "none"
     input_shape: list[int] = field(default_factory=lambda: [416, 416])  # height, width
     # Darknet's grid-sensitivity factor; 1.0 is the plain sigmoid(t) + grid decoding.
     scale_x_y: float = 1.0
-    # Attention placement and block options (nets/yolo.py, nets/attention.py). The defaults are the reference layout,
-    # and checkpoints written before these fields existed load with them.
+    # Attention placement and block options (nets/yolo.py, nets/attention.py), stored complete (the block's defaults
+    # filled in). The defaults are the reference layout; checkpoints written before these fields existed load with
+    # them, and those with attention_reduction / cbam_kernel fields as these options (LEGACY_OPTION_FIELDS).
     attention_at: str = "neck"  # neck | backbone | both
-    attention_reduction: int | None = None  # None: the block's reference ratio (SE 16, CBAM 8, CA 16; ECA has none)
-    cbam_kernel: int = 7  # CBAM's spatial kernel, 3 or 7
+    attention_options: dict[str, Any] = field(default_factory=dict)
+    heads: int = 2  # 2: strides 32, 16 (yolov4-tiny); 3: + stride 8 (yolov4-tiny-3l)
 
     def __post_init__(self) -> None:
         self.attention = attention_name(self.attention)
-        self._check_attention_options()
+        self.attention_at = attention_place(self.attention_at) if self.attention != "none" else "neck"
+        self.attention_options = attention_options(self.attention, self.attention_options)
         self.classes = [str(c) for c in self.classes]
         if not self.classes:
             raise ConfigError("the class list is empty; give --names FILE or annotations with objects")
         if len(set(self.classes)) != len(self.classes):
             raise ConfigError(f"duplicate class names in {self.classes}")
         self.input_shape = parse_input_shape(self.input_shape)
-        self.anchors = [[float(w), float(h)] for w, h in self.anchors]
-        self.anchors_mask = [[int(i) for i in m] for m in self.anchors_mask]
+        layout = head_layout(self.heads)
+        self.anchors = [[float(w), float(h)] for w, h in (layout.anchors if self.anchors is None else self.anchors)]
+        mask = layout.anchors_mask if self.anchors_mask is None else self.anchors_mask
+        self.anchors_mask = [[int(i) for i in m] for m in mask]
         bad = [i for m in self.anchors_mask for i in m if not 0 <= i < len(self.anchors)]
+        if bad and mask is layout.anchors_mask:  # default masks, too few anchors: usually --heads 3 with 6 anchors
+            needed = len(layout.anchors)
+            raise ConfigError(f"the default anchor masks of {self.heads} heads ({self.anchors_mask}) need {needed} "
+                              f"anchors, but {len(self.anchors)} were given; give --anchors a file of {needed} "
+                              f"(python -m utils.anchors --data <dataset> -n {needed})")
         if bad or len(self.anchors_mask) != len(self.strides):
             raise ConfigError(f"anchors_mask {self.anchors_mask} must hold one list of indices into the "
                               f"{len(self.anchors)} anchors per head of the model ({len(self.strides)} heads)")
-
-    def _check_attention_options(self) -> None:
-        """Validate placement and options; an option the chosen block lacks is dropped with a warning (so that one
-        ablation command can pass --attention-reduction to SE, CBAM and CA and still run ECA and none)."""
-        self.attention_at = attention_place(self.attention_at) if self.attention != "none" else "neck"
-        if self.cbam_kernel not in (3, 7):
-            raise ConfigError(f"{OPTION_FLAGS['kernel_size']} must be 3 or 7, got {self.cbam_kernel!r}")
-        options = block_options(self.attention)
-        if self.attention_reduction is not None:
-            if "reduction" not in options:
-                LOGGER.warning("%s %s ignored: attention %s has no reduction ratio", OPTION_FLAGS["reduction"],
-                               self.attention_reduction, self.attention)
-                self.attention_reduction = None
-            else:
-                self.attention_reduction = positive_int(self.attention_reduction, OPTION_FLAGS["reduction"])
-        if self.cbam_kernel != 7 and "kernel_size" not in options:
-            LOGGER.warning("%s %s ignored: it is an option of cbam, not %s", OPTION_FLAGS["kernel_size"],
-                           self.cbam_kernel, self.attention)
-            self.cbam_kernel = 7
 
     @property
     def num_classes(self) -> int:
@@ -76,8 +72,8 @@ class ModelConfig:
 
     @property
     def strides(self) -> tuple[int, ...]:
-        """Output stride of each head, in the model's output order (nets.yolo.HEAD_STRIDES: 32, then 16)."""
-        return HEAD_STRIDES
+        """Output stride of each head, in the model's output order (nets.yolo.HEAD_LAYOUTS: 32, 16[, 8])."""
+        return head_layout(self.heads).strides
 
     def used_anchors(self) -> np.ndarray:
         """The anchors [K, 2] some head uses, in index order (the stock masks leave anchor 0 out)."""
@@ -90,6 +86,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
+        data = upgrade_legacy_options(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -97,23 +94,25 @@ class ModelConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def positive_int(value: object, flag: str) -> int:
-    """`value` as an int >= 1, or a ConfigError naming `flag` (a bool or a fraction is not a count)."""
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{flag} must be a positive integer, got {value!r}") from None
-    if number < 1:
-        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
-    return number
+def upgrade_legacy_options(data: dict) -> dict:
+    """`data` (a ModelConfig or TrainConfig dict) with the fields of LEGACY_OPTION_FIELDS moved into
+    attention_options (a value that meant the default is dropped, so the block's own default applies)."""
+    if not LEGACY_OPTION_FIELDS.keys() & data.keys():
+        return data
+    data = dict(data)
+    options = dict(data.get("attention_options") or {})
+    for old, (option, default) in LEGACY_OPTION_FIELDS.items():
+        value = data.pop(old, default)
+        if value != default:
+            options.setdefault(option, value)
+    data["attention_options"] = options
+    return data
 
 
 def build_model(config: ModelConfig) -> YoloBody:
     """The YoloBody that `config` describes (random weights)."""
     return YoloBody(config.anchors_mask, config.num_classes, config.attention, config.attention_at,
-                    config.attention_reduction, config.cbam_kernel)
+                    **config.attention_options)
 
 
 def read_text_file(path: Path, what: str, fix: str) -> str:

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from nets.attention import ATTENTION_NAMES, OPTION_FLAGS, attention_name, block_options
+from nets.attention import ATTENTION_BLOCKS, attention_name, attention_names, block_options
 from nets.yolo import attention_place
 from utils.common.errors import ConfigError
 from utils.model.config import parse_input_shape
@@ -25,7 +25,7 @@ from utils.train import cli as train  # train.py's parser defines what a factor 
 
 NOT_APPLICABLE = "-"
 DEFAULT_ATTENTION = "none"  # a run's attention when phi is not a factor (train.py's default, --phi 0)
-DEFAULT_ATTENTIONS = ",".join(ATTENTION_NAMES)  # the study's default: every registered attention
+DEFAULT_ATTENTIONS = ",".join(attention_names())  # the study's default: every registered attention
 # train.py options the study sets itself, with the study flag to use instead
 STUDY_OWNED = {"seed": "--seeds", "data": "--data", "epochs": "--epochs", "name": "--study", "save_dir": "--study",
                "resume": "the same study command again", "device": "--devices", "verbose": "--verbose"}
@@ -40,8 +40,10 @@ LEVEL_PARSERS: dict[str, Callable[[str], str]] = {
     "input_shape": lambda text: (parse_input_shape(text), text)[1],
     "multi_scale_range": lambda text: (train.parse_range(text), text)[1],
 }
-# Block options: their train.py option name -> the option's key in nets.attention (reduction, kernel_size).
-BLOCK_OPTION_NAMES = {flag.lstrip("-").replace("-", "_"): key for key, flag in OPTION_FLAGS.items()}
+# train.py options that are a block option under an older flag (--attention-reduction: reduction), as the blocks
+# declare them (AttentionBlock.option_flags)
+BLOCK_OPTION_NAMES = {flag.lstrip("-").replace("-", "_"): option for block in ATTENTION_BLOCKS.values()
+                      if block is not None for option, flag in block.option_flags.items()}
 
 Variant = tuple[tuple[str, str], ...]  # ((factor, level), ...) in the study's factor order
 

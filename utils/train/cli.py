@@ -9,8 +9,8 @@ import dataclasses
 import logging
 import os
 
-from nets.attention import attention_name
-from nets.yolo import ATTENTION_PLACES
+from nets.attention import ATTENTION_BLOCKS, attention_choices, attention_name, attention_names, block_options
+from nets.yolo import ATTENTION_PLACES, HEAD_LAYOUTS
 from utils.common.cli import (
     DefaultsHelpFormatter,
     add_precision_argument,
@@ -22,7 +22,7 @@ from utils.common.errors import ConfigError
 from utils.common.image_io import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.data.augment import AugmentConfig
 from utils.data.index import DATA_HELP
-from utils.model.config import parse_input_shape
+from utils.model.config import LEGACY_OPTION_FIELDS, parse_input_shape, upgrade_legacy_options
 from utils.train.config import TrainConfig
 from utils.train.run_config import config_field_names, read_config_file
 from utils.train.trainer import train
@@ -33,13 +33,14 @@ AUGMENT_FLAGS = ("mosaic", "mixup", "hsv_h", "hsv_s", "hsv_v", "flip", "jitter",
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--phi", default="0", help="attention: 0/none, 1/se, 2/cbam, 3/eca, 4/ca (coordinate attention)")
+    p.add_argument("--phi", default="0", help=f"attention: {attention_choices()}")
     p.add_argument("--attention-at", choices=ATTENTION_PLACES, default="neck",
                    help="where attention goes: neck (the reference's 3 places), backbone (inside each CSP stage, "
                         "starting as the identity), both")
-    p.add_argument("--attention-reduction", type=int, default=None,
-                   help="channel reduction ratio of SE, CBAM and CA (default: the reference's, SE 16, CBAM 8, CA 16)")
-    p.add_argument("--cbam-kernel", type=int, choices=(3, 7), default=7, help="CBAM's spatial attention kernel")
+    add_attention_option_flags(p)
+    p.add_argument("--heads", type=int, choices=sorted(HEAD_LAYOUTS), default=2,
+                   help="detection heads: 2 (strides 32, 16: yolov4-tiny) or 3 (+ stride 8 for small objects: "
+                        "Darknet's yolov4-tiny-3l, 9 anchors)")
     p.add_argument("--data", default="VOCdevkit", help=DATA_HELP)
     p.add_argument("--train-split", default="train", help="split to train on (VOC07+12: trainval)")
     p.add_argument("--val-split", default="val", help="split for validation mAP during training (VOC07+12: test); "
@@ -123,15 +124,55 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+class OptionAlias(argparse.Action):
+    """An older spelling of one block option: `--cbam-kernel 3` appends 'kernel_size=3' to --attention-option."""
+
+    def __init__(self, option_strings: list[str], dest: str, option: str, **kwargs):
+        self.option = option
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest) or []), f"{self.option}={values}"])
+
+
+def add_attention_option_flags(p: argparse.ArgumentParser) -> None:
+    """--attention-option NAME=VALUE, with every registered block's options and defaults in its help, and the older
+    spellings the blocks declare (--attention-reduction, --cbam-kernel); all collect into args.attention_option."""
+    blocks = {name: block_options(name) for name in attention_names() if block_options(name)}
+    listing = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in options.items())
+                        for name, options in blocks.items())
+    p.add_argument("--attention-option", action="append", default=None, metavar="NAME=VALUE",
+                   help=f"an attention block option, repeatable (the blocks' defaults: {listing}); an option the "
+                        "chosen block lacks is ignored with a warning")
+    aliases = {flag: option for name in blocks for option, flag in ATTENTION_BLOCKS[name].option_flags.items()}
+    for flag, option in aliases.items():
+        p.add_argument(flag, dest="attention_option", action=OptionAlias, option=option, metavar="N",
+                       help=f"same as --attention-option {option}=N")
+
+
+def parse_attention_options(pairs: list[str] | None) -> dict[str, str]:
+    """['kernel_size=3', ...] -> {'kernel_size': '3'} (the last of a repeated option wins; ModelConfig converts the
+    values to each option's type)."""
+    options = {}
+    for pair in pairs or []:
+        name, sep, value = str(pair).partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ConfigError(f"--attention-option {pair!r}: write NAME=VALUE, e.g. --attention-option kernel_size=3")
+        options[name.strip()] = value.strip()
+    return options
+
+
 # TrainConfig fields whose flag has another name or type
-FIELD_FLAGS = {"classes_file": "names", "anchors_file": "anchors"}
+FIELD_FLAGS = {"classes_file": "names", "anchors_file": "anchors", "attention_options": "attention_option"}
 
 
 def apply_config_file(parser: argparse.ArgumentParser, path: str) -> dict:
     """Make the options of a --config file the parser's defaults (so flags override them); returns the augment
     settings of the file that have no flag of their own (kept as they are)."""
-    values = read_config_file(path, config_field_names(TrainConfig))
+    values = upgrade_legacy_options(read_config_file(path, config_field_names(TrainConfig) | set(LEGACY_OPTION_FIELDS)))
     augment = dict(values.pop("augment", None) or {})
+    if "attention_options" in values:  # as the flag writes them, so that --attention-option given here adds to them
+        values["attention_options"] = [f"{k}={v}" for k, v in (values["attention_options"] or {}).items()]
     defaults = {FIELD_FLAGS.get(k, k): v for k, v in values.items()}
     if "input_shape" in defaults:
         defaults["input_shape"] = ",".join(map(str, parse_input_shape(defaults["input_shape"])))
@@ -146,6 +187,7 @@ def config_from_args(args: argparse.Namespace, extra_augment: dict | None = None
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
     values.update(classes_file=args.names or args.classes, anchors_file=args.anchors,
+                  attention_options=parse_attention_options(args.attention_option),
                   input_shape=parse_input_shape(args.input_shape),
                   augment={**(extra_augment or {}),
                            **{k: getattr(args, k) for k in AUGMENT_FLAGS if getattr(args, k) is not None}},

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from utils.model.config import upgrade_legacy_options
+
 
 @dataclass
 class TrainConfig:
@@ -14,8 +16,7 @@ class TrainConfig:
     classes_file: str | None = None
     phi: str = "none"
     attention_at: str = "neck"  # ModelConfig.attention_at
-    attention_reduction: int | None = None  # ModelConfig.attention_reduction
-    cbam_kernel: int = 7  # ModelConfig.cbam_kernel
+    attention_options: dict[str, Any] = field(default_factory=dict)  # ModelConfig.attention_options (given ones)
     input_shape: list[int] = field(default_factory=lambda: [320, 320])
     anchors_file: str | None = None
     epochs: int = 50
@@ -56,12 +57,14 @@ class TrainConfig:
     train_split: str = "train"
     multi_scale: bool = False  # each batch resized to a size drawn from multi_scale_range x input_shape
     multi_scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
+    heads: int = 2  # ModelConfig.heads
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
+        data = upgrade_legacy_options(data)  # a run saved before attention_options
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

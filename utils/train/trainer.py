@@ -363,8 +363,8 @@ class Trainer:
             anchors = read_anchors(cfg.anchors_file) if cfg.anchors_file else None
             extra = {"anchors": anchors} if anchors else {}
             self.model_config = ModelConfig(classes=self.classes, attention=cfg.phi, input_shape=cfg.input_shape,
-                                            attention_at=cfg.attention_at, attention_reduction=cfg.attention_reduction,
-                                            cbam_kernel=cfg.cbam_kernel, **extra)
+                                            attention_at=cfg.attention_at, attention_options=cfg.attention_options,
+                                            heads=cfg.heads, **extra)
         model = build_model(self.model_config)
         model.initialize_biases(self.model_config.input_shape)
         if cfg.weights and not resume:
