@@ -94,7 +94,7 @@ class Inference:
         torch.manual_seed(seed)
         model = build_model(config).eval()
         model.initialize_biases(config.input_shape)  # few boxes above the threshold, as with trained weights
-        self.detector = Detector(model, config, device="cpu", amp=False, options=DetectOptions())
+        self.detector = Detector(model, config, device="cpu", precision="fp32", options=DetectOptions())
         rng = np.random.default_rng(seed)
         self.images = [rng.integers(0, 255, (*config.input_shape, 3), dtype=np.uint8) for _ in range(batch)]
 

@@ -32,6 +32,7 @@ from tests.synthetic import make_voc
 from utils.model.checkpoint import load_model, save_checkpoint
 from utils.model.config import ModelConfig, build_model
 from utils.study import ablate
+from utils.study.factors import default_attentions
 from utils.train.cli import apply_config_file, config_from_args, get_args_parser
 from utils.train.config import TrainConfig
 
@@ -68,7 +69,8 @@ def test_phi_index_and_names_come_from_the_registry():
     assert attention_names()[:5] == ("none", "se", "cbam", "eca", "ca")
     assert [attention_name(i) for i in range(len(attention_names()))] == list(attention_names())
     assert get_args_parser().parse_args([]).attention_option is None
-    assert ablate.get_args_parser().parse_args([]).phi == ",".join(attention_names())
+    assert ablate.get_args_parser().parse_args([]).phi is None  # no --phi, no --vary: every registered attention
+    assert default_attentions() == ",".join(attention_names())
     assert {attention for attention, _ in variants()} == set(attention_names())
 
 

@@ -52,11 +52,11 @@ from utils.common.errors import ConfigError, MissingFileError
 from utils.runtime.loader import load_runnable
 from utils.study.analysis import METRICS, Design, effect_rows, interaction_rows, variant_rows
 from utils.study.factors import (
-    DEFAULT_ATTENTIONS,
     Factor,
     Run,
     Variant,
     check_grid,
+    default_attentions,
     grid_of,
     parse_baseline,
     plan_runs,
@@ -84,7 +84,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "them; switches take on/off; values holding commas are separated by ; instead. Repeat for "
                         "more factors: every combination runs")
     p.add_argument("--phi", default=None, help="attentions to compare, comma-separated (= --vary phi=...); without "
-                   f"--vary or --phi: {DEFAULT_ATTENTIONS}")
+                   f"--vary or --phi: {default_attentions()}")
     p.add_argument("--at", default=None, help="placements, comma-separated (= --vary attention_at=...; default neck)")
     p.add_argument("--baseline", action="append", metavar="NAME=LEVEL",
                    help="the level each factor is compared against (default: the first level given)")

@@ -25,7 +25,6 @@ from utils.train import cli as train  # train.py's parser defines what a factor 
 
 NOT_APPLICABLE = "-"
 DEFAULT_ATTENTION = "none"  # a run's attention when phi is not a factor (train.py's default, --phi 0)
-DEFAULT_ATTENTIONS = ",".join(attention_names())  # the study's default: every registered attention
 # train.py options the study sets itself, with the study flag to use instead
 STUDY_OWNED = {"seed": "--seeds", "data": "--data", "epochs": "--epochs", "name": "--study", "save_dir": "--study",
                "resume": "the same study command again", "device": "--devices", "verbose": "--verbose"}
@@ -44,6 +43,12 @@ LEVEL_PARSERS: dict[str, Callable[[str], str]] = {
 # declare them (AttentionBlock.option_flags)
 BLOCK_OPTION_NAMES = {flag.lstrip("-").replace("-", "_"): option for block in ATTENTION_BLOCKS.values()
                       if block is not None for option, flag in block.option_flags.items()}
+
+
+def default_attentions() -> str:
+    """The study's default: every registered attention (asked when needed, so later registrations count)."""
+    return ",".join(attention_names())
+
 
 Variant = tuple[tuple[str, str], ...]  # ((factor, level), ...) in the study's factor order
 
@@ -146,7 +151,7 @@ def study_factors(vary: list[str] | None, phi: str | None, at: str | None) -> li
             varied.append(parse_factor(f"{dest}={text}", options))
     names = {f.name for f in varied}
     if "phi" not in names and not vary:
-        varied.append(parse_factor(f"phi={DEFAULT_ATTENTIONS}", options))  # the attention ablation
+        varied.append(parse_factor(f"phi={default_attentions()}", options))  # the attention ablation
     if "phi" in {f.name for f in varied} and "attention_at" not in {f.name for f in varied}:
         varied.append(parse_factor("attention_at=neck", options))  # named in every run, as before --vary existed
     order = {"phi": 0, "attention_at": 1}
