@@ -390,7 +390,7 @@ class Trainer:
     def _check_anchors(self) -> None:
         wh = boxes_wh(self.train_index.records, self.model_config.input_shape)
         if len(wh):
-            check_anchors(wh, self.model_config.used_anchors())
+            check_anchors(wh, self.model_config.used_anchors(), total=len(self.model_config.anchors))
 
     def _setup_optimisation(self, resume: dict | None) -> None:
         cfg = self.config
