@@ -15,6 +15,7 @@ saying why (a missing package names what to install), never a crash of the whole
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import io
@@ -31,9 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.common.cli import DefaultsHelpFormatter, run_command, setup_logging
 from utils.common.errors import ConfigError, UserError
 from utils.common.image_io import read_image
+from utils.common.run_dir import claim_run_dir, remove_if_empty
 from utils.data.index import load_split
+from utils.deploy import cli as predict_cli
 from utils.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed
 from utils.deploy.targets import EXPORT_TARGETS, ExportRequest
 from utils.eval import cli as eval_cli
@@ -128,10 +132,12 @@ def calibration_canvases(data: str, split: str, config, limit: int) -> list[np.n
 
 
 # --------------------------------------------------------------------------------------------------------- score
-def score(path: Path, args, out: Path, name: str) -> dict:
-    """metrics.json of `eval.py --weights path` on --data/--split (fp32, CPU), written into out/eval_<name>."""
+def score(path: Path, args, out: Path, name: str, input_shape: list[int]) -> dict:
+    """metrics.json of `eval.py --weights path --input-shape H,W` on --data/--split (fp32, CPU), written into
+    out/eval_<name>."""
     argv = ["--weights", str(path), "--data", str(args.data), "--split", args.split, "--device", "cpu", "--no-amp",
-            "--save-dir", str(out), "--name", f"eval_{name}", "--workers", str(args.workers)]
+            "--input-shape", f"{input_shape[0]},{input_shape[1]}", "--save-dir", str(out), "--name", f"eval_{name}",
+            "--workers", str(args.workers)]
     eval_args = eval_cli.get_args_parser().parse_args(argv)
     metrics, _ = eval_cli.evaluate_split(eval_args)
     return metrics
@@ -170,10 +176,11 @@ def measure_row(variant: Variant, source: Loaded, args, out: Path, calibration) 
         else:
             path, row.export_s = export_variant(variant, source, out / "exports", calibration)
         row.file, row.size_mb = str(path), model_bytes(path) / 2 ** 20
-        loaded = load_runnable(path, device="cpu")
+        shape = source.config.input_shape  # exports are fixed to it; the checkpoint runs at it
+        loaded = load_runnable(path, device="cpu", input_shape=shape)
         detector = loaded.detector(optimize=True, amp=False)
         detector.options = SPEED_OPTIONS
-        metrics = score(path, args, out, variant.name)
+        metrics = score(path, args, out, variant.name, shape)
         row.mAP50, row.mAP50_95 = metrics["mAP50"], metrics["mAP50_95"]
         return row, detector
     except Exception as err:  # one format failing is a row saying why, not the end of the benchmark
@@ -251,24 +258,16 @@ COLUMNS = ["format", "precision", "size_mb", "export_s", "mAP50", "mAP50_95", "d
            "ms_per_image_b1", "images_per_s_b8", "status"]
 
 
-def cell(value, digits: int) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.{digits}f}" if digits < 0 else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+FORMATS = {"size_mb": ".1f", "export_s": ".1f", "mAP50": ".4f", "mAP50_95": ".4f", "d_mAP50": "+.4f",
+           "d_mAP50_95": "+.4f", "ms_per_image_b1": ".1f", "images_per_s_b8": ".1f"}
 
 
 def markdown_table(rows: list[Row]) -> str:
-    digits = {"size_mb": 1, "export_s": 1, "mAP50": 4, "mAP50_95": 4, "ms_per_image_b1": 1, "images_per_s_b8": 1}
+    """The rows as a markdown table ("-" where not measured)."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         values = asdict(row)
-        cells = []
-        for column in COLUMNS:
-            value = values[column]
-            if column.startswith("d_"):
-                cells.append("-" if value is None else f"{value:+.4f}")
-            else:
-                cells.append(cell(value, digits.get(column, 0)))
+        cells = ["-" if values[c] is None else format(values[c], FORMATS.get(c, "")) for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -290,17 +289,16 @@ def write_report(rows: list[Row], out: Path, args) -> None:
     print(markdown_table(rows))
 
 
-def predict_fps(path: str, images: list[Path], out: Path) -> float | None:
+def predict_fps(path: str, images: list[Path], out: Path, input_shape: str | None = None) -> float | None:
     """images/s that `predict.py --weights path --fps --nosave` prints for `images` (batch 1): the fastest row's
     speed as the command-line tool delivers it."""
-    from utils.deploy import cli as predict_cli
-
     listing = out / "speed_images.txt"
     listing.write_text("".join(f"{p.resolve()}\n" for p in images), encoding="utf-8")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         status = predict_cli.main(["--weights", path, "--source", str(listing), "--nosave", "--fps",
-                                   "--save-dir", str(out), "--name", "predict_fastest"])
+                                   "--save-dir", str(out), "--name", "predict_fastest",
+                                   *(["--input-shape", str(input_shape)] if input_shape else [])])
     found = re.search(r"([\d.]+) images/s end to end", printed.getvalue())
     return float(found.group(1)) if status == 0 and found else None
 
@@ -311,7 +309,7 @@ def check_predict_speed(rows: list[Row], args, out: Path) -> dict | None:
     if not timed:
         return None
     fastest = min(timed, key=lambda r: r.ms_per_image_b1)
-    rate = predict_fps(fastest.file, speed_images(args), out)
+    rate = predict_fps(fastest.file, speed_images(args), out, args.input_shape)
     table_rate = 1000 / fastest.ms_per_image_b1
     result = {"bench": "export_predict_fastest", "format": fastest.format, "file": fastest.file,
               "table_images_per_s_b1": round(table_rate, 2),
@@ -321,11 +319,7 @@ def check_predict_speed(rows: list[Row], args, out: Path) -> dict | None:
     return result
 
 
-def get_args_parser():
-    import argparse
-
-    from utils.common.cli import DefaultsHelpFormatter
-
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m utils.benchmark", description=__doc__,
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("--weights", required=True, help="the PyTorch checkpoint (.pth) to export and compare against")
@@ -347,9 +341,7 @@ def get_args_parser():
     return p
 
 
-def run(args) -> None:
-    from utils.common.run_dir import claim_run_dir, remove_if_empty
-
+def run(args: argparse.Namespace) -> None:
     if args.calib_split == args.split:
         raise ConfigError(f"--calib-split {args.calib_split} is the measured split; calibrate on another one")
     if min(args.speed_images, args.rounds, args.calib_images) < 1:
@@ -368,8 +360,6 @@ def run(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from utils.common.cli import run_command, setup_logging
-
     args = get_args_parser().parse_args(argv)
     setup_logging(args.verbose)
     return run_command(lambda: run(args), args.verbose, LOGGER)

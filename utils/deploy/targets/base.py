@@ -2,13 +2,16 @@
 
 Every fp32 export is checked against PyTorch when it is written (`check_against_pytorch`): the file is loaded back
 through its runtime backend (utils.runtime.backends), exactly as predict.py and eval.py will load it, and its decoded
-outputs on a fixed random batch must equal the PyTorch model's within RELATIVE_TOLERANCE. So a conversion that loses
-accuracy fails at export, not in deployment. int8 files are other models by design: their accuracy is measured on
+outputs on a fixed random batch must equal the PyTorch model's within TOLERANCE: box corners within 1e-3 of the input
+size (0.4 px at 416), objectness and class probabilities within 1e-3. So a conversion that loses accuracy fails at
+export, not in deployment. int8 files are other models by design: their accuracy is measured on
 data (`python -m utils.benchmark`, `eval.py --weights <file>`).
 """
 from __future__ import annotations
 
 import logging
+import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,7 +26,7 @@ from utils.runtime.detector import Detector
 from utils.runtime.exported import ExportError
 
 LOGGER = logging.getLogger(__name__)
-RELATIVE_TOLERANCE = 1e-3  # |export - torch| <= 1e-3 * max(1, |torch|) elementwise, as utils.deploy.export
+TOLERANCE = 1e-3  # boxes: fraction of the input size; objectness and class probabilities: absolute
 
 
 @dataclass
@@ -52,8 +55,9 @@ class ExportTarget:
 
 
 def check_against_pytorch(path: Path, model: nn.Module, config: ModelConfig, batch: int = 2) -> float:
-    """Max relative difference between `path` (run by its backend) and the fp32 PyTorch model on one random batch of
-    canvases; ExportError beyond RELATIVE_TOLERANCE. Returns the difference."""
+    """The largest difference between `path` (run by its backend) and the fp32 PyTorch model on one batch of random
+    canvases, in units of TOLERANCE (box corners over the input size, scores as they are); ExportError above 1.
+    Random pixels drive a trained network to activations beyond those of real images: a strict test."""
     backend = RUNTIME_BACKENDS.get(file_kind(path))
     loaded = backend.detector(path)
     canvases = np.random.default_rng(0).integers(0, 256, (batch, *config.input_shape, 3), dtype=np.uint8)
@@ -62,19 +66,21 @@ def check_against_pytorch(path: Path, model: nn.Module, config: ModelConfig, bat
     if got.shape != reference.shape:
         raise ExportError(f"{path} does not reproduce PyTorch: output shape {tuple(got.shape)} vs "
                           f"{tuple(reference.shape)}")
-    worst = float(((got - reference).abs() / reference.abs().clamp(min=1.0)).max())
-    LOGGER.info("%s vs PyTorch on a batch of %d: max relative difference %.3g", path.name, batch, worst)
-    if not worst <= RELATIVE_TOLERANCE:  # also catches NaN
-        raise ExportError(f"{path} does not reproduce PyTorch: max relative difference {worst:.3g} > "
-                          f"{RELATIVE_TOLERANCE}")
-    return worst
+    gap = (got - reference).abs()
+    box = float(gap[..., :4].max()) / max(config.input_shape)
+    score = float(gap[..., 4:].max())
+    LOGGER.info("%s vs PyTorch on a batch of %d: box corners within %.2g of the input size, scores within %.2g",
+                path.name, batch, box, score)
+    if not max(box, score) <= TOLERANCE:  # also catches NaN
+        raise ExportError(f"{path} does not reproduce PyTorch: box corners differ by {box:.3g} of the input size, "
+                          f"scores by {score:.3g} (tolerance {TOLERANCE})")
+    return max(box, score) / TOLERANCE
 
 
 def remove_partial(*paths: Path) -> None:
     """Delete what a failed export left (so no half-written model is mistaken for a good one)."""
     for path in paths:
         if path.is_dir():
-            import shutil
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
@@ -82,8 +88,6 @@ def remove_partial(*paths: Path) -> None:
 
 def traced(module: nn.Module, config: ModelConfig, channels_last: bool = False) -> torch.jit.ScriptModule:
     """torch.jit.trace of eval-mode `module` on one image at the config's size (shapes are fixed but the batch)."""
-    import warnings
-
     example = torch.rand(1, 3, *config.input_shape)
     if channels_last:
         example = example.contiguous(memory_format=torch.channels_last)
