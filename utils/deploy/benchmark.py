@@ -83,9 +83,12 @@ class Variant:
 
 
 def all_variants() -> list[Variant]:
-    """PyTorch, then each registered target's fp32 file and, when it has one, its int8 file."""
+    """PyTorch, then each registered target's fp32 file and, when it has one, its int8 file (Darknet is left out: its
+    files are loaded into the PyTorch model itself, the first row, and need --cfg and --names)."""
     variants = [Variant(REFERENCE, None)]
     for name, target in EXPORT_TARGETS.items():
+        if not target.benchmark:
+            continue
         variants.append(Variant(name, name))
         if target.int8:
             variants.append(Variant(f"{name}_int8", name, int8=True))
@@ -275,8 +278,9 @@ def markdown_table(rows: list[Row]) -> str:
 def write_report(rows: list[Row], out: Path, args) -> None:
     machine = machine_description()
     header = (f"Export benchmark: {args.weights} on {args.data} split {args.split}; int8 calibrated on "
-              f"{args.calib_images} images of split {args.calib_split}; speed end to end over "
-              f"{args.speed_images} images, {args.rounds} interleaved rounds.\n\nMachine: {machine}\n")
+              f"at most {args.calib_images} images of split {args.calib_split}; speed end to end over "
+              f"{len(speed_images(args))} images of the split, {args.rounds} interleaved rounds.\n\n"
+              f"Machine: {machine}\n")
     (out / "benchmark.md").write_text(f"{header}\n{markdown_table(rows)}\n", encoding="utf-8")
     with (out / "benchmark.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(asdict(rows[0])))

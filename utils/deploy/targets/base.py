@@ -52,6 +52,7 @@ class ExportTarget:
     description: str
     int8: str = ""
     runs_here: str = "CPU"
+    benchmark: bool = True  # a row of python -m utils.benchmark (Darknet files are the PyTorch model, run by it)
 
 
 def check_against_pytorch(path: Path, model: nn.Module, config: ModelConfig, batch: int = 2) -> float:

@@ -12,4 +12,4 @@ def export(request: ExportRequest) -> list[Path]:
 
 
 TARGET = ExportTarget(export, "Darknet .cfg + .weights (attention none), run by Darknet, OpenCV DNN or this project",
-                      runs_here="CPU (PyTorch, with --cfg)")
+                      runs_here="CPU (PyTorch, with --cfg)", benchmark=False)

@@ -38,6 +38,7 @@ def run_pnnx(executable: str, script: Path, input_shape: list[int], param: Path,
     """pnnx's converter on a TorchScript file: ncnn param/bin at `param`/`weights` in fp32; its other outputs
     (pnnx param, python and onnx files) go into the script's temporary folder."""
     folder = script.parent
+    param, weights = param.resolve(), weights.resolve()  # pnnx runs inside the temporary folder
     command = [executable, str(script), f"inputshape=[1,3,{input_shape[0]},{input_shape[1]}]", "fp16=0",
                f"ncnnparam={param}", f"ncnnbin={weights}", f"ncnnpy={folder / 'ncnn.py'}",
                f"pnnxparam={folder / 'pnnx.param'}", f"pnnxbin={folder / 'pnnx.bin'}",
