@@ -47,6 +47,10 @@ class Registry(Generic[T]):
         except KeyError:
             raise ConfigError(f"unknown {self.kind} {name!r}; expected one of: {', '.join(self._entries)}") from None
 
+    def names(self) -> list[str]:
+        """The registered names, in registration order."""
+        return list(self._entries)
+
     def items(self) -> list[tuple[str, T]]:
         """(name, entry) pairs in registration order."""
         return list(self._entries.items())

@@ -1,4 +1,5 @@
-"""Detect objects in images, folders, globs, videos, a webcam or streams, or export a model to ONNX / Darknet.
+"""Detect objects in images, folders, globs, videos, a webcam or streams, or export a model (ONNX, OpenVINO,
+TorchScript, NCNN, Core ML, TensorRT, Darknet).
 
     python predict.py --source photo.jpg                      # newest logs/*/best.pth
     python predict.py --weights logs/run/best.pth --source clips/street.mp4 --save-txt --fps
@@ -6,6 +7,7 @@
     python predict.py --source rtsp://user:pass@camera/stream --vid-stride 2     # or http(s)://, or a .txt list
     python predict.py --weights logs/run/best.pth --export onnx
     python predict.py --weights logs/run/best.pth --export onnx --int8        # also best_int8.onnx (CPU, ~2x)
+    python predict.py --weights logs/run/best.pth --export openvino --int8    # best.xml, best_int8.xml (NNCF)
 
 Outputs go to a new run folder (logs/predict, logs/predict2, ...); nothing is overwritten.
 """
@@ -31,13 +33,12 @@ from utils.common.image_io import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.common.run_dir import claim_run_dir, remove_if_empty
 from utils.data.index import load_split
 from utils.deploy.attention_maps import attention_detector, write_attention_maps
-from utils.deploy.export import export_onnx
 from utils.deploy.predictor import ResultWriter, StreamWriters, display_available, predict_source
-from utils.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed, quantize_onnx
+from utils.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed
 from utils.deploy.sources import ImageSource, SourceError, VideoSource
 from utils.deploy.streams import DEFAULT_STREAM_TIMEOUT, RECONNECTS, StreamSet, mask_url, open_any_source
+from utils.deploy.targets import EXPORT_TARGETS, ExportRequest
 from utils.model.config import ROOT, ModelConfig
-from utils.model.darknet import export_darknet
 from utils.runtime.detector import BaseDetector, DetectOptions, Detector
 from utils.runtime.loader import load_runnable
 
@@ -50,7 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--weights", help="our checkpoint (.pth), a bare state_dict (with --names), a Darknet "
-                       ".weights (with --cfg) or an exported .onnx; default: the newest logs/*/best.pth")
+                       ".weights (with --cfg) or an export (.onnx, OpenVINO .xml, .torchscript, .ncnn.param, "
+                       "TensorRT .engine); default: the newest logs/*/best.pth")
     model.add_argument("--weights-sha256", help="expected sha256 of --weights given as a URL (default: the hash "
                        "prefix in the file name, torch.hub style, if any)")
     model.add_argument("--names", help="class names file (one per line), only for bare state_dicts and Darknet files")
@@ -93,12 +95,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "energy); same layout for any checkpoint, to compare models side by side")
     output.add_argument("--show", action="store_true", help="show results in a window (q quits)")
     output.add_argument("--fps", action="store_true", help="print pre-process / inference / NMS ms and images/s")
-    output.add_argument("--export", choices=("onnx", "darknet"),
-                        help="export the model into the run folder; no detection")
+    output.add_argument("--export", choices=EXPORT_TARGETS.names(),
+                        help="export the model into the run folder (checked against PyTorch); no detection")
     output.add_argument("--int8", action="store_true",
-                        help="with --export onnx: also write <name>_int8.onnx, quantized with onnxruntime and "
+                        help="with --export onnx / openvino / tensorrt: also write an int8 model (<name>_int8.*), "
                              "calibrated on --source images (default: VOCdevkit's train split); about 2x faster "
-                             "on CPUs with VNNI; check its mAP with eval.py --weights <name>_int8.onnx")
+                             "on CPUs with VNNI; check its mAP with eval.py --weights <name>_int8.*")
     output.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
                         help="calibration images for --int8")
     output.add_argument("--max-pixels", type=int, default=None,
@@ -160,16 +162,16 @@ def _export_into(args: argparse.Namespace, save_dir: Path) -> list[Path]:
     loaded = load_runnable(args.weights, args.names, args.phi, args.cfg, "cpu", args.input_shape,
                            args.weights_sha256)
     if loaded.model is None:
-        raise ConfigError(f"{loaded.path} is already ONNX; --export needs PyTorch or Darknet weights")
-    if args.export == "onnx":
-        exported = export_onnx(loaded.model, loaded.config, save_dir / f"{loaded.path.stem}.onnx")
-        return [exported, quantize(args, exported, loaded.config)] if args.int8 else [exported]
-    return list(export_darknet(loaded.model, loaded.config, save_dir / loaded.path.stem))
+        raise ConfigError(f"{loaded.path} is already an export ({loaded.kind}); --export needs PyTorch or Darknet "
+                          "weights")
+    request = ExportRequest(loaded.model, loaded.config, save_dir / loaded.path.stem, int8=args.int8,
+                            calibration=lambda: calibration_canvases(args, loaded.config))
+    return EXPORT_TARGETS.get(args.export).export(request)
 
 
-def quantize(args: argparse.Namespace, exported: Path, config: ModelConfig) -> Path:
-    """<exported>_int8.onnx, calibrated on up to --calib-images images of --source (default: the bundled VOCdevkit's
-    train split, so that its test split stays unseen for eval.py)."""
+def calibration_canvases(args: argparse.Namespace, config: ModelConfig) -> list:
+    """Letterboxed canvases of up to --calib-images images of --source (default: the bundled VOCdevkit's train split,
+    so that its test split stays unseen for eval.py), for --int8."""
     if args.source is None and DEFAULT_DATA.is_dir():
         source = ImageSource([record.path for record in load_split(DEFAULT_DATA, "train").records])
     else:
@@ -178,8 +180,7 @@ def quantize(args: argparse.Namespace, exported: Path, config: ModelConfig) -> P
         raise SourceError(f"--int8 calibrates on images; --source {mask_url(str(args.source))} is a {source.kind}: "
                           "give a folder or glob of images like those the model will see")
     images = (frame.image for frame in source)
-    canvases = letterboxed(images, config.input_shape, args.calib_images)
-    return quantize_onnx(exported, exported.with_name(f"{exported.stem}_int8.onnx"), canvases)
+    return list(letterboxed(images, config.input_shape, args.calib_images))
 
 
 def claim_save_dir(args: argparse.Namespace) -> Path:
@@ -189,8 +190,9 @@ def claim_save_dir(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> None:
     set_max_pixels(args.max_pixels)
-    if args.int8 and args.export != "onnx":
-        raise ConfigError("--int8 quantizes an ONNX export: add --export onnx")
+    if args.int8 and not (args.export and EXPORT_TARGETS.get(args.export).int8):
+        int8_targets = [name for name, target in EXPORT_TARGETS.items() if target.int8]
+        raise ConfigError(f"--int8 quantizes an export: add --export {' / '.join(int8_targets)}")
     if args.int8 and args.calib_images < 1:
         raise ConfigError(f"--calib-images {args.calib_images}: int8 calibration needs at least 1 image (100 is usual)")
     if args.export:

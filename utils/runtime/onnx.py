@@ -9,17 +9,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from utils.common.errors import MissingDependencyError, UserError
+from utils.common.errors import MissingDependencyError
 from utils.common.image_io import to_model_input
 from utils.model.config import ModelConfig
 from utils.runtime.detector import BaseDetector, DetectOptions
-
-CONFIG_KEY = "model_config"  # metadata_props key holding the ModelConfig as JSON (written by utils.deploy.export)
-
-
-class ExportError(UserError, RuntimeError):
-    """An export that failed or does not reproduce PyTorch's outputs."""
-
+from utils.runtime.exported import CONFIG_KEY, ExportError  # noqa: F401  (CONFIG_KEY: the metadata_props key)
 
 
 def read_onnx_config(path: str | Path) -> ModelConfig:
