@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from utils.common.atomic import write_bytes_atomic
 from utils.common.errors import ConfigError, UserError
 from utils.common.paths import is_regular_file
 
@@ -340,13 +341,14 @@ def image_size(path: str | Path) -> tuple[int, int] | None:
 
 
 def write_image(path: str | Path, image: np.ndarray) -> None:
-    """Save an RGB uint8 image, format by suffix (.jpg when none); imencode + tofile, so non-ASCII paths work on every
-    platform (cv2.imwrite fails on them on Windows)."""
+    """Save an RGB uint8 image, format by suffix (.jpg when none); imencode then Python's own file writing, so
+    non-ASCII paths work on every platform (cv2.imwrite fails on them on Windows). Written under a temporary name and
+    renamed: a run killed mid-write leaves no truncated picture that looks like a result."""
     path = Path(path)
     ok, data = cv2.imencode(path.suffix or ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"OpenCV could not encode {path}")
-    data.tofile(str(path))
+    write_bytes_atomic(path, data.tobytes())
 
 
 def to_model_input(images: torch.Tensor | np.ndarray, device: torch.device | None = None,

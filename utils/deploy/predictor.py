@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.common.atomic import temporary_name, write_text_atomic
 from utils.common.filenames import unique_stems
 from utils.common.image_io import write_image
 from utils.common.visualize import draw_detections
@@ -72,7 +73,7 @@ class ResultWriter:
             label = self.save_dir / "labels" / f"{stem}.txt"
             label.parent.mkdir(parents=True, exist_ok=True)
             lines = yolo_lines(detections, *frame.image.shape[:2])
-            label.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            write_text_atomic(label, "".join(line + "\n" for line in lines))  # never a cut list that looks whole
         if self.save_crop:
             self._write_crops(frame.image, detections, stem)
 
@@ -94,11 +95,15 @@ class ResultWriter:
 
     def _write_video_frame(self, stem: str, annotated: np.ndarray) -> None:
         if self._video is None:
+            # written under a hidden temporary name and renamed by close(): a killed run leaves no cut video that
+            # looks like a result
             self.video_path = self.save_dir / f"{stem}.mp4"
+            self._video_tmp = temporary_name(self.video_path, ".mp4")
             height, width = annotated.shape[:2]
-            self._video = cv2.VideoWriter(os.fspath(self.video_path), cv2.VideoWriter_fourcc(*"mp4v"),
+            self._video = cv2.VideoWriter(os.fspath(self._video_tmp), cv2.VideoWriter_fourcc(*"mp4v"),
                                           self.video_fps, (width, height))
             if not self._video.isOpened():
+                self._video = None  # nothing to rename in close()
                 raise OSError(f"OpenCV cannot write the video {self.video_path} (no mp4v encoder?)")
         self._video.write(cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
 
@@ -106,6 +111,7 @@ class ResultWriter:
         if self._video is not None:
             self._video.release()
             self._video = None
+            os.replace(self._video_tmp, self.video_path)
 
     def counts_text(self) -> str:
         """'3 raccoon, 1 dog' (most frequent first) or 'no detections'."""

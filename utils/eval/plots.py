@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from utils.common.atomic import atomic_output
 from utils.common.boxes import LetterboxInfo, letterbox_boxes
 from utils.common.filenames import unique_stems
 from utils.eval.metrics import VOCResult
@@ -38,7 +39,8 @@ def _save(fig, path: Path) -> Path:
     with warnings.catch_warnings():  # names in scripts the default font lacks: drawn as boxes, said once here
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        with atomic_output(path) as tmp:  # a killed run leaves no half-drawn PNG
+            fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
     _pyplot().close(fig)
     return path
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -10,13 +11,29 @@ from typing import Sequence
 import numpy as np
 
 from nets.attention import OPTION_FLAGS, attention_name, block_options
-from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, HEAD_STRIDES, YoloBody, attention_place, check_input_size
+from nets.yolo import (
+    DEFAULT_ANCHORS,
+    DEFAULT_ANCHORS_MASK,
+    HEAD_STRIDES,
+    MAX_CLASSES,
+    MAX_INPUT_SIDE,
+    YoloBody,
+    attention_place,
+    check_input_size,
+)
 from utils.common.errors import ConfigError, MissingFileError
 from utils.common.paths import check_user_path
 
 LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DATA = ROOT / "model_data"
+# Bounds of the stored fields (ModelConfig._check_bounds). A class name is a label, not a text: 200 characters is far
+# above any dataset's; anchors are box sizes in input pixels, so none exceeds a few input sides.
+MAX_CLASS_NAME = 200
+MAX_ANCHORS = 64
+MAX_ANCHOR_SIDE = 4 * MAX_INPUT_SIDE
+SCALE_X_Y_RANGE = (1.0, 2.0)  # Darknet's grid sensitivity: 1.05-1.2 in its cfgs, 2.0 in YOLOv5's decoding
+MAX_REDUCTION = 1024  # attention channel reduction: the widest feature map has 512 channels
 
 @dataclass
 class ModelConfig:
@@ -36,6 +53,7 @@ class ModelConfig:
     cbam_kernel: int = 7  # CBAM's spatial kernel, 3 or 7
 
     def __post_init__(self) -> None:
+        self._check_bounds()
         self.attention = attention_name(self.attention)
         self._check_attention_options()
         self.classes = [str(c) for c in self.classes]
@@ -50,6 +68,28 @@ class ModelConfig:
         if bad or len(self.anchors_mask) != len(self.strides):
             raise ConfigError(f"anchors_mask {self.anchors_mask} must hold one list of indices into the "
                               f"{len(self.anchors)} anchors per head of the model ({len(self.strides)} heads)")
+
+    def _check_bounds(self) -> None:
+        """Every stored field's type and size, before anything is built from it: a config comes from checkpoints,
+        ONNX metadata and Darknet cfgs, which may be corrupt or hostile (300,000 class names would take 3.5 GB to
+        build; a negative or NaN anchor gives no detections at all). A ConfigError names the field and the bound."""
+        _check_classes(self.classes)
+        _check_anchors(self.anchors)
+        masks = self.anchors_mask
+        if (not isinstance(masks, (list, tuple)) or len(masks) != len(HEAD_STRIDES)
+                or not all(isinstance(m, (list, tuple)) and 1 <= len(m) <= len(self.anchors) for m in masks)
+                or not all(_is_int(i) for m in masks for i in m)):
+            raise ConfigError(f"anchors_mask {_cut(masks)} must hold one list of indices into the "
+                              f"{len(self.anchors)} anchors per head of the model ({len(HEAD_STRIDES)} heads), none "
+                              "empty")
+        if isinstance(self.scale_x_y, bool) or not isinstance(self.scale_x_y, numbers.Real) or not (
+                SCALE_X_Y_RANGE[0] <= self.scale_x_y <= SCALE_X_Y_RANGE[1]):  # also refuses nan
+            raise ConfigError(f"scale_x_y {_cut(self.scale_x_y)}: give a number in [{SCALE_X_Y_RANGE[0]}, "
+                              f"{SCALE_X_Y_RANGE[1]}] (1.0: plain sigmoid decoding)")
+        reduction = self.attention_reduction
+        if reduction is not None and not (_is_int(reduction) and 1 <= reduction <= MAX_REDUCTION):
+            raise ConfigError(f"{OPTION_FLAGS['reduction']} {_cut(reduction)}: give an integer in [1, "
+                              f"{MAX_REDUCTION}]")
 
     def _check_attention_options(self) -> None:
         """Validate placement and options; an option the chosen block lacks is dropped with a warning (so that one
@@ -95,6 +135,40 @@ class ModelConfig:
         if unknown:
             LOGGER.warning("ignoring unknown model config fields %s (checkpoint from a newer version?)", unknown)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _check_classes(classes: object) -> None:
+    if not isinstance(classes, (list, tuple)):
+        raise ConfigError(f"classes {_cut(classes)}: expected a list of class names")
+    if len(classes) > MAX_CLASSES:
+        raise ConfigError(f"{len(classes)} classes: at most {MAX_CLASSES} (each adds 3 output channels per head "
+                          "cell); is this a real model file?")
+    for name in classes:
+        if not isinstance(name, (str, int)) or isinstance(name, bool):
+            raise ConfigError(f"class name {_cut(name)}: expected text")
+        if not 0 < len(str(name).strip()) <= MAX_CLASS_NAME:
+            raise ConfigError(f"class name {_cut(name)}: give 1 to {MAX_CLASS_NAME} characters")
+
+
+def _check_anchors(anchors: object) -> None:
+    pairs = anchors if isinstance(anchors, (list, tuple)) else []
+    well_formed = 1 <= len(pairs) <= MAX_ANCHORS and all(
+        isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v <= MAX_ANCHOR_SIDE for v in pair)
+        for pair in pairs)  # `0 < v <= max` is False for nan
+    if not well_formed:
+        raise ConfigError(f"anchors {_cut(anchors)}: give 1 to {MAX_ANCHORS} (width, height) pairs in input pixels, "
+                          f"each a finite number in (0, {MAX_ANCHOR_SIDE}]")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _cut(value: object, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters: a hostile field can be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def positive_int(value: object, flag: str) -> int:
