@@ -181,7 +181,7 @@ class CommandParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (python {self.prog} --help lists the options)\n")
+        self.exit(2, f"error: {message} (--help lists the options)\n")
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # --precision; utils.common.device.resolve_precision applies it

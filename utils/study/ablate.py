@@ -41,7 +41,7 @@ from tqdm import tqdm
 from nets.attention import attention_name
 from nets.summary import count_gflops, count_parameters
 from nets.yolo import ATTENTION_PLACES, attention_place
-from utils.common.cli import run_command, setup_logging
+from utils.common.cli import CommandParser, positive_int, run_command, setup_logging
 from utils.common.errors import ConfigError, MissingFileError, UserError
 from utils.runtime.loader import load_runnable
 from utils.study.stats import mean_std, paired_difference
@@ -94,22 +94,21 @@ def plan_runs(attentions: list[str], placements: list[str], seeds: int) -> list[
 
 def get_args_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: train.py's flags pass through untouched (--eval-period is not --eval-split)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = CommandParser(description=__doc__, allow_abbrev=False)
     p.add_argument("--data", default="VOCdevkit", help="dataset, as train.py --data")
     p.add_argument("--phi", default="none,se,cbam,eca,ca", help="attentions to compare, comma-separated (none is the "
                    "baseline the verdicts compare against)")
     p.add_argument("--at", default="neck", help=f"placements, comma-separated: {','.join(ATTENTION_PLACES)}")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per attention and placement")
-    p.add_argument("--epochs", type=int, default=30, help="epochs per run")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per attention and placement")
+    p.add_argument("--epochs", type=positive_int, default=30, help="epochs per run")
     p.add_argument("--study", default="logs/ablation", help="study folder; the same command again resumes it")
     p.add_argument("--eval-split", default="test", help="split every run is scored on with eval.py")
     p.add_argument("--evaluate", choices=("best", "last"), default="best",
                    help="checkpoint scored: best.pth (best val mAP50, what train.py ships) or last.pth")
     p.add_argument("--devices", default=None, help="cpu, or CUDA indices such as 0,1 (default: every CUDA device, "
                    "else the CPU); one run per device at a time")
-    p.add_argument("--speed-images", type=int, default=30, help="images per timing round for images/s")
-    p.add_argument("--speed-rounds", type=int, default=5, help="interleaved timing rounds (the best counts)")
+    p.add_argument("--speed-images", type=positive_int, default=30, help="images per timing round for images/s")
+    p.add_argument("--speed-rounds", type=positive_int, default=5, help="interleaved timing rounds (the best counts)")
     p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return p
 
