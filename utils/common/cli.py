@@ -21,6 +21,7 @@ from typing import Callable, Iterator, NoReturn
 from tqdm import tqdm
 
 from utils.common.errors import ConfigError, ModelConfigError, UserError
+from utils.common.text import EscapingFormatter
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -41,7 +42,7 @@ def setup_logging(verbose: bool = False, log_file: Path | None = None, main_proc
     root.handlers.clear()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     console = TqdmHandler()
-    console.setFormatter(logging.Formatter("%(message)s"))
+    console.setFormatter(EscapingFormatter("%(message)s"))  # names from data never reach the terminal raw
     console.setLevel(logging.DEBUG if verbose else (logging.INFO if main_process else logging.WARNING))
     root.addHandler(console)
     if log_file is not None:
@@ -50,7 +51,7 @@ def setup_logging(verbose: bool = False, log_file: Path | None = None, main_proc
 
 def add_log_file(path: Path) -> None:
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(EscapingFormatter(LOG_FORMAT))
     logging.getLogger().addHandler(handler)
 
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from utils.common.atomic import temporary_name, write_text_atomic
 from utils.common.filenames import unique_stems
 from utils.common.image_io import write_image
+from utils.common.text import printable
 from utils.common.visualize import draw_detections
 from utils.deploy.sources import Frame, ImageSource, VideoSource
 from utils.deploy.streams import StreamFrame, StreamSet
@@ -115,7 +116,7 @@ class ResultWriter:
 
     def counts_text(self) -> str:
         """'3 raccoon, 1 dog' (most frequent first) or 'no detections'."""
-        return ", ".join(f"{n} {name}" for name, n in self.counts.most_common()) or "no detections"
+        return ", ".join(f"{n} {printable(name)}" for name, n in self.counts.most_common()) or "no detections"
 
 
 def display_available() -> bool:
@@ -191,7 +192,7 @@ class StreamWriters:
         return sum((writer.counts for writer in self.writers.values()), Counter())
 
     def counts_text(self) -> str:
-        return ", ".join(f"{n} {name}" for name, n in self.counts.most_common()) or "no detections"
+        return ", ".join(f"{n} {printable(name)}" for name, n in self.counts.most_common()) or "no detections"
 
     def close(self) -> None:
         for writer in self.writers.values():

@@ -30,6 +30,7 @@ from utils.common.cli import (
 )
 from utils.common.image_io import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.common.run_dir import claim_run_dir, remove_if_empty
+from utils.common.text import printable
 from utils.data.index import DATA_HELP, DatasetIndex, load_split
 
 if TYPE_CHECKING:
@@ -146,10 +147,11 @@ def format_table(metrics: dict) -> str:
     """Per-class AP50 / P / R / F1 table and the summary lines ("-" where a figure is undefined)."""
     def num(value, width: int = 6, digits: int = 3) -> str:
         return f"{'-':>{width}}" if value is None else f"{value:{width}.{digits}f}"
-    width = max([len(name) for name in metrics["per_class"]] + [5])
+    names = {name: printable(name, 40) for name in metrics["per_class"]}  # escaped and cut: names come from data
+    width = max([len(name) for name in names.values()] + [5])
     lines = [f"{'class':<{width}}  {'gt':>6} {'dets':>7}   AP50      P      R     F1"]
     for name, row in metrics["per_class"].items():
-        lines.append(f"{name:<{width}}  {row['num_gt']:>6} {row['num_det']:>7} {num(row['AP50'])} "
+        lines.append(f"{names[name]:<{width}}  {row['num_gt']:>6} {row['num_det']:>7} {num(row['AP50'])} "
                      f"{num(row['precision'])} {num(row['recall'])} {num(row['f1'])}")
     coco = metrics["coco"] or {}
     total_gt = sum(row["num_gt"] for row in metrics["per_class"].values())
