@@ -203,8 +203,6 @@ def run(args: argparse.Namespace) -> None:
     set_max_pixels(args.max_pixels)
     if args.int8 and args.export != "onnx":
         raise ConfigError("--int8 quantizes an ONNX export: add --export onnx")
-    if args.int8 and args.calib_images < 1:
-        raise ConfigError(f"--calib-images {args.calib_images}: int8 calibration needs at least 1 image (100 is usual)")
     if args.export:
         for path in export(args):
             print(f"exported {path}")
