@@ -88,8 +88,8 @@ def _schedule_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--freeze-batch-size", type=FIELD_RANGES["freeze_batch_size"], default=16,
                        help="batch size while the backbone is frozen")
     group.add_argument("--eval-period", type=FIELD_RANGES["eval_period"], default=1,
-                       help="validate every N epochs (and after the last); raise it when a validation costs more than "
-                            "about a fifth of an epoch (see val_s in results.csv)")
+                       help="validate every N epochs (and after the last; 0: only after the last); raise it when a "
+                            "validation costs more than about a fifth of an epoch (see val_s in results.csv)")
     group.add_argument("--patience", type=FIELD_RANGES["patience"], default=None,
                        help="stop when the fitness has not improved for N validations in a row (default 0: never)")
     group.add_argument("--fitness", choices=("map50", "map50_95", "mix"), default="map50",

@@ -23,7 +23,7 @@ below_one = NumberRange(float, 0, 1, high_open=True)  # momentum, EMA decay, lab
 # checks every value against them whatever its source (the flags, a --config file, a resumed checkpoint).
 FIELD_RANGES: dict[str, NumberRange] = {
     "epochs": positive_int, "batch_size": positive_int, "freeze_epochs": non_negative_int,
-    "freeze_batch_size": positive_int, "workers": workers, "seed": random_seed, "eval_period": positive_int,
+    "freeze_batch_size": positive_int, "workers": workers, "seed": random_seed, "eval_period": non_negative_int,
     "patience": non_negative_int, "save_period": non_negative_int, "lr": positive_float, "min_lr_ratio": probability,
     "momentum": below_one, "weight_decay": non_negative_float, "warmup_epochs": non_negative_float,
     "ema_decay": below_one, "grad_clip": non_negative_float, "label_smoothing": below_one,
