@@ -3,6 +3,7 @@ every (attention, placement) as a Markdown table: `python -m nets.summary --tabl
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from typing import Sequence
 
@@ -12,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nets.attention import attention_choices, attention_names
 from nets.errors import ModelConfigError
-from nets.yolo import ATTENTION_PLACES, HEAD_LAYOUTS, YoloBody, check_input_size, head_layout
+from nets.yolo import ATTENTION_PLACES, HEAD_LAYOUTS, MAX_CLASSES, YoloBody, check_input_size, head_layout
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -25,14 +26,14 @@ def count_gflops(model: nn.Module, input_shape: tuple[int, int]) -> float:
 
     FlopCounterMode counts a multiply-add as 2 FLOPs; detection papers (and Darknet) quote the same unit
     for YOLOv4-tiny's 6.9 "BFLOPs" at 416.
+
+    Counted on a copy on the meta device: shapes only, nothing computed or allocated, so any input size the model
+    accepts costs the same (a real 4096 x 4096 pass would need gigabytes) and `model` is left as it was.
     """
-    was_training = model.training
-    model.eval()
-    parameter = next(model.parameters())
-    x = torch.zeros(1, 3, *input_shape, dtype=parameter.dtype, device=parameter.device)
+    shadow = copy.deepcopy(model).eval().to("meta")
+    dtype = next(model.parameters()).dtype
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    model.train(was_training)
+        shadow(torch.empty(1, 3, *input_shape, dtype=dtype, device="meta"))
     return counter.get_total_flops() / 1e9
 
 
@@ -88,13 +89,25 @@ def summary_table(num_classes: int, input_shape: tuple[int, int], heads: int = 2
     return "\n".join(rows)
 
 
+def class_count(text: str) -> int:
+    """--num-classes as an argparse type: a whole number in [1, MAX_CLASSES] (nets/ has no utils.common.cli)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_CLASSES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer in [1, {MAX_CLASSES}]")
+    return count
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--phi", default="0", help=f"attention: {attention_choices()}")
     parser.add_argument("--heads", type=int, choices=sorted(HEAD_LAYOUTS), default=2,
                         help="detection heads: 2 (yolov4-tiny) or 3 (+ stride 8, yolov4-tiny-3l)")
     parser.add_argument("--attention-at", choices=ATTENTION_PLACES, default="neck", help="attention placement")
-    parser.add_argument("--num-classes", type=int, default=20, help="number of classes (20 for VOC, 80 for COCO)")
+    parser.add_argument("--num-classes", type=class_count, default=20,
+                        help=f"number of classes (20 for VOC, 80 for COCO), 1 to {MAX_CLASSES}")
     parser.add_argument("--input-shape", default="416", help="416 or height,width; multiples of 32")
     parser.add_argument("--table", action="store_true", help="a Markdown table of every (attention, placement)")
     parser.add_argument("--verbose", action="store_true", help="full tracebacks")

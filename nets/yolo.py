@@ -59,6 +59,12 @@ def heads_in_state_dict(state_dict: dict[str, Any]) -> int:
     """How many heads a YoloBody state_dict (ours or the reference layout) has: 3 when it holds the P3 head."""
     return 3 if any(key.startswith("yolo_headP3.") for key in state_dict) else 2
 
+# The largest input side: a forward pass at 4096 x 4096 already needs about 2 GB of activations per image (8192 would
+# need four times that before the first head), far beyond what a YOLOv4-tiny is for.
+MAX_INPUT_SIDE = 4096
+# The most classes: each head predicts 3 x (5 + classes) channels, so 10,000 classes already make heads of ~25 M
+# parameters (300,000 would take 3.5 GB to build); detection datasets have tens to about a thousand (LVIS).
+MAX_CLASSES = 10_000
 
 # Where attention goes (--attention-at). neck: feat1, feat2 and the upsampled P5, as the reference (its state_dict
 # layout), and with three heads also the stride-8 feature and the upsampled P4; backbone: inside each CSP stage
@@ -92,10 +98,13 @@ def yolo_head(channels: tuple[int, int], in_channels: int) -> nn.Sequential:
 
 
 def check_input_size(height: int, width: int) -> None:
-    """Raise ModelConfigError (a ValueError) unless both sides are positive multiples of 32."""
+    """Raise ModelConfigError (a ValueError) unless both sides are positive multiples of 32, at most MAX_INPUT_SIDE."""
     if height <= 0 or width <= 0 or height % STRIDE or width % STRIDE:
         raise ModelConfigError(
             f"input size {height}x{width} is not a multiple of {STRIDE}; use e.g. 320, 416, 512 or 608")
+    if max(height, width) > MAX_INPUT_SIDE:
+        raise ModelConfigError(f"input size {height}x{width} is larger than {MAX_INPUT_SIDE} on a side (a forward "
+                               f"pass would need tens of GB); use e.g. 416, 640 or 1280")
 
 
 class YoloBody(nn.Module):

@@ -33,7 +33,7 @@ from utils.model.checkpoint import load_model, save_checkpoint
 from utils.model.config import ModelConfig, build_model
 from utils.study import ablate
 from utils.study.factors import default_attentions
-from utils.train.cli import apply_config_file, config_from_args, get_args_parser
+from utils.train.cli import OPTION_ALIASES, apply_config_file, config_from_args, get_args_parser
 from utils.train.config import TrainConfig
 
 FAST = ["--epochs", "1", "--batch-size", "2", "--input-shape", "64", "--workers", "0", "--device", "cpu",
@@ -217,6 +217,10 @@ def test_older_flags_are_spellings_of_attention_option():
         "reduction": 2, "kernel_size": 3}
     with pytest.raises(ValueError, match="write NAME=VALUE"):
         config_from_args(parser.parse_args(["--attention-option", "kernel_size"]))
+    # train.py spells these out (its parser imports no torch): they must be the flags the blocks declare
+    declared = {flag: option for name in attention_names() if ATTENTION_BLOCKS[name] is not None
+                for option, flag in ATTENTION_BLOCKS[name].option_flags.items()}
+    assert declared == OPTION_ALIASES
 
 
 def test_an_option_no_block_has_is_one_error_line(tmp_path, capsys):

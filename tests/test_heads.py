@@ -72,6 +72,14 @@ def test_three_heads_in_stride_order_with_the_model_telling_its_strides():
     assert float(model.yolo_headP3[1].bias[4].detach()) == pytest.approx(np.log(8 / (16 * 20)))
 
 
+def test_train_py_offers_the_head_counts_there_are():
+    from nets.yolo import HEAD_LAYOUTS
+    from utils.train.cli import get_args_parser
+
+    heads = next(action for action in get_args_parser()._actions if action.dest == "heads")
+    assert tuple(heads.choices) == tuple(sorted(HEAD_LAYOUTS))  # written out in train.py so that --help needs no torch
+
+
 def test_default_anchors_are_darknets_3l_anchors_at_416():
     assert head_layout(3).anchors == DEFAULT_ANCHORS_3L and head_layout(3).anchors_mask == MASK3
     for ours, darknet in zip(DEFAULT_ANCHORS_3L, DARKNET_3L_ANCHORS_608, strict=True):

@@ -6,6 +6,7 @@ import logging
 
 import torch
 
+from utils.common.cli import PRECISIONS
 from utils.common.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ def cpu_supports_bf16() -> bool:
 
 # --precision: 'auto' is a fixed rule of the device, never a timing (a score must not depend on how busy the machine
 # was when a command started): CUDA autocasts to bf16 where the GPU supports it, else fp16 (with loss scaling when
-# training); every other device runs fp32. bf16/fp16 on a CPU are honoured when asked for explicitly.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# training); every other device runs fp32. bf16/fp16 on a CPU are honoured when asked for explicitly. PRECISIONS (the
+# choices of --precision) is defined next to the flag, in utils.common.cli, which --help reads without torch.
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

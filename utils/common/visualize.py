@@ -6,6 +6,8 @@ import colorsys
 import cv2
 import numpy as np
 
+from utils.common.text import printable
+
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -27,7 +29,7 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, cl
         color = colors[label % len(colors)]
         x1, y1, x2, y2 = box.tolist()
         cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
-        caption = class_names[label] if label < len(class_names) else str(label)
+        caption = printable(class_names[label], 40) if label < len(class_names) else str(label)
         if scores is not None:
             caption += f" {float(scores[i]):.2f}"
         (tw, th), base = cv2.getTextSize(caption, FONT, font_scale, 1)

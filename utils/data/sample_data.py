@@ -9,7 +9,6 @@ covering 0-based pixel columns c0..c1 has xmin = c0 + 1 and xmax = c1 + 1 (conti
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import xml.etree.ElementTree as ET
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from utils.common.cli import CommandParser, NumberRange, random_seed
 
 LOGGER = logging.getLogger(__name__)
 
@@ -252,11 +253,11 @@ def generate(out: Path, seed: int = 0, images: int = 120, quality: int = JPEG_QU
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write the deterministic synthetic VOC sample dataset.")
+    parser = CommandParser(description="Write the deterministic synthetic VOC sample dataset.")
     parser.add_argument("--out", type=Path, default=Path("VOCdevkit"), help="VOCdevkit folder to write into")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
-    parser.add_argument("--images", type=int, default=120, help="number of images")
-    parser.add_argument("--quality", type=int, default=JPEG_QUALITY, help="JPEG quality (1-100)")
+    parser.add_argument("--seed", type=random_seed, default=0, help="random seed; the same seed gives identical files")
+    parser.add_argument("--images", type=NumberRange(int, 1, 100_000), default=120, help="number of images")
+    parser.add_argument("--quality", type=NumberRange(int, 1, 100), default=JPEG_QUALITY, help="JPEG quality")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

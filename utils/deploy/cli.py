@@ -21,8 +21,11 @@ import cv2
 
 from nets.attention import attention_choices
 from utils.common.cli import (
-    DefaultsHelpFormatter,
+    CommandParser,
+    NumberRange,
     add_precision_argument,
+    positive_int,
+    probability,
     requested_precision,
     run_command,
     setup_logging,
@@ -36,7 +39,14 @@ from utils.deploy.attention_maps import attention_detector, write_attention_maps
 from utils.deploy.predictor import ResultWriter, StreamWriters, display_available, predict_source
 from utils.deploy.quantize import DEFAULT_CALIBRATION_IMAGES, letterboxed
 from utils.deploy.sources import ImageSource, SourceError, VideoSource
-from utils.deploy.streams import DEFAULT_STREAM_TIMEOUT, RECONNECTS, StreamSet, mask_url, open_any_source
+from utils.deploy.streams import (
+    DEFAULT_STREAM_TIMEOUT,
+    MAX_STREAM_TIMEOUT,
+    RECONNECTS,
+    StreamSet,
+    mask_url,
+    open_any_source,
+)
 from utils.deploy.targets import EXPORT_TARGETS, ExportRequest
 from utils.model.config import ROOT, ModelConfig
 from utils.runtime.detector import BaseDetector, DetectOptions, Detector
@@ -48,7 +58,7 @@ DEFAULT_DATA = ROOT / "VOCdevkit"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
+    parser = CommandParser(description=__doc__)
     model = parser.add_argument_group("model")
     model.add_argument("--weights", help="our checkpoint (.pth), a bare state_dict (with --names), a Darknet "
                        ".weights (with --cfg) or an export (.onnx, OpenVINO .xml, .torchscript, .ncnn.param, "
@@ -70,16 +80,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     detect.add_argument("--source", help="image, folder, glob, video file, webcam index, stream URL (rtsp, rtsps, "
                         "rtmp, http, https: a video or an MJPEG stream) or a .txt list of streams, videos and webcams "
                         "read side by side (default: the project's VOCdevkit/VOC2007/JPEGImages)")
-    detect.add_argument("--vid-stride", type=int, default=1, help="videos and streams: detect on every Nth frame")
-    detect.add_argument("--stream-timeout", type=float, default=DEFAULT_STREAM_TIMEOUT,
+    detect.add_argument("--vid-stride", type=positive_int, default=1,
+                        help="videos and streams: detect on every Nth frame")
+    detect.add_argument("--stream-timeout", type=NumberRange(float, 0, MAX_STREAM_TIMEOUT, low_open=True),
+                        default=DEFAULT_STREAM_TIMEOUT,
                         help="seconds a stream may take to open or to send its next frame before it counts as "
                              f"failed; a dropped connection is reopened up to {RECONNECTS} times first")
-    detect.add_argument("--conf", type=float, default=0.5, help="score threshold (objectness x class probability)")
-    detect.add_argument("--iou", type=float, default=0.3, help="NMS IoU threshold")
-    detect.add_argument("--max-det", type=int, default=300, help="most detections kept per image")
+    detect.add_argument("--conf", type=probability, default=0.5,
+                        help="score threshold (objectness x class probability)")
+    detect.add_argument("--iou", type=probability, default=0.3, help="NMS IoU threshold")
+    detect.add_argument("--max-det", type=positive_int, default=300, help="most detections kept per image")
     detect.add_argument("--agnostic-nms", action="store_true", help="NMS across classes")
     detect.add_argument("--classes", nargs="+", help="keep only these classes, by name or index (e.g. 0 2 or dog)")
-    detect.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    detect.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass")
     output = parser.add_argument_group("output")
     output.add_argument("--save-dir", default="logs", help="project folder (as in train.py and eval.py): results go "
                         "to SAVE_DIR/NAME")
@@ -101,9 +114,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="with --export onnx / openvino / tensorrt: also write an int8 model (<name>_int8.*), "
                              "calibrated on --source images (default: VOCdevkit's train split); about 2x faster "
                              "on CPUs with VNNI; check its mAP with eval.py --weights <name>_int8.*")
-    output.add_argument("--calib-images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+    output.add_argument("--calib-images", type=positive_int, default=DEFAULT_CALIBRATION_IMAGES,
                         help="calibration images for --int8")
-    output.add_argument("--max-pixels", type=int, default=None,
+    output.add_argument("--max-pixels", type=positive_int, default=None,
                         help="refuse images declaring more pixels than this, before decoding (decompression "
                              f"bombs); default {DEFAULT_MAX_PIXELS} (about 268 MP), or the YOLO_MAX_PIXELS "
                              "environment variable")
@@ -193,8 +206,6 @@ def run(args: argparse.Namespace) -> None:
     if args.int8 and not (args.export and EXPORT_TARGETS.get(args.export).int8):
         int8_targets = [name for name, target in EXPORT_TARGETS.items() if target.int8]
         raise ConfigError(f"--int8 quantizes an export: add --export {' / '.join(int8_targets)}")
-    if args.int8 and args.calib_images < 1:
-        raise ConfigError(f"--calib-images {args.calib_images}: int8 calibration needs at least 1 image (100 is usual)")
     if args.export:
         for path in export(args):
             print(f"exported {path}")

@@ -15,8 +15,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.common.atomic import temporary_name, write_text_atomic
 from utils.common.filenames import unique_stems
 from utils.common.image_io import write_image
+from utils.common.text import printable
 from utils.common.visualize import draw_detections
 from utils.deploy.sources import Frame, ImageSource, VideoSource
 from utils.deploy.streams import StreamFrame, StreamSet
@@ -72,7 +74,7 @@ class ResultWriter:
             label = self.save_dir / "labels" / f"{stem}.txt"
             label.parent.mkdir(parents=True, exist_ok=True)
             lines = yolo_lines(detections, *frame.image.shape[:2])
-            label.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            write_text_atomic(label, "".join(line + "\n" for line in lines))  # never a cut list that looks whole
         if self.save_crop:
             self._write_crops(frame.image, detections, stem)
 
@@ -94,11 +96,15 @@ class ResultWriter:
 
     def _write_video_frame(self, stem: str, annotated: np.ndarray) -> None:
         if self._video is None:
+            # written under a hidden temporary name and renamed by close(): a killed run leaves no cut video that
+            # looks like a result
             self.video_path = self.save_dir / f"{stem}.mp4"
+            self._video_tmp = temporary_name(self.video_path, ".mp4")
             height, width = annotated.shape[:2]
-            self._video = cv2.VideoWriter(os.fspath(self.video_path), cv2.VideoWriter_fourcc(*"mp4v"),
+            self._video = cv2.VideoWriter(os.fspath(self._video_tmp), cv2.VideoWriter_fourcc(*"mp4v"),
                                           self.video_fps, (width, height))
             if not self._video.isOpened():
+                self._video = None  # nothing to rename in close()
                 raise OSError(f"OpenCV cannot write the video {self.video_path} (no mp4v encoder?)")
         self._video.write(cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
 
@@ -106,10 +112,11 @@ class ResultWriter:
         if self._video is not None:
             self._video.release()
             self._video = None
+            os.replace(self._video_tmp, self.video_path)
 
     def counts_text(self) -> str:
         """'3 raccoon, 1 dog' (most frequent first) or 'no detections'."""
-        return ", ".join(f"{n} {name}" for name, n in self.counts.most_common()) or "no detections"
+        return ", ".join(f"{n} {printable(name)}" for name, n in self.counts.most_common()) or "no detections"
 
 
 def display_available() -> bool:
@@ -185,7 +192,7 @@ class StreamWriters:
         return sum((writer.counts for writer in self.writers.values()), Counter())
 
     def counts_text(self) -> str:
-        return ", ".join(f"{n} {name}" for name, n in self.counts.most_common()) or "no detections"
+        return ", ".join(f"{n} {printable(name)}" for name, n in self.counts.most_common()) or "no detections"
 
     def close(self) -> None:
         for writer in self.writers.values():

@@ -19,6 +19,7 @@ from utils.common.errors import UserError
 from utils.common.paths import check_user_path
 from utils.model.config import ModelConfig, build_model
 from utils.model.darknet import load_darknet
+from utils.model.load_budget import check_load_budget
 
 LOGGER = logging.getLogger(__name__)
 # The layout of our checkpoint dicts (utils.train.trainer.checkpoint_payload).
@@ -91,10 +92,12 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """torch.load with weights_only=True: tensors and plain containers only, never code."""
+    """torch.load with weights_only=True: tensors and plain containers only, never code; and never more memory than
+    a few times the file's size (utils.model.load_budget)."""
     path = check_user_path(path, "weights file")  # a FIFO or device would block torch.load forever
     if not path.is_file():
         raise CheckpointError(f"weights file {path} not found; check the path (train.py writes logs/<run>/best.pth)")
+    check_load_budget(path)  # what torch.load would allocate, against the file's size (decompression bombs)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,16 +11,20 @@ from typing import Any, Sequence
 import numpy as np
 
 from nets.attention import attention_name, attention_options
-from nets.yolo import YoloBody, attention_place, check_input_size, head_layout
+from nets.yolo import MAX_CLASSES, MAX_INPUT_SIDE, YoloBody, attention_place, check_input_size, head_layout
 from utils.common.errors import ConfigError, MissingFileError
 from utils.common.paths import check_user_path
+from utils.model.legacy import LEGACY_OPTION_FIELDS, upgrade_legacy_options  # noqa: F401 (their old home)
 
 LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DATA = ROOT / "model_data"
-# Fields of configs written before `attention_options` (checkpoints, args.yaml): field -> (block option, the value
-# that meant "the block's default"). Read back as attention_options; never written again.
-LEGACY_OPTION_FIELDS = {"attention_reduction": ("reduction", None), "cbam_kernel": ("kernel_size", 7)}
+# Bounds of the stored fields (ModelConfig._check_bounds). A class name is a label, not a text: 200 characters is far
+# above any dataset's; anchors are box sizes in input pixels, so none exceeds a few input sides.
+MAX_CLASS_NAME = 200
+MAX_ANCHORS = 64
+MAX_ANCHOR_SIDE = 4 * MAX_INPUT_SIDE
+SCALE_X_Y_RANGE = (1.0, 2.0)  # Darknet's grid sensitivity: 1.05-1.2 in its cfgs, 2.0 in YOLOv5's decoding
 
 
 @dataclass
@@ -43,6 +48,7 @@ class ModelConfig:
     heads: int = 2  # 2: strides 32, 16 (yolov4-tiny); 3: + stride 8 (yolov4-tiny-3l)
 
     def __post_init__(self) -> None:
+        self._check_bounds()
         self.attention = attention_name(self.attention)
         self.attention_at = attention_place(self.attention_at) if self.attention != "none" else "neck"
         self.attention_options = attention_options(self.attention, self.attention_options)
@@ -65,6 +71,28 @@ class ModelConfig:
         if bad or len(self.anchors_mask) != len(self.strides):
             raise ConfigError(f"anchors_mask {self.anchors_mask} must hold one list of indices into the "
                               f"{len(self.anchors)} anchors per head of the model ({len(self.strides)} heads)")
+
+    def _check_bounds(self) -> None:
+        """Every stored field's type and size, before anything is built from it: a config comes from checkpoints,
+        ONNX metadata and Darknet cfgs, which may be corrupt or hostile (300,000 class names would take 3.5 GB to
+        build; a negative or NaN anchor gives no detections at all). A ConfigError names the field and the bound.
+        None anchors or masks are the head count's defaults (checked by head_layout). Attention options are checked
+        by their block (nets.attention.attention_options)."""
+        _check_classes(self.classes)
+        heads = len(head_layout(self.heads).strides)
+        if self.anchors is not None:
+            _check_anchors(self.anchors)
+        masks = self.anchors_mask
+        if masks is not None and (
+                not isinstance(masks, (list, tuple)) or len(masks) != heads
+                or not all(isinstance(m, (list, tuple)) and 1 <= len(m) <= MAX_ANCHORS for m in masks)
+                or not all(_is_int(i) for m in masks for i in m)):
+            raise ConfigError(f"anchors_mask {_cut(masks)} must hold one list of indices into the anchors per head "
+                              f"of the model ({heads} heads), none empty")
+        if isinstance(self.scale_x_y, bool) or not isinstance(self.scale_x_y, numbers.Real) or not (
+                SCALE_X_Y_RANGE[0] <= self.scale_x_y <= SCALE_X_Y_RANGE[1]):  # also refuses nan
+            raise ConfigError(f"scale_x_y {_cut(self.scale_x_y)}: give a number in [{SCALE_X_Y_RANGE[0]}, "
+                              f"{SCALE_X_Y_RANGE[1]}] (1.0: plain sigmoid decoding)")
 
     @property
     def num_classes(self) -> int:
@@ -94,19 +122,39 @@ class ModelConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def upgrade_legacy_options(data: dict) -> dict:
-    """`data` (a ModelConfig or TrainConfig dict) with the fields of LEGACY_OPTION_FIELDS moved into
-    attention_options (a value that meant the default is dropped, so the block's own default applies)."""
-    if not LEGACY_OPTION_FIELDS.keys() & data.keys():
-        return data
-    data = dict(data)
-    options = dict(data.get("attention_options") or {})
-    for old, (option, default) in LEGACY_OPTION_FIELDS.items():
-        value = data.pop(old, default)
-        if value != default:
-            options.setdefault(option, value)
-    data["attention_options"] = options
-    return data
+
+def _check_classes(classes: object) -> None:
+    if not isinstance(classes, (list, tuple)):
+        raise ConfigError(f"classes {_cut(classes)}: expected a list of class names")
+    if len(classes) > MAX_CLASSES:
+        raise ConfigError(f"{len(classes)} classes: at most {MAX_CLASSES} (each adds 3 output channels per head "
+                          "cell); is this a real model file?")
+    for name in classes:
+        if not isinstance(name, (str, int)) or isinstance(name, bool):
+            raise ConfigError(f"class name {_cut(name)}: expected text")
+        if not 0 < len(str(name).strip()) <= MAX_CLASS_NAME:
+            raise ConfigError(f"class name {_cut(name)}: give 1 to {MAX_CLASS_NAME} characters")
+
+
+def _check_anchors(anchors: object) -> None:
+    pairs = anchors if isinstance(anchors, (list, tuple)) else []
+    well_formed = 1 <= len(pairs) <= MAX_ANCHORS and all(
+        isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v <= MAX_ANCHOR_SIDE for v in pair)
+        for pair in pairs)  # `0 < v <= max` is False for nan
+    if not well_formed:
+        raise ConfigError(f"anchors {_cut(anchors)}: give 1 to {MAX_ANCHORS} (width, height) pairs in input pixels, "
+                          f"each a finite number in (0, {MAX_ANCHOR_SIDE}]")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _cut(value: object, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters: a hostile field can be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def build_model(config: ModelConfig) -> YoloBody:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from nets.backbone import BasicConv
-from nets.yolo import YoloBody
+from nets.yolo import MAX_CLASSES, MAX_INPUT_SIDE, YoloBody
 from utils.common.errors import ConfigError, MissingFileError, UserError
 from utils.common.paths import check_user_path
 from utils.model.config import ModelConfig, build_model, read_classes
@@ -291,8 +291,7 @@ def config_from_cfg(sections: list[dict[str, str]], path: str | Path,
         raise DarknetFormatError(f"{path}: [net] or [yolo] values do not describe a yolov4-tiny model: {err}") from err
 
 
-MAX_CLASSES = 10_000  # LVIS has 1203, Open Images 601; 10k classes already make 120 MB of head weights
-MAX_SIDE = 8192  # input pixels per side; 8192^2 inputs need tens of GB of activations on this model
+MAX_SIDE = MAX_INPUT_SIDE  # the model's bounds (nets.yolo), which ModelConfig checks too: MAX_CLASSES, MAX_INPUT_SIDE
 MAX_CFG_BYTES = 1 << 20  # a yolov4-tiny.cfg is about 3 KB
 
 

@@ -47,7 +47,7 @@ import torch
 from tqdm import tqdm
 
 from nets.summary import count_gflops, count_parameters
-from utils.common.cli import run_command, setup_logging
+from utils.common.cli import CommandParser, non_negative_int, positive_int, run_command, setup_logging
 from utils.common.errors import ConfigError, MissingFileError
 from utils.runtime.loader import load_runnable
 from utils.study.analysis import METRICS, Design, effect_rows, interaction_rows, variant_rows
@@ -76,8 +76,7 @@ EVAL_FORWARDED = ("workers", "precision", "amp")
 
 def get_args_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: train.py's flags pass through untouched (--eval-period is not --eval-split)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = CommandParser(description=__doc__, allow_abbrev=False)
     p.add_argument("--data", default="VOCdevkit", help="dataset, as train.py --data")
     p.add_argument("--vary", action="append", metavar="NAME=V1,V2,...",
                    help="a train.py option to vary (NAME with - or _), at these values, parsed as train.py parses "
@@ -88,8 +87,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", default=None, help="placements, comma-separated (= --vary attention_at=...; default neck)")
     p.add_argument("--baseline", action="append", metavar="NAME=LEVEL",
                    help="the level each factor is compared against (default: the first level given)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per variant")
-    p.add_argument("--epochs", type=int, default=30, help="epochs per run")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per variant")
+    p.add_argument("--epochs", type=positive_int, default=30, help="epochs per run")
     p.add_argument("--study", default="logs/ablation", help="study folder; the same command again resumes it")
     p.add_argument("--eval-split", default="test", help="split every run is scored on with eval.py")
     p.add_argument("--evaluate", choices=("best", "last"), default="best",
@@ -104,11 +103,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "holds (its settings come from its study.json)")
     p.add_argument("--devices", default=None, help="cpu, or CUDA indices such as 0,1 (default: every CUDA device, "
                    "else the CPU); one run per device at a time")
-    p.add_argument("--nproc-per-run", type=int, default=1, help="processes per run under torchrun (DDP): K CUDA "
-                   "devices per run, or K CPU processes")
-    p.add_argument("--speed-images", type=int, default=30, help="images per timing round for images/s")
-    p.add_argument("--speed-rounds", type=int, default=5, help="interleaved timing rounds (the best counts); 0: do "
-                   "not time")
+    p.add_argument("--nproc-per-run", type=positive_int, default=1,
+                   help="processes per run under torchrun (DDP): K CUDA devices per run, or K CPU processes")
+    p.add_argument("--speed-images", type=positive_int, default=30, help="images per timing round for images/s")
+    p.add_argument("--speed-rounds", type=non_negative_int, default=5,
+                   help="interleaved timing rounds (the best counts); 0: do not time")
     p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return p
 

@@ -1,11 +1,43 @@
-"""TrainConfig: every training option, saved in each checkpoint and in args.yaml; FITNESS: what best.pth keeps."""
+"""TrainConfig: every training option, saved in each checkpoint and in args.yaml; FITNESS: what best.pth keeps;
+FIELD_RANGES / AUGMENT_RANGES: the range of every number, for the flags and for values read from files."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from utils.model.config import upgrade_legacy_options
+from utils.common.cli import (
+    NumberRange,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    random_seed,
+    workers,
+)
+from utils.common.errors import ConfigError
+from utils.model.legacy import upgrade_legacy_options
+
+below_one = NumberRange(float, 0, 1, high_open=True)  # momentum, EMA decay, label smoothing: 1 would freeze or erase
+# The range of each numeric TrainConfig field: train.py's flags take these as their argparse types, and TrainConfig
+# checks every value against them whatever its source (the flags, a --config file, a resumed checkpoint).
+FIELD_RANGES: dict[str, NumberRange] = {
+    "epochs": positive_int, "batch_size": positive_int, "freeze_epochs": non_negative_int,
+    "freeze_batch_size": positive_int, "workers": workers, "seed": random_seed, "eval_period": non_negative_int,
+    "patience": non_negative_int, "save_period": non_negative_int, "lr": positive_float, "min_lr_ratio": probability,
+    "momentum": below_one, "weight_decay": non_negative_float, "warmup_epochs": non_negative_float,
+    "ema_decay": below_one, "grad_clip": non_negative_float, "label_smoothing": below_one,
+    "max_bad_steps": positive_int,
+}
+# AugmentConfig fields that train.py has flags for (utils.data.augment: hue as a fraction of the colour circle, at
+# most half of it; aspect jitter U(1 - j, 1 + j), so j < 1)
+AUGMENT_RANGES: dict[str, NumberRange] = {
+    "mosaic": probability, "mixup": probability, "hsv_h": NumberRange(float, 0, 0.5), "hsv_s": probability,
+    "hsv_v": probability, "flip": probability, "jitter": below_one, "mosaic_epochs_fraction": probability,
+}
+NONE_MEANS_DEFAULT = ("lr",)  # None: utils.train.optim.DEFAULT_LR
+MULTI_SCALE_FACTOR = NumberRange(float, 0, 4, low_open=True)  # --multi-scale-range low,high
 
 
 @dataclass
@@ -59,14 +91,60 @@ class TrainConfig:
     multi_scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
     heads: int = 2  # ModelConfig.heads
 
+    def __post_init__(self) -> None:
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Every number inside its range (FIELD_RANGES, AUGMENT_RANGES), or a ConfigError naming the flag: the one
+        check of values from the command line, a --config file and a resumed checkpoint alike."""
+        for name, allowed in FIELD_RANGES.items():
+            value = getattr(self, name)
+            if not (value is None and name in NONE_MEANS_DEFAULT):
+                setattr(self, name, allowed.check(value, flag(name)))
+        if not isinstance(self.attention_options, dict):
+            raise ConfigError(f"attention_options: expected a mapping of option: value, got {self.attention_options!r}")
+        if not isinstance(self.augment, dict):
+            raise ConfigError(f"augment: expected a mapping of AugmentConfig fields, got {self.augment!r}")
+        for name, allowed in AUGMENT_RANGES.items():
+            if name in self.augment:
+                self.augment[name] = allowed.check(self.augment[name], flag(name))
+        try:
+            self.multi_scale_range = multi_scale_range(self.multi_scale_range)
+        except ConfigError as err:
+            raise ConfigError(f"--multi-scale-range: {err}") from None
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict, source: str | None = None) -> "TrainConfig":
+        """The TrainConfig stored in a checkpoint (or any dict of its fields); a value outside its range is a
+        ConfigError that names `source` (the checkpoint)."""
         data = upgrade_legacy_options(data)  # a run saved before attention_options
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}" if source else str(err)) from None
+
+
+def flag(field_name: str) -> str:
+    """The train.py flag of a TrainConfig or AugmentConfig field: batch_size -> --batch-size."""
+    return "--" + field_name.replace("_", "-")
+
+
+def multi_scale_range(value: str | list | tuple) -> list[float]:
+    """'0.5,1.5' (or a list from --config) -> [0.5, 1.5]: two factors in (0, 4], low <= high; else a ConfigError."""
+    parts = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    if len(parts) != 2:
+        raise ConfigError(f"{value!r}: give two factors low,high (e.g. 0.5,1.5)")
+    try:
+        low, high = (MULTI_SCALE_FACTOR.convert(part) for part in parts)
+    except ValueError as err:
+        raise ConfigError(f"{err}; give two factors low,high (e.g. 0.5,1.5)") from None
+    if low > high:
+        raise ConfigError(f"{value!r}: low {low} is above high {high}; give low,high (e.g. 0.5,1.5)")
+    return [low, high]
 
 
 # Fitness of a validation, from its metrics: what best.pth keeps and --patience waits for. mix = 0.1 mAP50 +

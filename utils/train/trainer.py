@@ -650,10 +650,10 @@ def train(config: TrainConfig, resume: str | bool | None = None, overrides: dict
         if "train_config" not in checkpoint:
             raise CheckpointError(f"{path} is not a training checkpoint of this project; use --weights to start "
                                   "from it")
-        config = TrainConfig.from_dict(checkpoint["train_config"])
-        for key, value in (overrides or {}).items():
-            if key in RESUMABLE_OVERRIDES:
-                setattr(config, key, value)
+        # the flags a resume may change, applied before the stored values are checked (a run saved with --workers 16
+        # resumes here with --workers 2)
+        resumable = {key: value for key, value in (overrides or {}).items() if key in RESUMABLE_OVERRIDES}
+        config = TrainConfig.from_dict({**checkpoint["train_config"], **resumable}, source=str(path))
         warn_unapplied_overrides(overrides or {})
         run_dir = path.parent
         remove_stale_temporaries(run_dir)  # half-written checkpoints of a killed predecessor
