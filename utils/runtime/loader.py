@@ -3,8 +3,8 @@
 `load_runnable` takes any weights file this project reads (our .pth checkpoint, a bare reference-layout state_dict,
 Darknet .weights with its .cfg, an exported .onnx in fp32 or int8) and returns a `Loaded`: a PyTorch model in eval mode
 on its device, or an onnxruntime detector, together with the ModelConfig that describes it. A checkpoint file is read
-once. train.py's --weights (a partial load for transfer learning) and --resume have their own path in
-utils.train.trainer.
+once. It wraps utils.model.checkpoint.load_model, the one reader of weights files, whose neighbours serve train.py:
+load_pretrained (--weights, a partial load for transfer learning) and read_training_checkpoint (--resume).
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ from utils.data.augment import AugmentConfig
 from utils.data.index import DATA_HELP
 from utils.model.config import LEGACY_OPTION_FIELDS, parse_input_shape, upgrade_legacy_options
 from utils.train.config import TrainConfig
+from utils.train.loggers import LOGGERS
 from utils.train.run_config import config_field_names, read_config_file
 from utils.train.trainer import train
 
@@ -115,6 +116,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                        ("mosaic_epochs_fraction", "mosaic and mixup stop after this fraction of the epochs")):
         p.add_argument("--" + flag.replace("_", "-"), type=float, default=None,
                        help=f"{text} (default: {getattr(AugmentConfig, flag)})")
+    p.add_argument("--logger", dest="loggers", action="append", choices=sorted(LOGGERS), default=None,
+                   help="also log to this experiment tracker (repeatable; TensorBoard is always on): mlflow = the "
+                        "store in $MLFLOW_TRACKING_URI, else ./mlruns (needs pip install mlflow-skinny)")
     p.add_argument("--config", default=None, help="a run's args.yaml or a recipe (model_data/voc_recipe.yaml): its "
                    "options become the defaults; flags given here override them")
     p.add_argument("--max-pixels", type=int, default=None,
@@ -193,7 +197,8 @@ def config_from_args(args: argparse.Namespace, extra_augment: dict | None = None
                            **{k: getattr(args, k) for k in AUGMENT_FLAGS if getattr(args, k) is not None}},
                   patience=args.patience or 0,  # None by default, so that an explicit 0 overrides it on --resume
                   multi_scale_range=parse_range(args.multi_scale_range),
-                  precision=requested_precision(args.precision, not args.amp, "--no-amp"))
+                  precision=requested_precision(args.precision, not args.amp, "--no-amp"),
+                  loggers=list(dict.fromkeys(args.loggers or [])))
     return TrainConfig(**values)
 
 
