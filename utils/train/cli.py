@@ -116,7 +116,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        ("mosaic_epochs_fraction", "mosaic and mixup stop after this fraction of the epochs")):
         p.add_argument("--" + flag.replace("_", "-"), type=float, default=None,
                        help=f"{text} (default: {getattr(AugmentConfig, flag)})")
-    p.add_argument("--logger", dest="loggers", action="append", choices=sorted(LOGGERS), default=None,
+    p.add_argument("--logger", dest="loggers", action="append", choices=list(LOGGERS), default=None,
                    help="also log to this experiment tracker (repeatable; TensorBoard is always on): mlflow = the "
                         "store in $MLFLOW_TRACKING_URI, else ./mlruns (needs pip install mlflow-skinny)")
     p.add_argument("--config", default=None, help="a run's args.yaml or a recipe (model_data/voc_recipe.yaml): its "

@@ -1,9 +1,9 @@
 """Experiment loggers: callbacks that send a run's numbers and pictures somewhere else.
 
 TensorBoard is always on (utils.train.callbacks.TensorBoardLogger: events in the run folder). `--logger NAME` adds
-one of LOGGERS; a new logger is a callback
-class (utils/train/callbacks.py) plus one entry in LOGGERS, and --logger offers it. Optional packages are imported
-when the logger is created, before any work, so a missing one is a single `error:` line saying what to install.
+one of LOGGERS; a new logger is a callback class (utils/train/callbacks.py) registered here with
+`@LOGGERS.register(name)`, and --logger offers it. Optional packages are imported when the logger is created, before
+any work, so a missing one is a single `error:` line saying what to install.
 """
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from utils.common.errors import ConfigError, MissingDependencyError
+from utils.common.errors import MissingDependencyError
+from utils.common.registry import Registry
 from utils.train.callbacks import Callback, scalars
 
 if TYPE_CHECKING:
     from utils.train.trainer import Trainer
 
 LOGGER = logging.getLogger(__name__)
+LOGGERS: Registry[type[Callback]] = Registry("logger")  # --logger NAME -> the callback class
 
 
 DEFAULT_MLFLOW_STORE = "mlruns"  # a folder in the current directory, as MLflow's own default
@@ -28,6 +30,7 @@ RUN_DIR_TAG = "run_dir"  # the run folder, so that a resumed run continues its M
 ARTIFACTS = ("args.yaml", "results.csv", "*.png", "best.pth")
 
 
+@LOGGERS.register("mlflow")
 class MLflowLogger(Callback):
     """--logger mlflow: one MLflow run per run folder in a real tracking store: $MLFLOW_TRACKING_URI when set (a
     server, sqlite:///mlflow.db, ...), else ./mlruns. Experiment: $MLFLOW_EXPERIMENT_NAME, else the --save-dir
@@ -95,12 +98,6 @@ class MLflowLogger(Callback):
         self.client.set_terminated(self.run_id, status=status)
 
 
-# --logger NAME -> the callback class; a new logger is one entry here
-LOGGERS: dict[str, type[Callback]] = {"mlflow": MLflowLogger}
-
-
 def create_logger(name: str) -> Callback:
-    """The logger called `name` (a key of LOGGERS)."""
-    if name not in LOGGERS:
-        raise ConfigError(f"unknown logger {name!r}; use one of {', '.join(sorted(LOGGERS))}")
-    return LOGGERS[name]()
+    """The logger registered as `name` (a ConfigError listing the others when there is none)."""
+    return LOGGERS.get(name)()
