@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -303,19 +304,25 @@ def test_results_appear_only_complete(tmp_path):
     with_pictures = [a for a in TRAIN_FAST if a != "--no-preview"]
     process = start_hooked(tmp_path / "markers", log, "--data", data, "--epochs", "6", "--save-dir", logs,
                            "--name", "run", *with_pictures)
-    reads, incomplete, seen = 0, [], set()
+    reads, incomplete, seen, partial_reads = 0, [], set(), 0
     while process.poll() is None:  # read every result file as often as we can while the run writes them
-        for path in sorted(run_dir.glob("*")) if run_dir.is_dir() else []:
-            if path.suffix in (".png", ".csv"):
-                try:
-                    content = path.read_bytes()
-                except FileNotFoundError:
-                    continue
-                reads, seen = reads + 1, seen | {path.name}
-                if not _complete(path, content):
-                    incomplete.append(path.name)
+        for path in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
+            if path.suffix not in (".png", ".csv"):
+                continue
+            try:
+                content = path.read_bytes()
+            except FileNotFoundError:  # a temporary file renamed meanwhile
+                continue
+            if path.name.startswith("."):  # a file being written: what a reader saw before the writes were atomic
+                partial_reads += not _complete(path, content)
+                continue
+            reads, seen = reads + 1, seen | {path.name}
+            if not _complete(path, content):
+                incomplete.append(path.name)
+        time.sleep(0.002)  # often enough to land inside writes, without taking a whole core from the run
     assert process.wait() == 0, log.read_text(errors="replace")[-3000:]
     assert not incomplete, incomplete
     assert {"results.csv", "results.png", "labels.png", "confusion_matrix.png"} <= seen, seen
     assert not list(run_dir.glob(".*.partial.*")) and not (run_dir / ".train.lock").exists()
-    print("results:", json.dumps({"reads": reads, "files": len(seen), "incomplete": len(incomplete)}))
+    print("results:", json.dumps({"reads": reads, "files": len(seen), "incomplete": len(incomplete),
+                                  "half_written_temporaries_seen": partial_reads}))

@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             LOGGER.warning("--classes FILE is now --names FILE (the same in train.py, eval.py and predict.py); %s",
                            "--names wins" if args.names else "reading it as --names")
         set_max_pixels(args.max_pixels)
+        overrides = explicit_overrides(args, parser)  # before --phi's spelling is normalised ('0' is the default)
         args.phi = attention_name(args.phi)
-        train(config_from_args(args, extra_augment), resume=args.resume, overrides=explicit_overrides(args, parser))
+        train(config_from_args(args, extra_augment), resume=args.resume, overrides=overrides)
     return run_command(train_from_args, args.verbose, LOGGER)
 

@@ -100,7 +100,7 @@ def train_one_epoch(trainer: Trainer, loader, epoch: int) -> StepResult:
     in a row (counted across epochs from trainer.bad_streak) stop training. Fires on_batch_start / on_batch_end."""
     model, loss_fn, optimizer, scaler, ema = (trainer.ddp_model, trainer.loss_fn, trainer.optimizer, trainer.scaler,
                                               trainer.ema)
-    config, device, schedule, peak_lr = trainer.config, trainer.device, trainer.schedule, trainer._peak_lr()
+    config, device, schedule, peak_lr = trainer.config, trainer.device, trainer.schedule, trainer.peak_lr()
     model.train()
     sums: dict[str, float] = {}
     steps = skipped = seen = 0
@@ -458,7 +458,8 @@ class Trainer:
     def _phase_batch_size(self, epoch: int) -> int:
         return self.config.freeze_batch_size if epoch < self.config.freeze_epochs else self.config.batch_size
 
-    def _peak_lr(self) -> float:
+    def peak_lr(self) -> float:
+        """This phase's peak LR: --lr scaled to the total batch size (utils.train.optim.scaled_lr)."""
         return scaled_lr(self.base_lr, self.loader_batch * dist_utils.world_size(), self.config.optimizer)
 
     def _prepare_phase(self, epoch: int):
@@ -617,12 +618,17 @@ RESUME_NEUTRAL = ("resume", "verbose", "config")  # options about this command, 
 def warn_unapplied_overrides(overrides: dict) -> list[str]:
     """One warning naming the options given with --resume that a resumed run cannot apply (it keeps the options
     saved in its checkpoint); returns their flags."""
-    flags = sorted("--" + k.replace("_", "-") for k in overrides if k not in RESUMABLE_OVERRIDES + RESUME_NEUTRAL)
+    flags = sorted(flag_of(k) for k in overrides if k not in RESUMABLE_OVERRIDES + RESUME_NEUTRAL)
     if flags:
-        allowed = ", ".join("--" + k.replace("_", "-") for k in RESUMABLE_OVERRIDES)
+        allowed = ", ".join(map(flag_of, RESUMABLE_OVERRIDES))
         LOGGER.warning("--resume keeps the run's saved options: ignoring %s (only %s can change when resuming; "
                        "start a new run to change the others)", ", ".join(flags), allowed)
     return flags
+
+
+def flag_of(option: str) -> str:
+    """The command-line flag of a TrainConfig option (loggers: --logger, given once per logger)."""
+    return "--logger" if option == "loggers" else "--" + option.replace("_", "-")
 
 
 def still_stopped(state: TrainState, config: TrainConfig) -> bool:
