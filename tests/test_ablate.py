@@ -65,13 +65,11 @@ def test_flags_the_study_sets_are_refused(flags):
     (["--seed", "3"], "--seed is set by the study"),
     (["--devices", "gpu0"], "--devices gpu0"),
     (["--phi", "none,sk"], "invalid attention 'sk'"),
-    (["--seeds", "0"], "--seeds and --epochs must be at least 1"),
     (["--vary", "mosaic=0,0.5", "--mosaic", "0.2"], "--mosaic is varied by this study"),
     (["--vary", "multi-scale=off,on", "--multi-scale"], "--multi-scale is varied by this study"),
     (["--vary", "lr=0.01,0.02", "--baseline", "lr=0.03"], "lr has the levels 0.01, 0.02"),
     (["--vary", "foo=1"], "train.py has no option --foo"),
     (["--shard", "2/2"], "--shard 2/2: give I/N"),
-    (["--nproc-per-run", "0", "--devices", "cpu"], "--nproc-per-run 0"),
     (["--detect", "0"], "--detect 0.0: give the difference"),
 ])
 def test_bad_study_commands_are_one_error_line(tmp_path, capsys, argv, message):

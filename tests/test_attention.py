@@ -25,10 +25,10 @@ from nets.attention import (
 from nets.summary import count_parameters
 from nets.yolo import ATTENTION_PLACES, YoloBody
 from tests.synthetic import make_voc, write_partial, write_weights
-from utils.model.checkpoint import CheckpointError, load_model, load_weights, save_checkpoint
+from utils.model.checkpoint import CheckpointError, load_model, load_pretrained, load_weights, save_checkpoint
 from utils.model.config import ModelConfig, build_model
 from utils.train.config import TrainConfig
-from utils.train.trainer import Trainer, load_initial_weights
+from utils.train.trainer import Trainer
 
 MASK = [[3, 4, 5], [1, 2, 3]]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -270,7 +270,7 @@ def test_pretrained_pth_loads_into_backbone_placement_and_names_new_blocks(tmp_p
         torch.save(state, path)
     model = YoloBody(MASK, 20, "cbam", "both")
     with caplog.at_level(logging.INFO):
-        load_initial_weights(model, str(path))
+        load_pretrained(model, str(path))
     assert "newly initialised attention blocks (3): backbone.resblock_body1.feat_att, " \
            "backbone.resblock_body2.feat_att, backbone.resblock_body3.feat_att" in caplog.text
     for key, value in state.items():
@@ -282,7 +282,7 @@ def test_darknet_conv29_loads_into_backbone_placement_and_names_new_blocks(tmp_p
     path = write_partial(source, tmp_path / "yolov4-tiny.conv.29")
     model = YoloBody(MASK, 2, "se", "backbone")
     with caplog.at_level(logging.INFO):
-        load_initial_weights(model, str(path))
+        load_pretrained(model, str(path))
     assert "loaded 17 Darknet conv layers" in caplog.text
     assert "newly initialised attention blocks (3)" in caplog.text
     for key in ("backbone.resblock_body3.conv4.conv.weight", "yolo_headP5.0.conv.weight"):
@@ -294,7 +294,7 @@ def test_partial_load_with_other_block_options_warns_with_the_option(tmp_path, c
     path = tmp_path / "r4.pth"
     torch.save(other.state_dict(), path)
     with caplog.at_level(logging.WARNING):
-        load_initial_weights(YoloBody(MASK, 1, "se"), str(path))
+        load_pretrained(YoloBody(MASK, 1, "se"), str(path))
     assert "--attention-reduction 4 (this model: 16)" in caplog.text
 
 

@@ -80,6 +80,7 @@ def test_resume_names_the_options_it_cannot_apply(tmp_path, capfd):
                               "--mosaic", "0"]) == 0
     line = next(line for line in capfd.readouterr().err.splitlines() if "--resume keeps" in line)
     assert "--lr" in line and "--mosaic" in line and "--epochs" not in line.split("only")[0]
+    assert "--phi" not in line.split("only")[0]  # not given: the default's normalised spelling is no override
 
 
 @pytest.mark.parametrize("parser", [train_script.get_args_parser, eval_script.get_args_parser,

@@ -37,6 +37,8 @@ RANGE_CASES = [
     ("predict.py", ["--iou", "-1"], "--iou", "[0, 1]"),
     ("predict.py", ["--stream-timeout", "nan"], "--stream-timeout", "(0, 86400]"),
     ("-m utils.ablate", ["--lr", "nan"], "--lr", "finite number > 0"),  # a train.py flag passed through
+    ("-m utils.ablate", ["--seeds", "0"], "--seeds", "integer >= 1"),
+    ("-m utils.ablate", ["--nproc-per-run", "0"], "--nproc-per-run", "integer >= 1"),
     ("-m utils.anchors", ["--data", "x", "-n", "0"], "--num-anchors", "integer >= 1"),
     ("-m utils.anchors", ["--data", "x", "--iters", "0"], "--iters", "integer >= 1"),
     ("-m utils.sample_data", ["--images", "0"], "--images", "[1, 100000]"),

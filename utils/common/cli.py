@@ -49,10 +49,19 @@ def setup_logging(verbose: bool = False, log_file: Path | None = None, main_proc
         add_log_file(log_file)
 
 
-def add_log_file(path: Path) -> None:
+def add_log_file(path: Path) -> logging.Handler:
+    """Also log into `path`; returns the handler, for `remove_log_file` when that run ends."""
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(EscapingFormatter(LOG_FORMAT))
     logging.getLogger().addHandler(handler)
+    return handler
+
+
+def remove_log_file(handler: logging.Handler | None) -> None:
+    """Stop logging into a file added by add_log_file (a second run in the same process gets its own)."""
+    if handler is not None:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 # ---------------------------------------------------------------------------------------------- ranges of values

@@ -35,8 +35,20 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, cl
         (tw, th), base = cv2.getTextSize(caption, FONT, font_scale, 1)
         top = max(y1 - th - base, 0)
         cv2.rectangle(canvas, (x1, top), (x1 + tw, top + th + base), color, -1)
-        cv2.putText(canvas, caption, (x1, top + th), FONT, font_scale, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(canvas, caption, (x1, top + th), FONT, font_scale, text_color(color), 1, cv2.LINE_AA)
     return canvas
+
+
+def relative_luminance(color: tuple[int, int, int]) -> float:
+    """WCAG 2 relative luminance of an sRGB colour (0-255 per channel): 0 for black, 1 for white."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (v / 255 for v in color)]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def text_color(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever contrasts more with `background` (WCAG contrast ratio): black on yellow, white on
+    blue. The break-even luminance is 0.179, where (L + 0.05) / 0.05 equals 1.05 / (L + 0.05)."""
+    return (0, 0, 0) if relative_luminance(background) > 0.179 else (255, 255, 255)
 
 
 def image_grid(images: list[np.ndarray], columns: int = 4) -> np.ndarray:

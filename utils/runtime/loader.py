@@ -4,8 +4,9 @@
 Darknet .weights with its .cfg, or an export: .onnx, OpenVINO .xml, .torchscript, NCNN .ncnn.param, TensorRT .engine,
 Core ML .mlpackage; fp32 or int8) and returns a `Loaded`: a PyTorch model in eval mode on its device, or the detector
 of the export's runtime backend (utils.runtime.backends, chosen by the file's name), together with the ModelConfig
-that describes it. A checkpoint file is read once. train.py's --weights (a partial load for transfer learning) and
---resume have their own path in utils.train.trainer.
+that describes it. A checkpoint file is read once. It wraps utils.model.checkpoint.load_model, the one reader of
+weights files, whose neighbours serve train.py: load_pretrained (--weights, a partial load for transfer learning) and
+read_training_checkpoint (--resume).
 """
 from __future__ import annotations
 

@@ -565,8 +565,6 @@ def report_only(args: argparse.Namespace, command: str) -> int:
 def check_report_options(args: argparse.Namespace) -> None:
     if not args.detect > 0:
         raise ConfigError(f"--detect {args.detect}: give the difference to detect, in mAP (e.g. 0.02)")
-    if args.speed_rounds < 0 or args.speed_images < 1:
-        raise ConfigError("--speed-rounds must be 0 or more and --speed-images 1 or more")
 
 
 def run_study(args: argparse.Namespace, train_flags: list[str], command: str) -> int:
@@ -575,8 +573,6 @@ def run_study(args: argparse.Namespace, train_flags: list[str], command: str) ->
     check_report_options(args)
     if args.report:
         return report_only(args, command)
-    if args.seeds < 1 or args.epochs < 1:
-        raise ConfigError(f"--seeds and --epochs must be at least 1 (got {args.seeds} and {args.epochs})")
     factors = study_factors(args.vary, args.phi, args.at)
     check_train_flags(train_flags, tuple(f.name for f in factors if f.name not in STUDY_FLAGS))
     if not Path(args.data).exists():

@@ -120,6 +120,13 @@ def parse_attention_options(pairs: list[str] | None) -> dict[str, str]:
     return options
 
 
+def _logger_help() -> str:
+    from utils.train.loggers import LOGGERS  # the registry (utils.train.callbacks and the rest)
+
+    return (f"also log to this experiment tracker, one of: {', '.join(LOGGERS)} (repeatable; TensorBoard is always "
+            "on): mlflow = the store in $MLFLOW_TRACKING_URI, else ./mlruns (needs pip install mlflow-skinny)")
+
+
 def _data_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--data", default="VOCdevkit", help=DATA_HELP)
     group.add_argument("--train-split", default="train", help="split to train on (VOC07+12: trainval)")
@@ -213,6 +220,8 @@ def _run_arguments(group: argparse._ArgumentGroup) -> None:
                        help="also keep epoch_XXX.pth every N epochs (0: off)")
     group.add_argument("--preview", action=argparse.BooleanOptionalAction, default=True,
                        help="write the training-start pictures (augmented samples, labels); --no-preview skips them")
+    group.add_argument("--logger", dest="loggers", action="append", default=None, metavar="NAME",
+                       help=LazyHelp(_logger_help))
     group.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
 
 
@@ -253,7 +262,8 @@ def config_from_args(args: argparse.Namespace, extra_augment: dict | None = None
                   augment={**(extra_augment or {}),
                            **{k: getattr(args, k) for k in AUGMENT_FLAGS if getattr(args, k) is not None}},
                   patience=args.patience or 0,  # None by default, so that an explicit 0 overrides it on --resume
-                  precision=requested_precision(args.precision, not args.amp, "--no-amp"))
+                  precision=requested_precision(args.precision, not args.amp, "--no-amp"),
+                  loggers=list(dict.fromkeys(args.loggers or [])))
     return TrainConfig(**values)
 
 
@@ -272,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         from nets.attention import attention_name  # the work's imports: torch and everything training needs
         from nets.yolo import attention_place
         from utils.common.image_io import set_max_pixels
+        from utils.train.loggers import LOGGERS
         from utils.train.trainer import train
 
         extra_augment = apply_config_file(parser, args.config) if args.config else {}
@@ -281,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
             LOGGER.warning("--classes FILE is now --names FILE (the same in train.py, eval.py and predict.py); %s",
                            "--names wins" if args.names else "reading it as --names")
         set_max_pixels(args.max_pixels)
+        overrides = explicit_overrides(args, parser)  # before --phi's spelling is normalised ('0' is the default)
         args.phi, args.attention_at = attention_name(args.phi), attention_place(args.attention_at)
-        train(config_from_args(args, extra_augment), resume=args.resume, overrides=explicit_overrides(args, parser))
+        for name in args.loggers or []:
+            LOGGERS.get(name)  # an unknown --logger: one line listing the registered ones, before any work
+        train(config_from_args(args, extra_augment), resume=args.resume, overrides=overrides)
     return run_command(train_from_args, args.verbose, LOGGER)
 

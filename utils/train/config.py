@@ -90,6 +90,7 @@ class TrainConfig:
     multi_scale: bool = False  # each batch resized to a size drawn from multi_scale_range x input_shape
     multi_scale_range: list[float] = field(default_factory=lambda: [0.5, 1.5])
     heads: int = 2  # ModelConfig.heads
+    loggers: list[str] = field(default_factory=list)  # --logger: utils.train.loggers.LOGGERS (TensorBoard: always)
 
     def __post_init__(self) -> None:
         self._check_ranges()
