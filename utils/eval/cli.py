@@ -10,6 +10,7 @@ pr_*.png, confusion_matrix.png, f1_curve.png and, with --save-json, detections.j
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -26,10 +27,12 @@ from utils.common.image_io import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.common.run_dir import claim_run_dir, remove_if_empty
 from utils.data.index import DATA_HELP, DatasetIndex, load_split
 from utils.data.loader import EvalDataset, build_loader, eval_collate
-from utils.eval.evaluation import compute_metrics, predict_split
+from utils.eval.evaluation import compute_metrics, predict_split, predict_split_sliced
 from utils.eval.metrics import VOCResult, coco_results
 from utils.eval.plots import plot_confidence_curves, plot_confusion_matrix, plot_pr_curves
+from utils.runtime.detector import DetectOptions
 from utils.runtime.loader import Loaded, load_runnable
+from utils.runtime.slicing import MERGES, SlicedDetector, SliceOptions
 
 LOGGER = logging.getLogger("eval")
 
@@ -68,7 +71,29 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="refuse images declaring more pixels than this, before decoding (decompression bombs); default "
                         f"{DEFAULT_MAX_PIXELS} (about 268 MP), or the YOLO_MAX_PIXELS environment variable")
     p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
+    add_slice_arguments(p.add_argument_group("sliced inference (small objects in large images)"))
     return p
+
+
+def add_slice_arguments(group: argparse._ArgumentGroup) -> None:
+    """--slice and its options, the same in eval.py and predict.py."""
+    group.add_argument("--slice", type=int, default=None, metavar="PX",
+                       help="also detect on overlapping PX x PX tiles of each image at full resolution (SAHI), "
+                            "merged with the whole-image pass; e.g. the model's input size")
+    group.add_argument("--slice-overlap", type=float, default=SliceOptions.overlap,
+                       help="overlap of neighbouring tiles, a fraction of --slice")
+    group.add_argument("--slice-merge", choices=MERGES, default=SliceOptions.merge,
+                       help="nmm: greedy non-maximum merging (SAHI's default; boxes overlapping by >= 0.5 of the "
+                            "smaller one become their union, so objects cut by a tile border are joined); nms: "
+                            "keep the best box of each cluster (torchvision batched_nms at --iou)")
+    group.add_argument("--slice-full", action=argparse.BooleanOptionalAction, default=SliceOptions.full_image,
+                       help="also run the whole image letterboxed (large objects)")
+
+
+def slice_options(args: argparse.Namespace) -> SliceOptions:
+    """The SliceOptions that --slice, --slice-overlap, --slice-merge, --slice-full and --batch-size ask for (with
+    --slice, --batch-size counts the tiles of one image that go through the model at once)."""
+    return SliceOptions(args.slice, args.slice_overlap, args.slice_full, args.slice_merge, args.batch_size).check()
 
 
 def load(args: argparse.Namespace) -> tuple[Loaded, DatasetIndex]:
@@ -105,16 +130,34 @@ def _evaluate(args: argparse.Namespace) -> tuple[dict, VOCResult, list, Loaded, 
     """(metrics, VOC result, detections, the weights, the index) of the evaluation the arguments describe."""
     loaded, index = load(args)
     config = loaded.config
-    loader = build_loader(EvalDataset(index, config.input_shape), args.batch_size, args.workers, shuffle=False,
-                          seed=0, collate_fn=eval_collate)
     precision = resolve_precision(loaded.device, requested_precision(args.precision, not args.amp, "--no-amp"))
     LOGGER.info("%s", precision_note(loaded.device, args.precision, precision))
-    detections = predict_split(loaded.runnable, loader, config, loaded.device, args.conf, args.iou, args.max_det,
-                               precision, progress=True).detections
+    if args.slice is not None:
+        detections = _sliced_detections(args, loaded, index, precision)
+    else:
+        loader = build_loader(EvalDataset(index, config.input_shape), args.batch_size, args.workers, shuffle=False,
+                              seed=0, collate_fn=eval_collate)
+        detections = predict_split(loaded.runnable, loader, config, loaded.device, args.conf, args.iou,
+                                   args.max_det, precision, progress=True).detections
     metrics, voc = compute_metrics(detections, index, config.classes, args.voc07, args.score_thresh)
     # the compute precision ("precision" is the detection precision P): an exported .onnx runs as it was written
     metrics["compute_precision"] = precision if loaded.model is not None else "as exported"
+    if args.slice is not None:
+        metrics["slice"] = dataclasses.asdict(slice_options(args))
     return metrics, voc, detections, loaded, index
+
+
+def _sliced_detections(args: argparse.Namespace, loaded: Loaded, index: DatasetIndex, precision: str) -> list:
+    """Per-record detections by sliced inference, with the model run exactly as the plain evaluation runs it
+    (unfused, in the same precision) so that the two differ only by the slicing."""
+    detector = loaded.detector(optimize=False, precision=precision)
+    detector.options = DetectOptions(args.conf, args.iou, args.max_det)
+    sliced = SlicedDetector(detector, slice_options(args))
+    predictions = predict_split_sliced(sliced, index, progress=True)
+    LOGGER.info("sliced inference: %.2f images/s (%s)", sliced.times.summary()["images_per_s"],
+                f"{args.slice} px tiles, overlap {args.slice_overlap}, merge {args.slice_merge}"
+                + (", with the whole image" if args.slice_full else ""))
+    return predictions.detections
 
 
 def write_plots(metrics: dict, voc: VOCResult, out: Path) -> None:
