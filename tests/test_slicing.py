@@ -212,3 +212,16 @@ def test_predict_slice_writes_the_sliced_detections(monkeypatch, tmp_path, capsy
     assert predict.main(["--source", str(tmp_path / "big.png"), "--slice", "128", "--heatmap",
                          "--save-dir", str(tmp_path)]) == 1
     assert "--slice runs many" in capsys.readouterr().err
+
+
+def test_bench_slice_runs(monkeypatch, tmp_path, capsys):
+    """Smoke run of benchmarks/bench_slice.py (its figures are not checked here)."""
+    from benchmarks import bench_slice
+    oracle_weights(monkeypatch, bench_slice)
+    data = small_objects_voc(tmp_path / "data", images=1)
+    assert bench_slice.main(["--weights", "oracle.pth", "--data", str(data), "--split", "test", "--slice", "128",
+                             "--rounds", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    cost = lines[-1]
+    assert cost["bench"] == "slice_cost" and cost["canvases_per_image"] == len(tile_windows(700, 900, 128, 0.2)) + 1
+    assert 0 < cost["sliced_vs_whole"]

@@ -2,6 +2,7 @@
 by TrackEval), one tracker per source, a reconnect gap, the MOTChallenge file, and the command end to end."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -197,3 +198,16 @@ def test_predict_track_refuses_bad_settings(monkeypatch, tmp_path, capsys):
     assert predict.main(["--source", str(video), "--track", "--track-low", "0.7", "--save-dir", str(tmp_path)]) == 1
     assert "error: --track-low 0.7" in capsys.readouterr().err
     assert not list(tmp_path.glob("predict*"))
+
+
+def test_bench_track_runs(monkeypatch, tmp_path, capsys):
+    """Smoke run of benchmarks/bench_track.py on a short synthetic video (its figures are not checked here)."""
+    pytest.importorskip("trackeval", reason="scoring needs TrackEval (requirements-dev.txt)")
+    from benchmarks import bench_track
+    from utils.data.sample_data import generate_video
+    oracle_weights(monkeypatch, bench_track)
+    video, _ = generate_video(tmp_path, seed=0, frames=40, shapes=3)
+    assert bench_track.main(["--weights", "oracle.pth", "--video", str(video), "--rounds", "1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["bench"] for line in lines] == ["track_scores", "track_speed", "track_speed", "track_speed_ratio"]
+    assert lines[0]["truth_tracks"] >= 1 and lines[-1]["track_vs_detect"] > 0
