@@ -5,7 +5,7 @@ same detector on overlapping tiles plus the whole image, merged (eval.py --slice
     python benchmarks/bench_slice.py --weights logs/video_sample/best.pth --data small_objects --slice 320
 
 The images are decoded once before timing (reading is the same for both); the model runs as eval.py runs it
-(unfused, fp32 on the CPU). The modes are interleaved in --rounds rounds, so a shared machine's load weighs on both
+(unfused, fp32). The modes are interleaved in --rounds rounds, so a shared machine's load weighs on both
 alike; the best round of each is compared. Prints JSON lines.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     loaded = load_runnable(args.weights, device=args.device)
-    detector = loaded.detector(optimize=False, amp=False)
+    detector = loaded.detector(optimize=False, precision="fp32")
     detector.options = DetectOptions(args.conf, 0.5, 300)
     sliced = SlicedDetector(detector, SliceOptions(args.slice, args.slice_overlap, batch=args.batch_size))
     records = load_split(args.data, args.split, classes=loaded.config.classes).records[:args.limit]

@@ -113,7 +113,7 @@ def test_merge_joins_a_box_cut_by_a_tile_border_and_nms_keeps_the_best():
 def oracle_detector(size: int = 128) -> Detector:
     config = ModelConfig(classes=CLASSES, input_shape=[size, size])
     return Detector(ColourOracle(config, RGB, distinct_scores=True).eval(), config, "cpu",
-                    DetectOptions(0.5, 0.5, 300), optimize=False, amp=False)
+                    DetectOptions(0.5, 0.5, 300), optimize=False, precision="fp32")
 
 
 def small_objects_image(height: int = 700, width: int = 900) -> tuple[np.ndarray, np.ndarray]:
