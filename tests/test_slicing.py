@@ -188,7 +188,7 @@ def small_objects_voc(root: Path, images: int = 3) -> Path:
 def test_eval_slice_measures_the_gain(monkeypatch, tmp_path, capsys):
     from utils.eval import cli
     oracle_weights(monkeypatch, cli)
-    data = small_objects_voc(tmp_path / "data")
+    data = small_objects_voc(tmp_path / "data", images=2)
     common = ["--data", str(data), "--save-dir", str(tmp_path), "--workers", "0", "--device", "cpu"]
     assert eval_script.main([*common, "--name", "plain"]) == 0
     assert eval_script.main([*common, "--name", "sliced", "--slice", "128", "--slice-overlap", "0.2"]) == 0

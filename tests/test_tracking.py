@@ -206,8 +206,24 @@ def test_bench_track_runs(monkeypatch, tmp_path, capsys):
     from benchmarks import bench_track
     from utils.data.sample_data import generate_video
     oracle_weights(monkeypatch, bench_track)
-    video, _ = generate_video(tmp_path, seed=0, frames=40, shapes=3)
+    video, _ = generate_video(tmp_path, seed=0, frames=25, shapes=2)
     assert bench_track.main(["--weights", "oracle.pth", "--video", str(video), "--rounds", "1"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["bench"] for line in lines] == ["track_scores", "track_speed", "track_speed", "track_speed_ratio"]
     assert lines[0]["truth_tracks"] >= 1 and lines[-1]["track_vs_detect"] > 0
+
+
+def test_stream_urls_are_live_and_each_source_gets_its_frame_rate(tmp_path):
+    """make_tracking: gaps are measured on stream URLs only (a listed video file is read as fast as detection goes)."""
+    from utils.deploy.cli import make_tracking
+    from utils.deploy.sources import ImageSource
+    from utils.deploy.streams import LiveSource, StreamSet
+    video = write_moving_rectangles(tmp_path / "clip.avi", frames=2)
+    streams = StreamSet([LiveSource("http://127.0.0.1:9/cam", 1.0), LiveSource(str(video), 1.0)], 1.0)
+    tracking = make_tracking(TrackOptions(), None, ["a"], streams)
+    assert tracking.live == frozenset({streams.sources[0].stem}) and streams.sources[1].stem == "clip"
+    folder = tmp_path / "seq 1"
+    folder.mkdir()
+    images = ImageSource([folder / "000001.jpg", folder / "000002.jpg"])
+    from utils.deploy.predictor import track_stem_of
+    assert track_stem_of(images)(None) == "seq_1"
