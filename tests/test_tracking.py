@@ -23,7 +23,7 @@ from utils.runtime.loader import Loaded
 pytest.importorskip("trackers", reason="--track needs the trackers package (requirements-dev.txt)")
 
 
-def noisy_detections(rows, rng: np.random.Generator, drop: float = 0.08, weak: float = 0.07,
+def noisy_detections(rows, rng: np.random.Generator, drop: float = 0.05, weak: float = 0.07,
                      false_positive: float = 0.05) -> np.ndarray:
     """A stand-in detector: the true boxes jittered by 1.5 px, some missed, some scored weakly (ByteTrack's second
     association must keep them), now and then a one-frame false positive. ndarray[K, 6]."""
