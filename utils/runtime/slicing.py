@@ -100,27 +100,25 @@ def greedy_nmm(detections: np.ndarray, threshold: float = MATCH_IOS, metric: str
 
     In descending score order, each box not yet taken keeps its place and takes every lower-scored box of its class
     that overlaps it by >= threshold; those are merged into it one by one (in score order) while they still overlap
-    the grown box: the box becomes their union, the score stays the highest. Memory O(N)."""
+    the grown box: the box becomes their union, the score stays the highest. Rows come out in score order. Memory
+    O(N); time O(N x kept) within each class."""
     order = np.argsort(-detections[:, 4], kind="stable")
     dets = detections[order].astype(np.float32, copy=True)
     boxes = dets[:, :4].astype(np.float64)
-    free = np.ones(len(dets), bool)
-    kept = []
-    for i in range(len(dets)):
-        if not free[i]:
-            continue
-        free[i] = False
-        rest = np.flatnonzero(free[i + 1:]) + i + 1
-        rest = rest[dets[rest, 5] == dets[i, 5]]
-        taken = rest[overlap_with(boxes[i], boxes[rest], metric) >= threshold]
-        free[taken] = False
-        box = boxes[i].copy()
-        for j in taken:  # SAHI re-checks each against the grown box before merging it
-            if overlap_with(box, boxes[j:j + 1], metric)[0] >= threshold:
-                box[:2], box[2:] = np.minimum(box[:2], boxes[j, :2]), np.maximum(box[2:], boxes[j, 2:])
-        dets[i, :4] = box
-        kept.append(i)
-    return dets[kept]
+    kept: list[int] = []
+    for label in np.unique(dets[:, 5]):
+        remaining = np.flatnonzero(dets[:, 5] == label)  # this class's rows, best first
+        while len(remaining):
+            i, rest = remaining[0], remaining[1:]
+            close = overlap_with(boxes[i], boxes[rest], metric) >= threshold
+            taken, remaining = rest[close], rest[~close]
+            box = boxes[i].copy()
+            for j in taken:  # SAHI re-checks each against the grown box before merging it
+                if overlap_with(box, boxes[j:j + 1], metric)[0] >= threshold:
+                    box[:2], box[2:] = np.minimum(box[:2], boxes[j, :2]), np.maximum(box[2:], boxes[j, 2:])
+            dets[i, :4] = box
+            kept.append(int(i))
+    return dets[sorted(kept)]
 
 
 def merge_detections(detections: np.ndarray, merge: str, iou: float, max_det: int) -> np.ndarray:
