@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", required=True, help="a detector trained on the bundled sample")
     parser.add_argument("--video", type=Path, required=True, help="shapes.mp4 of `python -m utils.sample_data --video`")
     parser.add_argument("--truth", type=Path, default=None, help="its ground truth (default: <video stem>_gt.txt)")
-    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each mode, interleaved")
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs of each mode, interleaved (0: scores only)")
     parser.add_argument("--conf", type=float, default=0.5)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -122,7 +122,15 @@ def main(argv: list[str] | None = None) -> int:
             result.parent.mkdir(exist_ok=True)
             result.touch()
         scores = mot_scores(truth, result)
-    print(json.dumps({"bench": "track_scores", "video": str(args.video), **scores}))
+    print(json.dumps({"bench": "track_scores", "video": str(args.video), "conf": args.conf, **scores}))
+    if args.rounds > 0:
+        print_speed(detector, args, options)
+    return 0
+
+
+def print_speed(detector, args: argparse.Namespace, options: TrackOptions) -> None:
+    """JSON lines: frames/s of detection alone and with tracking, --rounds each, interleaved; their best ratio."""
+    names = detector.config.classes
     fps: dict[str, list[float]] = {"detect": [], "track": []}
     for _ in range(args.rounds):
         for mode in fps:
@@ -135,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     best = {mode: max(values) for mode, values in fps.items()}
     print(json.dumps({"bench": "track_speed_ratio", "track_vs_detect": round(best["track"] / best["detect"], 3),
                       **{f"{mode}_frames_per_s": round(value, 2) for mode, value in best.items()}}))
-    return 0
 
 
 if __name__ == "__main__":
