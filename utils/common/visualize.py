@@ -17,19 +17,27 @@ def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
     return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h, 0.85, 0.95)) for h in hues]
 
 
+def track_color(track_id: int) -> tuple[int, int, int]:
+    """A stable RGB colour per track ID (golden-ratio hue steps: neighbouring IDs look different)."""
+    return tuple(int(255 * c) for c in colorsys.hsv_to_rgb((track_id * 0.618034) % 1.0, 0.85, 0.95))
+
+
 def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, class_names: list[str],
-                    scores: np.ndarray | None = None) -> np.ndarray:
-    """Return a copy of RGB `image` with boxes [K,4] (x1,y1,x2,y2 pixels) and "name score" captions drawn."""
+                    scores: np.ndarray | None = None, track_ids: np.ndarray | None = None) -> np.ndarray:
+    """Return a copy of RGB `image` with boxes [K,4] (x1,y1,x2,y2 pixels) and "name score" captions drawn; with
+    `track_ids` [K] the captions start with "#id" and each track has its own colour."""
     canvas = np.ascontiguousarray(image).copy()
     colors = class_colors(len(class_names))
     thickness = max(1, round(sum(canvas.shape[:2]) / 600))
     font_scale = max(0.4, thickness / 3)
     corners, labels = np.asarray(boxes).round().astype(int), np.asarray(labels).astype(int)
     for i, (box, label) in enumerate(zip(corners, labels, strict=True)):
-        color = colors[label % len(colors)]
+        color = colors[label % len(colors)] if track_ids is None else track_color(int(track_ids[i]))
         x1, y1, x2, y2 = box.tolist()
         cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness)
         caption = printable(class_names[label], 40) if label < len(class_names) else str(label)
+        if track_ids is not None:
+            caption = f"#{int(track_ids[i])} {caption}"
         if scores is not None:
             caption += f" {float(scores[i]):.2f}"
         (tw, th), base = cv2.getTextSize(caption, FONT, font_scale, 1)

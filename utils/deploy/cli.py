@@ -8,6 +8,8 @@ TorchScript, NCNN, Core ML, TensorRT, Darknet).
     python predict.py --weights logs/run/best.pth --export onnx
     python predict.py --weights logs/run/best.pth --export onnx --int8        # also best_int8.onnx (CPU, ~2x)
     python predict.py --weights logs/run/best.pth --export openvino --int8    # best.xml, best_int8.xml (NNCF)
+    python predict.py --source clips/street.mp4 --track                       # ByteTrack IDs, tracks/street.txt (MOT)
+    python predict.py --source aerial/ --slice 416 --slice-overlap 0.2        # small objects in large images
 
 Outputs go to a new run folder (logs/predict, logs/predict2, ...); nothing is overwritten.
 """
@@ -48,9 +50,12 @@ from utils.deploy.streams import (
     open_any_source,
 )
 from utils.deploy.targets import EXPORT_TARGETS, ExportRequest
+from utils.deploy.tracking import Tracking, TrackOptions
 from utils.model.config import ROOT, ModelConfig
 from utils.runtime.detector import BaseDetector, DetectOptions, Detector
 from utils.runtime.loader import load_runnable
+from utils.runtime.slice_options import add_slice_arguments, slice_options
+from utils.runtime.slicing import SlicedDetector
 
 LOGGER = logging.getLogger("predict")
 DEFAULT_SOURCE = ROOT / "VOCdevkit" / "VOC2007" / "JPEGImages"
@@ -121,7 +126,30 @@ def get_args_parser() -> argparse.ArgumentParser:
                              f"bombs); default {DEFAULT_MAX_PIXELS} (about 268 MP), or the YOLO_MAX_PIXELS "
                              "environment variable")
     output.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
+    add_track_arguments(parser.add_argument_group("tracking (videos, webcams, streams, image sequences)"))
+    add_slice_arguments(parser.add_argument_group("sliced inference (small objects in large images)"))
     return parser
+
+
+def add_track_arguments(group: argparse._ArgumentGroup) -> None:
+    defaults = TrackOptions()
+    group.add_argument("--track", action="store_true",
+                       help="follow objects from frame to frame with ByteTrack: IDs drawn on the frames, "
+                            "tracks/<source>.txt in the MOTChallenge layout, tracks per class at the end")
+    group.add_argument("--track-buffer", type=int, default=defaults.buffer,
+                       help="frames (counted at 30 fps) a lost track waits for its object before it ends")
+    group.add_argument("--track-iou", type=float, default=defaults.match_iou,
+                       help="least IoU between a track's predicted box and a detection to match them")
+    group.add_argument("--track-low", type=float, default=defaults.low,
+                       help="detections from this score up (below --conf) keep existing tracks alive; only "
+                            "--conf + 0.1 starts a track")
+    group.add_argument("--track-gap", type=float, default=defaults.gap_seconds,
+                       help="seconds without frames after which a reconnecting stream's tracks end")
+
+
+def track_options(args: argparse.Namespace) -> TrackOptions:
+    return TrackOptions(conf=args.conf, low=args.track_low, match_iou=args.track_iou, buffer=args.track_buffer,
+                        gap_seconds=args.track_gap).check()
 
 
 def class_filter(values: list[str] | None, names: list[str]) -> list[int] | None:
@@ -157,8 +185,12 @@ def load_detector(args: argparse.Namespace) -> BaseDetector:
     detector = loaded.detector(optimize=not args.plain, precision=precision, compile=args.compile and not args.plain)
     if isinstance(detector, Detector):
         LOGGER.info("%s", precision_note(detector.device, precision, detector.precision))
-    detector.options = DetectOptions(args.conf, args.iou, args.max_det, args.agnostic_nms,
+    # --track: detections down to --track-low feed ByteTrack's second association; the tracker keeps what it tracks
+    conf = min(args.conf, args.track_low) if args.track else args.conf
+    detector.options = DetectOptions(conf, args.iou, args.max_det, args.agnostic_nms,
                                      class_filter(args.classes, detector.config.classes))
+    if args.slice is not None:
+        detector = SlicedDetector(detector, slice_options(args))
     return detector
 
 
@@ -215,39 +247,58 @@ def run(args: argparse.Namespace) -> None:
                       "images, or run with X forwarding")
     if args.source is None and not DEFAULT_SOURCE.is_dir():
         raise SourceError(f"no --source given and the sample folder {DEFAULT_SOURCE} is absent; pass --source")
-    saving = not args.nosave or args.save_txt or args.save_crop
+    if args.slice is not None and (args.heatmap or args.attention_maps):
+        raise ConfigError("--heatmap and --attention-maps draw one canvas per image; --slice runs many: drop one")
+    tracking_options = track_options(args) if args.track else None  # bad --track-* values fail before any work
+    saving = not args.nosave or args.save_txt or args.save_crop or args.track
     # claimed only when writing, and first: an unwritable --save-dir is found before the work; removed again when
     # the run fails before writing anything
     save_dir = claim_save_dir(args) if saving or args.attention_maps else None
     try:
-        detect(args, save_dir, saving)
+        detect(args, save_dir, saving, tracking_options)
     except BaseException:
         remove_if_empty(save_dir)
         raise
 
 
-def detect(args: argparse.Namespace, save_dir: Path | None, saving: bool) -> None:
-    """Detect on --source, writing into `save_dir` what the flags ask for."""
+def detect(args: argparse.Namespace, save_dir: Path | None, saving: bool,
+           tracking_options: TrackOptions | None = None) -> None:
+    """Detect on --source, writing into `save_dir` what the flags ask for (and tracking with `tracking_options`)."""
     source = open_any_source(args.source or DEFAULT_SOURCE, args.vid_stride, args.stream_timeout)
     if args.attention_maps and not isinstance(source, ImageSource):
         raise SourceError("--attention-maps draws one picture per image: give an image, a folder or a glob")
     detector = load_detector(args)
     maps_detector = attention_detector(detector) if args.attention_maps else None  # a plain copy, hooked
+    tracking = make_tracking(tracking_options, save_dir, detector.config.classes, source) if args.track else None
     writer = result_writer(args, save_dir if saving else None, detector.config.classes, source)
     try:
-        predict_source(detector, source, writer, args.batch_size, args.heatmap, args.show)
+        # with --slice, --batch-size counts tiles per forward pass (SliceOptions.batch) and images go one at a time
+        images_per_batch = 1 if args.slice is not None else args.batch_size
+        predict_source(detector, source, writer, images_per_batch, args.heatmap, args.show, tracking)
         if maps_detector is not None:  # a second pass on the hooked copy: the fast path above stays as it is
             write_attention_maps(maps_detector, source, save_dir)
     finally:
         writer.close()
+        if tracking is not None:
+            tracking.close()
         if args.show:
             cv2.destroyAllWindows()
     if isinstance(source, StreamSet) and source.failures and not writer.images:
         remove_if_empty(writer.save_dir)  # nothing arrived: only the failure's line, no folder left behind
     else:
-        report(detector, writer, args.fps)
+        report(detector, writer, args.fps, tracking)
     if isinstance(source, StreamSet):
         source.raise_failures()
+
+
+def make_tracking(options: TrackOptions, save_dir: Path | None, class_names: list[str],
+                  source: ImageSource | VideoSource | StreamSet) -> Tracking:
+    """One tracker per source of the run, each told its source's frame rate; stream URLs are `live` (their
+    reconnect gaps are measured)."""
+    if isinstance(source, StreamSet):
+        live = frozenset(s.stem for s in source.sources if s.is_url)
+        return Tracking(options, save_dir, class_names, source.fps_of, live)
+    return Tracking(options, save_dir, class_names, lambda stem: source.fps)
 
 
 def result_writer(args: argparse.Namespace, save_dir: Path | None, class_names: list[str],
@@ -258,8 +309,10 @@ def result_writer(args: argparse.Namespace, save_dir: Path | None, class_names: 
     return ResultWriter(save_dir, class_names, not args.nosave, args.save_txt, args.save_crop, video_fps=source.fps)
 
 
-def report(detector: BaseDetector, writer: ResultWriter, fps: bool) -> None:
+def report(detector: BaseDetector, writer: ResultWriter, fps: bool, tracking: Tracking | None = None) -> None:
     print(f"{writer.images} image(s): {writer.counts_text()}")
+    for line in tracking.summary_lines() if tracking is not None else []:
+        print(f"tracks of {line}")
     if writer.save_dir is not None:
         print(f"results saved to {writer.save_dir}")
     if fps:

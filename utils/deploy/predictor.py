@@ -10,6 +10,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -22,6 +23,7 @@ from utils.common.text import printable
 from utils.common.visualize import draw_detections
 from utils.deploy.sources import Frame, ImageSource, VideoSource
 from utils.deploy.streams import StreamFrame, StreamSet
+from utils.deploy.tracking import Tracking, sequence_stem
 from utils.runtime.detector import BaseDetector, objectness_map, overlay_heatmap
 
 LOGGER = logging.getLogger(__name__)
@@ -139,27 +141,43 @@ def show(annotated: np.ndarray, title: str = "predict") -> bool:
 
 def annotate(detector: BaseDetector, frame: Frame, detections: np.ndarray, decoded, info, heatmap: bool
              ) -> np.ndarray:
-    """The frame with boxes and captions drawn, over its objectness heat map when `heatmap`."""
+    """The frame with boxes and captions drawn, over its objectness heat map when `heatmap`. `detections` [K, 6],
+    or [K, 7] with track IDs (utils.deploy.tracking) drawn in the captions."""
     image = frame.image
     if heatmap:
         heat = objectness_map(decoded, detector.config, detector.input_shape)
         image = overlay_heatmap(image, heat, info)
-    return draw_detections(image, detections[:, :4], detections[:, 5], detector.config.classes, detections[:, 4])
+    track_ids = detections[:, 6] if detections.shape[1] > 6 else None
+    return draw_detections(image, detections[:, :4], detections[:, 5], detector.config.classes, detections[:, 4],
+                           track_ids)
+
+
+def track_stem_of(source: ImageSource | VideoSource | StreamSet) -> Callable[[Frame], str]:
+    """Which tracker a frame belongs to: its stream's (a StreamSet), the video's, or the image sequence's."""
+    if isinstance(source, StreamSet):
+        return lambda frame: frame.source
+    stem = source.stem if isinstance(source, VideoSource) else sequence_stem(source.paths)
+    return lambda frame: stem
 
 
 def predict_source(detector: BaseDetector, source: ImageSource | VideoSource, writer: ResultWriter,
-                   batch_size: int = 1, heatmap: bool = False, show_window: bool = False) -> None:
-    """Detect on every frame of `source` (reading overlapped with inference) and hand each to `writer`."""
+                   batch_size: int = 1, heatmap: bool = False, show_window: bool = False,
+                   tracking: Tracking | None = None) -> None:
+    """Detect on every frame of `source` (reading overlapped with inference) and hand each to `writer`; with
+    `tracking`, each frame's detections go through its source's tracker first (only tracked ones are kept)."""
     need_drawing = show_window or (writer.save_dir is not None and writer.save_images)
     video_stem = getattr(source, "stem", None) if isinstance(source, VideoSource) else None
     unit = "img" if isinstance(source, ImageSource) else "frame"
+    stem_of = track_stem_of(source) if tracking is not None else None
     with tqdm(total=source.length, unit=unit, disable=source.length == 1, leave=False) as bar:
         for chunk, results, decoded in detector.stream(source, batch_size, image_of=lambda frame: frame.image):
             for i, (prepared, dets) in enumerate(zip(chunk, results, strict=True)):
                 frame = prepared.item
-                annotated = (annotate(detector, frame, dets, decoded[i], prepared.info, heatmap)
-                             if need_drawing else None)
-                writer.write(frame, dets, annotated, video_stem)
+                if tracking is not None:
+                    dets = tracking.update(stem_of(frame), frame.index, dets)
+                annotated = (annotate(detector, frame, dets, None if decoded is None else decoded[i],
+                                      prepared.info, heatmap) if need_drawing else None)
+                writer.write(frame, dets[:, :6], annotated, video_stem)
                 if show_window and not show(annotated):
                     return
             bar.update(len(chunk))

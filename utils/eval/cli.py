@@ -10,6 +10,7 @@ pr_*.png, confusion_matrix.png, f1_curve.png and, with --save-json, detections.j
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -32,6 +33,7 @@ from utils.common.image_io import DEFAULT_MAX_PIXELS, set_max_pixels
 from utils.common.run_dir import claim_run_dir, remove_if_empty
 from utils.common.text import printable
 from utils.data.index import DATA_HELP, DatasetIndex, load_split
+from utils.runtime.slice_options import add_slice_arguments, slice_options
 
 if TYPE_CHECKING:
     from utils.eval.metrics import VOCResult
@@ -75,6 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="refuse images declaring more pixels than this, before decoding (decompression bombs); default "
                         f"{DEFAULT_MAX_PIXELS} (about 268 MP), or the YOLO_MAX_PIXELS environment variable")
     p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
+    add_slice_arguments(p.add_argument_group("sliced inference (small objects in large images)"))
     return p
 
 
@@ -122,18 +125,42 @@ def _evaluate(args: argparse.Namespace) -> tuple[dict, VOCResult, list, Loaded, 
     from utils.data.loader import EvalDataset, build_loader, eval_collate
     from utils.eval.evaluation import compute_metrics, predict_split
 
+    if args.slice is not None:
+        slice_options(args)  # its cross-checks, before the model loads
     loaded, index = load(args)
     config = loaded.config
-    loader = build_loader(EvalDataset(index, config.input_shape), args.batch_size, args.workers, shuffle=False,
-                          seed=0, collate_fn=eval_collate)
     precision = resolve_precision(loaded.device, requested_precision(args.precision, not args.amp, "--no-amp"))
     LOGGER.info("%s", precision_note(loaded.device, args.precision, precision))
-    detections = predict_split(loaded.runnable, loader, config, loaded.device, args.conf, args.iou, args.max_det,
-                               precision, progress=True).detections
+    if args.slice is not None:
+        detections = _sliced_detections(args, loaded, index, precision)
+    else:
+        loader = build_loader(EvalDataset(index, config.input_shape), args.batch_size, args.workers, shuffle=False,
+                              seed=0, collate_fn=eval_collate)
+        detections = predict_split(loaded.runnable, loader, config, loaded.device, args.conf, args.iou,
+                                   args.max_det, precision, progress=True).detections
     metrics, voc = compute_metrics(detections, index, config.classes, args.voc07, args.score_thresh)
     # the compute precision ("precision" is the detection precision P): an exported .onnx runs as it was written
     metrics["compute_precision"] = precision if loaded.model is not None else "as exported"
+    if args.slice is not None:
+        metrics["slice"] = dataclasses.asdict(slice_options(args))
     return metrics, voc, detections, loaded, index
+
+
+def _sliced_detections(args: argparse.Namespace, loaded: Loaded, index: DatasetIndex, precision: str) -> list:
+    """Per-record detections by sliced inference, with the model run exactly as the plain evaluation runs it
+    (unfused, in the same precision) so that the two differ only by the slicing."""
+    from utils.eval.evaluation import predict_split_sliced
+    from utils.runtime.detector import DetectOptions
+    from utils.runtime.slicing import SlicedDetector
+
+    detector = loaded.detector(optimize=False, precision=precision)
+    detector.options = DetectOptions(args.conf, args.iou, args.max_det)
+    sliced = SlicedDetector(detector, slice_options(args))
+    predictions = predict_split_sliced(sliced, index, progress=True)
+    LOGGER.info("sliced inference: %.2f images/s (%s)", sliced.times.summary()["images_per_s"],
+                f"{args.slice} px tiles, overlap {args.slice_overlap}, merge {args.slice_merge}"
+                + (", with the whole image" if args.slice_full else ""))
+    return predictions.detections
 
 
 def write_plots(metrics: dict, voc: VOCResult, out: Path) -> None:

@@ -3,6 +3,8 @@
 predict_split: letterboxed batches -> forward -> decode -> NMS -> boxes back in original pixels, per record; with a
     loss function also the validation loss of the same forward passes. An image that cannot be read is not shown to
     the model: it has no detections, so its objects count as missed.
+predict_split_sliced: the same per record, by sliced inference (utils.runtime.slicing: overlapping tiles at full
+    resolution plus the whole image, merged), for eval.py --slice.
 compute_metrics: VOC mAP@0.5 (devkit matching), COCO stats by pycocotools, precision/recall/F1 at a score threshold,
     the confusion matrix and the precision/recall/F1-confidence curves, all against the split's ground truth as the
     annotation files state it (`ImageRecord.ground_truth()`; for a COCO json, the json itself).
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +26,7 @@ from tqdm import tqdm
 
 from utils.common.boxes import LetterboxInfo, detections_to_original, letterbox_boxes
 from utils.common.device import autocast
-from utils.common.image_io import to_model_input
+from utils.common.image_io import ImageReadError, read_image, to_model_input
 from utils.data.formats import coco
 from utils.data.index import DatasetIndex, ImageRecord, missed_objects
 from utils.eval.metrics import (
@@ -40,7 +43,8 @@ from utils.eval.metrics import (
 )
 from utils.model.config import ModelConfig
 from utils.model.decode import decode_outputs, non_max_suppression
-from utils.runtime.detector import BaseDetector
+from utils.runtime.detector import BaseDetector, Prefetcher
+from utils.runtime.slicing import SlicedDetector
 
 LOGGER = logging.getLogger(__name__)
 CONFUSION_IOU = 0.5
@@ -95,6 +99,35 @@ def predict_split(model: nn.Module | BaseDetector, loader, config: ModelConfig, 
     _warn_missing(records, detections)
     losses = {k: v / scored for k, v in loss_sums.items()} if scored else None
     return SplitPredictions([np.zeros((0, 6), np.float32) if d is None else d for d in detections], losses)
+
+
+def predict_split_sliced(detector: SlicedDetector, index: DatasetIndex, progress: bool = False) -> SplitPredictions:
+    """Sliced detections of every record of `index` (full-resolution images, read on a background thread); an image
+    that cannot be read has none, and is marked and reported as predict_split does."""
+    records = index.records
+    detections: list[np.ndarray] = [np.zeros((0, 6), np.float32)] * len(records)
+
+    def read(i: int) -> tuple[int, np.ndarray | str]:
+        if records[i].image_error is not None:
+            return i, records[i].image_error
+        try:
+            return i, read_image(records[i].path)
+        except ImageReadError as err:
+            return i, str(err)
+
+    reader = Prefetcher(range(len(records)), read, depth=2)
+    try:
+        for i, image in tqdm(reader, total=len(records), desc="evaluating (sliced)", disable=not progress,
+                             leave=False):
+            if isinstance(image, str):
+                _readable_rows(records, [i], [image])
+                continue
+            start = time.perf_counter()
+            detections[i] = detector([image])[0]
+            detector.times.wall += time.perf_counter() - start
+    finally:
+        reader.close()
+    return SplitPredictions(detections)
 
 
 def _readable_rows(records: list[ImageRecord], indices: list[int], infos: list) -> list[int]:
