@@ -128,7 +128,7 @@ def install_hooks(markers: Path, save_pause: float, eval_pause: float) -> None:
     import torch
 
     import utils.model.checkpoint as checkpoint
-    import utils.train.cli as train_cli
+    import utils.train.trainer as trainer_module  # train.py imports train() from here when its work starts
 
     real_save = torch.save
 
@@ -155,7 +155,7 @@ def install_hooks(markers: Path, save_pause: float, eval_pause: float) -> None:
         handle.write(data[len(data) // 2:])
         return None
 
-    train_cli.train = functools.partial(train_cli.train, callbacks=[Markers()])
+    trainer_module.train = functools.partial(trainer_module.train, callbacks=[Markers()])
     checkpoint.torch.save = save  # patches torch.save for this child process only
 
 

@@ -74,7 +74,7 @@ def test_any_train_option_is_a_factor_parsed_by_its_own_type():
     (["epochs=10,20"], "use --epochs"),
     (["multi_scale=maybe"], "is a switch; give on or off"),
     (["optimizer=sgd,lion"], "choose from sgd, adam, adamw"),
-    (["lr=fast"], "not a valid float"),
+    (["lr=fast"], "'fast' is not a finite number > 0"),
     (["input_shape=100"], "--vary input_shape=100"),
     (["phi=none,sk"], "invalid attention 'sk'"),
     (["mosaic"], "give NAME=V1,V2"),

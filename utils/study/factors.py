@@ -103,6 +103,8 @@ def canonical_level(action: argparse.Action, text: str) -> str:
         return "on" if SWITCH_WORDS[word] else "off"
     try:
         value = action.type(text) if callable(action.type) else text
+    except argparse.ArgumentTypeError as err:  # train.py's ranges (utils.common.cli.NumberRange) say what is wrong
+        raise ConfigError(f"{where}: {err}") from None
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: not a valid {getattr(action.type, '__name__', 'value')}") from None
     if action.choices is not None and value not in action.choices:
