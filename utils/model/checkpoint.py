@@ -27,20 +27,16 @@ import torch
 from torch import nn
 
 from nets.yolo import attention_prefixes, heads_in_state_dict
-from utils.common.errors import UserError
 from utils.common.paths import check_user_path
 from utils.model.config import ModelConfig, build_model
 from utils.model.darknet import is_darknet_weights, load_darknet, load_darknet_backbone
+from utils.model.errors import CheckpointError
 from utils.model.load_budget import check_load_budget
 
 LOGGER = logging.getLogger(__name__)
 # The layout of our checkpoint dicts (training_checkpoint, weights_checkpoint). Raise it when that layout changes in a
 # way older code cannot read; load_checkpoint refuses files from a newer version with a clear message.
 FORMAT_VERSION = 1
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that cannot be used, with a message that says why and what to do."""
 
 
 # ----------------------------------------------------------------------------------------------------------- layout

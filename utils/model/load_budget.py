@@ -14,7 +14,7 @@ import pickletools
 import zipfile
 from pathlib import Path
 
-from utils.common.errors import UserError
+from utils.model.errors import CheckpointError
 
 MAX_EXPANSION = 4  # what loading may allocate, as a multiple of the file's size (torch.save's zip: 1.0)
 SLACK_BYTES = 1 << 20  # plus this much: the pickle's own containers and small files' headers
@@ -25,7 +25,7 @@ ELEMENT_BYTES = {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "
                  "Byte": 1, "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16}
 
 
-class LoadBudgetError(UserError, RuntimeError):
+class LoadBudgetError(CheckpointError):
     """A model file whose loading would allocate far more memory than the file holds (corrupt, or a bomb)."""
 
 
