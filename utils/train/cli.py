@@ -18,6 +18,8 @@ from utils.data.augment import AugmentConfig
 from utils.data.index import DATA_HELP
 from utils.model.config import parse_input_shape
 from utils.train.config import TrainConfig
+from utils.train.loss import LossConfig
+from utils.train.recipes import DEFAULT_RECIPE, LEGACY_RECIPE, RECIPES, recipe_help
 from utils.train.run_config import config_field_names, read_config_file
 from utils.train.trainer import train
 
@@ -34,6 +36,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-reduction", type=int, default=None,
                    help="channel reduction ratio of SE, CBAM and CA (default: the reference's, SE 16, CBAM 8, CA 16)")
     p.add_argument("--cbam-kernel", type=int, choices=(3, 7), default=7, help="CBAM's spatial attention kernel")
+    p.add_argument("--recipe", choices=tuple(RECIPES), default=DEFAULT_RECIPE,
+                   help="training recipe: the defaults of the loss, augmentation and optimiser options below (flags "
+                        "given override them): " + recipe_help())
     p.add_argument("--data", default="VOCdevkit", help=DATA_HELP)
     p.add_argument("--train-split", default="train", help="split to train on (VOC07+12: trainval)")
     p.add_argument("--val-split", default="val", help="split for validation mAP during training (VOC07+12: test); "
@@ -76,21 +81,34 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="what best.pth keeps and --patience follows: val mAP50, mAP50-95, or mix = 0.1 mAP50 + "
                         "0.9 mAP50-95")
     p.add_argument("--save-period", type=int, default=0, help="also keep epoch_XXX.pth every N epochs (0: off)")
-    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd", help="optimiser")
+    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None, help="optimiser (default: the "
+                   "recipe's, sgd)")
     p.add_argument("--lr", type=float, default=None,
                    help="peak LR at batch 64, scaled linearly with the batch size within sane bounds (default: 0.05 "
                         "for SGD, which trains the bundled sample from scratch in minutes; 0.01 is the reference's "
                         "value for VOC with pretrained weights; 1e-3 for Adam/AdamW)")
     p.add_argument("--min-lr-ratio", type=float, default=0.01, help="final LR as a fraction of the peak")
     p.add_argument("--lr-schedule", choices=("cos", "step"), default="cos", help="decay after warm-up")
-    p.add_argument("--warmup-epochs", type=float, default=3.0, help="linear LR warm-up length")
+    p.add_argument("--warmup-epochs", type=float, default=None, help="linear LR warm-up length (default: the "
+                   "recipe's, 3)")
     p.add_argument("--momentum", type=float, default=0.937, help="SGD momentum / Adam beta1")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="on conv and linear weights only")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="exponential moving average")
+    p.add_argument("--ema-tau", type=float, default=None, help="EMA decay ramp: decay x (1 - exp(-updates / tau)) "
+                   "(default: the recipe's, 2000)")
     p.add_argument("--grad-clip", type=float, default=0.0, help="max gradient norm (0: off)")
     p.add_argument("--max-bad-steps", type=int, default=20,
                    help="consecutive non-finite losses (each skipped) before training stops")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="class target smoothing epsilon")
+    p.add_argument("--loss", default=None, metavar="KEY=VALUE,...",
+                   help="loss options over the recipe's, e.g. assign=best_anchor,obj_target=one (keys: "
+                        f"{', '.join(LOSS_KEYS)}; see utils/train/loss.py LossConfig)")
+    p.add_argument("--scale-x-y", type=float, default=None,
+                   help="box-centre scale of a new model, Darknet's scale_x_y (default: the recipe's; 2 lets centres "
+                        "reach the neighbouring cells that the default recipe trains)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms only (torch.use_deterministic_algorithms): the same command on the "
+                        "same machine gives the same results.csv (wall-clock columns go to timing.csv)")
     p.add_argument("--multi-scale", action="store_true",
                    help="resize each training batch to a size drawn from --multi-scale-range x --input-shape, in "
                         "steps of the model's largest stride (validation stays at --input-shape)")
@@ -118,13 +136,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # TrainConfig fields whose flag has another name or type
 FIELD_FLAGS = {"classes_file": "names", "anchors_file": "anchors"}
+LOSS_KEYS = tuple(f.name for f in dataclasses.fields(LossConfig))
 
 
 def apply_config_file(parser: argparse.ArgumentParser, path: str) -> dict:
     """Make the options of a --config file the parser's defaults (so flags override them); returns the augment
     settings of the file that have no flag of their own (kept as they are)."""
     values = read_config_file(path, config_field_names(TrainConfig))
+    values.setdefault("recipe", LEGACY_RECIPE)  # a file naming no recipe was written before recipes existed
     augment = dict(values.pop("augment", None) or {})
+    if isinstance(values.get("loss"), dict):
+        values["loss"] = ",".join(f"{k}={v}" for k, v in values["loss"].items())
     defaults = {FIELD_FLAGS.get(k, k): v for k, v in values.items()}
     if "input_shape" in defaults:
         defaults["input_shape"] = ",".join(map(str, parse_input_shape(defaults["input_shape"])))
@@ -143,8 +165,26 @@ def config_from_args(args: argparse.Namespace, extra_augment: dict | None = None
                   augment={**(extra_augment or {}),
                            **{k: getattr(args, k) for k in AUGMENT_FLAGS if getattr(args, k) is not None}},
                   patience=args.patience or 0,  # None by default, so that an explicit 0 overrides it on --resume
-                  multi_scale_range=parse_range(args.multi_scale_range))
+                  multi_scale_range=parse_range(args.multi_scale_range), loss=parse_loss(args.loss))
     return TrainConfig(**values)
+
+
+def parse_loss(text: str | None) -> dict:
+    """'assign=ratio,obj_gain=1' -> {'assign': 'ratio', 'obj_gain': 1.0}, typed as LossConfig's fields."""
+    types = {f.name: type(f.default) for f in dataclasses.fields(LossConfig)}
+    values = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, _, value = (part.strip() for part in item.partition("="))
+        if key not in types or not value:
+            raise ConfigError(f"--loss {item!r}: give KEY=VALUE with KEY one of {', '.join(types)}")
+        try:
+            values[key] = (value.lower() in ("1", "true", "yes") if types[key] is bool
+                           else types[key](value))
+        except ValueError:
+            raise ConfigError(f"--loss {key}={value}: not a {types[key].__name__}") from None
+    return values
 
 
 def parse_range(value: str | list) -> list[float]:

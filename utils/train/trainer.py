@@ -21,6 +21,7 @@ from nets.yolo import attention_prefixes
 from utils.common import distributed as dist_utils
 from utils.common.boxes import letterbox
 from utils.common.cli import Terminated, add_log_file
+from utils.common.determinism import make_deterministic
 from utils.common.device import autocast, autocast_dtype, select_device
 from utils.common.errors import ConfigError, DatasetError, MissingFileError, UserError
 from utils.common.image_io import read_image, to_model_input, write_image
@@ -54,9 +55,9 @@ from utils.model.config import ModelConfig, build_model, read_anchors, read_clas
 from utils.model.darknet import is_darknet_weights, load_darknet_backbone
 from utils.model.download import local_weights
 from utils.train.config import FITNESS, TrainConfig
-from utils.train.loss import YoloLoss
+from utils.train.loss import LossConfig, YoloLoss
 from utils.train.optim import DEFAULT_LR, LRSchedule, build_optimizer, ema_model, scaled_lr, set_lr
-from utils.train.results import plot_results, write_results_csv
+from utils.train.results import plot_results, write_results
 from utils.train.run_config import write_args_yaml
 
 LOGGER = logging.getLogger(__name__)
@@ -252,7 +253,10 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, resume: dict | None = None, run_dir: Path | None = None):
         self.config = config
-        self.device = dist_utils.init_distributed(select_device(config.device))
+        device = select_device(config.device)
+        if config.deterministic:
+            make_deterministic(device)
+        self.device = dist_utils.init_distributed(device)
         self.main = dist_utils.is_main_process()
         torch.manual_seed(config.seed + dist_utils.rank())
         # claimed before the data loads: two runs started together never share a folder, and an unwritable
@@ -356,7 +360,7 @@ class Trainer:
             extra = {"anchors": anchors} if anchors else {}
             self.model_config = ModelConfig(classes=self.classes, attention=cfg.phi, input_shape=cfg.input_shape,
                                             attention_at=cfg.attention_at, attention_reduction=cfg.attention_reduction,
-                                            cbam_kernel=cfg.cbam_kernel, **extra)
+                                            cbam_kernel=cfg.cbam_kernel, scale_x_y=cfg.scale_x_y, **extra)
         model = build_model(self.model_config)
         model.initialize_biases(self.model_config.input_shape)
         if cfg.weights and not resume:
@@ -390,10 +394,11 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optimizer, self.base_lr, cfg.momentum, cfg.weight_decay)
         self.schedule = LRSchedule(cfg.epochs, cfg.warmup_epochs, min_ratio=cfg.min_lr_ratio, kind=cfg.lr_schedule)
         self.scaler = make_scaler(self.device, cfg.amp)
-        self.ema = ema_model(self.model, cfg.ema_decay) if cfg.ema else None
+        self.ema = ema_model(self.model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None
         if self.ema is not None:
             self.ema.requires_grad_(False)
-        self.loss_fn = YoloLoss(self.model_config, label_smoothing=cfg.label_smoothing)
+        self.loss_fn = YoloLoss(self.model_config, label_smoothing=cfg.label_smoothing,
+                                options=LossConfig.from_dict(cfg.loss))
         self.state = TrainState()
         self.bad_streak = 0
         if resume:
@@ -578,7 +583,7 @@ class Trainer:
         period = self.config.save_period
         if period > 0 and self.state.epoch % period == 0:
             self._save(f"epoch_{self.state.epoch:03d}.pth")
-        write_results_csv(self.state.history, self.run_dir / "results.csv")
+        write_results(self.state.history, self.run_dir, separate_timing=self.config.deterministic)
         plot_results(self.state.history, self.run_dir / "results.png")
         for key, value in row.items():
             if key != "epoch" and isinstance(value, (int, float)):
