@@ -13,7 +13,9 @@ One JSON object in, one JSON line out (the last line printed). Modes:
 - info: {"model": yaml or weights, "imgsz", "nc"}: parameters and GFLOPs (torch.utils.flop_counter, as this
   project counts its own model).
 
-The caller sets YOLO_OFFLINE=1 (no network checks) and YOLO_CONFIG_DIR (settings inside the study folder).
+The caller sets YOLO_OFFLINE=1 (no network checks) and YOLO_CONFIG_DIR (settings inside the study folder); the
+logging integrations that Ultralytics turns on when it finds their packages (MLflow, ClearML, Comet, DVC, ...) and its
+usage events are switched off there, so a run writes only its own folder.
 """
 from __future__ import annotations
 
@@ -24,9 +26,21 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+QUIET_SETTINGS = {"sync": False, "clearml": False, "comet": False, "dvc": False, "mlflow": False, "raytune": False,
+                  "tensorboard": False, "wandb": False, "vscode_msg": False, "openvino_msg": False}
+
+
+def quiet() -> None:
+    """Switch off the integrations and events Ultralytics would start (only the keys this version has)."""
+    from ultralytics import settings
+
+    settings.update({k: v for k, v in QUIET_SETTINGS.items() if k in settings})
+
 
 def train(spec: dict) -> dict:
     from ultralytics import YOLO
+
+    quiet()
 
     run = Path(spec["project"]) / spec["name"]
     weights = run / "weights"
