@@ -75,14 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     index = load_split(args.data, args.split, classes=config.classes, keep_empty=True)
     loader = build_loader(EvalDataset(index, config.input_shape), 8, 0, shuffle=False, seed=0, collate_fn=eval_collate)
     device = torch.device("cpu")
-    base = evaluate(trained, loader, config, device, amp=False, coco=False)["mAP50"]
+    base = evaluate(trained, loader, config, device, precision="fp32", coco=False)["mAP50"]
     print(json.dumps({"attention": "none (trained model)", "weights": args.weights, "split": args.split,
                       "images": len(index.records), "mAP50": round(base, 4)}), flush=True)
     for attention in args.attention.split(","):
         for init in INITS:
             model, model_config = with_backbone_blocks(trained, config, attention, init)
             change = relative_change(model, trained, loader)
-            map50 = evaluate(model, loader, model_config, device, amp=False, coco=False)["mAP50"]
+            map50 = evaluate(model, loader, model_config, device, precision="fp32", coco=False)["mAP50"]
             print(json.dumps({"attention": attention, "placement": "backbone", "init": init,
                               "relative_head_change": round(change, 4), "mAP50": round(map50, 4)}), flush=True)
     return 0

@@ -5,7 +5,8 @@ Variants, each at every --batch-sizes:
 - baseline: the plain fp32 model (BatchNorm unfused, NCHW), images read one after another (like the reference
   implementation, which does about 18 images/s here at phi 2, 416 px);
 - fused_fp32: Detector with Conv+BN fused, channels_last, image reading/letterboxing on a prefetch thread;
-- fused_amp: the same with autocast (bf16 on CPUs with native bf16, see utils.common.device), when the CPU has it;
+- fused_bf16: the same with bf16 autocast (`--precision bf16`), when the CPU has native bf16 (its mAP50 against
+  fused_fp32 is the accuracy cost of asking for bf16);
 - compiled_fp32 (opt-in via --variants): fused_fp32 through torch.compile (inductor, frozen weights), compiled
   before timing; each partial last batch recompiles, so use it at batch 1;
 - onnxruntime: the model exported with utils.deploy.export (decoding inside) run by onnxruntime, same prefetching;
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if not __package__:  # run as `python benchmarks/bench_infer.py`: the repository root is not on sys.path yet
     sys.path.insert(0, str(ROOT))
 
-from utils.common.device import autocast_dtype  # noqa: E402
+from utils.common.device import cpu_supports_bf16  # noqa: E402
 from utils.common.image_io import IMAGE_SUFFIXES, read_image  # noqa: E402
 from utils.data.index import load_split  # noqa: E402
 from utils.deploy.export import export_onnx  # noqa: E402
@@ -65,7 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--phi", default="cbam", help="attention for random weights (default phi 2 = cbam)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--variants", nargs="+",
-                        default=["baseline", "fused_fp32", "fused_amp", "onnxruntime", "onnxruntime_int8"])
+                        default=["baseline", "fused_fp32", "fused_bf16", "onnxruntime", "onnxruntime_int8"])
     parser.add_argument("--conf", type=float, default=0.5, help="speed test score threshold (predict's default)")
     parser.add_argument("--weights", help="trained checkpoint: speed uses it, and with --data mAP50 is compared")
     parser.add_argument("--data", help="dataset for the mAP50 comparison (VOCdevkit, images/+annotations/, COCO json)")
@@ -79,18 +80,18 @@ def make_detector(variant: str, model: torch.nn.Module, config: ModelConfig, opt
                   calibration: list[Path] = ()) -> BaseDetector | None:
     """The detector of one variant, or None when this machine cannot run it (no bf16, no onnxruntime)."""
     if variant == "baseline":
-        return Detector(model, config, "cpu", options, optimize=False, amp=False)
+        return Detector(model, config, "cpu", options, optimize=False, precision="fp32")
     if variant == "fused_fp32":
-        return Detector(model, config, "cpu", options, optimize=True, amp=False)
+        return Detector(model, config, "cpu", options, optimize=True, precision="fp32")
     if variant == "compiled_fp32":
-        detector = Detector(model, config, "cpu", options, optimize=True, amp=False, compile=True)
+        detector = Detector(model, config, "cpu", options, optimize=True, precision="fp32", compile=True)
         detector.warmup(batch_sizes)  # compile outside the timed runs
         return detector
-    if variant == "fused_amp":
-        if autocast_dtype(torch.device("cpu")) is None:
-            LOGGER.warning("fused_amp skipped: this CPU has no native bf16, so autocast would be slower than fp32")
+    if variant == "fused_bf16":
+        if not cpu_supports_bf16():
+            LOGGER.warning("fused_bf16 skipped: this CPU has no native bf16 (emulated bf16 is far slower than fp32)")
             return None
-        return Detector(model, config, "cpu", options, optimize=True, amp=True)
+        return Detector(model, config, "cpu", options, optimize=True, precision="bf16")
     if variant in ("onnxruntime", "onnxruntime_int8"):
         try:
             return OnnxDetector(onnx_file(variant, model, config, workdir, calibration), options)

@@ -1,15 +1,16 @@
 """How well does `python train.py` learn from a small dataset, next to Ultralytics YOLOv8n / YOLO11n from scratch?
 
     python benchmarks/bench_learning.py --data ../raccoon_dataset --seeds 3 --epochs 40 --input-shape 320 \\
-        --batch-size 8 --tools default,reference,yolov8n,yolo11n --ultralytics-python ~/venvs/ultra/bin/python
+        --batch-size 8 --tools default,yolov5-assign,yolov8n,yolo11n --ultralytics-python ~/venvs/ultra/bin/python
 
 1. The data: `python -m utils.convert --to yolo` makes a YOLO copy of --data inside the study folder, with the
    train/val/test lists of this project's split (seed 0, the split train.py and eval.py use), so every tool trains,
    validates and is tested on the same images.
 2. Every tool x seed trains once at equal epochs, input size and batch, each otherwise with its own defaults:
-   `default` and `reference` are this project's train.py with that --recipe (and --deterministic); `yolov8n` and
+   `default`, `reference` and `yolov5-assign` are this project's train.py with that --recipe (and
+   --deterministic; utils/train/recipes.py); `yolov8n` and
    `yolo11n` are Ultralytics models built from their yaml without pretrained weights, trained in the environment of
-   --ultralytics-python (a benchmark-only dependency: see docs/results.md). Runs are resumable: a finished run keeps
+   --ultralytics-python (a benchmark-only dependency: see docs/training.md). Runs are resumable: a finished run keeps
    its result.json, and the same command again only does what is missing.
 3. One neutral scorer for all: each model's detections on the test images at conf 0.001 (each tool's own NMS
    defaults), boxes in original pixels, scored by pycocotools against the YOLO labels of those images (mAP50 = AP at
@@ -62,6 +63,7 @@ class Tool:
 
 TOOLS = {tool.name: tool for tool in (
     Tool("default", recipe="default"), Tool("reference", recipe="reference"),
+    Tool("yolov5-assign", recipe="yolov5-assign"),
     Tool("yolov8n", model_yaml="yolov8n.yaml"), Tool("yolo11n", model_yaml="yolo11n.yaml"),
 )}
 
@@ -69,7 +71,7 @@ TOOLS = {tool.name: tool for tool in (
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="VOCdevkit", help="dataset (anything train.py --data takes)")
-    p.add_argument("--tools", default="default,reference,yolov8n,yolo11n", help=f"of {', '.join(TOOLS)}")
+    p.add_argument("--tools", default="default,yolov5-assign,yolov8n,yolo11n", help=f"of {', '.join(TOOLS)}")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per tool")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--input-shape", type=int, default=320, help="square input size of every tool")

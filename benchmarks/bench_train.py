@@ -1,6 +1,6 @@
 """Images/s of the full training step (data loading and augmentation included) at 416, batch 8.
 
-    python benchmarks/bench_train.py [--data ../shared/data/raccoon_dataset] [--iters 30] [--modes fp32,amp]
+    python benchmarks/bench_train.py [--data ../shared/data/raccoon_dataset] [--iters 30] [--modes fp32,bf16]
     python benchmarks/bench_train.py --modes fp32 --breakdown    # + where a step's time goes, conv speed per dtype
 
 Prints one JSON line per configuration. The reference implementation's loop runs at about 6.4 images/s on a
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if not __package__:  # run as `python benchmarks/bench_train.py`: the repository root is not on sys.path yet
     sys.path.insert(0, str(ROOT))
 
-from utils.common.device import autocast, autocast_dtype, select_device  # noqa: E402
+from utils.common.device import autocast, resolve_precision, select_device  # noqa: E402
 from utils.common.image_io import to_model_input  # noqa: E402
 from utils.data.augment import AugmentConfig  # noqa: E402
 from utils.data.index import load_split  # noqa: E402
@@ -34,12 +34,12 @@ from utils.train.optim import build_optimizer  # noqa: E402
 from utils.train.trainer import make_scaler, optimizer_step  # noqa: E402
 
 
-def measure(loader, config: ModelConfig, device: torch.device, amp: bool, iters: int, warmup: int) -> float:
+def measure(loader, config: ModelConfig, device: torch.device, precision: str, iters: int, warmup: int) -> float:
     """Images/s over `iters` training steps after `warmup` steps, data loading included."""
     model = build_model(config).to(device, memory_format=torch.channels_last).train()
     loss_fn = YoloLoss(config)
     optimizer = build_optimizer(model, "sgd", 1e-3, 0.937, 5e-4)
-    scaler = make_scaler(device, amp)
+    scaler = make_scaler(device, precision)
     batches = itertools.cycle(loader)
     seen, start = 0, None
     for step in range(warmup + iters):
@@ -47,7 +47,7 @@ def measure(loader, config: ModelConfig, device: torch.device, amp: bool, iters:
             start, seen = time.perf_counter(), 0
         images, targets = next(batches)
         images = to_model_input(images, device)
-        with autocast(device, amp):
+        with autocast(device, precision):
             outputs = model(images)
         optimizer_step(model, loss_fn(outputs, targets.to(device))["total"], optimizer, scaler, 0.0)
         seen += images.shape[0]
@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--modes", default="fp32,amp", help="comma list of fp32 and amp")
+    parser.add_argument("--modes", default="fp32,auto", help="comma list of precisions (--precision values): fp32, "
+                        "bf16, fp16, auto (the device's default)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also profile a model-only step (convolution share and the rate it bounds) and time a "
                              "3x3 convolution in fp32, bf16 and fp16 (forward)")
@@ -135,11 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({**breakdown(config, device, args.batch_size), "threads": torch.get_num_threads()}),
               flush=True)
     for mode in args.modes.split(","):
-        amp = mode == "amp"
-        rate = measure(loader, config, device, amp, args.iters, args.warmup)
-        dtype = autocast_dtype(device) if amp else torch.float32
-        print(json.dumps({"benchmark": "train_step", "device": str(device),
-                          "precision": str(dtype).replace("torch.", ""),
+        precision = resolve_precision(device, mode)
+        rate = measure(loader, config, device, precision, args.iters, args.warmup)
+        print(json.dumps({"benchmark": "train_step", "device": str(device), "precision": precision,
                           "channels_last": True, "phi": config.attention, "input": 416, "batch": args.batch_size,
                           "workers": args.workers, "threads": torch.get_num_threads(),
                           "images_per_s": round(rate, 2)}), flush=True)

@@ -1,17 +1,25 @@
-"""Attention blocks for YOLOv4-tiny, chosen by name through `create_attention`.
+"""Attention blocks for YOLOv4-tiny and their registry: `create_attention("cbam", 256, kernel_size=3)`.
 
-Every block takes ``channels`` first, multiplies one or more gates onto its input and returns a tensor shaped like it.
-Parameter names follow the widely used reference implementation so weights move between the two with strict=True.
+A block is one class decorated with `@register_attention("name")`, subclassing `AttentionBlock`. It is built as
+`Block(channels, **options)`: the keyword parameters of its `__init__` (all but `gain`) are its options and their
+defaults are the reference values, so a new block with a new option needs no edit anywhere else. The command line
+reaches every option as `--attention-option NAME=VALUE` (train.py; `--attention-reduction N` and `--cbam-kernel K`
+are the older spellings of `reduction=N` and `kernel_size=K`), the options are stored in the ModelConfig of every
+checkpoint, and `--phi`, the ablation and `nets.summary` list the registered names (see docs/architecture.md, "Add an
+attention block").
 
-Options (stored in the ModelConfig, set with train.py flags): `reduction`, the hidden-width divisor of SE, CBAM's
-channel branch and coordinate attention (--attention-reduction), and CBAM's spatial `kernel_size` (--cbam-kernel).
-The defaults are the reference layout's. `gain` scales every sigmoid gate: 1 is the papers' block; 2 with the gate
-layers zeroed (`start_as_identity`) makes a block that starts as the identity (see nets/yolo.py, backbone placement).
+Every block takes `channels` first, multiplies one or more sigmoid gates onto its input and returns a tensor shaped
+like it. Parameter names follow the widely used reference implementation so weights move between the two with
+strict=True. `gain` scales every sigmoid gate: 1 is the papers' block; 2 with the gate layers zeroed
+(`start_as_identity`) makes a block that starts as the identity (see nets/yolo.py, backbone placement).
 """
 from __future__ import annotations
 
+import abc
 import inspect
+import logging
 import math
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 import torch
 from torch import nn
@@ -19,51 +27,46 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from nets.errors import ModelConfigError
 
-# The command-line flag behind each block option, for messages.
-OPTION_FLAGS = {"reduction": "--attention-reduction", "kernel_size": "--cbam-kernel"}
+LOGGER = logging.getLogger(__name__)
+
+# The types an option's default (and so its value) may have: what a checkpoint (weights_only) and args.yaml can hold.
+OPTION_TYPES = (bool, int, float, str, type(None))
+# Channel count of the block built once to check a set of options before a model is (see check_options).
+PROBE_CHANNELS = 512
 
 
-def hidden_width(channels: int, reduction: int, minimum: int = 0) -> int:
-    """max(channels // reduction, minimum); a ModelConfigError naming the flag when no channel would be left."""
-    if not isinstance(reduction, int) or isinstance(reduction, bool) or reduction < 1:
-        raise ModelConfigError(f"{OPTION_FLAGS['reduction']} must be a positive integer, got {reduction!r}")
-    width = max(channels // reduction, minimum)
-    if width < 1:
-        raise ModelConfigError(f"{OPTION_FLAGS['reduction']} {reduction} leaves no hidden channel in a "
-                               f"{channels}-channel attention block; use at most {channels}")
-    return width
+class AttentionBlock(nn.Module, abc.ABC):
+    """The contract of a registered block (checked by `register_attention` and tests/test_attention_registry.py):
 
+    - `__init__(self, channels, <options with defaults>, gain=1.0)`; call `super().__init__(gain)`;
+    - `attention_map(x)`: Tensor[B, h, w], what the block applies at each position (predict.py --attention-maps);
+    - `gate_layers()`: the layers whose outputs feed a sigmoid gate, each with a `.weight`, so that
+      `start_as_identity()` can zero them and a block inserted into a trained network starts as the identity;
+    - `options_of(tensors)` (optional): the options its state_dict entries were built with, when the options change
+      tensor shapes, so that weights that do not fit can say which option differs.
+    """
 
-def reduction_of(weight: torch.Tensor) -> int:
-    """The reduction ratio C // hidden of a squeeze layer's weight, [hidden, C] or [hidden, C, 1, 1]."""
-    return max(weight.shape[1] // max(weight.shape[0], 1), 1)
-
-
-def channel_energy(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Where a channel gate puts its weight: mean over channels of (w_c * x_c)^2, [B, h, w]."""
-    return (x * weights).float().square().mean(dim=1)
-
-
-class AttentionBlock(nn.Module):
-    """Shared interface: `attention_map(x)` [B, h, w] for visualisation, `start_as_identity()` for insertion into a
-    trained network. Subclasses list the layers whose outputs feed a sigmoid gate in `gate_layers()`."""
-
-    map_kind = "attention"  # what attention_map shows, for captions
+    name: ClassVar[str] = ""  # set by register_attention
+    map_kind: ClassVar[str] = "attention"  # what attention_map shows, for captions
+    # Older command-line spellings of some options (option -> flag); every option is also --attention-option NAME=V.
+    option_flags: ClassVar[dict[str, str]] = {}
 
     def __init__(self, gain: float = 1.0):
         super().__init__()
         self.gain = float(gain)
 
+    @abc.abstractmethod
     def gate_layers(self) -> list[nn.Module]:
-        raise NotImplementedError
+        """The layers whose outputs feed a sigmoid gate (zeroed by start_as_identity)."""
+
+    @abc.abstractmethod
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Tensor[B, C, h, w] input -> Tensor[B, h, w], what the block applies at each position."""
 
     @staticmethod
-    def options_of(tensors: dict[str, torch.Tensor]) -> dict[str, int]:
+    def options_of(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         """The options a block's state_dict entries (keys relative to the block) were built with."""
         return {}
-
-    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
     @torch.no_grad()
     def start_as_identity(self) -> None:
@@ -78,10 +81,236 @@ class AttentionBlock(nn.Module):
         return f"gain={self.gain:g}" if self.gain != 1.0 else ""
 
 
+# ------------------------------------------------------------------------------------------------------ registry
+# Registered blocks in registration order, which gives the command-line index `phi`: 0 none, 1 SE, 2 CBAM, 3 ECA,
+# 4 CA (the reference's numbering), then blocks registered later (a file of their own, imported in nets/__init__.py).
+ATTENTION_BLOCKS: dict[str, type[AttentionBlock] | None] = {"none": None}
+Block = TypeVar("Block", bound=type[AttentionBlock])
+
+
+def register_attention(name: str) -> Callable[[Block], Block]:
+    """Class decorator: make the block an attention choice of every tool under `name` (lower case), after checking
+    its contract (`check_block_class`); a name already taken by another class is refused."""
+    key = str(name).strip().lower()
+    if not key.isidentifier() or key == "none":
+        raise ValueError(f"attention name {name!r} must be a Python identifier other than 'none'")
+
+    def register(cls: Block) -> Block:
+        check_block_class(cls)
+        if ATTENTION_BLOCKS.get(key, cls) is not cls:
+            raise ValueError(f"attention {key!r} is already registered ({ATTENTION_BLOCKS[key].__qualname__})")
+        cls.name = key
+        ATTENTION_BLOCKS[key] = cls
+        return cls
+    return register
+
+
+def unregister_attention(name: str) -> None:
+    """Remove a registered block (tests register toy blocks and remove them again)."""
+    if name == "none":
+        raise ValueError("'none' is not a block and cannot be unregistered")
+    del ATTENTION_BLOCKS[name]
+
+
+def _option_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]  # after self
+    return {p.name: p for p in parameters[1:] if p.name != "gain"}  # after channels
+
+
+def check_block_class(cls: type) -> None:
+    """The static part of the block contract; a TypeError (a programming error) naming what is missing."""
+    if not (isinstance(cls, type) and issubclass(cls, AttentionBlock)):
+        raise TypeError(f"{cls!r} is not an AttentionBlock subclass")
+    if inspect.isabstract(cls):
+        raise TypeError(f"{cls.__qualname__} does not implement {', '.join(sorted(cls.__abstractmethods__))}")
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    if not parameters or parameters[0].name != "channels":
+        raise TypeError(f"{cls.__qualname__}.__init__ must take `channels` first")
+    if "gain" not in {p.name for p in parameters}:
+        raise TypeError(f"{cls.__qualname__}.__init__ must take `gain` (passed on to AttentionBlock.__init__)")
+    for option in _option_parameters(cls).values():
+        if option.kind in (option.VAR_POSITIONAL, option.VAR_KEYWORD) or option.default is option.empty:
+            raise TypeError(f"{cls.__qualname__}: option {option.name!r} must be a named parameter with a default")
+        if not isinstance(option.default, OPTION_TYPES):
+            raise TypeError(f"{cls.__qualname__}: option {option.name!r} has a default of type "
+                            f"{type(option.default).__name__}; options are bool, int, float, str or None")
+    unknown = sorted(set(cls.option_flags) - set(_option_parameters(cls)))
+    if unknown:
+        raise TypeError(f"{cls.__qualname__}.option_flags names {unknown}, which are not options of the block")
+
+
+def attention_names() -> tuple[str, ...]:
+    """Every registered attention name, in `phi` order (none first)."""
+    return tuple(ATTENTION_BLOCKS)
+
+
+def __getattr__(name: str) -> Any:
+    # ATTENTION_NAMES is computed on access, so that blocks registered after this module was imported appear in it.
+    if name == "ATTENTION_NAMES":
+        return attention_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def attention_choices() -> str:
+    """'0/none, 1/se, 2/cbam, ...': the --phi values, for help texts and messages."""
+    return ", ".join(f"{i}/{n}" for i, n in enumerate(ATTENTION_BLOCKS))
+
+
+def attention_name(phi: int | str) -> str:
+    """Map `phi` (an index or a registered name, any case) to the attention's registry name."""
+    names = attention_names()
+    if isinstance(phi, bool):
+        raise ModelConfigError(f"invalid attention {phi!r}; valid values: {attention_choices()}")
+    if isinstance(phi, int):
+        if 0 <= phi < len(names):
+            return names[phi]
+        raise ModelConfigError(f"invalid phi {phi}; valid values: {attention_choices()}")
+    text = str(phi).strip().lower()
+    if text.isdigit():
+        return attention_name(int(text))
+    if text in ATTENTION_BLOCKS:
+        return text
+    raise ModelConfigError(f"invalid attention {phi!r}; valid values: {attention_choices()}")
+
+
+def block_options(name: int | str) -> dict[str, Any]:
+    """The options attention `name` takes, with their defaults ({} for none)."""
+    block = ATTENTION_BLOCKS[attention_name(name)]
+    return {} if block is None else {k: p.default for k, p in _option_parameters(block).items()}
+
+
+def option_flag(option: str) -> str:
+    """The command-line spelling of a block option, for messages: its older flag (--attention-reduction,
+    --cbam-kernel) where a block declares one, else --attention-option NAME."""
+    for block in ATTENTION_BLOCKS.values():
+        if block is not None and option in block.option_flags:
+            return block.option_flags[option]
+    return f"--attention-option {option}"
+
+
+def option_text(option: str, value: Any) -> str:
+    """'--attention-reduction 4' or '--attention-option alpha=0.5': an option with its value, as typed."""
+    flag = option_flag(option)
+    return f"{flag}={value}" if flag.startswith("--attention-option") else f"{flag} {value}"
+
+
+def _convert(option: str, value: Any, default: Any) -> Any:
+    """`value` (text from the command line or a plain value) as the type of the option's default."""
+    kind = type(default)
+    if default is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    text = str(value).strip()
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if kind is int:
+            number = float(text) if not isinstance(value, bool) else None
+            if number is None or not number.is_integer():
+                raise ValueError(text)
+            return int(number)
+        return kind(text)
+    except (TypeError, ValueError):
+        raise ModelConfigError(f"{option_flag(option)} must be {'an integer' if kind is int else f'a {kind.__name__}'}"
+                               f", got {value!r}") from None
+
+
+def attention_options(name: int | str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The complete options of attention `name`: its defaults, overridden by `given` (None values mean the default;
+    text such as the '3' of --attention-option kernel_size=3 becomes the default's type), then checked by building
+    the block once (`check_options`).
+
+    An option of another registered block that this one lacks is dropped with a warning, so that one ablation command
+    can pass --attention-reduction to SE, CBAM and CA and still run ECA and none; an option that no registered block
+    has is a ModelConfigError listing the options there are."""
+    name = attention_name(name)
+    if given is not None and not isinstance(given, Mapping):
+        raise ModelConfigError(f"attention options must be a mapping of option: value, got {type(given).__name__}")
+    defaults = block_options(name)
+    options = dict(defaults)
+    for option, value in (given or {}).items():
+        if value is None:
+            continue
+        if option in defaults:
+            options[option] = _convert(option, value, defaults[option])
+        elif any(option in block_options(other) for other in ATTENTION_BLOCKS):
+            LOGGER.warning("%s ignored: attention %s has no %s option", option_text(option, value), name, option)
+        else:
+            known = sorted({o for other in ATTENTION_BLOCKS for o in block_options(other)})
+            raise ModelConfigError(f"no attention block has an option {option!r}; the options are "
+                                   f"{', '.join(known)} (see train.py --help, --attention-option)")
+    check_options(name, options)
+    return options
+
+
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """Build attention `name` once, so that a bad option value is one error at configuration time, before any data
+    is read. The block's own checks run; a block narrower than PROBE_CHANNELS may still refuse, when built."""
+    block = ATTENTION_BLOCKS[attention_name(name)]
+    if block is not None:
+        with torch.random.fork_rng(devices=[]):  # leave the global RNG as it was
+            block(PROBE_CHANNELS, **options)
+
+
+def create_attention(name: int | str, channels: int, gain: float = 1.0, **options: Any) -> nn.Module:
+    """Build the attention block `name` for a feature map with `channels` channels (nn.Identity for none).
+
+    `options` are the block's (None: its default); one the block does not take is a ModelConfigError (a ValueError)
+    naming its flag."""
+    name = attention_name(name)
+    block = ATTENTION_BLOCKS[name]
+    if block is None:
+        return nn.Identity()
+    given = {k: v for k, v in options.items() if v is not None}
+    unsupported = sorted(given.keys() - block_options(name).keys())
+    if unsupported:
+        raise ModelConfigError(f"attention {name!r} has no {option_flag(unsupported[0])} option")
+    return block(channels, gain=gain, **given)
+
+
+def identify_block(tensors: dict[str, torch.Tensor]) -> tuple[str, dict[str, Any]] | None:
+    """(attention name, options) of one block's state_dict entries (keys relative to the block), from its key set and
+    shapes; None when no registered block has exactly these keys. Used to explain why weights do not fit a model."""
+    for name, block in ATTENTION_BLOCKS.items():
+        if block is None:
+            continue
+        with torch.random.fork_rng(devices=[]):
+            keys = set(block(64).state_dict())
+        if keys == set(tensors):
+            return name, block.options_of(tensors)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+def hidden_width(channels: int, reduction: int, minimum: int = 0) -> int:
+    """max(channels // reduction, minimum); a ModelConfigError naming the flag when no channel would be left."""
+    if not isinstance(reduction, int) or isinstance(reduction, bool) or reduction < 1:
+        raise ModelConfigError(f"{option_flag('reduction')} must be a positive integer, got {reduction!r}")
+    width = max(channels // reduction, minimum)
+    if width < 1:
+        raise ModelConfigError(f"{option_flag('reduction')} {reduction} leaves no hidden channel in a "
+                               f"{channels}-channel attention block; use at most {channels}")
+    return width
+
+
+def reduction_of(weight: torch.Tensor) -> int:
+    """The reduction ratio C // hidden of a squeeze layer's weight, [hidden, C] or [hidden, C, 1, 1]."""
+    return max(weight.shape[1] // max(weight.shape[0], 1), 1)
+
+
+def channel_energy(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Where a channel gate puts its weight: mean over channels of (w_c * x_c)^2, [B, h, w]."""
+    return (x * weights).float().square().mean(dim=1)
+
+
+# -------------------------------------------------------------------------------------------------------- blocks
+@register_attention("se")
 class SEBlock(AttentionBlock):
     """Squeeze-and-Excitation (Hu et al., 2018, arXiv:1709.01507): global average pool, two linear layers."""
 
     map_kind = "channel-weighted energy"
+    option_flags = {"reduction": "--attention-reduction"}
 
     def __init__(self, channels: int, reduction: int = 16, gain: float = 1.0):
         super().__init__(gain)
@@ -105,7 +334,7 @@ class SEBlock(AttentionBlock):
         return [self.fc[2]]
 
     @staticmethod
-    def options_of(tensors: dict[str, torch.Tensor]) -> dict[str, int]:
+    def options_of(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         return {"reduction": reduction_of(tensors["fc.0.weight"])}
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +366,7 @@ class SpatialAttention(nn.Module):
     def __init__(self, kernel_size: int = 7):
         super().__init__()
         if kernel_size not in (3, 7):
-            raise ModelConfigError(f"{OPTION_FLAGS['kernel_size']} must be 3 or 7, got {kernel_size}")
+            raise ModelConfigError(f"{option_flag('kernel_size')} must be 3 or 7, got {kernel_size!r}")
         self.conv1 = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
         self.sigmoid = nn.Sigmoid()
 
@@ -147,12 +376,14 @@ class SpatialAttention(nn.Module):
         return self.sigmoid(self.conv1(torch.cat([avg_out, max_out], dim=1)))
 
 
+@register_attention("cbam")
 class CBAMBlock(AttentionBlock):
     """Convolutional Block Attention Module (Woo et al., 2018, arXiv:1807.06521): channel, then spatial.
 
     Reference layout: channel reduction 8, spatial kernel 7 (the paper's; seed 004 argues for 3)."""
 
     map_kind = "spatial gate"
+    option_flags = {"reduction": "--attention-reduction", "kernel_size": "--cbam-kernel"}
 
     def __init__(self, channels: int, reduction: int = 8, kernel_size: int = 7, gain: float = 1.0):
         super().__init__(gain)
@@ -167,7 +398,7 @@ class CBAMBlock(AttentionBlock):
         return [self.channelattention.fc2, self.spatialattention.conv1]
 
     @staticmethod
-    def options_of(tensors: dict[str, torch.Tensor]) -> dict[str, int]:
+    def options_of(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         return {"reduction": reduction_of(tensors["channelattention.fc1.weight"]),
                 "kernel_size": int(tensors["spatialattention.conv1.weight"].shape[-1])}
 
@@ -183,16 +414,22 @@ def eca_kernel_size(channels: int, b: int = 1, gamma: int = 2) -> int:
     return k if k % 2 else k + 1
 
 
+@register_attention("eca")
 class ECABlock(AttentionBlock):
     """Efficient Channel Attention (Wang et al., 2020, arXiv:1910.03151): a 1D conv across pooled channels.
 
-    No reduction: the kernel size adapts to the channel count (`eca_kernel_size`)."""
+    No reduction: the kernel size adapts to the channel count (`eca_kernel_size`, with the paper's b and gamma)."""
 
     map_kind = "channel-weighted energy"
 
     def __init__(self, channels: int, b: int = 1, gamma: int = 2, gain: float = 1.0):
         super().__init__(gain)
+        if gamma < 1:
+            raise ModelConfigError(f"{option_flag('gamma')} must be a positive integer, got {gamma!r}")
         k = eca_kernel_size(channels, b, gamma)
+        if k > channels:  # also bounds the allocation for options read from an untrusted checkpoint
+            raise ModelConfigError(f"{option_text('b', b)} and {option_text('gamma', gamma)} give a {k}-wide ECA "
+                                   f"kernel over {channels} channels; keep |log2(C) + b| / gamma below C")
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.conv = nn.Conv1d(1, 1, kernel_size=k, padding=(k - 1) // 2, bias=False)
         self.sigmoid = nn.Sigmoid()
@@ -219,6 +456,7 @@ class ECABlock(AttentionBlock):
 CA_MIN_HIDDEN = 8
 
 
+@register_attention("ca")
 class CoordinateAttention(AttentionBlock):
     """Coordinate attention (Hou, Zhou, Feng, CVPR 2021, arXiv:2103.02907), reference layout (reduction 16, ReLU).
 
@@ -226,6 +464,7 @@ class CoordinateAttention(AttentionBlock):
     direction, and multiply the two sigmoid gates (height [B,C,H,1] and width [B,C,1,W]) onto the input."""
 
     map_kind = "h x w gate product"
+    option_flags = {"reduction": "--attention-reduction"}
 
     def __init__(self, channels: int, reduction: int = 16, gain: float = 1.0):
         super().__init__(gain)
@@ -263,7 +502,7 @@ class CoordinateAttention(AttentionBlock):
             self.bn = nn.Identity()
 
     @staticmethod
-    def options_of(tensors: dict[str, torch.Tensor]) -> dict[str, int]:
+    def options_of(tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
         return {"reduction": reduction_of(tensors["conv_1x1.weight"])}
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -272,66 +511,3 @@ class CoordinateAttention(AttentionBlock):
         return (gate_h * gate_w).mean(dim=1)
 
 
-# The registry: a new attention block is one class plus one entry here.
-# The order gives the command-line index `phi` (0 none, 1 SE, 2 CBAM, 3 ECA, 4 CA).
-ATTENTION_BLOCKS: dict[str, type[AttentionBlock] | None] = {
-    "none": None,
-    "se": SEBlock,
-    "cbam": CBAMBlock,
-    "eca": ECABlock,
-    "ca": CoordinateAttention,
-}
-ATTENTION_NAMES = tuple(ATTENTION_BLOCKS)
-
-
-def attention_name(phi: int | str) -> str:
-    """Map `phi` (an index 0..4 or a name, any case) to the attention's registry name."""
-    valid = ", ".join(f"{i}/{n}" for i, n in enumerate(ATTENTION_NAMES))
-    if isinstance(phi, bool):
-        raise ModelConfigError(f"invalid attention {phi!r}; valid values: {valid}")
-    if isinstance(phi, int):
-        if 0 <= phi < len(ATTENTION_NAMES):
-            return ATTENTION_NAMES[phi]
-        raise ModelConfigError(f"invalid phi {phi}; valid values: {valid}")
-    text = str(phi).strip().lower()
-    if text.isdigit():
-        return attention_name(int(text))
-    if text in ATTENTION_BLOCKS:
-        return text
-    raise ModelConfigError(f"invalid attention {phi!r}; valid values: {valid}")
-
-
-def block_options(name: int | str) -> dict[str, object]:
-    """The options attention `name` takes, with their reference defaults ({} for none and ECA's only defaults)."""
-    block = ATTENTION_BLOCKS[attention_name(name)]
-    if block is None:
-        return {}
-    parameters = inspect.signature(block).parameters
-    return {key: parameters[key].default for key in OPTION_FLAGS if key in parameters}
-
-
-def create_attention(name: int | str, channels: int, reduction: int | None = None, kernel_size: int | None = None,
-                     gain: float = 1.0) -> nn.Module:
-    """Build the attention block `name` for a feature map with `channels` channels (nn.Identity for none).
-
-    `reduction` / `kernel_size` None mean the block's reference default; giving one to a block without that option
-    is a ModelConfigError (a ValueError) naming the flag."""
-    name = attention_name(name)
-    block = ATTENTION_BLOCKS[name]
-    if block is None:
-        return nn.Identity()
-    given = {k: v for k, v in (("reduction", reduction), ("kernel_size", kernel_size)) if v is not None}
-    unsupported = sorted(given.keys() - block_options(name).keys())
-    if unsupported:
-        raise ModelConfigError(f"attention {name!r} has no {OPTION_FLAGS[unsupported[0]]} option")
-    return block(channels, gain=gain, **given)
-
-
-def identify_block(tensors: dict[str, torch.Tensor]) -> tuple[str, dict[str, int]] | None:
-    """(attention name, options) of one block's state_dict entries (keys relative to the block), from its key set and
-    shapes; None when no registered block has exactly these keys. Used to explain why weights do not fit a model."""
-    for name, block in ATTENTION_BLOCKS.items():
-        if block is None or set(block(64).state_dict()) != set(tensors):
-            continue
-        return name, block.options_of(tensors)
-    return None

@@ -59,7 +59,8 @@ class ResblockBody(nn.Module):
 
 
 class CSPDarknet53Tiny(nn.Module):
-    """Backbone returning feat1 (stride 16, 256 channels) and feat2 (stride 32, 512 channels).
+    """Backbone returning feat0 (stride 8, 128 channels: what yolov4-tiny-3l's third head reads), feat1 (stride 16,
+    256 channels) and feat2 (stride 32, 512 channels).
 
     `attention` puts a block inside each of the three CSP stages (64, 128 and 256 channels; see ResblockBody)."""
 
@@ -72,11 +73,11 @@ class CSPDarknet53Tiny(nn.Module):
         self.resblock_body3 = ResblockBody(256, 256, attention)
         self.conv3 = BasicConv(512, 512, 3)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.conv1(x)  # 3->32, /2
         x = self.conv2(x)  # 32->64, /4
         x, _ = self.resblock_body1(x)  # 64->128, /8
-        x, _ = self.resblock_body2(x)  # 128->256, /16
-        x, feat1 = self.resblock_body3(x)  # 256->512, /32; feat1 256 at /16
+        x, feat0 = self.resblock_body2(x)  # 128->256, /16; feat0 128 at /8 (Darknet layer 15)
+        x, feat1 = self.resblock_body3(x)  # 256->512, /32; feat1 256 at /16 (Darknet layer 23)
         feat2 = self.conv3(x)  # 512->512, /32
-        return feat1, feat2
+        return feat0, feat1, feat2

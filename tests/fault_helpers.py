@@ -5,11 +5,11 @@ Run as a script it is that hook runner:
 
     python -m tests.fault_helpers MARKER_DIR SAVE_PAUSE_S EVAL_PAUSE_S -- train.py ARGS...   (from the repository root)
 
-It runs train.py unchanged (runpy) after wrapping three functions so that they leave marker files in MARKER_DIR:
-`step_<epoch>_<i>` before training iteration i, `eval_<epoch>` when validation starts (then it pauses EVAL_PAUSE_S so
-the parent can kill inside it), and `save_<name>_<epoch>` once half of a checkpoint's bytes are in its temporary file
-(then it
-pauses SAVE_PAUSE_S before writing the rest). The kills themselves are real SIGKILLs of this process.
+It runs train.py unchanged (runpy) with a callback added to its run and torch.save wrapped, so that they leave marker
+files in MARKER_DIR: `step_<epoch>_<i>` before training iteration i, `eval_<epoch>` when validation starts (then it
+pauses EVAL_PAUSE_S so the parent can kill inside it), and `save_<name>_<epoch>` once half of a checkpoint's bytes are
+in its temporary file (then it pauses SAVE_PAUSE_S before writing the rest). The kills themselves are real SIGKILLs of
+this process.
 """
 from __future__ import annotations
 
@@ -121,32 +121,24 @@ def _touch(folder: Path, name: str) -> None:
 
 
 def install_hooks(markers: Path, save_pause: float, eval_pause: float) -> None:
-    """Wrap utils.train.trainer.train_one_epoch, evaluate (as the trainer module sees it) and torch.save (as
-    utils.model.checkpoint sees it)."""
-    import inspect
+    """A marker callback added to train.py's run (through utils.train.cli.train: the engine is not touched) and a
+    wrapped torch.save (as utils.model.checkpoint sees it)."""
+    import functools
 
     import torch
 
     import utils.model.checkpoint as checkpoint
-    import utils.train.trainer as engine
+    import utils.train.cli as train_cli
 
-    real_epoch, real_eval, real_save = engine.train_one_epoch, engine.evaluate, torch.save
-    current = {"epoch": 0}
+    real_save = torch.save
 
-    def marked(loader, epoch: int):
-        for i, batch in enumerate(loader):
-            _touch(markers, f"step_{epoch}_{i}")
-            yield batch
+    class Markers:
+        def on_batch_start(self, trainer, batch) -> None:
+            _touch(markers, f"step_{batch.epoch}_{batch.index}")
 
-    def train_one_epoch(model, loader, *args, **kwargs):
-        epoch = inspect.signature(real_epoch).bind(model, loader, *args, **kwargs).arguments["epoch"] + 1
-        current["epoch"] = epoch
-        return real_epoch(model, _Sized(marked(loader, epoch), len(loader)), *args, **kwargs)
-
-    def evaluate(*args, **kwargs):
-        _touch(markers, f"eval_{current['epoch']}")
-        time.sleep(eval_pause)  # a window inside validation for the parent's kill
-        return real_eval(*args, **kwargs)
+        def on_validation_start(self, trainer, epoch: int) -> None:
+            _touch(markers, f"eval_{epoch}")
+            time.sleep(eval_pause)  # a window inside validation for the parent's kill
 
     def save(payload, handle, *args, **kwargs):
         if not hasattr(handle, "write") or save_pause <= 0:
@@ -163,22 +155,8 @@ def install_hooks(markers: Path, save_pause: float, eval_pause: float) -> None:
         handle.write(data[len(data) // 2:])
         return None
 
-    engine.train_one_epoch = train_one_epoch
-    engine.evaluate = evaluate  # the name the engine calls (imported from utils.eval.evaluation)
+    train_cli.train = functools.partial(train_cli.train, callbacks=[Markers()])
     checkpoint.torch.save = save  # patches torch.save for this child process only
-
-
-class _Sized:
-    """An iterable with a length (train_one_epoch calls len(loader) for the LR schedule and the progress bar)."""
-
-    def __init__(self, iterable, length: int) -> None:
-        self.iterable, self.length = iterable, length
-
-    def __iter__(self):
-        return iter(self.iterable)
-
-    def __len__(self) -> int:
-        return self.length
 
 
 def main(argv: list[str]) -> None:

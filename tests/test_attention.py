@@ -25,10 +25,10 @@ from nets.attention import (
 from nets.summary import count_parameters
 from nets.yolo import ATTENTION_PLACES, YoloBody
 from tests.synthetic import make_voc, write_partial, write_weights
-from utils.model.checkpoint import CheckpointError, load_model, load_weights, save_checkpoint
+from utils.model.checkpoint import CheckpointError, load_model, load_pretrained, load_weights, save_checkpoint
 from utils.model.config import ModelConfig, build_model
 from utils.train.config import TrainConfig
-from utils.train.trainer import Trainer, load_initial_weights
+from utils.train.trainer import Trainer
 
 MASK = [[3, 4, 5], [1, 2, 3]]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -135,14 +135,14 @@ def test_reference_layout_ca_model_cross_loads_strictly_with_equal_outputs(nc):
     ("ca", 8, "feat1_att.conv_1x1.weight", (32, 256, 1, 1)),
 ])
 def test_reduction_changes_shapes_and_a_default_model_names_the_option(name, reduction, key, shape):
-    model = build_model(ModelConfig(classes=["a"], attention=name, attention_reduction=reduction))
+    model = build_model(ModelConfig(classes=["a"], attention=name, attention_options={"reduction": reduction}))
     assert tuple(model.state_dict()[key].shape) == shape
     with pytest.raises(CheckpointError, match=rf"--attention-reduction {reduction} \(this model: "):
         load_weights(YoloBody(MASK, 1, name), model.state_dict())
 
 
 def test_cbam_kernel_3_changes_shapes_and_a_default_model_names_the_option():
-    model = build_model(ModelConfig(classes=["a"], attention="cbam", cbam_kernel=3))
+    model = build_model(ModelConfig(classes=["a"], attention="cbam", attention_options={"kernel_size": 3}))
     assert model.state_dict()["feat2_att.spatialattention.conv1.weight"].shape == (1, 2, 3, 3)
     with pytest.raises(CheckpointError, match=r"--cbam-kernel 3 \(this model: 7\)"):
         load_weights(YoloBody(MASK, 1, "cbam"), model.state_dict())
@@ -160,16 +160,16 @@ def test_placement_and_type_mismatches_name_the_option(theirs, ours, message):
 
 def test_config_validates_and_normalises_options(caplog):
     with pytest.raises(ValueError, match="--cbam-kernel must be 3 or 7"):
-        ModelConfig(classes=["a"], attention="cbam", cbam_kernel=5)
+        ModelConfig(classes=["a"], attention="cbam", attention_options={"kernel_size": 5})
     with pytest.raises(ValueError, match="--attention-reduction must be a positive integer"):
-        ModelConfig(classes=["a"], attention="se", attention_reduction=0)
+        ModelConfig(classes=["a"], attention="se", attention_options={"reduction": 0})
     with pytest.raises(ValueError, match="--attention-at"):
         ModelConfig(classes=["a"], attention="se", attention_at="head")
     with pytest.raises(ValueError, match="--attention-reduction 512 leaves no hidden channel"):
-        build_model(ModelConfig(classes=["a"], attention="se", attention_reduction=512))
+        build_model(ModelConfig(classes=["a"], attention="se", attention_options={"reduction": 512}))
     with caplog.at_level(logging.WARNING):
-        eca = ModelConfig(classes=["a"], attention="eca", attention_reduction=8, cbam_kernel=3)
-    assert eca.attention_reduction is None and eca.cbam_kernel == 7 and "no reduction ratio" in caplog.text
+        eca = ModelConfig(classes=["a"], attention="eca", attention_options={"reduction": 8, "kernel_size": 3})
+    assert eca.attention_options == {"b": 1, "gamma": 2} and "eca has no reduction option" in caplog.text
     assert ModelConfig(classes=["a"], attention="none", attention_at="backbone").attention_at == "neck"
     assert identify_block(create_attention("cbam", 64, reduction=4, kernel_size=3).state_dict()) == (
         "cbam", {"reduction": 4, "kernel_size": 3})
@@ -177,11 +177,12 @@ def test_config_validates_and_normalises_options(caplog):
 
 def test_old_checkpoint_without_the_new_fields_loads_with_defaults(tmp_path):
     config = ModelConfig(classes=["a", "b"], attention="cbam", input_shape=[64, 64])
-    old = {k: v for k, v in config.to_dict().items() if k not in ("attention_at", "attention_reduction", "cbam_kernel")}
+    old = {k: v for k, v in config.to_dict().items() if k not in ("attention_at", "attention_options", "heads")}
     model = build_model(config)
     save_checkpoint({"model": model.state_dict(), "config": old}, tmp_path / "old.pth")
     rebuilt, loaded = load_model(tmp_path / "old.pth")
-    assert (loaded.attention_at, loaded.attention_reduction, loaded.cbam_kernel) == ("neck", None, 7)
+    assert (loaded.attention_at, loaded.attention_options, loaded.heads) == ("neck", {"reduction": 8,
+                                                                                      "kernel_size": 7}, 2)
     x = torch.rand(1, 3, 64, 64)
     assert torch.equal(model.eval()(x)[0], rebuilt(x)[0])
 
@@ -269,7 +270,7 @@ def test_pretrained_pth_loads_into_backbone_placement_and_names_new_blocks(tmp_p
         torch.save(state, path)
     model = YoloBody(MASK, 20, "cbam", "both")
     with caplog.at_level(logging.INFO):
-        load_initial_weights(model, str(path))
+        load_pretrained(model, str(path))
     assert "newly initialised attention blocks (3): backbone.resblock_body1.feat_att, " \
            "backbone.resblock_body2.feat_att, backbone.resblock_body3.feat_att" in caplog.text
     for key, value in state.items():
@@ -281,7 +282,7 @@ def test_darknet_conv29_loads_into_backbone_placement_and_names_new_blocks(tmp_p
     path = write_partial(source, tmp_path / "yolov4-tiny.conv.29")
     model = YoloBody(MASK, 2, "se", "backbone")
     with caplog.at_level(logging.INFO):
-        load_initial_weights(model, str(path))
+        load_pretrained(model, str(path))
     assert "loaded 17 Darknet conv layers" in caplog.text
     assert "newly initialised attention blocks (3)" in caplog.text
     for key in ("backbone.resblock_body3.conv4.conv.weight", "yolo_headP5.0.conv.weight"):
@@ -289,11 +290,11 @@ def test_darknet_conv29_loads_into_backbone_placement_and_names_new_blocks(tmp_p
 
 
 def test_partial_load_with_other_block_options_warns_with_the_option(tmp_path, caplog):
-    other = build_model(ModelConfig(classes=["a"], attention="se", attention_reduction=4))
+    other = build_model(ModelConfig(classes=["a"], attention="se", attention_options={"reduction": 4}))
     path = tmp_path / "r4.pth"
     torch.save(other.state_dict(), path)
     with caplog.at_level(logging.WARNING):
-        load_initial_weights(YoloBody(MASK, 1, "se"), str(path))
+        load_pretrained(YoloBody(MASK, 1, "se"), str(path))
     assert "--attention-reduction 4 (this model: 16)" in caplog.text
 
 
@@ -307,19 +308,18 @@ def tiny_voc(tmp_path_factory):
     return make_voc(tmp_path_factory.mktemp("data"), images=4)
 
 
-@pytest.mark.parametrize("phi, at, options", [("ca", "neck", {}), ("se", "backbone", {"attention_reduction": 4}),
-                                              ("cbam", "both", {"cbam_kernel": 3})])
+@pytest.mark.parametrize("phi, at, options", [("ca", "neck", {}), ("se", "backbone", {"reduction": 4}),
+                                              ("cbam", "both", {"kernel_size": 3})])
 def test_every_placement_trains_and_round_trips_through_its_checkpoint(tiny_voc, tmp_path, phi, at, options):
     config = TrainConfig(data=str(tiny_voc), phi=phi, attention_at=at, input_shape=[64, 64], epochs=4, batch_size=2,
                          workers=0, save_dir=str(tmp_path), eval_period=4, preview=False, augment=dict(NO_AUGMENT),
-                         warmup_epochs=1, optimizer="adam", lr=1e-2, ema=False, **options)
+                         warmup_epochs=1, optimizer="adam", lr=1e-2, ema=False, attention_options=options)
     trainer = Trainer(config)
     history = trainer.fit().history
     assert history[-1]["train/total"] < 0.7 * history[0]["train/total"], [r["train/total"] for r in history]
     model, loaded = load_model(trainer.run_dir / "last.pth")
     assert loaded == trainer.model_config and (loaded.attention, loaded.attention_at) == (phi, at)
-    assert loaded.attention_reduction == options.get("attention_reduction")
-    assert loaded.cbam_kernel == options.get("cbam_kernel", 7)
+    assert loaded.attention_options == {**block_options(phi), **options}
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model(x)[1], trainer.model.eval().float()(x.contiguous())[1], atol=1e-5)

@@ -78,7 +78,7 @@ def test_hooks_are_removed_after_use():
                                                   ("eca", "both", 8), ("ca", "both", 8)])
 def test_picture_layout_depends_only_on_image_and_blocks(attention, at, tiles):
     model, config = model_and_config(attention, at)
-    detector = Detector(model, config, "cpu", DetectOptions(conf_thres=0.3), optimize=False, amp=False)
+    detector = Detector(model, config, "cpu", DetectOptions(conf_thres=0.3), optimize=False, precision="fp32")
     image = np.random.default_rng(0).integers(0, 255, (96, 160, 3), dtype=np.uint8)
     picture = attention_picture(detector, AttentionRecorder(detector.model), image)
     width, height = tile_size(image)

@@ -80,6 +80,7 @@ def test_resume_names_the_options_it_cannot_apply(tmp_path, capfd):
                               "--mosaic", "0"]) == 0
     line = next(line for line in capfd.readouterr().err.splitlines() if "--resume keeps" in line)
     assert "--lr" in line and "--mosaic" in line and "--epochs" not in line.split("only")[0]
+    assert "--phi" not in line.split("only")[0]  # not given: the default's normalised spelling is no override
 
 
 @pytest.mark.parametrize("parser", [train_script.get_args_parser, eval_script.get_args_parser,
@@ -93,7 +94,7 @@ def test_help_shows_defaults_and_no_machine_paths(parser):
         assert "mosaic probability (default: 0.5)" in " ".join(text.split())
         assert "--preview, --no-preview" in text
     if parser is predict_script.get_args_parser:
-        assert "(default: 0.5)" in text  # --conf
+        assert "default: 0.5)" in " ".join(text.split())  # --conf
 
 
 def test_args_yaml_recreates_the_same_train_config(tmp_path):
@@ -105,6 +106,10 @@ def test_args_yaml_recreates_the_same_train_config(tmp_path):
     args_yaml = tmp_path / "r" / "exp" / "args.yaml"
     info = yaml.safe_load(args_yaml.read_text())["run_info"]
     assert info["classes"] == ["blue", "red"] and info["torch"] == torch.__version__
+    # the precision the run computed in, in its files (FAST trains with --no-amp: fp32)
+    assert info["precision"] == "fp32" and info["device"] == "cpu"
+    assert load_checkpoint(tmp_path / "r" / "exp" / "last.pth")["precision"] == "fp32"
+    assert "precision: fp32 (--precision fp32)" in (tmp_path / "r" / "exp" / "train.log").read_text()
     parser = train_script.get_args_parser()
     extra = train_script.apply_config_file(parser, str(args_yaml))
     args = parser.parse_args([])

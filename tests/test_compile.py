@@ -15,8 +15,8 @@ def test_compiled_detector_matches_eager():
     config = ModelConfig(classes=["a", "b"], attention="cbam", input_shape=[64, 64])
     model = build_model(config).eval()
     options = DetectOptions(conf_thres=0.0, iou_thres=0.5, max_det=20)
-    eager = Detector(model, config, "cpu", options, amp=False)
-    compiled = Detector(model, config, "cpu", options, amp=False, compile=True)
+    eager = Detector(model, config, "cpu", options, precision="fp32")
+    compiled = Detector(model, config, "cpu", options, precision="fp32", compile=True)
     compiled.warmup([2])
     images = [np.random.default_rng(i).integers(0, 255, (48, 80, 3), dtype=np.uint8) for i in range(2)]
     canvas = np.stack([eager.prepare(img).canvas for img in images])

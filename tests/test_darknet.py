@@ -113,7 +113,7 @@ def opencv_outputs(cfg: Path, weights: Path, x: torch.Tensor) -> tuple[list[np.n
     assert set(head_names) <= set(names), names
     net.setInput(x.numpy())
     outputs = net.forward(head_names + yolo_names)
-    return list(outputs[:2]), list(outputs[2:])
+    return list(outputs[:len(head_names)]), list(outputs[len(head_names):])
 
 
 def assert_close(ours: np.ndarray, theirs: np.ndarray, what: str) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.paths import RACCOON, TINY_COCO, needs_shared
-from utils.data.index import load_split, make_splits
+from utils.data.index import load_split, make_splits, read_split_file
 
 W, H = 64, 48
 
@@ -171,26 +171,42 @@ def _voc_year(root: Path, n: int) -> Path:
     return year
 
 
-def test_voc_split_files_written_once(tmp_path):
-    year = _voc_year(tmp_path, 30)
-    train = load_split(tmp_path, "train")
-    written = (year / "ImageSets" / "Main" / "train.txt").read_text().split()
-    assert [r.image_id for r in train.records] == written
-    assert train.classes == ["cat", "dog"]
-    test = load_split(tmp_path, "test")
+def test_missing_voc_split_is_made_in_memory_and_recorded_in_the_run_folder(tmp_path):
+    """One split policy: a VOC folder without ImageSets/Main gets its split made in memory (seed 0), nothing is written
+    into the dataset, and write_split records the members in the run folder."""
+    year = _voc_year(tmp_path / "data", 30)
+    before = sorted(p.relative_to(year) for p in year.rglob("*"))
+    train = load_split(tmp_path / "data", "train")
+    assert sorted(p.relative_to(year) for p in year.rglob("*")) == before  # nothing written into the dataset
+    assert [r.image_id for r in train.records] == make_splits([f"{i:06d}" for i in range(30)])["train"]
+    assert train.classes == ["cat", "dog"] and train.source_format == "voc" and train.pixel_offset == 1.0
+    written = train.write_split(tmp_path / "run")
+    assert written == tmp_path / "run" / "splits" / "train.txt"
+    assert read_split_file(written) == [f"VOC2007/JPEGImages/{r.image_id}.jpg" for r in train.records]
+    test = load_split(tmp_path / "data", "test")
     assert not {r.image_id for r in train.records} & {r.image_id for r in test.records}
-    assert load_split(tmp_path, "trainval").records[0].path.parent == year / "JPEGImages"
+    assert load_split(tmp_path / "data", "trainval").records[0].path.parent == year / "JPEGImages"
+
+
+def test_stated_splits_are_not_recorded(tmp_path):
+    from tests.synthetic import make_voc
+
+    index = load_split(make_voc(tmp_path / "voc", images=3), "train")
+    assert index.made_split is None and index.write_split(tmp_path / "run") is None
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores read-only permissions")
-def test_read_only_voc_keeps_split_in_memory(tmp_path, caplog):
-    year = _voc_year(tmp_path, 20)
+def test_read_only_voc_behaves_as_a_writable_one(tmp_path):
+    writable = load_split(_voc_year(tmp_path / "rw", 20).parent, "val")
+    year = _voc_year(tmp_path / "ro", 20)
     year.chmod(0o555)
     try:
-        index = load_split(tmp_path, "val")
+        index = load_split(tmp_path / "ro", "val")
     finally:
         year.chmod(0o755)
-    assert len(index) == 2 and "kept in memory" in caplog.text
+    assert len(index) == 2 and [r.image_id for r in index.records] == [r.image_id for r in writable.records]
+    assert index.made_split == writable.made_split
 
 
 def test_unsafe_xml_not_expanded(tmp_path):

@@ -1,4 +1,4 @@
-"""Device selection and the autocast policy."""
+"""Device selection and the precision policy."""
 from __future__ import annotations
 
 import pytest
@@ -29,56 +29,38 @@ def test_select_device_refuses_what_this_machine_lacks(monkeypatch):
         device_utils.select_device("gpu")
 
 
-@pytest.mark.parametrize("forced,expected", [("1", torch.bfloat16), ("0", None)])
-def test_cpu_bf16_choice_can_be_forced(monkeypatch, forced, expected):
-    monkeypatch.setenv("YOLO_CPU_BF16", forced)
-    device_utils.cpu_bf16_is_faster.cache_clear()
-    try:
-        assert device_utils.autocast_dtype(torch.device("cpu")) == expected
-        context = device_utils.autocast(torch.device("cpu"))
-        with context:
-            y = torch.nn.functional.linear(torch.randn(2, 4), torch.randn(3, 4))
-        assert y.dtype == (expected or torch.float32)
-    finally:
-        device_utils.cpu_bf16_is_faster.cache_clear()
+def test_auto_precision_is_a_rule_of_the_device_never_a_timing(monkeypatch):
+    """The same command gives the same precision on a quiet and on a loaded machine: nothing is timed."""
+    import time
+
+    def no_timing():
+        raise AssertionError("the precision policy timed something")
+
+    monkeypatch.setattr(time, "perf_counter", no_timing)
+    monkeypatch.setattr(time, "time", no_timing)
+    monkeypatch.setattr(device_utils, "cpu_supports_bf16", lambda: True)  # even where bf16 is native
+    assert device_utils.resolve_precision("cpu") == device_utils.resolve_precision("cpu", "auto") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert device_utils.resolve_precision(torch.device("cuda", 0)) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert device_utils.resolve_precision(torch.device("cuda", 0)) == "fp16"
 
 
-@pytest.mark.parametrize("native,timings,expected", [
-    (False, {}, False),  # no native bf16: nothing is timed
-    (True, {torch.float32: [0.010], torch.bfloat16: [0.005]}, True),  # 2x faster
-    (True, {torch.float32: [0.010], torch.bfloat16: [0.009]}, False),  # 1.11x: below the 1.15x bar
-    (True, {torch.float32: [0.010], torch.bfloat16: [0.050, 0.006]}, True),  # one slow (busy) round does not decide
-])
-def test_bf16_is_used_only_where_it_measures_faster(monkeypatch, native, timings, expected):
-    monkeypatch.delenv("YOLO_CPU_BF16", raising=False)
-    monkeypatch.setattr(device_utils, "cpu_supports_bf16", lambda: native)
-    calls = {dtype: 0 for dtype in timings}
-
-    def fake_seconds(dtype: torch.dtype) -> float:
-        if not timings:
-            raise AssertionError("timed a convolution on a CPU without native bf16")
-        values, calls[dtype] = timings[dtype], calls[dtype] + 1
-        return values[min(calls[dtype] - 1, len(values) - 1)]
-
-    monkeypatch.setattr(device_utils, "_conv_seconds", fake_seconds)
-    device_utils.cpu_bf16_is_faster.cache_clear()
-    try:
-        assert device_utils.cpu_bf16_is_faster() is expected
-        assert device_utils.autocast_dtype(torch.device("cpu")) == (torch.bfloat16 if expected else None)
-    finally:
-        device_utils.cpu_bf16_is_faster.cache_clear()
-    assert all(count == 5 for count in calls.values())  # five interleaved rounds per dtype
+@pytest.mark.parametrize("precision,dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_an_explicit_precision_is_honoured_on_the_cpu(precision, dtype):
+    resolved = device_utils.resolve_precision("cpu", precision)
+    assert resolved == precision
+    with device_utils.autocast("cpu", resolved):
+        y = torch.nn.functional.linear(torch.randn(2, 4), torch.randn(3, 4))
+    assert y.dtype == dtype
 
 
-def test_the_real_measurement_leaves_the_random_stream_alone(monkeypatch):
-    monkeypatch.delenv("YOLO_CPU_BF16", raising=False)
-    device_utils.cpu_bf16_is_faster.cache_clear()
-    torch.manual_seed(5)
-    expected = torch.rand(3)
-    torch.manual_seed(5)
-    try:
-        device_utils.cpu_bf16_is_faster()
-    finally:  # a measurement taken under the suite's load must not choose the precision of later tests
-        device_utils.cpu_bf16_is_faster.cache_clear()
-    assert torch.equal(torch.rand(3), expected)
-    assert device_utils.autocast(torch.device("cpu"), enabled=False).__class__.__name__ == "nullcontext"
+def test_unknown_or_contradicting_precisions_are_one_clear_error():
+    from utils.common.cli import requested_precision
+
+    with pytest.raises(ConfigError, match="--precision 'half' is not a precision; use one of auto, fp32, bf16"):
+        device_utils.resolve_precision("cpu", "half")
+    assert requested_precision("auto", True, "--no-amp") == "fp32"
+    assert requested_precision("bf16", False, "--no-amp") == "bf16"
+    with pytest.raises(ConfigError, match="--no-amp asks for fp32 but --precision asks for bf16"):
+        requested_precision("bf16", True, "--no-amp")

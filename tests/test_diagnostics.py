@@ -183,7 +183,7 @@ def test_validation_loss_is_the_training_loss_of_the_same_images(tmp_path):
     index = load_split(data, "val", classes=config.classes, keep_unreadable=True)
     loader = build_loader(EvalDataset(index, config.input_shape), 4, 0, shuffle=False, seed=0, collate_fn=eval_collate)
     loss_fn = YoloLoss(config)
-    metrics = evaluate(model, loader, config, torch.device("cpu"), amp=False, loss_fn=loss_fn)
+    metrics = evaluate(model, loader, config, torch.device("cpu"), precision="fp32", loss_fn=loss_fn)
     images, targets = [], []
     for i, record in enumerate(index.records):  # by hand: letterbox, targets on the canvas, one forward
         canvas, info = letterbox(read_image(record.path), config.input_shape)

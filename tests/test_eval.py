@@ -136,6 +136,7 @@ def test_eval_script_end_to_end(tmp_path, eval_main, capsys):
     assert set(metrics["AP50_per_class"]) == set(CLASSES) and 0 <= metrics["mAP50"] <= 1
     assert set(metrics["coco"]) == {"mAP50_95", "AP50", "AP75", "APs", "APm", "APl"}
     assert metrics["images"] == 4 and metrics["input_shape"] == [128, 128]
+    assert metrics["compute_precision"] == "fp32"  # the CPU's default: fixed by the command, never measured
     assert {"pr_red.png", "pr_curves.png"} <= {p.name for p in out.iterdir()}
     results = json.loads((out / "detections.json").read_text())
     assert len(results) == metrics["detections"] > 0

@@ -62,7 +62,7 @@ def test_onnx_detector_equals_pytorch_detector(exported):
     images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(96, 120), (256, 320)]]
     options = DetectOptions(0.3, 0.3, 50)
     ours = OnnxDetector(path, options)(images)
-    theirs = Detector(model, config, "cpu", options, amp=False)(images)
+    theirs = Detector(model, config, "cpu", options, precision="fp32")(images)
     assert sum(len(d) for d in theirs) > 0
     for a, b in zip(ours, theirs, strict=True):
         assert a.shape == b.shape

@@ -92,7 +92,8 @@ EXTERNAL = ('<?xml version="1.0" encoding="{enc}"?>\n<!DOCTYPE a [<!ENTITY x SYS
 XML_CHECK = r"""
 import json, resource, sys, time
 from pathlib import Path
-from utils.data.annotations import AnnotationError, parse_voc_xml
+from utils.data.annotations import AnnotationError
+from utils.data.voc_xml import parse_voc_xml
 results = {}
 for path in sorted(Path(sys.argv[1]).glob("*.xml")):
     before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()

@@ -7,16 +7,18 @@ import math
 import pytest
 import torch
 
-from tests.test_loss import ANCHORS, bce, ciou_loss, iou_xyxy, make_config, random_outputs, random_targets
+from tests.test_loss import bce, ciou_loss, iou_xyxy, make_config, random_outputs, random_targets
 from tests.test_loss import reference_decode as decode
 from utils.common.errors import ConfigError
-from utils.train.loss import LossConfig, YoloLoss
+from utils.model.config import ModelConfig
+from utils.train.loss import HEAD_BALANCE, YoloLoss
+from utils.train.loss_config import LossConfig
 
 YOLOV5 = LossConfig(assign="ratio", neighbour_cells=True, obj_target="iou", ignore_threshold=1.0, box_gain=0.05,
                     obj_gain=1.0, cls_gain=0.5)
 
 
-def reference_rows(rows, mask, grid_hw, stride_xy, ratio, neighbours):
+def reference_rows(rows, mask, anchors, grid_hw, stride_xy, ratio, neighbours):
     """[(image, slot, j, i, row)]: every anchor of the mask within `ratio` of the box, at the centre cell (clamped)
     and, with neighbours, the cell left or right and the cell above or below nearest the centre."""
     h, w = grid_hw
@@ -39,7 +41,7 @@ def reference_rows(rows, mask, grid_hw, stride_xy, ratio, neighbours):
             if fy > 0.5 and cy < h - 1:
                 cells.append((i, j + 1))
         for slot, k in enumerate(mask):
-            aw, ah = ANCHORS[k]
+            aw, ah = anchors[k]
             if max(bw / aw, aw / bw, bh / ah, ah / bh) < ratio:
                 found += [(int(b), slot, cj, ci, r) for ci, cj in cells]
     return found
@@ -47,19 +49,21 @@ def reference_rows(rows, mask, grid_hw, stride_xy, ratio, neighbours):
 
 def reference_ratio_loss(outputs, targets, config, options: LossConfig):
     nc, s = config.num_classes, config.scale_x_y
-    batch, in_h, in_w = outputs[0].shape[0], outputs[0].shape[2] * 32, outputs[0].shape[3] * 32
+    first = config.strides[0]
+    batch, in_h, in_w = outputs[0].shape[0], outputs[0].shape[2] * first, outputs[0].shape[3] * first
+    anchors = [tuple(a) for a in config.anchors]
     rows = targets.tolist()
     box = obj = cls = 0.0
     for head, (out, mask) in enumerate(zip(outputs, config.anchors_mask, strict=True)):
         a, (h, w) = len(mask), out.shape[2:]
         stride = (in_w / w, in_h / h)
         p = out.detach().float().view(batch, a, 5 + nc, h, w).permute(0, 1, 3, 4, 2).tolist()
-        found = reference_rows(rows, mask, (h, w), stride, options.anchor_ratio, options.neighbour_cells)
+        found = reference_rows(rows, mask, anchors, (h, w), stride, options.anchor_ratio, options.neighbour_cells)
         target = {}
         box_sum = cls_sum = 0.0
         for b, k, j, i, r in found:
             t = p[b][k][j][i]
-            loss = ciou_loss(decode(t, i, j, ANCHORS[mask[k]], stride, s), rows[r][2:])
+            loss = ciou_loss(decode(t, i, j, anchors[mask[k]], stride, s), rows[r][2:])
             box_sum += loss
             cls_sum += sum(bce(t[5 + c], float(c == int(rows[r][1]))) for c in range(nc))
             quality = max(1 - loss, 0.0) if options.obj_target == "iou" else 1.0
@@ -75,12 +79,24 @@ def reference_ratio_loss(outputs, targets, config, options: LossConfig):
                     for i in range(w):
                         t = p[b][k][j][i]
                         if (b, k, j, i) not in target and options.ignore_threshold < 1.0:
-                            pred = decode(t, i, j, ANCHORS[mask[k]], stride, s)
+                            pred = decode(t, i, j, anchors[mask[k]], stride, s)
                             if any(iou_xyxy(pred, g) > options.ignore_threshold for g in gts):
                                 continue
                         obj_sum, count = obj_sum + bce(t[4], target.get((b, k, j, i), 0.0)), count + 1
-        obj += (0.4, 1.0)[head] * options.obj_gain * in_h * in_w / 416 ** 2 * obj_sum / count
+        obj += HEAD_BALANCE[config.strides[head]] * options.obj_gain * in_h * in_w / 416 ** 2 * obj_sum / count
     return {"box": box, "obj": obj, "cls": cls, "total": box + obj + cls}, len(found)
+
+
+def test_ratio_assignment_with_three_heads_matches_reference():
+    """--heads 3 (strides 32, 16, 8; 9 anchors): the same assignment per head, the stride-8 head's balance."""
+    torch.manual_seed(13)
+    config = ModelConfig(classes=["a", "b", "c"], heads=3, input_shape=[256, 256], scale_x_y=2.0)
+    outputs = random_outputs(config, 2, (256, 256))
+    targets = random_targets(2, 5, 3, (256, 256))
+    got = YoloLoss(config, options=YOLOV5)(outputs, targets)
+    want, _ = reference_ratio_loss(outputs, targets, config, YOLOV5)
+    for key in want:
+        assert got[key].item() == pytest.approx(want[key], rel=1e-4, abs=1e-5), key
 
 
 @pytest.mark.parametrize("options,scale_x_y,input_hw", [
@@ -143,5 +159,5 @@ def test_options_are_checked():
         LossConfig(assign="nearest")
     with pytest.raises(ConfigError, match="neighbour_cells"):
         LossConfig(neighbour_cells=True)
-    with pytest.raises(ConfigError, match="unknown loss option"):
+    with pytest.raises(ConfigError, match="unknown --loss option"):
         LossConfig.from_dict({"gain": 1})

@@ -143,3 +143,56 @@ def test_committed_sample_matches_generator(tmp_path):
         else:
             assert data == committed[name], f"{name} differs: regenerate with the command in VOCdevkit/README.md"
     assert sum(len(d) for d in committed.values()) < 3_000_000
+
+
+def test_small_objects_profile_draws_many_small_shapes_on_large_canvases(tmp_path):
+    sample_data.generate(tmp_path, seed=0, images=3, profile=sample_data.SMALL_OBJECTS)
+    assert "--small-objects" in (tmp_path / "README.md").read_text()
+    for xml in sorted((tmp_path / "VOC2007" / "Annotations").glob("*.xml")):
+        (height, width), objects = read_objects(xml)
+        assert 1280 <= min(height, width) and max(height, width) <= 1920
+        if not objects:  # the one background image
+            continue
+        assert 15 <= len(objects) <= 50
+        sides = [max(o["box"][2] - o["box"][0], o["box"][3] - o["box"][1]) + 1 for o in objects if not o["truncated"]]
+        assert 14 <= min(sides) and max(sides) <= 50
+
+
+def test_video_truth_is_the_painted_extent_and_deterministic(tmp_path):
+    video, truth = sample_data.generate_video(tmp_path / "a", seed=2, frames=30, shapes=4)
+    _, again = sample_data.generate_video(tmp_path / "b", seed=2, frames=30, shapes=4)
+    assert truth.read_bytes() == again.read_bytes()
+    capture = cv2.VideoCapture(str(video))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 30
+    capture.release()
+    rows = [line.split(",") for line in truth.read_text().splitlines()]
+    assert rows and all(len(r) == 9 and 1 <= int(r[0]) <= 30 and 1 <= int(r[1]) <= 4 for r in rows)
+    assert all(float(r[8]) >= 0.4995 if r[6] == "1" else float(r[8]) <= 0.5 for r in rows)  # 3 decimals written
+    # Reference: on a flat background, the pixels a lone fully visible shape changes span its truth box.
+    rng = np.random.default_rng(7)
+    shapes = sample_data.moving_shapes(rng, 60, 1)
+    frame = next(f for f in range(60) if sample_data.video_truth(shapes, f)
+                 and sample_data.video_truth(shapes, f)[0].visibility == 1.0)
+    flat = np.full((*sample_data.VIDEO_SIZE, 3), 128, np.uint8)
+    for shape in shapes:
+        sample_data.blend(flat, shape.mask, shape.colour, *shape.corner(frame))
+    x1, y1, x2, y2 = painted_extent(flat, 128)
+    box = sample_data.video_truth(shapes, frame)[0].box
+    assert x1 <= box[0] <= x1 + 2 and y1 <= box[1] <= y1 + 2 and x2 - 2 <= box[2] <= x2 and y2 - 2 <= box[3] <= y2
+
+
+def test_video_truth_lowers_visibility_of_a_covered_shape():
+    mask = np.zeros((20, 20), np.uint8)
+    mask[2:18, 2:18] = 255
+    colour = np.zeros((20, 20, 3), np.float32)
+    first = sample_data.MovingShape(1, "square", mask, colour, 0, (100.0, 100.0), (0.0, 0.0))
+    second = sample_data.MovingShape(2, "square", mask, colour, 0, (108.0, 100.0), (0.0, 0.0))  # covers half of it
+    rows = {row.track_id: row for row in sample_data.video_truth([first, second], 0)}
+    assert rows[1].visibility == 0.5 and rows[2].visibility == 1.0 and rows[1].scored and rows[2].scored
+    edge = sample_data.MovingShape(3, "square", mask, colour, 0, (-12.0, 50.0), (0.0, 0.0))  # 6 of 16 columns in
+    assert sample_data.video_truth([edge], 0)[0].visibility == pytest.approx(6 / 16)
+
+
+def test_video_cli(tmp_path, capsys):
+    assert main(["--video", "--out", str(tmp_path), "--frames", "3", "--shapes", "2"]) == 0
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "shapes_gt.txt").is_file()

@@ -163,8 +163,9 @@ def test_patience_stops_at_the_expected_epoch_and_resume_says_so(tiny_voc, tmp_p
     assert [row["fitness"] for row in last["history"]] == [0.1, 0.3, 0.3, 0.2]
     messages = [r.getMessage() for r in caplog.records]
     assert messages[-1].startswith("stopped early after epoch 4 of 8") and "best.pth = epoch 2" in messages[-1]
-    for name in ("best.pth", "last.pth"):  # both complete training checkpoints
-        assert {"model", "ema", "optimizer", "config", "train_config"} <= set(load_checkpoint(run_dir / name))
+    assert {"model", "ema", "optimizer", "config", "train_config"} <= set(last)  # resumable
+    assert {"model", "config", "train_config", "metrics"} <= set(best) and "optimizer" not in best  # kept to use
+    assert best["metrics"]["epoch"] == 2 and best["metrics"]["fitness"] == 0.3
     # resume: already stopped, nothing trained
     caplog.clear()
     train(tiny_config(tiny_voc, tmp_path), resume=str(run_dir))

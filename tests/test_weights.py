@@ -34,7 +34,7 @@ def test_a_checkpoint_is_read_once_and_rebuilds_its_model(tmp_path, state, monke
     assert loaded.config == CONFIG and loaded.onnx is None and loaded.runnable is loaded.model
     assert not loaded.model.training and loaded.device == torch.device("cpu")
     assert all(torch.equal(v, state[k]) for k, v in loaded.model.state_dict().items())
-    assert isinstance(loaded.detector(amp=False), Detector)
+    assert isinstance(loaded.detector(precision="fp32"), Detector)
 
 
 def test_bare_state_dicts_need_names_and_take_phi_and_input_shape(tmp_path, state):

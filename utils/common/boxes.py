@@ -5,10 +5,13 @@ Images in this project are RGB uint8 arrays of shape (H, W, 3) until a batch is 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # only tensors' own methods are called here: importing torch is left to the callers (fast --help)
+    import torch
 
 LETTERBOX_FILL = 128  # the grey the reference implementation pads with
 

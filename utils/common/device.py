@@ -1,14 +1,12 @@
-"""Device selection and the mixed-precision policy shared by training, evaluation and inference."""
+"""Device selection and the precision policy (--precision) shared by training, evaluation and inference."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import os
-import time
 
 import torch
 
+from utils.common.cli import PRECISIONS
 from utils.common.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
@@ -31,70 +29,52 @@ def select_device(name: str | None = None) -> torch.device:
 
 
 def cpu_supports_bf16() -> bool:
-    """True when oneDNN has native bf16 kernels on this CPU (AVX-512 BF16 or AMX), where bf16 autocast pays off."""
+    """True when oneDNN has native bf16 kernels on this CPU (AVX-512 BF16 or AMX). Informative only (benchmarks):
+    whether bf16 is used is the command's choice (--precision), never this."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 
 
-@functools.lru_cache(maxsize=2)
-def _conv_and_input(dtype: torch.dtype) -> tuple[torch.nn.Module, torch.Tensor]:
-    """A YOLO-sized 3x3 convolution (64 -> 64 channels, 52x52, batch 4, channels_last) and its input."""
-    with torch.random.fork_rng(devices=[]):  # leave the caller's random stream (seeded training) untouched
-        conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(dtype, memory_format=torch.channels_last)
-        x = torch.randn(4, 64, 52, 52).to(dtype).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        conv(x)  # first call: kernel selection and weight reorder
-    return conv, x
+# --precision: 'auto' is a fixed rule of the device, never a timing (a score must not depend on how busy the machine
+# was when a command started): CUDA autocasts to bf16 where the GPU supports it, else fp16 (with loss scaling when
+# training); every other device runs fp32. bf16/fp16 on a CPU are honoured when asked for explicitly. PRECISIONS (the
+# choices of --precision) is defined next to the flag, in utils.common.cli, which --help reads without torch.
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _conv_seconds(dtype: torch.dtype) -> float:
-    conv, x = _conv_and_input(dtype)
-    with torch.no_grad():
-        start = time.perf_counter()
-        conv(x)
-        return time.perf_counter() - start
+def resolve_precision(device: torch.device | str, requested: str = "auto") -> str:
+    """The precision a command runs in on `device`: 'fp32', 'bf16' or 'fp16' (see PRECISIONS)."""
+    device = torch.device(device)
+    choice = str(requested).strip().lower()
+    if choice not in PRECISIONS:
+        raise ConfigError(f"--precision {requested!r} is not a precision; use one of {', '.join(PRECISIONS)}")
+    if choice == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if choice == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16; use fp16 or fp32")
+    return choice
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_bf16_is_faster(min_speedup: float = 1.15) -> bool:
-    """Time one YOLO-sized 3x3 convolution in fp32 and in bf16 on this CPU (about 0.1 s, once per process).
-
-    Native bf16 instructions do not guarantee faster kernels: on some CPUs oneDNN's bf16 convolutions run at half
-    the fp32 speed. YOLO_CPU_BF16=1 or 0 skips the measurement and forces the choice.
-    """
-    forced = os.environ.get("YOLO_CPU_BF16")
-    if forced in ("0", "1"):
-        return forced == "1"
-    if not cpu_supports_bf16():
-        return False
-    seconds = {dtype: _conv_seconds(dtype) for dtype in (torch.float32, torch.bfloat16)}
-    for _ in range(4):  # interleaved rounds, keeping each dtype's fastest: a busy moment must not decide the policy
-        for dtype in seconds:
-            seconds[dtype] = min(seconds[dtype], _conv_seconds(dtype))
-    speedup = seconds[torch.float32] / seconds[torch.bfloat16]
-    LOGGER.info("CPU bf16 convolution speed-up %.2fx: %s bf16 autocast", speedup,
-                "using" if speedup >= min_speedup else "not using")
-    return speedup >= min_speedup
+def precision_note(device: torch.device, requested: str, precision: str) -> str:
+    """One line for the log: what runs, and why."""
+    how = f"--precision {requested}" if requested != "auto" else f"auto on {device.type}"
+    hint = "; --precision bf16 asks for bf16 autocast" if requested == "auto" and device.type == "cpu" else ""
+    return f"precision: {precision} ({how}{hint})"
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype worth using on `device`, or None for plain fp32.
-
-    CUDA: bf16 where supported (no loss scaling needed), else fp16. CPU: bf16 only where its kernels are measurably
-    faster than fp32 (see cpu_bf16_is_faster); emulated or slow bf16 would only cost accuracy.
-    """
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_bf16_is_faster():
-        return torch.bfloat16
-    return None
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved precision ('fp32' -> None)."""
+    return AUTOCAST_DTYPES[precision]
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """One autocast path for every device: a no-op when disabled or when the device gains nothing from it."""
-    dtype = autocast_dtype(device) if enabled else None
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """One autocast path for every device: a no-op for 'fp32', torch.autocast for 'bf16' / 'fp16'. `precision` is a
+    resolved one (resolve_precision), so the same command always computes in the same precision."""
+    dtype = AUTOCAST_DTYPES[precision]
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)

@@ -15,13 +15,17 @@ import os
 import re
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
+from utils.common.atomic import write_bytes_atomic
 from utils.common.errors import ConfigError, UserError
 from utils.common.paths import is_regular_file
+
+if TYPE_CHECKING:
+    import torch
 
 # IMREAD_COLOR always yields 3-channel uint8 BGR: grey is replicated, alpha dropped, 16-bit scaled (>> 8) and CMYK
 # converted by libjpeg. IGNORE_ORIENTATION keeps the stored pixel grid (see module docstring).
@@ -337,24 +341,29 @@ def image_size(path: str | Path) -> tuple[int, int] | None:
 
 
 def write_image(path: str | Path, image: np.ndarray) -> None:
-    """Save an RGB uint8 image, format by suffix (.jpg when none); imencode + tofile, so non-ASCII paths work on every
-    platform (cv2.imwrite fails on them on Windows)."""
+    """Save an RGB uint8 image, format by suffix (.jpg when none); imencode then Python's own file writing, so
+    non-ASCII paths work on every platform (cv2.imwrite fails on them on Windows). Written under a temporary name and
+    renamed: a run killed mid-write leaves no truncated picture that looks like a result."""
     path = Path(path)
     ok, data = cv2.imencode(path.suffix or ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"OpenCV could not encode {path}")
-    data.tofile(str(path))
+    write_bytes_atomic(path, data.tobytes())
 
 
 def to_model_input(images: torch.Tensor | np.ndarray, device: torch.device | None = None,
-                   memory_format: torch.memory_format = torch.channels_last) -> torch.Tensor:
+                   memory_format: torch.memory_format | None = None) -> torch.Tensor:
     """uint8 RGB images -> float32 Tensor[B, 3, H, W] in [0, 1] on `device`, laid out as `memory_format`: the one
     conversion of training, evaluation, inference and ONNX input.
 
     `images` is a Tensor[B, 3, H, W] (a DataLoader batch) or an ndarray[B, H, W, 3] of letterboxed canvases (seen as
     NCHW in channels_last layout, without a copy). Cast and layout change happen in one pass (copy_), then one
     in-place division: as fast as numpy's fused divide for ONNX input, faster than cast-divide-relayout elsewhere.
+    `memory_format` None is channels_last.
     """
+    import torch  # here, not at the top: the commands read this module (--max-pixels) before their work imports torch
+
+    memory_format = torch.channels_last if memory_format is None else memory_format
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images).permute(0, 3, 1, 2)
     if device is not None:

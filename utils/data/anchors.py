@@ -90,10 +90,11 @@ def anchor_fitness(wh: np.ndarray, anchors: np.ndarray) -> tuple[float, float]:
     return float(wh_iou(wh, anchors).max(axis=1).mean()), bpr
 
 
-def check_anchors(wh: np.ndarray, anchors: np.ndarray, threshold: float = 0.98) -> float:
+def check_anchors(wh: np.ndarray, anchors: np.ndarray, threshold: float = 0.98, total: int = 6) -> float:
     """Log the anchors' best-possible recall on box sizes [N, 2]; warn below `threshold`. Returns the BPR.
 
-    Pass the anchors the heads use (ModelConfig.used_anchors()): the stock masks leave anchor 0 out.
+    Pass the anchors the heads use (ModelConfig.used_anchors()): the stock masks leave anchor 0 out. `total`: how
+    many anchors the model has in all (6 for two heads, 9 for three), the number the advice asks k-means for.
     """
     mean_iou, bpr = anchor_fitness(wh, anchors)
     LOGGER.info("anchors: best-possible recall %.4f, mean best IoU %.4f over %d boxes", bpr, mean_iou, len(wh))
@@ -101,8 +102,8 @@ def check_anchors(wh: np.ndarray, anchors: np.ndarray, threshold: float = 0.98) 
         LOGGER.warning(
             "anchors fit the training boxes poorly: best-possible recall %.4f < %.2f (%.1f%% of boxes have no anchor "
             "within %gx in width and height). Compute anchors for this data with: python -m utils.anchors --data "
-            "<dataset> -n 6 --input-shape <size> --out model_data/my_anchors.txt, then train with --anchors that "
-            "file", bpr, threshold, 100 * (1 - bpr), MAX_RATIO)
+            "<dataset> -n %d --input-shape <size> --out model_data/my_anchors.txt, then train with --anchors that "
+            "file", bpr, threshold, 100 * (1 - bpr), MAX_RATIO, total)
     return bpr
 
 

@@ -12,12 +12,15 @@ a single warp is both closer to the reference and about twice as fast (see bench
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import albumentations as A
 import cv2
 import numpy as np
 
 from utils.common.boxes import LETTERBOX_FILL
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 
 @dataclass
@@ -51,6 +54,8 @@ def colour_jitter(config: AugmentConfig) -> A.ColorJitter | None:
     """The HSV jitter as an albumentations transform (None when all strengths are 0)."""
     if config.hsv_h == config.hsv_s == config.hsv_v == 0:
         return None
+    import albumentations as A  # here: train.py --help reads AugmentConfig's defaults without importing it (~1.5 s)
+
     return A.ColorJitter(brightness=config.hsv_v, contrast=0.0, saturation=config.hsv_s, hue=config.hsv_h, p=1.0)
 
 

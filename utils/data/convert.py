@@ -13,6 +13,12 @@ SRC is anything `--data` accepts (utils.data.index.load_split). What is kept:
 Images are copied (`--link`: hard-linked where the file system allows, else copied); SRC is never written to, and
 DST must be a new or empty folder outside SRC. File names are made safe and unique
 (utils.common.filenames.unique_stems).
+
+DST appears only complete: everything is written into a work folder beside it (`.<DST name>.converting`, marked
+unfinished by a file the loaders refuse: utils.data.index.UNFINISHED_MARKER), which becomes DST by one rename once
+`convert.json` (what was converted, and that it is complete) is written. A killed conversion leaves only the work
+folder: the same command run again starts it over and finishes; another command is refused with one line naming
+the folder; train.py and eval.py refuse the folder instead of training on the images written so far.
 """
 from __future__ import annotations
 
@@ -31,12 +37,13 @@ import yaml
 from utils.common.cli import run_command, setup_logging
 from utils.common.errors import ConfigError, MissingFileError
 from utils.common.filenames import unique_stems
-from utils.data.formats.yolo import is_yolo_source, read_source
-from utils.data.index import DatasetIndex, ImageRecord, load_split
+from utils.data.formats import detect_format
+from utils.data.index import UNFINISHED_MARKER, DatasetIndex, ImageRecord, load_split
 
 LOGGER = logging.getLogger("convert")
 FORMATS = ("voc", "coco", "yolo")
 SPLIT_ORDER = ("train", "val", "test")
+MANIFEST = "convert.json"  # written last into a destination: what was converted, and that it is complete
 
 
 @dataclass
@@ -66,17 +73,9 @@ class Report:
 # ---------------------------------------------------------------------------------------------------------- reading
 def stated_splits(src: Path) -> list[str]:
     """The splits a source states (without generating or writing any): a subset of train/val/test, or ['all']."""
-    if is_yolo_source(src):
-        found = list(read_source(src).splits)
-    elif src.is_file():
-        found = []
-    elif (src / "annotations").is_dir() and any((src / "annotations").glob("instances_*.json")):
-        found = [s for s in SPLIT_ORDER if any((src / "annotations").glob(f"instances_{s}*.json"))]
-    else:
-        years = [src] if (src / "ImageSets").is_dir() else [p for p in src.glob("*") if (p / "ImageSets").is_dir()]
-        found = [s for s in SPLIT_ORDER if any((y / "ImageSets" / "Main" / f"{s}.txt").is_file() for y in years)]
-    found = [s for s in SPLIT_ORDER if s in found]
-    return found or ["all"]
+    _, reader = detect_format(Path(src))
+    found = reader.stated_splits(Path(src))
+    return [s for s in SPLIT_ORDER if s in found] or ["all"]
 
 
 def read_dataset(src: Path) -> tuple[list[str], dict[str, DatasetIndex]]:
@@ -197,7 +196,8 @@ WRITERS = {"voc": write_voc, "coco": write_coco, "yolo": write_yolo}
 
 
 def convert(src: str | Path, dst: str | Path, to: str, link: bool = False) -> Report:
-    """Convert the dataset at `src` into format `to` under the new folder `dst`; returns what was done."""
+    """Convert the dataset at `src` into format `to` under the new folder `dst`; returns what was done. `dst`
+    appears complete or not at all (see the module docstring)."""
     src, dst = Path(src), Path(dst)
     if to not in WRITERS:
         raise ConfigError(f"--to {to!r}: choose one of {', '.join(FORMATS)}")
@@ -208,7 +208,57 @@ def convert(src: str | Path, dst: str | Path, to: str, link: bool = False) -> Re
         raise ConfigError(f"{dst} is inside the source {src}; write the converted dataset somewhere else")
     if dst.exists() and any(dst.iterdir()):
         raise ConfigError(f"{dst} exists and is not empty; give a new folder")
+    request = {"source": str(src.resolve()), "to": to, "link": link}
     classes, indexes = read_dataset(src)
+    work = _start_work_folder(dst, request)
+    report = _write(work, classes, indexes, to, link)
+    manifest = {**request, "complete": True, "images": report.images, "objects": report.objects,
+                "splits": {split: len(index.records) for split, index in indexes.items()}}
+    (work / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    (work / UNFINISHED_MARKER).unlink()
+    _publish(work, dst)
+    return report
+
+
+def _work_folder(dst: Path) -> Path:
+    return dst.parent / f".{dst.name}.converting"
+
+
+def _start_work_folder(dst: Path, request: dict) -> Path:
+    """A new work folder for `dst`, marked unfinished. One left by an interrupted run of the same command is
+    started over (it is ours: its marker says so); one of another command is refused with one line."""
+    work = _work_folder(dst)
+    if work.exists():
+        recorded = _recorded_request(work)
+        if recorded != request:
+            what = (f"an unfinished conversion of {recorded['source']} to {recorded['to']}" if recorded
+                    else "files that are not an unfinished conversion")
+            raise ConfigError(f"{work} holds {what}; re-run that command to finish it, or delete {work}")
+        LOGGER.warning("%s: an interrupted conversion of the same source; starting it over", work)
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    (work / UNFINISHED_MARKER).write_text(json.dumps(request), encoding="utf-8")
+    return work
+
+
+def _recorded_request(work: Path) -> dict | None:
+    """What the work folder's unfinished marker records ({source, to, link}), or None when it has none."""
+    try:
+        recorded = json.loads((work / UNFINISHED_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {key: recorded.get(key) for key in ("source", "to", "link")} if isinstance(recorded, dict) else None
+
+
+def _publish(work: Path, dst: Path) -> None:
+    """Rename the finished work folder to `dst` (an empty `dst` the user made is replaced)."""
+    if dst.exists():
+        dst.rmdir()  # empty (checked before converting)
+    os.replace(work, dst)
+
+
+def _write(work: Path, classes: list[str], indexes: dict[str, DatasetIndex], to: str, link: bool) -> Report:
+    """Write every record of `indexes` into `work` in format `to`; returns what was done."""
     report = Report()
     records = [(split, r) for split, index in indexes.items() for r in index.records]
     names = unique_stems([r.path.stem for _, r in records], fallback="image")
@@ -219,8 +269,7 @@ def convert(src: str | Path, dst: str | Path, to: str, link: bool = False) -> Re
         report.objects += len(record.ground_truth().labels)
     if "all" in splits and to != "yolo":
         report.note = "the source states no splits: written as one set (the loaders make splits on the fly)"
-    dst.mkdir(parents=True, exist_ok=True)
-    WRITERS[to](dst, classes, splits, link, report)
+    WRITERS[to](work, classes, splits, link, report)
     return report
 
 

@@ -1,11 +1,19 @@
 """Deterministic synthetic Pascal VOC sample: coloured shapes on mildly textured backgrounds.
 
     python -m utils.sample_data [--out VOCdevkit] [--seed 0] [--images 120] [--quality 85]
+    python -m utils.sample_data --small-objects --out small_objects --images 40     # large canvases, small shapes
+    python -m utils.sample_data --video --out shapes_video --frames 300              # moving shapes + MOT truth
 
 writes `<out>/VOC2007/{Annotations,JPEGImages,ImageSets/Main}` and `<out>/README.md`. The same seed gives
 byte-identical files (numpy Generator, OpenCV drawing, cv2.imencode, ElementTree), so the committed sample can be
 regenerated and checked. Boxes follow the VOC convention: integer, 1-based, inclusive pixel indices, i.e. an object
 covering 0-based pixel columns c0..c1 has xmin = c0 + 1 and xmax = c1 + 1 (continuous box [xmin - 1, xmax]).
+
+`--small-objects` (the SMALL_OBJECTS profile) draws 20-50 shapes of 20-48 px on 1280-1920 px canvases: what sliced
+inference is for. Its shapes have the sizes the bundled sample's model learned at 320 px, so slicing such a canvas
+into 320 px tiles shows them at a scale the model knows, while letterboxing the whole canvas to 320 px shrinks them
+to 3-12 px. `--video` writes `shapes.mp4`, shapes that enter, cross and leave the frame, and `shapes_gt.txt`, their
+true boxes in the MOTChallenge ground-truth format (see `video_truth`), for measuring a tracker.
 """
 from __future__ import annotations
 
@@ -19,6 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.common.cli import CommandParser, NumberRange, random_seed
+
 LOGGER = logging.getLogger(__name__)
 
 CLASSES = ("circle", "square", "triangle")
@@ -31,6 +41,21 @@ TRUNCATE_PROB = 0.08            # objects deliberately pushed over the border; <
 MIN_VISIBLE = 12                # px; a smaller visible box is not annotated, the shape is redrawn
 MAX_OVERLAP = 0.3               # intersection / smaller box area allowed between two objects
 JPEG_QUALITY = 85
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a generated image looks like: side range (px, drawn per side), object extent range (px, log-uniform),
+    objects per image (inclusive range) and the smallest visible box side that is annotated."""
+
+    size_range: tuple[int, int]
+    object_range: tuple[int, int]
+    objects: tuple[int, int]
+    min_visible: int
+
+
+BUNDLED = Profile(SIZE_RANGE, OBJECT_RANGE, (1, 5), MIN_VISIBLE)
+SMALL_OBJECTS = Profile((1280, 1920), (20, 48), (20, 50), 10)
 
 
 @dataclass(frozen=True)
@@ -87,16 +112,6 @@ def object_colour(rng: np.random.Generator, name: str, side: int) -> np.ndarray:
     return (base * light[..., None] + rng.normal(0, 4, size=(side, side, 3))).astype(np.float32)
 
 
-def place(patch: np.ndarray, x0: int, y0: int, height: int, width: int) -> np.ndarray:
-    """Put `patch` with its top-left corner at (x0, y0) on a zero (height, width, ...) canvas, cropping the overhang."""
-    canvas = np.zeros((height, width) + patch.shape[2:], patch.dtype)
-    px0, py0 = max(0, -x0), max(0, -y0)
-    px1, py1 = min(patch.shape[1], width - x0), min(patch.shape[0], height - y0)
-    if px1 > px0 and py1 > py0:
-        canvas[y0 + py0:y0 + py1, x0 + px0:x0 + px1] = patch[py0:py1, px0:px1]
-    return canvas
-
-
 def random_corner(rng: np.random.Generator, side: int, height: int, width: int) -> tuple[int, int]:
     """Top-left corner for a side x side patch: inside the image, or now and then pushed over one border."""
     x0, y0 = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
@@ -120,36 +135,68 @@ def overlaps(box: tuple[int, int, int, int], others: list[tuple[int, int, int, i
 
 
 def add_object(rng: np.random.Generator, image: np.ndarray, boxes: list[tuple[int, int, int, int]],
-               attempts: int = 30) -> SampleObject | None:
+               attempts: int = 30, profile: Profile = BUNDLED) -> SampleObject | None:
     """Draw one random shape into `image` (in place) where it does not overlap `boxes` much; None if no room."""
     height, width = image.shape[:2]
     for _ in range(attempts):
         name = CLASSES[int(rng.integers(len(CLASSES)))]
-        size = min(int(np.exp(rng.uniform(*np.log(OBJECT_RANGE)))), int(0.6 * min(height, width)))
+        size = min(int(np.exp(rng.uniform(*np.log(profile.object_range)))), int(0.6 * min(height, width)))
         mask = shape_mask(rng, name, size)
         x0, y0 = random_corner(rng, mask.shape[0], height, width)
-        visible = place(mask, x0, y0, height, width)
-        ys, xs = np.nonzero(visible >= 128)
-        if len(xs) == 0:
+        box = visible_box(mask, x0, y0, height, width)
+        if box is None or min(box[2] - box[0], box[3] - box[1]) < profile.min_visible or overlaps(box, boxes):
             continue
-        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)  # continuous pixel edges
-        if min(box[2] - box[0], box[3] - box[1]) < MIN_VISIBLE or overlaps(box, boxes):
-            continue
-        alpha = visible[..., None].astype(np.float32) / 255
-        colour = place(object_colour(rng, name, mask.shape[0]), x0, y0, height, width)
-        image[:] = np.clip(image * (1 - alpha) + colour * alpha, 0, 255).astype(np.uint8)
+        shown = blend(image, mask, object_colour(rng, name, mask.shape[0]), x0, y0)
         boxes.append(box)
-        shown = len(xs) / np.count_nonzero(mask >= 128)
         return SampleObject(name, (box[0] + 1, box[1] + 1, box[2], box[3]), shown < 1, shown < 0.5)
     return None
 
 
-def make_image(rng: np.random.Generator, with_objects: bool) -> tuple[np.ndarray, list[SampleObject]]:
-    """One RGB uint8 image of random size with 1-5 objects (or none) and their annotations."""
-    height, width = (int(s) for s in rng.integers(SIZE_RANGE[0], SIZE_RANGE[1] + 1, size=2))
+def patch_window(x0: int, y0: int, side: int, height: int, width: int) -> tuple[slice, slice, slice, slice] | None:
+    """(canvas rows, canvas columns, patch rows, patch columns) where a side x side patch with its top-left corner at
+    (x0, y0) meets a height x width canvas; None when it lies wholly outside."""
+    px0, py0 = max(0, -x0), max(0, -y0)
+    px1, py1 = min(side, width - x0), min(side, height - y0)
+    if px1 <= px0 or py1 <= py0:
+        return None
+    return slice(y0 + py0, y0 + py1), slice(x0 + px0, x0 + px1), slice(py0, py1), slice(px0, px1)
+
+
+def visible_box(mask: np.ndarray, x0: int, y0: int, height: int, width: int) -> tuple[int, int, int, int] | None:
+    """The continuous-edge box (x1, y1, x2, y2) of the mask pixels >= 128 that fall inside the canvas, or None."""
+    window = patch_window(x0, y0, mask.shape[0], height, width)
+    if window is None:
+        return None
+    rows, cols, patch_rows, patch_cols = window
+    ys, xs = np.nonzero(mask[patch_rows, patch_cols] >= 128)
+    if len(xs) == 0:
+        return None
+    return (cols.start + int(xs.min()), rows.start + int(ys.min()), cols.start + int(xs.max()) + 1,
+            rows.start + int(ys.max()) + 1)
+
+
+def blend(image: np.ndarray, mask: np.ndarray, colour: np.ndarray, x0: int, y0: int) -> float:
+    """Paint `colour` (float32 [side, side, 3]) through `mask` at (x0, y0) into `image` in place, only where the
+    patch meets the canvas (the same pixels as blending whole canvases, much faster on large ones); returns the
+    fraction of the shape's pixels that are inside the canvas."""
+    window = patch_window(x0, y0, mask.shape[0], *image.shape[:2])
+    if window is None:
+        return 0.0
+    rows, cols, patch_rows, patch_cols = window
+    alpha = mask[patch_rows, patch_cols, None].astype(np.float32) / 255
+    region = image[rows, cols]
+    image[rows, cols] = np.clip(region * (1 - alpha) + colour[patch_rows, patch_cols] * alpha, 0, 255).astype(np.uint8)
+    return np.count_nonzero(mask[patch_rows, patch_cols] >= 128) / np.count_nonzero(mask >= 128)
+
+
+def make_image(rng: np.random.Generator, with_objects: bool, profile: Profile = BUNDLED
+               ) -> tuple[np.ndarray, list[SampleObject]]:
+    """One RGB uint8 image of random size with profile.objects objects (or none) and their annotations."""
+    height, width = (int(s) for s in rng.integers(profile.size_range[0], profile.size_range[1] + 1, size=2))
     image = make_background(rng, height, width)
     boxes: list[tuple[int, int, int, int]] = []
-    objects = [add_object(rng, image, boxes) for _ in range(int(rng.integers(1, 6)) if with_objects else 0)]
+    count = int(rng.integers(profile.objects[0], profile.objects[1] + 1)) if with_objects else 0
+    objects = [add_object(rng, image, boxes, profile=profile) for _ in range(count)]
     return image, [o for o in objects if o is not None]
 
 
@@ -200,30 +247,40 @@ def prepare_output(out: Path) -> Path:
     return voc
 
 
-def readme_text(seed: int, quality: int, splits: dict[str, list[str]], counts: dict[str, int]) -> str:
+def readme_text(seed: int, quality: int, splits: dict[str, list[str]], counts: dict[str, int],
+                profile: Profile = BUNDLED, out_name: str = "VOCdevkit") -> str:
     """VOCdevkit/README.md: what the sample is, how to regenerate it, how to swap in real VOC."""
     images = len(splits["trainval"]) + len(splits["test"])
+    low, high = profile.size_range
+    small = profile == SMALL_OBJECTS
+    purpose = ("Large canvases with small shapes (the SMALL_OBJECTS profile of utils/data/sample_data.py), to measure "
+               "sliced\ninference: `eval.py --slice 320` against `eval.py`." if small else
+               "A small synthetic Pascal VOC dataset, so that `python train.py --phi 2` runs on a fresh clone without "
+               "a download.")
+    command = f"python -m utils.sample_data --small-objects --out {out_name}" if small else (
+        "python -m utils.sample_data --out VOCdevkit")
     sizes = ", ".join(f"{name} {len(ids)}" for name, ids in splits.items())
     objects = ", ".join(f"{name} {counts[name]}" for name in CLASSES)
     return f"""{README_TITLE}
 
-A small synthetic Pascal VOC dataset, so that `python train.py --phi 2` runs on a fresh clone without a download.
+{purpose}
 
-- {images} JPEG images of 320-512 px per side; splits in `VOC2007/ImageSets/Main/`: {sizes}.
+- {images} JPEG images of {low}-{high} px per side; splits in `VOC2007/ImageSets/Main/`: {sizes}.
 - {len(CLASSES)} classes, each a shape with its own colour: {objects} objects; {counts['difficult']} difficult
   (mostly outside the image), {counts['truncated']} truncated; {counts['background']} images without objects.
 - Boxes are VOC-style integer, 1-based, inclusive pixel indices: the object covers 0-based pixel columns
   `xmin - 1 .. xmax - 1`, i.e. the continuous box `[xmin - 1, xmax]`.
 
 Regenerate (same seed, same bytes):
-`python -m utils.sample_data --out VOCdevkit --seed {seed} --images {images} --quality {quality}`
+`{command} --seed {seed} --images {images} --quality {quality}`
 
 Train on real data instead: delete this folder and put the official devkit here, e.g. `VOCdevkit/VOC2007` and
 `VOCdevkit/VOC2012`, each with `Annotations/`, `JPEGImages/` and `ImageSets/Main/` as extracted from the VOC tar files.
 """
 
 
-def generate(out: Path, seed: int = 0, images: int = 120, quality: int = JPEG_QUALITY) -> dict[str, list[str]]:
+def generate(out: Path, seed: int = 0, images: int = 120, quality: int = JPEG_QUALITY, profile: Profile = BUNDLED
+             ) -> dict[str, list[str]]:
     """Write the sample into `out` (see module docstring); return the splits as {name: sorted image ids}."""
     if images < 3 or seed < 0:
         raise ValueError(f"need at least 3 images (got {images}) and a non-negative seed (got {seed})")
@@ -234,7 +291,7 @@ def generate(out: Path, seed: int = 0, images: int = 120, quality: int = JPEG_QU
     counts = dict.fromkeys([*CLASSES, "difficult", "truncated"], 0) | {"background": len(background)}
     for index, image_id in enumerate(ids):
         # Each image has its own stream, so image k looks the same whatever --images is.
-        image, objects = make_image(np.random.default_rng([seed, index]), index not in background)
+        image, objects = make_image(np.random.default_rng([seed, index]), index not in background, profile)
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise RuntimeError(f"OpenCV could not encode {image_id}.jpg")
@@ -247,25 +304,182 @@ def generate(out: Path, seed: int = 0, images: int = 120, quality: int = JPEG_QU
     splits = split_ids(rng, ids)
     for name, split in splits.items():
         (voc / "ImageSets" / "Main" / f"{name}.txt").write_text("".join(f"{i}\n" for i in split), encoding="utf-8")
-    (out / "README.md").write_text(readme_text(seed, quality, splits, counts), encoding="utf-8")
+    (out / "README.md").write_text(readme_text(seed, quality, splits, counts, profile, out.name), encoding="utf-8")
     return splits
 
 
+# ------------------------------------------------------------------------------------------------------------ video
+VIDEO_SIZE = (384, 512)  # height, width
+VIDEO_OBJECT_RANGE = (36, 80)  # px, log-uniform: the bundled sample's sizes once letterboxed from 512 to 320
+VIDEO_SPEED = (1.5, 4.0)  # px per frame
+VIDEO_FPS = 25.0
+MIN_TRUTH_VISIBILITY = 0.5  # less visible (cut by the border, hidden behind another shape): an ignored truth row
+
+
+@dataclass(frozen=True)
+class MovingShape:
+    """A shape that enters the frame at frame `start` from outside a border and moves in a straight line: the top-left
+    corner of its patch is at origin + velocity * (frame - start). `mask` uint8 [s, s], `colour` float32 [s, s, 3]."""
+
+    track_id: int
+    name: str
+    mask: np.ndarray
+    colour: np.ndarray
+    start: int
+    origin: tuple[float, float]
+    velocity: tuple[float, float]
+
+    def corner(self, frame: int) -> tuple[int, int]:
+        steps = frame - self.start
+        return (int(round(self.origin[0] + self.velocity[0] * steps)),
+                int(round(self.origin[1] + self.velocity[1] * steps)))
+
+
+def moving_shapes(rng: np.random.Generator, frames: int, count: int, height: int = VIDEO_SIZE[0],
+                  width: int = VIDEO_SIZE[1]) -> list[MovingShape]:
+    """`count` shapes entering from random borders at random frames (the first few already inside at frame 0), each
+    crossing the frame at its own speed and direction; track ids 1..count in order of appearance."""
+    shapes = []
+    starts = np.sort(rng.integers(-frames // 4, max(1, frames - 40), size=count))
+    for track_id, start in enumerate(starts.tolist(), 1):
+        name = CLASSES[int(rng.integers(len(CLASSES)))]
+        size = int(np.exp(rng.uniform(*np.log(VIDEO_OBJECT_RANGE))))
+        mask = shape_mask(rng, name, size)
+        side = mask.shape[0]
+        speed, border = rng.uniform(*VIDEO_SPEED), int(rng.integers(4))
+        lateral = rng.uniform(-0.5, 0.5) * speed  # across the main direction
+        along = [rng.uniform(0, width - side), rng.uniform(0, height - side)]
+        entries = {0: ((-side, along[1]), (speed, lateral)), 1: ((width, along[1]), (-speed, lateral)),  # left, right
+                   2: ((along[0], -side), (lateral, speed)), 3: ((along[0], height), (lateral, -speed))}  # top, bottom
+        origin, velocity = entries[border]
+        if start < 0:  # already in the frame at frame 0: moved on by -start frames, then seen from frame 0
+            origin = (origin[0] - velocity[0] * start, origin[1] - velocity[1] * start)
+            start = 0
+        shapes.append(MovingShape(track_id, name, mask, object_colour(rng, name, side), int(start), origin, velocity))
+    return shapes
+
+
+@dataclass(frozen=True)
+class TruthRow:
+    """One shape in one frame: continuous-edge box (x1, y1, x2, y2) of its visible part, and the fraction of its
+    pixels that are seen (not cut by the border, not hidden behind a shape drawn later)."""
+
+    frame: int
+    track_id: int
+    label: int
+    box: tuple[int, int, int, int]
+    visibility: float
+
+    @property
+    def scored(self) -> bool:
+        return self.visibility >= MIN_TRUTH_VISIBILITY
+
+
+def video_truth(shapes: list[MovingShape], frame: int, height: int = VIDEO_SIZE[0], width: int = VIDEO_SIZE[1]
+                ) -> list[TruthRow]:
+    """The shapes seen in `frame` (0-based), drawn in track order so later ones cover earlier ones."""
+    owner = np.zeros((height, width), np.int32)  # track id of the shape on top at each pixel, 0 = background
+    placed = []
+    for shape in shapes:
+        if frame < shape.start:
+            continue
+        x0, y0 = shape.corner(frame)
+        box = visible_box(shape.mask, x0, y0, height, width)
+        window = patch_window(x0, y0, shape.mask.shape[0], height, width)
+        if box is None or window is None:
+            continue
+        rows, cols, patch_rows, patch_cols = window
+        owner[rows, cols][shape.mask[patch_rows, patch_cols] >= 128] = shape.track_id
+        placed.append((shape, box))
+    rows = []
+    for shape, box in placed:
+        visibility = np.count_nonzero(owner == shape.track_id) / np.count_nonzero(shape.mask >= 128)
+        rows.append(TruthRow(frame, shape.track_id, CLASSES.index(shape.name), box, float(visibility)))
+    return rows
+
+
+def render_frame(rng: np.random.Generator, background: np.ndarray, shapes: list[MovingShape], frame: int
+                 ) -> np.ndarray:
+    """RGB uint8 frame: the still background with faint fresh noise (a camera's), the shapes drawn in track order."""
+    noisy = background.astype(np.float32) + rng.normal(0, 2, size=background.shape).astype(np.float32)
+    image = np.clip(noisy, 0, 255).astype(np.uint8)
+    for shape in shapes:
+        if frame >= shape.start:
+            blend(image, shape.mask, shape.colour, *shape.corner(frame))
+    return image
+
+
+def mot_truth_line(row: TruthRow) -> str:
+    """MOTChallenge ground truth: frame (1-based), id, left, top, width, height, scored (1) or ignored (0), class
+    (this project's 0-based index), visibility."""
+    x1, y1, x2, y2 = row.box
+    return f"{row.frame + 1},{row.track_id},{x1},{y1},{x2 - x1},{y2 - y1},{int(row.scored)},{row.label}," \
+           f"{row.visibility:.3f}"
+
+
+def generate_video(out: Path, seed: int = 0, frames: int = 300, shapes: int = 24) -> tuple[Path, Path]:
+    """Write `out`/shapes.mp4 (mp4v, VIDEO_FPS) and `out`/shapes_gt.txt (see mot_truth_line); returns both paths."""
+    if frames < 2 or shapes < 1 or seed < 0:
+        raise ValueError(f"need at least 2 frames (got {frames}), 1 shape (got {shapes}) and a non-negative seed")
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    height, width = VIDEO_SIZE
+    moving = moving_shapes(rng, frames, shapes)
+    background = make_background(rng, height, width)
+    video, truth = out / "shapes.mp4", out / "shapes_gt.txt"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {video} (no mp4v encoder)")
+    lines = []
+    try:
+        for frame in range(frames):
+            writer.write(cv2.cvtColor(render_frame(rng, background, moving, frame), cv2.COLOR_RGB2BGR))
+            lines.extend(mot_truth_line(row) for row in video_truth(moving, frame))
+    finally:
+        writer.release()
+    truth.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return video, truth
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write the deterministic synthetic VOC sample dataset.")
-    parser.add_argument("--out", type=Path, default=Path("VOCdevkit"), help="VOCdevkit folder to write into")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
-    parser.add_argument("--images", type=int, default=120, help="number of images")
-    parser.add_argument("--quality", type=int, default=JPEG_QUALITY, help="JPEG quality (1-100)")
+    parser = CommandParser(description="Write the deterministic synthetic VOC sample dataset (or, with "
+                                     "--video, a video of moving shapes and its MOTChallenge ground truth).")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder to write into (default: VOCdevkit, small_objects with --small-objects, "
+                             "shapes_video with --video)")
+    parser.add_argument("--seed", type=random_seed, default=0, help="random seed; the same seed gives identical files")
+    parser.add_argument("--images", type=NumberRange(int, 1, 100_000), default=120, help="number of images")
+    parser.add_argument("--quality", type=NumberRange(int, 1, 100), default=JPEG_QUALITY, help="JPEG quality")
+    parser.add_argument("--small-objects", action="store_true",
+                        help="20-50 shapes of 20-48 px on 1280-1920 px canvases, for sliced inference")
+    parser.add_argument("--video", action="store_true",
+                        help="write shapes.mp4 (shapes crossing a 512x384 frame) and shapes_gt.txt (MOTChallenge "
+                             "ground truth) instead of a dataset")
+    parser.add_argument("--frames", type=NumberRange(int, 1, 100_000), default=300,
+                        help="--video: number of frames (25 per second)")
+    parser.add_argument("--shapes", type=NumberRange(int, 1, 1000), default=24,
+                        help="--video: number of shapes (tracks) over the video")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.video:
+        return _write_video(parser, args)
+    out = args.out or Path("small_objects" if args.small_objects else "VOCdevkit")
     try:
-        splits = generate(args.out, args.seed, args.images, args.quality)
+        splits = generate(out, args.seed, args.images, args.quality, SMALL_OBJECTS if args.small_objects else BUNDLED)
     except (ValueError, FileExistsError) as err:
         parser.error(str(err))
-    total = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
-    print(f"wrote {args.images} images to {args.out / 'VOC2007'} ("
+    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {args.images} images to {out / 'VOC2007'} ("
           + ", ".join(f"{name} {len(ids)}" for name, ids in splits.items()) + f"), {total / 1e6:.2f} MB")
+    return 0
+
+
+def _write_video(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    try:
+        video, truth = generate_video(args.out or Path("shapes_video"), args.seed, args.frames, args.shapes)
+    except (ValueError, RuntimeError) as err:
+        parser.error(str(err))
+    print(f"wrote {video} ({args.frames} frames at {VIDEO_FPS:g} fps) and its ground truth {truth}")
     return 0
 
 

@@ -66,7 +66,7 @@ def attention_detector(detector: BaseDetector) -> Detector:
                          "attention blocks to look into")
     model = getattr(model, "_orig_mod", model)  # under torch.compile, hooks belong on the original module
     return Detector(copy.deepcopy(model), detector.config, detector.device, detector.options, detector.input_shape,
-                    optimize=False, amp=False)
+                    optimize=False, precision="fp32")
 
 
 def tile_size(image: np.ndarray) -> tuple[int, int]:

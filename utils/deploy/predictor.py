@@ -10,16 +10,20 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.common.atomic import temporary_name, write_text_atomic
 from utils.common.filenames import unique_stems
 from utils.common.image_io import write_image
+from utils.common.text import printable
 from utils.common.visualize import draw_detections
 from utils.deploy.sources import Frame, ImageSource, VideoSource
 from utils.deploy.streams import StreamFrame, StreamSet
+from utils.deploy.tracking import Tracking, sequence_stem
 from utils.runtime.detector import BaseDetector, objectness_map, overlay_heatmap
 
 LOGGER = logging.getLogger(__name__)
@@ -72,7 +76,7 @@ class ResultWriter:
             label = self.save_dir / "labels" / f"{stem}.txt"
             label.parent.mkdir(parents=True, exist_ok=True)
             lines = yolo_lines(detections, *frame.image.shape[:2])
-            label.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            write_text_atomic(label, "".join(line + "\n" for line in lines))  # never a cut list that looks whole
         if self.save_crop:
             self._write_crops(frame.image, detections, stem)
 
@@ -94,11 +98,15 @@ class ResultWriter:
 
     def _write_video_frame(self, stem: str, annotated: np.ndarray) -> None:
         if self._video is None:
+            # written under a hidden temporary name and renamed by close(): a killed run leaves no cut video that
+            # looks like a result
             self.video_path = self.save_dir / f"{stem}.mp4"
+            self._video_tmp = temporary_name(self.video_path, ".mp4")
             height, width = annotated.shape[:2]
-            self._video = cv2.VideoWriter(os.fspath(self.video_path), cv2.VideoWriter_fourcc(*"mp4v"),
+            self._video = cv2.VideoWriter(os.fspath(self._video_tmp), cv2.VideoWriter_fourcc(*"mp4v"),
                                           self.video_fps, (width, height))
             if not self._video.isOpened():
+                self._video = None  # nothing to rename in close()
                 raise OSError(f"OpenCV cannot write the video {self.video_path} (no mp4v encoder?)")
         self._video.write(cv2.cvtColor(annotated, cv2.COLOR_RGB2BGR))
 
@@ -106,10 +114,11 @@ class ResultWriter:
         if self._video is not None:
             self._video.release()
             self._video = None
+            os.replace(self._video_tmp, self.video_path)
 
     def counts_text(self) -> str:
         """'3 raccoon, 1 dog' (most frequent first) or 'no detections'."""
-        return ", ".join(f"{n} {name}" for name, n in self.counts.most_common()) or "no detections"
+        return ", ".join(f"{n} {printable(name)}" for name, n in self.counts.most_common()) or "no detections"
 
 
 def display_available() -> bool:
@@ -132,27 +141,43 @@ def show(annotated: np.ndarray, title: str = "predict") -> bool:
 
 def annotate(detector: BaseDetector, frame: Frame, detections: np.ndarray, decoded, info, heatmap: bool
              ) -> np.ndarray:
-    """The frame with boxes and captions drawn, over its objectness heat map when `heatmap`."""
+    """The frame with boxes and captions drawn, over its objectness heat map when `heatmap`. `detections` [K, 6],
+    or [K, 7] with track IDs (utils.deploy.tracking) drawn in the captions."""
     image = frame.image
     if heatmap:
         heat = objectness_map(decoded, detector.config, detector.input_shape)
         image = overlay_heatmap(image, heat, info)
-    return draw_detections(image, detections[:, :4], detections[:, 5], detector.config.classes, detections[:, 4])
+    track_ids = detections[:, 6] if detections.shape[1] > 6 else None
+    return draw_detections(image, detections[:, :4], detections[:, 5], detector.config.classes, detections[:, 4],
+                           track_ids)
+
+
+def track_stem_of(source: ImageSource | VideoSource | StreamSet) -> Callable[[Frame], str]:
+    """Which tracker a frame belongs to: its stream's (a StreamSet), the video's, or the image sequence's."""
+    if isinstance(source, StreamSet):
+        return lambda frame: frame.source
+    stem = source.stem if isinstance(source, VideoSource) else sequence_stem(source.paths)
+    return lambda frame: stem
 
 
 def predict_source(detector: BaseDetector, source: ImageSource | VideoSource, writer: ResultWriter,
-                   batch_size: int = 1, heatmap: bool = False, show_window: bool = False) -> None:
-    """Detect on every frame of `source` (reading overlapped with inference) and hand each to `writer`."""
+                   batch_size: int = 1, heatmap: bool = False, show_window: bool = False,
+                   tracking: Tracking | None = None) -> None:
+    """Detect on every frame of `source` (reading overlapped with inference) and hand each to `writer`; with
+    `tracking`, each frame's detections go through its source's tracker first (only tracked ones are kept)."""
     need_drawing = show_window or (writer.save_dir is not None and writer.save_images)
     video_stem = getattr(source, "stem", None) if isinstance(source, VideoSource) else None
     unit = "img" if isinstance(source, ImageSource) else "frame"
+    stem_of = track_stem_of(source) if tracking is not None else None
     with tqdm(total=source.length, unit=unit, disable=source.length == 1, leave=False) as bar:
         for chunk, results, decoded in detector.stream(source, batch_size, image_of=lambda frame: frame.image):
             for i, (prepared, dets) in enumerate(zip(chunk, results, strict=True)):
                 frame = prepared.item
-                annotated = (annotate(detector, frame, dets, decoded[i], prepared.info, heatmap)
-                             if need_drawing else None)
-                writer.write(frame, dets, annotated, video_stem)
+                if tracking is not None:
+                    dets = tracking.update(stem_of(frame), frame.index, dets)
+                annotated = (annotate(detector, frame, dets, None if decoded is None else decoded[i],
+                                      prepared.info, heatmap) if need_drawing else None)
+                writer.write(frame, dets[:, :6], annotated, video_stem)
                 if show_window and not show(annotated):
                     return
             bar.update(len(chunk))
@@ -185,7 +210,7 @@ class StreamWriters:
         return sum((writer.counts for writer in self.writers.values()), Counter())
 
     def counts_text(self) -> str:
-        return ", ".join(f"{n} {name}" for name, n in self.counts.most_common()) or "no detections"
+        return ", ".join(f"{n} {printable(name)}" for name, n in self.counts.most_common()) or "no detections"
 
     def close(self) -> None:
         for writer in self.writers.values():

@@ -75,10 +75,12 @@ def calibration_reader(canvases: Sequence[np.ndarray], input_name: str = "images
     return _Reader()
 
 
-def quantize_onnx(fp32_path: str | Path, out_path: str | Path, canvases: Iterable[np.ndarray]) -> Path:
+def quantize_onnx(fp32_path: str | Path, out_path: str | Path, canvases: Iterable[np.ndarray],
+                  symmetric_int8: bool = False) -> Path:
     """Quantize `fp32_path` (from export_onnx) to int8 at `out_path`, calibrated on `canvases` (uint8 [H, W, 3]
     letterboxed to the model's input). Activation ranges are min-max: on the sample data it kept mAP50 within
-    0.3 points of fp32 (README, Benchmarks)."""
+    0.3 points of fp32 (README, Benchmarks). symmetric_int8: signed int8 activations with zero point 0, the only
+    QDQ form TensorRT builds int8 engines from (utils.deploy.targets.tensorrt)."""
     try:  # local: optional dependencies (requirements-dev.txt); onnxruntime.quantization also takes ~0.9 s to import
         import onnx
         from onnxruntime.quantization import (
@@ -105,9 +107,10 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, canvases: Iterabl
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         with _root_logger_at(logging.WARNING):  # onnxruntime logs a line per shared bias through the root logger
             quantize_static(str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_quantize=nodes_to_quantize(source.graph),
-                            calibrate_method=CalibrationMethod.MinMax)
+                            activation_type=QuantType.QInt8 if symmetric_int8 else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, nodes_to_quantize=nodes_to_quantize(source.graph),
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"ActivationSymmetric": symmetric_int8})
     _copy_metadata(source, out_path, f"int8 static QDQ, per-channel weights; min-max calibration on "
                                      f"{len(canvases)} calibration images")
     LOGGER.info("quantized %s -> %s (%d calibration images)", fp32_path.name, out_path, len(canvases))

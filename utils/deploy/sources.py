@@ -5,7 +5,6 @@ Bad input raises `SourceError` with one sentence naming the input and the fix.
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from collections import Counter
@@ -18,7 +17,7 @@ import numpy as np
 
 from utils.common.errors import UserError
 from utils.common.image_io import IMAGE_SUFFIXES, ImageReadError, read_image, truncation_warning
-from utils.common.paths import check_user_path
+from utils.common.paths import check_user_path, glob_files
 
 LOGGER = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".flv")
@@ -177,7 +176,7 @@ def open_source(spec: str | Path) -> ImageSource | VideoSource:
     if text.isdigit():
         return open_webcam(int(text))
     if any(c in text for c in GLOB_CHARS) and not Path(text).exists():
-        matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
+        matches = glob_files(text)  # '**' never follows a link into a folder it has listed (a loop ends)
         if not matches:
             raise SourceError(f"the pattern {text!r} matches no files; check the folder and the pattern")
         return _images_in(matches, f"the pattern {text!r}")

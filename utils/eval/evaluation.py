@@ -3,6 +3,8 @@
 predict_split: letterboxed batches -> forward -> decode -> NMS -> boxes back in original pixels, per record; with a
     loss function also the validation loss of the same forward passes. An image that cannot be read is not shown to
     the model: it has no detections, so its objects count as missed.
+predict_split_sliced: the same per record, by sliced inference (utils.runtime.slicing: overlapping tiles at full
+    resolution plus the whole image, merged), for eval.py --slice.
 compute_metrics: VOC mAP@0.5 (devkit matching), COCO stats by pycocotools, precision/recall/F1 at a score threshold,
     the confusion matrix and the precision/recall/F1-confidence curves, all against the split's ground truth as the
     annotation files state it (`ImageRecord.ground_truth()`; for a COCO json, the json itself).
@@ -11,8 +13,8 @@ evaluate: both, on a loader of utils.data.loader.EvalDataset batched by eval_col
 from __future__ import annotations
 
 import functools
-import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +26,8 @@ from tqdm import tqdm
 
 from utils.common.boxes import LetterboxInfo, detections_to_original, letterbox_boxes
 from utils.common.device import autocast
-from utils.common.image_io import to_model_input
+from utils.common.image_io import ImageReadError, read_image, to_model_input
+from utils.data.formats import coco
 from utils.data.index import DatasetIndex, ImageRecord, missed_objects
 from utils.eval.metrics import (
     Annotated,
@@ -40,7 +43,8 @@ from utils.eval.metrics import (
 )
 from utils.model.config import ModelConfig
 from utils.model.decode import decode_outputs, non_max_suppression
-from utils.runtime.detector import BaseDetector
+from utils.runtime.detector import BaseDetector, Prefetcher
+from utils.runtime.slicing import SlicedDetector
 
 LOGGER = logging.getLogger(__name__)
 CONFUSION_IOU = 0.5
@@ -57,7 +61,7 @@ class SplitPredictions:
 
 
 def predict_split(model: nn.Module | BaseDetector, loader, config: ModelConfig, device: torch.device,
-                  conf: float = 0.001, iou: float = 0.5, max_det: int = 300, amp: bool = True,
+                  conf: float = 0.001, iou: float = 0.5, max_det: int = 300, precision: str = "fp32",
                   progress: bool = False, loss_fn: nn.Module | None = None) -> SplitPredictions:
     """Run the model over the loader's split (see the module docstring).
 
@@ -80,7 +84,7 @@ def predict_split(model: nn.Module | BaseDetector, loader, config: ModelConfig, 
                 if not keep:
                     continue
                 indices, infos = [indices[k] for k in keep], [infos[k] for k in keep]
-                outputs, decoded = forward_batch(model, images[keep], config, device, amp)
+                outputs, decoded = forward_batch(model, images[keep], config, device, precision)
                 for dets, i, info in zip(non_max_suppression(decoded, conf, iou, max_det), indices, infos,
                                           strict=True):
                     detections[i] = detections_to_original(dets, info)
@@ -95,6 +99,35 @@ def predict_split(model: nn.Module | BaseDetector, loader, config: ModelConfig, 
     _warn_missing(records, detections)
     losses = {k: v / scored for k, v in loss_sums.items()} if scored else None
     return SplitPredictions([np.zeros((0, 6), np.float32) if d is None else d for d in detections], losses)
+
+
+def predict_split_sliced(detector: SlicedDetector, index: DatasetIndex, progress: bool = False) -> SplitPredictions:
+    """Sliced detections of every record of `index` (full-resolution images, read on a background thread); an image
+    that cannot be read has none, and is marked and reported as predict_split does."""
+    records = index.records
+    detections: list[np.ndarray] = [np.zeros((0, 6), np.float32)] * len(records)
+
+    def read(i: int) -> tuple[int, np.ndarray | str]:
+        if records[i].image_error is not None:
+            return i, records[i].image_error
+        try:
+            return i, read_image(records[i].path)
+        except ImageReadError as err:
+            return i, str(err)
+
+    reader = Prefetcher(range(len(records)), read, depth=2)
+    try:
+        for i, image in tqdm(reader, total=len(records), desc="evaluating (sliced)", disable=not progress,
+                             leave=False):
+            if isinstance(image, str):
+                _readable_rows(records, [i], [image])
+                continue
+            start = time.perf_counter()
+            detections[i] = detector([image])[0]
+            detector.times.wall += time.perf_counter() - start
+    finally:
+        reader.close()
+    return SplitPredictions(detections)
 
 
 def _readable_rows(records: list[ImageRecord], indices: list[int], infos: list) -> list[int]:
@@ -119,7 +152,7 @@ def _warn_missing(records: list[ImageRecord], detections: list[np.ndarray | None
 
 
 def forward_batch(model: nn.Module | BaseDetector, images: torch.Tensor, config: ModelConfig, device: torch.device,
-                  amp: bool) -> tuple[tuple[torch.Tensor, ...] | None, torch.Tensor]:
+                  precision: str) -> tuple[tuple[torch.Tensor, ...] | None, torch.Tensor]:
     """uint8 letterboxed images [B, 3, H, W] -> (raw head outputs, decoded predictions [B, N, 5 + nc]).
 
     `model` is a YoloBody, or a detector that decodes by itself (an exported .onnx run by onnxruntime; its raw
@@ -127,7 +160,7 @@ def forward_batch(model: nn.Module | BaseDetector, images: torch.Tensor, config:
     if isinstance(model, BaseDetector):
         return None, model.forward(images.permute(0, 2, 3, 1).numpy())
     batch = to_model_input(images, device, torch.contiguous_format)
-    with autocast(device, amp):
+    with autocast(device, precision):
         outputs = model(batch)
     return outputs, decode_outputs(outputs, config, input_shape=tuple(batch.shape[2:]))
 
@@ -157,15 +190,14 @@ def compute_metrics(detections: Sequence[np.ndarray], records: DatasetIndex | Se
     (pycocotools; None with coco=False), AP50_per_class {name: AP}, precision/recall/f1 (means over classes with
     ground truth at score >= score_thresh), per_class details, confusion_matrix, confidence_curves, best_f1, and the
     ground-truth counts. Undefined figures (no ground truth for them) are None, never 0 or -1.
-    pixel_offset: 1 = the VOC devkit's inclusive-pixel IoU (VOC XML boxes), 0 = continuous boxes (COCO json);
-    None: from the records.
+    pixel_offset: 1 = the VOC devkit's inclusive-pixel IoU (VOC XML boxes), 0 = continuous boxes (COCO json, YOLO);
+    None: the index's (its format's reader states it), or the devkit's for bare records.
     """
     index = records if isinstance(records, DatasetIndex) else None
     records = index.records if index is not None else list(records)
     truths = [r.ground_truth() if isinstance(r, ImageRecord) else r for r in records]
     if pixel_offset is None:
-        stated = index.pixel_offset if index is not None else None
-        pixel_offset = iou_pixel_offset(records) if stated is None else stated
+        pixel_offset = index.pixel_offset if index is not None else 1.0
     voc = voc_evaluate(detections, truths, class_names, use_07=voc07, pixel_offset=pixel_offset)
     coco_figures = _coco_figures(detections, records, truths, class_names, index) if coco else None
     prf = voc.prf(score_thresh)
@@ -230,34 +262,15 @@ def _coco_figures(detections: Sequence[np.ndarray], records: Sequence, truths: S
 
 
 def coco_json_ground_truth(json_path: Path, image_ids: Sequence[int]) -> dict:
-    """The json's own images and annotations for `image_ids`, as pycocotools reads them; annotations whose bbox is
-    not 4 numbers (reported when indexing) are left out, a missing area is w * h (pycocotools needs one)."""
-    content = _read_json(Path(json_path), Path(json_path).stat().st_mtime_ns)
-    wanted = {int(i) for i in image_ids}
-    images = [{**image, "id": int(image["id"])} for image in content["images"] if int(image["id"]) in wanted]
-    annotations = []
-    for ann in content["annotations"]:
-        bbox = ann.get("bbox")
-        if int(ann["image_id"]) not in wanted or not isinstance(bbox, list) or len(bbox) != 4 or not all(
-                isinstance(v, (int, float)) for v in bbox):
-            continue
-        annotations.append({**ann, "image_id": int(ann["image_id"]), "area": ann.get("area", bbox[2] * bbox[3])})
-    return {"images": images, "annotations": annotations, "categories": content["categories"]}
-
-
-@functools.lru_cache(maxsize=2)
-def _read_json(path: Path, mtime_ns: int) -> dict:
-    """A parsed json, cached while the file is unchanged (training validates against it every epoch)."""
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def iou_pixel_offset(records: Sequence) -> float:
-    """The devkit's +1 pixel IoU for VOC XML boxes (inclusive integer pixels); 0 for COCO json (continuous) boxes."""
-    return 0.0 if records and getattr(records[0], "coco_id", None) is not None else 1.0
+    """The json's own images and annotations for `image_ids`, as pycocotools reads them: exactly the entries the
+    index kept (utils.data.formats.coco.ground_truth: an annotation with a NaN bbox or area was reported and is not
+    scored), areas as written (w * h when absent)."""
+    return coco.ground_truth(Path(json_path), [int(i) for i in image_ids])
 
 
 def evaluate(model: nn.Module, loader, config: ModelConfig, device: torch.device, conf: float = 0.001,
-             iou: float = 0.5, max_det: int = 300, voc07: bool = False, amp: bool = True, score_thresh: float = 0.5,
+             iou: float = 0.5, max_det: int = 300, voc07: bool = False, precision: str = "fp32",
+             score_thresh: float = 0.5,
              coco: bool = True, progress: bool = False, loss_fn: nn.Module | None = None,
              detections_out: list | None = None) -> dict:
     """Metrics of `model` on the loader's dataset (see compute_metrics for the keys; `val_loss` with a loss_fn).
@@ -270,7 +283,7 @@ def evaluate(model: nn.Module, loader, config: ModelConfig, device: torch.device
     if list(index.classes) != list(config.classes):
         raise ValueError(f"the dataset was indexed with classes {index.classes[:5]}... but the model predicts "
                          f"{config.classes[:5]}...; load it with load_split(..., classes=config.classes)")
-    predictions = predict_split(model, loader, config, device, conf, iou, max_det, amp, progress, loss_fn)
+    predictions = predict_split(model, loader, config, device, conf, iou, max_det, precision, progress, loss_fn)
     metrics, _ = compute_metrics(predictions.detections, index, config.classes, voc07, score_thresh, coco)
     if detections_out is not None:
         detections_out[:] = predictions.detections

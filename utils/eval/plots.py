@@ -12,8 +12,10 @@ from typing import Sequence
 
 import numpy as np
 
+from utils.common.atomic import atomic_output
 from utils.common.boxes import LetterboxInfo, letterbox_boxes
 from utils.common.filenames import unique_stems
+from utils.common.text import printable
 from utils.eval.metrics import VOCResult
 
 MAX_ANNOTATED_CLASSES = 30  # larger confusion matrices get no numbers in the cells (they would be unreadable)
@@ -38,13 +40,18 @@ def _save(fig, path: Path) -> Path:
     with warnings.catch_warnings():  # names in scripts the default font lacks: drawn as boxes, said once here
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        with atomic_output(path) as tmp:  # a killed run leaves no half-drawn PNG
+            fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
     _pyplot().close(fig)
     return path
 
 
 def _short(name: str, limit: int = 18) -> str:
-    return name if len(name) <= limit else name[:limit - 1] + "…"
+    """A class name for a picture: escaped (utils.common.text.printable), cut to `limit` characters, and with '$'
+    escaped so that matplotlib never parses a name as mathtext (a name like '$\\frac$' would fail the plot)."""
+    name = printable(name, None)
+    name = name if len(name) <= limit else name[:limit - 1] + "…"
+    return name.replace("$", r"\$")
 
 
 def plot_pr_curves(result: VOCResult, out_dir: str | Path) -> list[Path]:

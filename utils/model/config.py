@@ -3,72 +3,96 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from nets.attention import OPTION_FLAGS, attention_name, block_options
-from nets.yolo import DEFAULT_ANCHORS, DEFAULT_ANCHORS_MASK, HEAD_STRIDES, YoloBody, attention_place, check_input_size
+from nets.attention import attention_name, attention_options
+from nets.yolo import MAX_CLASSES, MAX_INPUT_SIDE, YoloBody, attention_place, check_input_size, head_layout
 from utils.common.errors import ConfigError, MissingFileError
 from utils.common.paths import check_user_path
+from utils.model.legacy import LEGACY_OPTION_FIELDS, upgrade_legacy_options  # noqa: F401 (their old home)
 
 LOGGER = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_DATA = ROOT / "model_data"
+# Bounds of the stored fields (ModelConfig._check_bounds). A class name is a label, not a text: 200 characters is far
+# above any dataset's; anchors are box sizes in input pixels, so none exceeds a few input sides.
+MAX_CLASS_NAME = 200
+MAX_ANCHORS = 64
+MAX_ANCHOR_SIDE = 4 * MAX_INPUT_SIDE
+SCALE_X_Y_RANGE = (1.0, 2.0)  # Darknet's grid sensitivity: 1.05-1.2 in its cfgs, 2.0 in YOLOv5's decoding
+
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a trained model: classes, anchors (input pixels), masks, attention, size."""
+    """Everything needed to rebuild a trained model: classes, heads, anchors (input pixels), masks, attention, size."""
 
     classes: list[str]
-    anchors: list[list[float]] = field(default_factory=lambda: [list(a) for a in DEFAULT_ANCHORS])
-    anchors_mask: list[list[int]] = field(default_factory=lambda: [list(m) for m in DEFAULT_ANCHORS_MASK])
+    # None: the defaults of the head count (nets.yolo.HEAD_LAYOUTS); stored resolved, so a checkpoint never depends on
+    # them.
+    anchors: list[list[float]] | None = None
+    anchors_mask: list[list[int]] | None = None
     attention: str = "none"
     input_shape: list[int] = field(default_factory=lambda: [416, 416])  # height, width
     # Darknet's grid-sensitivity factor; 1.0 is the plain sigmoid(t) + grid decoding.
     scale_x_y: float = 1.0
-    # Attention placement and block options (nets/yolo.py, nets/attention.py). The defaults are the reference layout,
-    # and checkpoints written before these fields existed load with them.
+    # Attention placement and block options (nets/yolo.py, nets/attention.py), stored complete (the block's defaults
+    # filled in). The defaults are the reference layout; checkpoints written before these fields existed load with
+    # them, and those with attention_reduction / cbam_kernel fields as these options (LEGACY_OPTION_FIELDS).
     attention_at: str = "neck"  # neck | backbone | both
-    attention_reduction: int | None = None  # None: the block's reference ratio (SE 16, CBAM 8, CA 16; ECA has none)
-    cbam_kernel: int = 7  # CBAM's spatial kernel, 3 or 7
+    attention_options: dict[str, Any] = field(default_factory=dict)
+    heads: int = 2  # 2: strides 32, 16 (yolov4-tiny); 3: + stride 8 (yolov4-tiny-3l)
 
     def __post_init__(self) -> None:
+        self._check_bounds()
         self.attention = attention_name(self.attention)
-        self._check_attention_options()
+        self.attention_at = attention_place(self.attention_at) if self.attention != "none" else "neck"
+        self.attention_options = attention_options(self.attention, self.attention_options)
         self.classes = [str(c) for c in self.classes]
         if not self.classes:
             raise ConfigError("the class list is empty; give --names FILE or annotations with objects")
         if len(set(self.classes)) != len(self.classes):
             raise ConfigError(f"duplicate class names in {self.classes}")
         self.input_shape = parse_input_shape(self.input_shape)
-        self.anchors = [[float(w), float(h)] for w, h in self.anchors]
-        self.anchors_mask = [[int(i) for i in m] for m in self.anchors_mask]
+        layout = head_layout(self.heads)
+        self.anchors = [[float(w), float(h)] for w, h in (layout.anchors if self.anchors is None else self.anchors)]
+        mask = layout.anchors_mask if self.anchors_mask is None else self.anchors_mask
+        self.anchors_mask = [[int(i) for i in m] for m in mask]
         bad = [i for m in self.anchors_mask for i in m if not 0 <= i < len(self.anchors)]
+        if bad and mask is layout.anchors_mask:  # default masks, too few anchors: usually --heads 3 with 6 anchors
+            needed = len(layout.anchors)
+            raise ConfigError(f"the default anchor masks of {self.heads} heads ({self.anchors_mask}) need {needed} "
+                              f"anchors, but {len(self.anchors)} were given; give --anchors a file of {needed} "
+                              f"(python -m utils.anchors --data <dataset> -n {needed})")
         if bad or len(self.anchors_mask) != len(self.strides):
             raise ConfigError(f"anchors_mask {self.anchors_mask} must hold one list of indices into the "
                               f"{len(self.anchors)} anchors per head of the model ({len(self.strides)} heads)")
 
-    def _check_attention_options(self) -> None:
-        """Validate placement and options; an option the chosen block lacks is dropped with a warning (so that one
-        ablation command can pass --attention-reduction to SE, CBAM and CA and still run ECA and none)."""
-        self.attention_at = attention_place(self.attention_at) if self.attention != "none" else "neck"
-        if self.cbam_kernel not in (3, 7):
-            raise ConfigError(f"{OPTION_FLAGS['kernel_size']} must be 3 or 7, got {self.cbam_kernel!r}")
-        options = block_options(self.attention)
-        if self.attention_reduction is not None:
-            if "reduction" not in options:
-                LOGGER.warning("%s %s ignored: attention %s has no reduction ratio", OPTION_FLAGS["reduction"],
-                               self.attention_reduction, self.attention)
-                self.attention_reduction = None
-            else:
-                self.attention_reduction = positive_int(self.attention_reduction, OPTION_FLAGS["reduction"])
-        if self.cbam_kernel != 7 and "kernel_size" not in options:
-            LOGGER.warning("%s %s ignored: it is an option of cbam, not %s", OPTION_FLAGS["kernel_size"],
-                           self.cbam_kernel, self.attention)
-            self.cbam_kernel = 7
+    def _check_bounds(self) -> None:
+        """Every stored field's type and size, before anything is built from it: a config comes from checkpoints,
+        ONNX metadata and Darknet cfgs, which may be corrupt or hostile (300,000 class names would take 3.5 GB to
+        build; a negative or NaN anchor gives no detections at all). A ConfigError names the field and the bound.
+        None anchors or masks are the head count's defaults (checked by head_layout). Attention options are checked
+        by their block (nets.attention.attention_options)."""
+        _check_classes(self.classes)
+        heads = len(head_layout(self.heads).strides)
+        if self.anchors is not None:
+            _check_anchors(self.anchors)
+        masks = self.anchors_mask
+        if masks is not None and (
+                not isinstance(masks, (list, tuple)) or len(masks) != heads
+                or not all(isinstance(m, (list, tuple)) and 1 <= len(m) <= MAX_ANCHORS for m in masks)
+                or not all(_is_int(i) for m in masks for i in m)):
+            raise ConfigError(f"anchors_mask {_cut(masks)} must hold one list of indices into the anchors per head "
+                              f"of the model ({heads} heads), none empty")
+        if isinstance(self.scale_x_y, bool) or not isinstance(self.scale_x_y, numbers.Real) or not (
+                SCALE_X_Y_RANGE[0] <= self.scale_x_y <= SCALE_X_Y_RANGE[1]):  # also refuses nan
+            raise ConfigError(f"scale_x_y {_cut(self.scale_x_y)}: give a number in [{SCALE_X_Y_RANGE[0]}, "
+                              f"{SCALE_X_Y_RANGE[1]}] (1.0: plain sigmoid decoding)")
 
     @property
     def num_classes(self) -> int:
@@ -76,8 +100,8 @@ class ModelConfig:
 
     @property
     def strides(self) -> tuple[int, ...]:
-        """Output stride of each head, in the model's output order (nets.yolo.HEAD_STRIDES: 32, then 16)."""
-        return HEAD_STRIDES
+        """Output stride of each head, in the model's output order (nets.yolo.HEAD_LAYOUTS: 32, 16[, 8])."""
+        return head_layout(self.heads).strides
 
     def used_anchors(self) -> np.ndarray:
         """The anchors [K, 2] some head uses, in index order (the stock masks leave anchor 0 out)."""
@@ -90,6 +114,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
+        data = upgrade_legacy_options(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -97,23 +122,45 @@ class ModelConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def positive_int(value: object, flag: str) -> int:
-    """`value` as an int >= 1, or a ConfigError naming `flag` (a bool or a fraction is not a count)."""
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{flag} must be a positive integer, got {value!r}") from None
-    if number < 1:
-        raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
-    return number
+
+def _check_classes(classes: object) -> None:
+    if not isinstance(classes, (list, tuple)):
+        raise ConfigError(f"classes {_cut(classes)}: expected a list of class names")
+    if len(classes) > MAX_CLASSES:
+        raise ConfigError(f"{len(classes)} classes: at most {MAX_CLASSES} (each adds 3 output channels per head "
+                          "cell); is this a real model file?")
+    for name in classes:
+        if not isinstance(name, (str, int)) or isinstance(name, bool):
+            raise ConfigError(f"class name {_cut(name)}: expected text")
+        if not 0 < len(str(name).strip()) <= MAX_CLASS_NAME:
+            raise ConfigError(f"class name {_cut(name)}: give 1 to {MAX_CLASS_NAME} characters")
+
+
+def _check_anchors(anchors: object) -> None:
+    pairs = anchors if isinstance(anchors, (list, tuple)) else []
+    well_formed = 1 <= len(pairs) <= MAX_ANCHORS and all(
+        isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v <= MAX_ANCHOR_SIDE for v in pair)
+        for pair in pairs)  # `0 < v <= max` is False for nan
+    if not well_formed:
+        raise ConfigError(f"anchors {_cut(anchors)}: give 1 to {MAX_ANCHORS} (width, height) pairs in input pixels, "
+                          f"each a finite number in (0, {MAX_ANCHOR_SIDE}]")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _cut(value: object, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters: a hostile field can be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def build_model(config: ModelConfig) -> YoloBody:
     """The YoloBody that `config` describes (random weights)."""
     return YoloBody(config.anchors_mask, config.num_classes, config.attention, config.attention_at,
-                    config.attention_reduction, config.cbam_kernel)
+                    **config.attention_options)
 
 
 def read_text_file(path: Path, what: str, fix: str) -> str:

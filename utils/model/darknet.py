@@ -1,4 +1,5 @@
-"""Darknet interop for YOLOv4-tiny: read and write `.cfg` + `.weights`, and load `yolov4-tiny.conv.29` for transfer.
+"""Darknet interop for YOLOv4-tiny (2 heads, `yolov4-tiny.cfg`) and YOLOv4-tiny-3l (3 heads, `yolov4-tiny-3l.cfg`):
+read and write `.cfg` + `.weights`, and load `yolov4-tiny.conv.29` for transfer.
 
 The `.weights` format (pjreddie/AlexeyAB Darknet, also read by OpenCV's `cv2.dnn.readNetFromDarknet`):
 a header of int32 major, minor, revision and a `seen` image counter, then float32 values, layer by layer in
@@ -21,14 +22,15 @@ import torch
 from torch import nn
 
 from nets.backbone import BasicConv
-from nets.yolo import YoloBody
+from nets.yolo import MAX_CLASSES, MAX_INPUT_SIDE, YoloBody
 from utils.common.errors import ConfigError, MissingFileError, UserError
 from utils.common.paths import check_user_path
 from utils.model.config import ModelConfig, build_model, read_classes
 
 LOGGER = logging.getLogger(__name__)
 
-# The model's convolutions in Darknet's order, and the cfg layer index of each (layers between are route/pool).
+# The two-head model's convolutions in Darknet's order, and the cfg layer index of each (layers between are
+# route/pool/upsample/yolo).
 CONV_MODULES = (
     ["backbone.conv1", "backbone.conv2"]
     + [f"backbone.resblock_body{i}.conv{j}" for i in (1, 2, 3) for j in (1, 2, 3, 4)]
@@ -36,6 +38,10 @@ CONV_MODULES = (
        "yolo_headP4.0", "yolo_headP4.1"]
 )
 CONV_LAYER_INDEX = [0, 1, 2, 4, 5, 7, 10, 12, 13, 15, 18, 20, 21, 23, 26, 27, 28, 29, 32, 35, 36]
+# yolov4-tiny-3l appends the stride-8 path: a 1x1 conv after `route -3` (the P4 head's 3x3 conv), upsample,
+# `route -1,15` (the second CSP stage's 128-channel feature), a 3x3 conv and the head conv.
+CONV_MODULES_3L = CONV_MODULES + ["upsample_P3.upsample.0", "yolo_headP3.0", "yolo_headP3.1"]
+CONV_LAYER_INDEX_3L = CONV_LAYER_INDEX + [39, 42, 43]
 NUM_BACKBONE_CONVS = 15
 # Convs before the first class-dependent layer (yolo_headP5.1): what `darknet partial ... 29` keeps.
 NUM_TRANSFER_CONVS = 17
@@ -149,14 +155,26 @@ def _csp_stage(channels: int) -> list[dict[str, str]]:
 
 
 def cfg_sections(config: ModelConfig) -> list[dict[str, str]]:
-    """The yolov4-tiny cfg for `config` ([net] first, then the 38 layers); the reference for reading and writing."""
-    mask_p5, mask_p4 = config.anchors_mask
-    return ([_net_section(config), _conv(32, 3, 2), _conv(64, 3, 2)]
-            + _csp_stage(64) + _csp_stage(128) + _csp_stage(256)
-            + [_conv(512, 3), _conv(256, 1), _conv(512, 3), _head_conv(mask_p5, config), _yolo(mask_p5, config),
-               {"type": "route", "layers": "-4"}, _conv(128, 1), {"type": "upsample", "stride": "2"},
-               {"type": "route", "layers": "-1,23"}, _conv(256, 3), _head_conv(mask_p4, config),
-               _yolo(mask_p4, config)])
+    """The yolov4-tiny cfg for `config` ([net] first, then the 38 layers), or with three heads yolov4-tiny-3l's (45
+    layers); the reference for reading and writing."""
+    mask_p5, mask_p4 = config.anchors_mask[:2]
+    sections = ([_net_section(config), _conv(32, 3, 2), _conv(64, 3, 2)]
+                + _csp_stage(64) + _csp_stage(128) + _csp_stage(256)
+                + [_conv(512, 3), _conv(256, 1), _conv(512, 3), _head_conv(mask_p5, config), _yolo(mask_p5, config),
+                   {"type": "route", "layers": "-4"}, _conv(128, 1), {"type": "upsample", "stride": "2"},
+                   {"type": "route", "layers": "-1,23"}, _conv(256, 3), _head_conv(mask_p4, config),
+                   _yolo(mask_p4, config)])
+    if len(config.anchors_mask) == 3:  # yolov4-tiny-3l: from layer 35 (P4's 3x3) onto layer 15 (stage 2's feature)
+        mask_p3 = config.anchors_mask[2]
+        sections += [{"type": "route", "layers": "-3"}, _conv(64, 1), {"type": "upsample", "stride": "2"},
+                     {"type": "route", "layers": "-1,15"}, _conv(128, 3), _head_conv(mask_p3, config),
+                     _yolo(mask_p3, config)]
+    return sections
+
+
+def model_name(config: ModelConfig) -> str:
+    """Darknet's name of the network `config` describes, for messages."""
+    return "yolov4-tiny-3l" if len(config.anchors_mask) == 3 else "yolov4-tiny"
 
 
 def format_cfg(sections: list[dict[str, str]]) -> str:
@@ -223,11 +241,12 @@ def check_topology(sections: list[dict[str, str]], config: ModelConfig, path: st
         want_sig = _layer_signature(index, want)
         if got_sig != want_sig:
             raise DarknetFormatError(
-                f"{path}:{got['_line']}: layer {index} is {got_sig}, but yolov4-tiny needs {want_sig}; only the "
-                f"stock yolov4-tiny.cfg layout (any classes, anchors and input size) can be loaded")
+                f"{path}:{got['_line']}: layer {index} is {got_sig}, but {model_name(config)} needs {want_sig}; "
+                f"only the stock yolov4-tiny.cfg and yolov4-tiny-3l.cfg layouts (any classes, anchors and input "
+                f"size) can be loaded")
     if len(layers) != len(expected):
-        raise DarknetFormatError(f"{path}: {len(layers)} layers, yolov4-tiny has {len(expected)}; "
-                                 f"only the stock yolov4-tiny.cfg layout can be loaded")
+        raise DarknetFormatError(f"{path}: {len(layers)} layers, {model_name(config)} has {len(expected)}; "
+                                 f"only the stock yolov4-tiny.cfg and yolov4-tiny-3l.cfg layouts can be loaded")
 
 
 def _class_names(classes: list[str] | str | Path | None, count: int, cfg_path: Path) -> list[str]:
@@ -242,18 +261,19 @@ def _class_names(classes: list[str] | str | Path | None, count: int, cfg_path: P
 
 def config_from_cfg(sections: list[dict[str, str]], path: str | Path,
                     classes: list[str] | str | Path | None = None) -> ModelConfig:
-    """ModelConfig from a parsed cfg: [net] width/height and the two [yolo] sections (classes, anchors, masks,
-    scale_x_y). The yolo sections must agree on everything but the mask, since ModelConfig holds one of each."""
+    """ModelConfig from a parsed cfg: [net] width/height and the two (yolov4-tiny) or three (yolov4-tiny-3l) [yolo]
+    sections (classes, anchors, masks, scale_x_y). The yolo sections must agree on everything but the mask, since
+    ModelConfig holds one of each."""
     path = Path(path)
     yolos = [s for s in sections if s["type"] == "yolo"]
-    if len(yolos) != 2:
-        raise DarknetFormatError(f"{path} has {len(yolos)} [yolo] sections; yolov4-tiny has 2")
+    if len(yolos) not in (2, 3):
+        raise DarknetFormatError(f"{path} has {len(yolos)} [yolo] sections; yolov4-tiny has 2, yolov4-tiny-3l 3")
     if any(y.get("new_coords", "0") != "0" for y in yolos):
         raise DarknetFormatError(f"{path}: new_coords=1 (scaled-YOLOv4 decoding) is not supported; remove it")
     for key, default in (("classes", "20"), ("anchors", ""), ("scale_x_y", "1")):
         values = {y.get(key, default) for y in yolos}
         if len(values) != 1:
-            raise DarknetFormatError(f"{path}: the two [yolo] sections differ in {key} ({_clip(values)}); "
+            raise DarknetFormatError(f"{path}: the [yolo] sections differ in {key} ({_clip(values)}); "
                                      f"this model shares one {key} between its heads")
     net = sections[0]
     check_sizes(net, yolos, path)  # before anything is built from these numbers
@@ -262,7 +282,7 @@ def config_from_cfg(sections: list[dict[str, str]], path: str | Path,
         return ModelConfig(
             classes=_class_names(classes, int(yolos[0].get("classes", "20")), path),
             anchors=[anchors[i:i + 2] for i in range(0, len(anchors), 2)],
-            anchors_mask=[_ints(y, "mask") for y in yolos], attention="none",
+            anchors_mask=[_ints(y, "mask") for y in yolos], attention="none", heads=len(yolos),
             input_shape=[int(net.get("height", "416")), int(net.get("width", "416"))],
             scale_x_y=float(yolos[0].get("scale_x_y", "1")))
     except (KeyError, ValueError) as err:
@@ -271,8 +291,7 @@ def config_from_cfg(sections: list[dict[str, str]], path: str | Path,
         raise DarknetFormatError(f"{path}: [net] or [yolo] values do not describe a yolov4-tiny model: {err}") from err
 
 
-MAX_CLASSES = 10_000  # LVIS has 1203, Open Images 601; 10k classes already make 120 MB of head weights
-MAX_SIDE = 8192  # input pixels per side; 8192^2 inputs need tens of GB of activations on this model
+MAX_SIDE = MAX_INPUT_SIDE  # the model's bounds (nets.yolo), which ModelConfig checks too: MAX_CLASSES, MAX_INPUT_SIDE
 MAX_CFG_BYTES = 1 << 20  # a yolov4-tiny.cfg is about 3 KB
 
 
@@ -322,7 +341,7 @@ def check_sizes(net: dict[str, str], yolos: list[dict[str, str]], path: str | Pa
 
 
 def read_darknet_cfg(cfg_path: str | Path, classes: list[str] | str | Path | None = None) -> ModelConfig:
-    """Parse and check a yolov4-tiny cfg; its ModelConfig (attention "none")."""
+    """Parse and check a yolov4-tiny or yolov4-tiny-3l cfg; its ModelConfig (attention "none")."""
     sections = parse_cfg(cfg_path)
     config = config_from_cfg(sections, cfg_path, classes)
     check_topology(sections, config, cfg_path)
@@ -344,7 +363,7 @@ def darknet_convs(model: YoloBody) -> list[list[torch.Tensor]]:
     BN conv: [bn.bias (beta), bn.weight (gamma), running_mean, running_var, conv.weight]; plain conv: [bias, weight].
     """
     layers = []
-    for name in CONV_MODULES:
+    for name in CONV_MODULES_3L if len(model.strides) == 3 else CONV_MODULES:
         module = model.get_submodule(name)
         if isinstance(module, BasicConv):
             bn = module.bn
@@ -421,7 +440,7 @@ def load_darknet(cfg_path: str | Path, weights_path: str | Path,
         hint = ("the file is truncated (an interrupted download?), or it is a partial .conv.N file, which is for "
                 "transfer learning: train.py --weights" if values.size < expected else
                 "the file is longer: it belongs to another cfg (other classes or network); give the matching --cfg")
-        raise DarknetFormatError(f"{weights_path}: expected {expected} float values for yolov4-tiny with "
+        raise DarknetFormatError(f"{weights_path}: expected {expected} float values for {model_name(config)} with "
                                  f"{config.num_classes} classes ({cfg_path}), found {values.size}; {hint}")
     _fill(layers, values)
     LOGGER.info("loaded %s (Darknet %d.%d.%d, seen %d) with %s", weights_path, header.major, header.minor,
@@ -430,10 +449,11 @@ def load_darknet(cfg_path: str | Path, weights_path: str | Path,
 
 
 def _full_file_classes(found: int, model: YoloBody) -> int | None:
-    """The class count for which a complete yolov4-tiny .weights file holds `found` values, else None."""
-    layers = darknet_convs(model)
-    fixed = _count(layers[:NUM_TRANSFER_CONVS]) + _count(layers[18:20])  # all but the two class-dependent convs
+    """The class count for which a complete .weights file of this model's network (yolov4-tiny, or -3l for three
+    heads) holds `found` values, else None."""
     heads = model.head_output_convs()
+    class_dependent = {id(t) for conv in heads for t in (conv.weight, conv.bias)}
+    fixed = sum(t.numel() for layer in darknet_convs(model) for t in layer if id(t) not in class_dependent)
     anchors = [h.out_channels // (5 + model.num_classes) for h in heads]
     # weights + bias per output
     per_class_slot = sum(a * (h.in_channels + 1) for a, h in zip(anchors, heads, strict=True))

@@ -1,6 +1,6 @@
 """Fast batched inference: letterbox -> one forward for N images -> decode -> NMS -> boxes in original pixels.
 
-`Detector` wraps a PyTorch model (optionally Conv+BN fused, channels_last, bf16 autocast);
+`Detector` wraps a PyTorch model (optionally Conv+BN fused, channels_last, autocast);
 `utils.runtime.onnx.OnnxDetector`
 wraps an ONNX file. Both take RGB uint8 images (H, W, 3) and return one float32 ndarray[K, 6]
 (x1, y1, x2, y2, score, class) per image, in original-image pixels, and both keep per-stage timings.
@@ -25,7 +25,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from nets.backbone import BasicConv
 from utils.common.boxes import LetterboxInfo, detections_to_original, letterbox
-from utils.common.device import autocast, autocast_dtype, select_device
+from utils.common.device import autocast, resolve_precision, select_device
 from utils.common.image_io import to_model_input
 from utils.model.config import ModelConfig
 from utils.model.decode import decode_outputs, non_max_suppression
@@ -219,15 +219,16 @@ class BaseDetector:
 
 
 class Detector(BaseDetector):
-    """PyTorch inference. optimize=True: Conv+BN fused and channels_last; amp=True: the device's autocast dtype
-    (bf16 on CPUs with native bf16, see utils.common.device). optimize=False, amp=False is the plain fp32 model."""
+    """PyTorch inference. optimize=True: Conv+BN fused and channels_last; precision: 'auto' (bf16/fp16 on CUDA,
+    fp32 elsewhere), 'fp32', 'bf16' or 'fp16' (utils.common.device.resolve_precision; `self.precision` is the
+    resolved one). optimize=False, precision='fp32' is the plain fp32 model."""
 
     def __init__(self, model: nn.Module, config: ModelConfig, device: str | torch.device | None = "cpu",
                  options: DetectOptions | None = None, input_shape: Sequence[int] | None = None,
-                 optimize: bool = True, amp: bool = True, compile: bool = False):
+                 optimize: bool = True, precision: str = "auto", compile: bool = False):
         super().__init__(config, options, input_shape)
         self.device = device if isinstance(device, torch.device) else select_device(device)
-        self.amp = amp and autocast_dtype(self.device) is not None
+        self.precision = resolve_precision(self.device, precision)
         self.memory_format = torch.channels_last if optimize else torch.contiguous_format
         model = fuse_conv_bn(model) if optimize else model.eval()
         self.model = model.to(self.device, memory_format=self.memory_format)
@@ -237,7 +238,7 @@ class Detector(BaseDetector):
             # end ~1.1x on 2 cores, where pre-processing competes for them). Each new batch size recompiles.
             self.model = torch.compile(self.model, options={"freezing": True}, dynamic=False)
         LOGGER.debug("Detector: %s, %s, %s", "fused+channels_last" if optimize else "plain",
-                     autocast_dtype(self.device) if self.amp else torch.float32, self.device)
+                     self.precision, self.device)
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
         """Run once per batch size, so compilation (with compile=True) happens before timing or streaming."""
@@ -251,7 +252,7 @@ class Detector(BaseDetector):
     @torch.inference_mode()
     def raw_outputs(self, batch: np.ndarray) -> tuple[torch.Tensor, ...]:
         """The model's raw head outputs for a batch of canvases (under the chosen precision)."""
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.precision):
             return self.model(self.to_tensor(batch))
 
     @torch.inference_mode()

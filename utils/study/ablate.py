@@ -1,138 +1,144 @@
-"""Does an attention block really help on your data? Train and evaluate every (attention, placement, seed) alike:
+"""Does a training choice really help on your data? Train and evaluate every combination of the choices, over several
+seeds, and compare them paired by seed:
 
     python -m utils.ablate --data VOCdevkit --phi none,se,cbam,eca,ca --at neck,backbone --seeds 3 --epochs 30 \\
         --input-shape 320 [any other train.py flag]
+    python -m utils.ablate --data VOCdevkit --vary multi_scale=off,on --vary mosaic=0,0.5 --seeds 5 --epochs 20
 
-Every run is a normal train.py run folder under the study folder (default logs/ablation): same data, same schedule,
-and for a given seed the same initial weights of the shared layers, the same data order and the same augmentation,
-so seed s of two attentions differ only by the attention. `none` has no placement and runs once per seed. Each run is
-then scored by eval.py on one split (default test). The study writes ablation.csv, ablation.md and ablation.png: per
-attention and placement mean +- std of mAP50 and mAP50-95 over seeds, parameters, GFLOPs, images/s, and against
-`none` the mean difference paired by seed with a 95% Student-t interval and a verdict (better / worse / within noise).
+A factor is any train.py option (`--vary NAME=V1,V2,...`; `--phi` and `--at` are shorthands for the attention and its
+placement; without --vary or --phi every attention is compared). Every run is a normal train.py run folder under the
+study folder (default logs/ablation): same data, same schedule, and for a given seed the same initial weights of the
+shared layers, the same data order and the same augmentation, so seed s of two variants differ only by the factors.
+Combinations that do not exist (a placement for `none`) run once per seed. Each run is then scored by eval.py on one
+split (default test). The report (ablation.md, .csv, .png) gives, against the baseline (the first level of each
+factor, or --baseline), every factor level's difference paired by seed with its 95% Student-t interval and verdict
+(better / worse / within noise) and the seeds a difference of --detect would need, the interaction of every two
+factors, and every variant ranked by --metric with its spread over seeds and its cost (parameters, GFLOPs, images/s).
 
 Interrupted (Ctrl-C, a kill, a reboot)? Run the same command again: finished runs (those with result.json, written
 atomically after their evaluation) are kept, a run cut short resumes from its last.pth. One run per device at a time:
-every CUDA device gets its own run; on a CPU the runs go one after another.
+every CUDA device gets its own run (--nproc-per-run K: K devices per run under torchrun); on a CPU the runs go one
+after another. Many machines sharing the study folder: `--shard I/N` runs every N-th run (a SLURM array, a Kubernetes
+indexed job, GNU parallel); the last shard to finish writes the report, or `--report` does.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import ctypes
 import ctypes.util
 import json
 import logging
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from nets.attention import attention_name
 from nets.summary import count_gflops, count_parameters
-from nets.yolo import ATTENTION_PLACES, attention_place
-from utils.common.cli import run_command, setup_logging
-from utils.common.errors import ConfigError, MissingFileError, UserError
+from utils.common.cli import CommandParser, non_negative_int, positive_int, run_command, setup_logging
+from utils.common.errors import ConfigError, MissingFileError
 from utils.runtime.loader import load_runnable
-from utils.study.stats import mean_std, paired_difference
+from utils.study.analysis import METRICS, Design, effect_rows, interaction_rows, variant_rows
+from utils.study.factors import (
+    Factor,
+    Run,
+    Variant,
+    check_grid,
+    default_attentions,
+    grid_of,
+    parse_baseline,
+    plan_runs,
+    study_factors,
+)
+from utils.study.folder import RESULT_FILE, StudyError, StudyFolder, write_json_atomic
+from utils.study.report import run_row, write_files
 from utils.train import cli as train  # train.py's parser defines the flags a study passes through
-
-try:
-    import fcntl  # POSIX advisory locks (one study process per folder)
-except ImportError:  # Windows: no advisory locks here; do not start two studies in one folder
-    fcntl = None
 
 LOGGER = logging.getLogger("ablate")
 ROOT = Path(__file__).resolve().parents[2]
-RESULT_FILE = "result.json"  # written last, atomically: its presence means the run is finished
 # train.py flags that the study itself sets for each run
 STUDY_FLAGS = ("phi", "attention_at", "seed", "name", "save_dir", "resume", "device", "data", "epochs")
-
-
-class StudyError(UserError, RuntimeError):
-    """A study that cannot go on as asked (its folder is in use or in an unexpected state, no run finished); the
-    message says what to do."""
-
-
-@dataclass(frozen=True)
-class Run:
-    """One cell of the study: attention, placement ('-' for none) and seed."""
-
-    attention: str
-    placement: str
-    seed: int
-
-    @property
-    def name(self) -> str:
-        where = "" if self.attention == "none" else f"-{self.placement}"
-        return f"{self.attention}{where}-s{self.seed}"
-
-    @property
-    def variant(self) -> tuple[str, str]:
-        return self.attention, self.placement
-
-
-def plan_runs(attentions: list[str], placements: list[str], seeds: int) -> list[Run]:
-    """Seed-major order, so that complete paired comparisons exist as early as possible."""
-    runs = []
-    for seed in range(seeds):
-        for name in attentions:
-            for at in (["-"] if name == "none" else placements):
-                runs.append(Run(name, at, seed))
-    return runs
+# train.py options that eval.py takes too: each run is scored with its own (passed through or varied)
+EVAL_FORWARDED = ("workers", "precision", "amp")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: train.py's flags pass through untouched (--eval-period is not --eval-split)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = CommandParser(description=__doc__, allow_abbrev=False)
     p.add_argument("--data", default="VOCdevkit", help="dataset, as train.py --data")
-    p.add_argument("--phi", default="none,se,cbam,eca,ca", help="attentions to compare, comma-separated (none is the "
-                   "baseline the verdicts compare against)")
-    p.add_argument("--at", default="neck", help=f"placements, comma-separated: {','.join(ATTENTION_PLACES)}")
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per attention and placement")
-    p.add_argument("--epochs", type=int, default=30, help="epochs per run")
+    p.add_argument("--vary", action="append", metavar="NAME=V1,V2,...",
+                   help="a train.py option to vary (NAME with - or _), at these values, parsed as train.py parses "
+                        "them; switches take on/off; values holding commas are separated by ; instead. Repeat for "
+                        "more factors: every combination runs")
+    p.add_argument("--phi", default=None, help="attentions to compare, comma-separated (= --vary phi=...); without "
+                   f"--vary or --phi: {default_attentions()}")
+    p.add_argument("--at", default=None, help="placements, comma-separated (= --vary attention_at=...; default neck)")
+    p.add_argument("--baseline", action="append", metavar="NAME=LEVEL",
+                   help="the level each factor is compared against (default: the first level given)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 per variant")
+    p.add_argument("--epochs", type=positive_int, default=30, help="epochs per run")
     p.add_argument("--study", default="logs/ablation", help="study folder; the same command again resumes it")
     p.add_argument("--eval-split", default="test", help="split every run is scored on with eval.py")
     p.add_argument("--evaluate", choices=("best", "last"), default="best",
                    help="checkpoint scored: best.pth (best val mAP50, what train.py ships) or last.pth")
+    p.add_argument("--metric", choices=METRICS, default="mAP50", help="what the variants are ranked by")
+    p.add_argument("--detect", type=float, default=0.02, help="the difference (in mAP) the power estimate is for: "
+                   "seeds needed to tell it from 0 at the spread observed")
+    p.add_argument("--shard", default=None, metavar="I/N", help="run only every N-th run of the study, starting at "
+                   "run I (0 <= I < N), e.g. --shard $SLURM_ARRAY_TASK_ID/8; the last shard to finish writes the "
+                   "report")
+    p.add_argument("--report", action="store_true", help="train nothing: write the report of what the study folder "
+                   "holds (its settings come from its study.json)")
     p.add_argument("--devices", default=None, help="cpu, or CUDA indices such as 0,1 (default: every CUDA device, "
                    "else the CPU); one run per device at a time")
-    p.add_argument("--speed-images", type=int, default=30, help="images per timing round for images/s")
-    p.add_argument("--speed-rounds", type=int, default=5, help="interleaved timing rounds (the best counts)")
+    p.add_argument("--nproc-per-run", type=positive_int, default=1,
+                   help="processes per run under torchrun (DDP): K CUDA devices per run, or K CPU processes")
+    p.add_argument("--speed-images", type=positive_int, default=30, help="images per timing round for images/s")
+    p.add_argument("--speed-rounds", type=non_negative_int, default=5,
+                   help="interleaved timing rounds (the best counts); 0: do not time")
     p.add_argument("--verbose", action="store_true", help="debug logging and full tracebacks")
     return p
 
 
 # ------------------------------------------------------------------------------------------------ arguments
-def parse_list(text: str, parse, what: str) -> list[str]:
-    items = [parse(t) for t in text.split(",") if t.strip()]
-    if not items:
-        raise ConfigError(f"{what} is empty")
-    return list(dict.fromkeys(items))
-
-
-def check_train_flags(extra: list[str]) -> None:
+def check_train_flags(extra: list[str], factors: tuple[str, ...] = ()) -> None:
     """The pass-through flags must be valid train.py flags and must not set what the study sets per run."""
     parser = train.get_args_parser()
-    parser.prog = "train.py flags given to utils.study.ablate"
+    parser.prog = "train.py flags given to utils.ablate"
     sentinel = object()
-    parser.set_defaults(**{dest: sentinel for dest in STUDY_FLAGS})
+    parser.set_defaults(**{dest: sentinel for dest in (*STUDY_FLAGS, *factors)})
     args = parser.parse_args(extra)
     taken = [dest for dest in STUDY_FLAGS if getattr(args, dest) is not sentinel]
     if taken:
-        raise ConfigError(f"--{taken[0].replace('_', '-')} is set by the study for each run; use utils.study.ablate's "
-                         "--data, --phi, --at, --seeds, --epochs, --study and --devices instead")
+        raise ConfigError(f"--{taken[0].replace('_', '-')} is set by the study for each run; use utils.ablate's "
+                          "--data, --phi, --at, --vary, --seeds, --epochs, --study and --devices instead")
+    varied = [dest for dest in factors if getattr(args, dest) is not sentinel]
+    if varied:
+        raise ConfigError(f"--{varied[0].replace('_', '-')} is varied by this study (--vary {varied[0]}=...); drop it "
+                          "from the train.py flags")
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'3/8' -> (3, 8): this process runs runs 3, 11, 19, ... of the study's plan."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not int(match[1]) < int(match[2]):
+        raise ConfigError(f"--shard {text}: give I/N with 0 <= I < N, e.g. --shard $SLURM_ARRAY_TASK_ID/8 for an "
+                          "array of 8 tasks numbered from 0")
+    return int(match[1]), int(match[2])
 
 
 def study_devices(text: str | None) -> list[str]:
@@ -153,6 +159,55 @@ def study_devices(text: str | None) -> list[str]:
     return [f"cuda:{i}" for i in indices]
 
 
+@dataclass(frozen=True)
+class DeviceSlot:
+    """Where one run at a time trains: one device, or (--nproc-per-run K) K processes under torchrun, on K CUDA
+    devices made visible to them alone, or on the CPU."""
+
+    device: str  # train.py's --device: cpu, cuda:1, or cuda under torchrun (each process takes its LOCAL_RANK)
+    visible: str | None = None  # CUDA_VISIBLE_DEVICES of the run's processes
+    nproc: int = 1
+
+    @property
+    def label(self) -> str:
+        return f"cuda:{self.visible}" if self.visible is not None else self.device
+
+    @property
+    def eval_device(self) -> str:
+        return "cuda:0" if self.visible is not None else self.device
+
+    def env(self) -> dict[str, str] | None:
+        return None if self.visible is None else {**os.environ, "CUDA_VISIBLE_DEVICES": self.visible}
+
+    def train_launcher(self) -> list[str]:
+        if self.nproc == 1:
+            return [sys.executable, str(ROOT / "train.py")]
+        # --standalone: a rendezvous on a free local port, so several runs on one machine never collide
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(self.nproc),
+                str(ROOT / "train.py")]
+
+
+def device_slots(text: str | None, nproc: int) -> list[DeviceSlot]:
+    """One slot per device, or per group of `nproc` CUDA devices (indices as this process sees them: under SLURM's
+    CUDA_VISIBLE_DEVICES=2,3, device 0 is GPU 2)."""
+    devices = study_devices(text)
+    if nproc < 1:
+        raise ConfigError(f"--nproc-per-run {nproc}: give 1 or more")
+    if nproc == 1:
+        return [DeviceSlot(d) for d in devices]
+    if devices == ["cpu"]:
+        return [DeviceSlot("cpu", None, nproc)]
+    if len(devices) < nproc:
+        raise ConfigError(f"--nproc-per-run {nproc} needs {nproc} CUDA devices per run; {len(devices)} given")
+    parent = os.environ.get("CUDA_VISIBLE_DEVICES")
+    physical = parent.split(",") if parent else [str(i) for i in range(torch.cuda.device_count())]
+    indices = [int(d.split(":")[1]) for d in devices]
+    if len(indices) % nproc:
+        LOGGER.warning("--nproc-per-run %d: %d of the %d devices stay idle", nproc, len(indices) % nproc, len(indices))
+    groups = [indices[i:i + nproc] for i in range(0, len(indices) - nproc + 1, nproc)]
+    return [DeviceSlot("cuda", ",".join(physical[i] for i in group), nproc) for group in groups]
+
+
 def option_value(extra: list[str], flag: str) -> str | None:
     """The value of `flag` among the pass-through train.py flags (`--flag v` or `--flag=v`), else None."""
     for i, token in enumerate(extra):
@@ -161,60 +216,6 @@ def option_value(extra: list[str], flag: str) -> str | None:
         if token.startswith(flag + "="):
             return token.split("=", 1)[1]
     return None
-
-
-# ------------------------------------------------------------------------------------------- the study folder
-class StudyFolder:
-    """The study's folder: its settings (study.json), a lock against a second study process, the run folders."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path).resolve()
-        self._lock_handle = None
-
-    def lock(self) -> None:
-        """One study process per folder; the lock dies with the process, even on SIGKILL."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        if fcntl is None:
-            return
-        self._lock_handle = open(self.path / "study.lock", "w")  # noqa: SIM115 - held for the process lifetime
-        try:
-            fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StudyError(f"another utils.study.ablate process is working in {self.path}; wait for it, or pass "
-                               "another --study folder") from None
-
-    def check_settings(self, settings: dict) -> None:
-        """Write study.json on the first start; afterwards the settings that shape every run must be the same
-        (attentions, placements and seeds may be added)."""
-        path = self.path / "study.json"
-        if path.is_file():
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            changed = [k for k in settings if stored.get(k) != settings[k]]
-            if changed:
-                key = changed[0]
-                raise ConfigError(f"{self.path} holds a study made with {key} = {stored.get(key)!r}, not "
-                                 f"{settings[key]!r}; rerun it with the same settings to resume, or pass another "
-                                 "--study folder")
-            return
-        write_json_atomic(path, settings)
-
-    def run_dir(self, run: Run) -> Path:
-        return self.path / run.name
-
-    def result(self, run: Run) -> dict | None:
-        """The finished run's result.json, or None while it is missing, unreadable or for another run."""
-        path = self.run_dir(run) / RESULT_FILE
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return data if data.get("run") == run.name and "mAP50" in data else None
-
-
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------- subprocesses
@@ -232,15 +233,19 @@ def _die_with_parent(parent: int):
     return setup if _LIBC is not None else None
 
 
-def run_logged(command: list[str], log_path: Path, stop: threading.Event, on_poll=None) -> int:
+def run_logged(command: list[str], log_path: Path, stop: threading.Event, on_poll=None,
+               env: dict[str, str] | None = None, lock: IO | None = None) -> int:
     """Run `command` with its console output appended to `log_path`; returns its exit status. `on_poll` is called
-    every second while it runs; `stop` set (Ctrl-C) sends it SIGINT, so train.py saves last.pth and exits."""
+    every second while it runs; `stop` set (Ctrl-C) sends it SIGINT, so train.py saves last.pth and exits. `lock`
+    (the run's lock file) is inherited, so the lock lives as long as the run's process does, even one that outlives
+    a killed study process where the kernel cannot end it."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   preexec_fn=_die_with_parent(os.getpid()))
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                   preexec_fn=_die_with_parent(os.getpid()),
+                                   pass_fds=(lock.fileno(),) if lock is not None else ())
         interrupted = False
         while process.poll() is None:
             if stop.is_set() and not interrupted:
@@ -298,15 +303,17 @@ class StudyProgress:
 
 # ---------------------------------------------------------------------------------------------------- the study
 class Study:
-    """Runs the planned (attention, placement, seed) cells that have no result yet, one per device at a time."""
+    """Runs the planned runs (this shard's) that have no result yet, one per device slot at a time."""
 
-    def __init__(self, args: argparse.Namespace, train_flags: list[str]):
-        self.args, self.train_flags = args, train_flags
+    def __init__(self, args: argparse.Namespace, train_flags: list[str], factors: list[Factor]):
+        self.args, self.train_flags, self.factors = args, train_flags, factors
         self.folder = StudyFolder(args.study)
-        self.attentions = parse_list(args.phi, attention_name, "--phi")
-        self.placements = parse_list(args.at, attention_place, "--at")
-        self.runs = plan_runs(self.attentions, self.placements, args.seeds)
-        self.devices = study_devices(args.devices)
+        self.grid = grid_of(factors)
+        check_grid(self.grid)
+        self.runs = plan_runs(self.grid, args.seeds)
+        self.shard = parse_shard(args.shard)
+        self.todo = self.runs[self.shard[0]::self.shard[1]] if self.shard else self.runs
+        self.slots = device_slots(args.devices, args.nproc_per_run)
         self.stop = threading.Event()
         self.failed: list[Run] = []
         self.succeeded = 0
@@ -318,15 +325,17 @@ class Study:
 
     def execute(self) -> None:
         """Train and evaluate every pending run; Ctrl-C stops the runs in flight (they keep last.pth) and re-raises."""
-        pending = [run for run in self.runs if self.folder.result(run) is None]
-        LOGGER.info("study %s: %d runs, %d finished, %d to do on %s", self.folder.path, len(self.runs),
-                    len(self.runs) - len(pending), len(pending), ", ".join(self.devices))
+        pending = [run for run in self.todo if self.folder.result(run) is None]
+        shard = f" (shard {self.shard[0]}/{self.shard[1]}: {len(self.todo)} of its {len(self.runs)} runs)" \
+            if self.shard else ""
+        LOGGER.info("study %s%s: %d runs, %d finished, %d to do on %s", self.folder.path, shard, len(self.todo),
+                    len(self.todo) - len(pending), len(pending), ", ".join(s.label for s in self.slots))
         jobs: queue.Queue = queue.Queue()
         for run in pending:
             jobs.put(run)
-        self.progress = StudyProgress(self.runs, self.args.epochs, self.folder)
-        workers = [threading.Thread(target=self._worker, args=(device, jobs), name=f"study-{device}", daemon=True)
-                   for device in self.devices]
+        self.progress = StudyProgress(self.todo, self.args.epochs, self.folder)
+        workers = [threading.Thread(target=self._worker, args=(slot, jobs), name=f"study-{slot.label}", daemon=True)
+                   for slot in self.slots]
         try:
             for worker in workers:
                 worker.start()
@@ -341,13 +350,21 @@ class Study:
         finally:
             self.progress.close()
 
-    def _worker(self, device: str, jobs: queue.Queue) -> None:
+    def _worker(self, slot: DeviceSlot, jobs: queue.Queue) -> None:
         while not self.stop.is_set():
             try:
                 run = jobs.get_nowait()
             except queue.Empty:
                 return
-            if self.execute_run(run, device):
+            lock = self.folder.claim(run)
+            if lock is None:  # another process of the study trains it: leave it to that one
+                tqdm.write(f"{run.name}: in progress in another process; skipped here")
+                continue
+            with lock:
+                if self.folder.result(run) is not None:  # finished by another process meanwhile
+                    continue
+                succeeded = self.execute_run(run, slot, lock)
+            if succeeded:
                 self.succeeded += 1
             elif not self.stop.is_set():
                 self.failed.append(run)
@@ -355,13 +372,13 @@ class Study:
                     LOGGER.error("stopping the study: its first run failed; fix the cause and run the same command")
                     self.stop.set()
 
-    def execute_run(self, run: Run, device: str) -> bool:
+    def execute_run(self, run: Run, slot: DeviceSlot, lock: IO | None = None) -> bool:
         """train.py (fresh or --resume), then eval.py, then result.json; False when a step failed."""
         run_dir, log = self.folder.run_dir(run), self.folder.path / "console" / f"{run.name}.txt"
         resumed = (run_dir / "last.pth").is_file()
         start = time.perf_counter()
-        status = run_logged(self.train_command(run, device), log, self.stop,
-                            lambda: self.progress.update(run, epochs_done(run_dir)))
+        status = run_logged(self.train_command(run, slot), log, self.stop,
+                            lambda: self.progress.update(run, epochs_done(run_dir)), slot.env(), lock)
         train_seconds = time.perf_counter() - start
         if status != 0:
             return self._failure(run, "train.py", status, log)
@@ -369,14 +386,14 @@ class Study:
             shutil.rmtree(stale)
         self.progress.update(run, self.args.epochs, "evaluating")
         start = time.perf_counter()
-        status = run_logged(self.eval_command(run_dir, device), log, self.stop)
+        status = run_logged(self.eval_command(run, slot.eval_device), log, self.stop, env=slot.env(), lock=lock)
         if status != 0:
             return self._failure(run, "eval.py", status, log)
         metrics = json.loads((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))
-        result = {"run": run.name, **asdict(run), "mAP50": metrics["mAP50"], "mAP50_95": metrics["mAP50_95"],
-                  "weights": f"{self.args.evaluate}.pth", "split": self.args.eval_split, "device": device,
-                  "train_seconds": round(train_seconds, 1), "resumed": resumed,
-                  "eval_seconds": round(time.perf_counter() - start, 1)}
+        result = {"run": run.name, "levels": dict(run.variant), "seed": run.seed, "mAP50": metrics["mAP50"],
+                  "mAP50_95": metrics["mAP50_95"], "weights": f"{self.args.evaluate}.pth",
+                  "split": self.args.eval_split, "device": slot.label, "train_seconds": round(train_seconds, 1),
+                  "resumed": resumed, "eval_seconds": round(time.perf_counter() - start, 1)}
         write_json_atomic(run_dir / RESULT_FILE, result)
         self.progress.update(run, self.args.epochs, "done")
         tqdm.write(f"{run.name}: mAP50 {result['mAP50']:.4f}, mAP50-95 {result['mAP50_95']:.4f} "
@@ -390,31 +407,36 @@ class Study:
                          "\n  ".join(tail))
         return False
 
-    def train_command(self, run: Run, device: str) -> list[str]:
+    def train_command(self, run: Run, slot: DeviceSlot) -> list[str]:
         run_dir = self.folder.run_dir(run)
-        command = [sys.executable, str(ROOT / "train.py")]
+        command = slot.train_launcher()
         if (run_dir / "last.pth").is_file():
-            return command + ["--resume", str(run_dir), "--device", device]
+            return command + ["--resume", str(run_dir), "--device", slot.device]
         if run_dir.exists():
             discard_unfinished(run_dir)
-        placement = [] if run.attention == "none" else ["--attention-at", run.placement]
-        return command + ["--data", self.args.data, "--epochs", str(self.args.epochs), "--phi", run.attention,
-                          *placement, "--seed", str(run.seed), "--save-dir", str(self.folder.path),
-                          "--name", run.name, "--device", device, *self.train_flags]
+        levels = [arg for factor in self.factors for arg in factor.train_args(run.level(factor.name))]
+        return command + ["--data", self.args.data, "--epochs", str(self.args.epochs), *levels,
+                          "--seed", str(run.seed), "--save-dir", str(self.folder.path), "--name", run.name,
+                          "--device", slot.device, *self.train_flags]
 
-    def eval_command(self, run_dir: Path, device: str) -> list[str]:
+    def eval_command(self, run: Run, device: str) -> list[str]:
+        """eval.py on the run's checkpoint, with the data loading and the precision the run trained with (its
+        validation scored that way too), whether they were passed through or are a factor of the study."""
+        flags = list(self.train_flags)
+        for factor in self.factors:  # a factor is never also passed through (check_train_flags)
+            if factor.name in EVAL_FORWARDED:
+                flags += factor.train_args(run.level(factor.name))
         forwarded = []
-        workers = option_value(self.train_flags, "--workers")
-        if workers is not None:
-            forwarded += ["--workers", workers]
-        if "--no-amp" in self.train_flags:
+        for flag in ("--workers", "--precision"):
+            value = option_value(flags, flag)
+            if value is not None:
+                forwarded += [flag, value]
+        if "--no-amp" in flags:
             forwarded.append("--no-amp")
+        run_dir = self.folder.run_dir(run)
         return [sys.executable, str(ROOT / "eval.py"), "--weights", str(run_dir / f"{self.args.evaluate}.pth"),
                 "--data", self.args.data, "--split", self.args.eval_split, "--save-dir", str(run_dir), "--name", "eval",
                 "--device", device, *forwarded]
-
-    def results(self) -> list[dict]:
-        return [r for r in (self.folder.result(run) for run in self.runs) if r is not None]
 
 
 # --------------------------------------------------------------------------------------------------- measuring
@@ -425,8 +447,8 @@ def _synchronize(device: torch.device) -> None:
 
 def images_per_second(detectors: dict, device: torch.device, images: int, rounds: int) -> dict:
     """Batch-1 forward pass + box decoding (no NMS, whose cost depends on what a model detects) on a grey letterbox
-    canvas, with each detector as predict.py runs it (fused Conv+BN, channels_last, the device's autocast). The
-    variants take turns for `rounds` rounds after a warm-up round, and each keeps its fastest round, so a busy
+    canvas, with each detector as predict.py runs it (fused Conv+BN, channels_last, the device's default precision).
+    The variants take turns for `rounds` rounds after a warm-up round, and each keeps its fastest round, so a busy
     moment on a shared machine slows one round, not one variant."""
     best = dict.fromkeys(detectors, 0.0)
     for round_index in range(rounds + 1):
@@ -443,211 +465,142 @@ def images_per_second(detectors: dict, device: torch.device, images: int, rounds
     return best
 
 
-def measure_variants(study: Study, results: list[dict]) -> dict[tuple[str, str], dict]:
-    """Parameters, GFLOPs and images/s of every variant with a finished run, from that run's checkpoint."""
-    device = torch.device(study.devices[0])
-    chosen: dict[tuple[str, str], Path] = {}
-    for result in results:
-        chosen.setdefault((result["attention"], result["placement"]), study.folder.path / result["run"] /
-                          result["weights"])
-    measured, detectors = {}, {}
+def measure_variants(folder: StudyFolder, finished: dict[Run, dict], device: str, images: int, rounds: int
+                     ) -> dict[Variant, dict]:
+    """Parameters, GFLOPs and images/s of every variant with a finished run, from that run's checkpoint. Variants
+    that build the same model (multi-scale on or off, another mosaic probability) share one timing: their
+    inference cost is equal by construction, and timing them apart would only show the machine's noise."""
+    chosen: dict[Variant, Path] = {}
+    for run, result in finished.items():
+        chosen.setdefault(run.variant, folder.run_dir(run) / result["weights"])
+    measured, models, detectors = {}, {}, {}
     for variant, path in chosen.items():
-        loaded = load_runnable(path, device=str(device))
-        measured[variant] = {"parameters": count_parameters(loaded.model),
-                             "gflops": count_gflops(loaded.model, tuple(loaded.config.input_shape))}
-        detectors[variant] = loaded.detector(optimize=True, amp=True)
-    LOGGER.info("timing %d variants on %s (%d interleaved rounds of %d images)", len(detectors), device,
-                study.args.speed_rounds, study.args.speed_images)
-    speeds = images_per_second(detectors, device, study.args.speed_images, study.args.speed_rounds)
-    for variant, speed in speeds.items():
-        measured[variant]["images_per_s"] = speed
+        loaded = load_runnable(path, device=device)
+        model_key = json.dumps(loaded.config.to_dict(), sort_keys=True)
+        if model_key not in models:
+            models[model_key] = {"parameters": count_parameters(loaded.model),
+                                 "gflops": count_gflops(loaded.model, tuple(loaded.config.input_shape))}
+            if rounds > 0:
+                detectors[model_key] = loaded.detector(optimize=True)
+        measured[variant] = models[model_key]
+    if detectors:
+        LOGGER.info("timing %d models on %s (%d interleaved rounds of %d images)", len(detectors), device, rounds,
+                    images)
+        for model_key, speed in images_per_second(detectors, torch.device(device), images, rounds).items():
+            models[model_key]["images_per_s"] = speed
     return measured
 
 
-# ---------------------------------------------------------------------------------------------------- the table
-METRICS = ("mAP50", "mAP50_95")
-COLUMNS = ("attention", "placement", "seeds", "mAP50_mean", "mAP50_std", "mAP50_95_mean", "mAP50_95_std",
-           "parameters", "gflops", "images_per_s", "pairs", "delta_mAP50", "delta_mAP50_low", "delta_mAP50_high",
-           "verdict_mAP50", "delta_mAP50_95", "delta_mAP50_95_low", "delta_mAP50_95_high", "verdict_mAP50_95")
-
-
-def summarise(results: list[dict], measured: dict | None = None, order: list[tuple[str, str]] | None = None
-              ) -> list[dict]:
-    """One row per (attention, placement): mean and std over seeds, sizes and speed, and against none the mean
-    paired difference with its 95% interval and verdict (only seeds that both have count)."""
-    by_variant: dict[tuple[str, str], dict[int, dict]] = {}
-    for result in results:
-        by_variant.setdefault((result["attention"], result["placement"]), {})[int(result["seed"])] = result
-    planned = list(dict.fromkeys(order or []))
-    variants = [v for v in planned if v in by_variant] + sorted(set(by_variant) - set(planned))
-    baseline = by_variant.get(("none", "-"), {})
-    rows = []
-    for variant in variants:
-        per_seed = by_variant[variant]
-        row = {"attention": variant[0], "placement": variant[1], "seeds": len(per_seed),
-               **(measured or {}).get(variant, {})}
-        for key in METRICS:
-            row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r[key] for r in per_seed.values()])
-        common = sorted(set(per_seed) & set(baseline))
-        if variant != ("none", "-") and common:
-            row["pairs"] = len(common)
-            for key in METRICS:
-                diff = paired_difference([baseline[s][key] for s in common], [per_seed[s][key] for s in common])
-                row.update({f"delta_{key}": diff.mean, f"delta_{key}_low": diff.low, f"delta_{key}_high": diff.high,
-                            f"verdict_{key}": diff.verdict})
-        rows.append(row)
-    return rows
-
-
-def _mean_std_text(row: dict, key: str) -> str:
-    std = row.get(f"{key}_std")
-    return f"{row[f'{key}_mean']:.4f} ± {std:.4f}" if std is not None else f"{row[f'{key}_mean']:.4f}"
-
-
-def _delta_text(row: dict, key: str) -> str:
-    if f"delta_{key}" not in row:
-        return "—"
-    low, high = row[f"delta_{key}_low"], row[f"delta_{key}_high"]
-    interval = f" [{low:+.4f}, {high:+.4f}]" if low is not None else ""
-    return f"{row[f'delta_{key}']:+.4f}{interval}"
-
-
-def format_table(rows: list[dict]) -> str:
-    """The Markdown table printed at the end and written into ablation.md."""
-    lines = ["| attention | placement | seeds | mAP50 | mAP50-95 | parameters | GFLOPs | images/s | "
-             "Δ mAP50 vs none [95% CI] | verdict | Δ mAP50-95 vs none [95% CI] | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        size = (f"{row['parameters']:,} | {row['gflops']:.3f} | {row['images_per_s']:.1f}" if "parameters" in row
-                else "— | — | —")
-        lines.append(f"| {row['attention']} | {row['placement']} | {row['seeds']} | {_mean_std_text(row, 'mAP50')} | "
-                     f"{_mean_std_text(row, 'mAP50_95')} | {size} | {_delta_text(row, 'mAP50')} | "
-                     f"{row.get('verdict_mAP50', '—')} | {_delta_text(row, 'mAP50_95')} | "
-                     f"{row.get('verdict_mAP50_95', '—')} |")
-    return "\n".join(lines)
-
-
-def write_csv(rows: list[dict], path: Path, columns: tuple[str, ...] = COLUMNS) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else (f"{row[k]:.6g}" if isinstance(row.get(k), float)
-                                                                else row[k])) for k in columns})
-    os.replace(tmp, path)
-
-
-def plot_study(rows: list[dict], path: Path) -> None:
-    """mAP50 and mAP50-95 (mean +- std over seeds) per variant, and the paired differences against none with their
-    95% intervals."""
-    # local: matplotlib takes 0.7-0.8 s to import on the 2-core CI machine (python -X importtime); only the report at
-    # the end of a study needs it, not --help, a bad flag, or the tests of the planning and statistics
-    import matplotlib
-    matplotlib.use("Agg")  # files only; studies run on machines without a display
-    import matplotlib.pyplot as plt
-
-    labels = [r["attention"] if r["placement"] == "-" else f"{r['attention']}\n{r['placement']}" for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(max(13.0, 4 + 2.4 * len(rows)), 4.2), squeeze=False)
-    for ax, key, title in ((axes[0][0], "mAP50", "mAP50"), (axes[0][1], "mAP50_95", "mAP50-95")):
-        means = [r[f"{key}_mean"] for r in rows]
-        errors = [r[f"{key}_std"] or 0.0 for r in rows]
-        ax.bar(range(len(rows)), means, yerr=errors, capsize=4, color="#4c72b0")
-        ax.set_xticks(range(len(rows)), labels, fontsize=8)
-        ax.set_title(f"{title}, mean ± std over seeds", fontsize=10)
-        low = min(m - e for m, e in zip(means, errors, strict=True))
-        ax.set_ylim(max(0.0, low - 0.1 * (max(means) - low + 1e-9)), None)  # differences are small: zoom in
-        ax.grid(axis="y", alpha=0.3)
-    _plot_deltas(axes[0][2], rows)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_deltas(ax, rows: list[dict]) -> None:
-    compared = [r for r in rows if "delta_mAP50" in r]
-    for offset, key, color in ((-0.15, "mAP50", "#4c72b0"), (0.15, "mAP50_95", "#dd8452")):
-        ys = [i + offset for i in range(len(compared))]
-        means = [r[f"delta_{key}"] for r in compared]
-        low = [r[f"delta_{key}"] - r[f"delta_{key}_low"] if r[f"delta_{key}_low"] is not None else 0 for r in compared]
-        high = [r[f"delta_{key}_high"] - r[f"delta_{key}"] if r[f"delta_{key}_high"] is not None else 0
-                for r in compared]
-        ax.errorbar(means, ys, xerr=[low, high], fmt="o", capsize=4, color=color, label=key.replace("_", "-"))
-    ax.axvline(0.0, color="grey", lw=1)
-    ax.set_yticks(range(len(compared)), [f"{r['attention']} {r['placement']}" for r in compared], fontsize=8)
-    ax.set_ylim(len(compared) - 0.5, -0.5)  # first variant on top
-    ax.set_title("attention - none (paired by seed), 95% CI", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(axis="x", alpha=0.3)
-
-
 # ------------------------------------------------------------------------------------------------------ report
-RUN_COLUMNS = ("run", "attention", "placement", "seed", "mAP50", "mAP50_95", "weights", "split", "device",
-               "train_seconds", "eval_seconds", "resumed")
-
-
-def report_header(study: Study, results: list[dict], command: str, wall_seconds: float) -> str:
-    run_seconds = sum(r["train_seconds"] + r["eval_seconds"] for r in results)
-    flags = " ".join(study.train_flags) or "(defaults)"
+def report_header(stored: dict, args: argparse.Namespace, baseline: dict, counts: tuple[int, int],
+                  run_seconds: float, command: str, device: str) -> str:
+    flags = " ".join(stored["train_flags"]) or "(defaults)"
+    factors = "; ".join(f"{name}: {', '.join(levels)}" for name, levels in stored["grid"].items())
+    base = ", ".join(f"{name}={level}" for name, level in baseline.items())
+    timing = (f"batch 1, forward pass + box decoding on a grey canvas at the run's input size, fused Conv+BN and the "
+              f"device's default precision as predict.py; {args.speed_rounds} interleaved rounds of "
+              f"{args.speed_images} images on {device}, fastest round per model (variants that build the same model "
+              "share it)"
+              if args.speed_rounds > 0 else "not measured (--speed-rounds 0)")
     return "\n".join([
-        "# Attention ablation", "",
+        "# Study", "",
         f"Command: `{command}`", "",
-        f"- data `{study.args.data}`, {study.args.epochs} epochs per run, seeds 0..{study.args.seeds - 1}, "
-        f"train.py flags: `{flags}`",
-        f"- scored by eval.py on the `{study.args.eval_split}` split with each run's `{study.args.evaluate}.pth`",
-        f"- {len(results)} of {len(study.runs)} runs finished; their run time summed {run_seconds / 60:.1f} min; "
-        f"this session's wall time {wall_seconds / 60:.1f} min",
-        f"- images/s: batch 1, forward pass + box decoding on a grey canvas at the run's input size, fused Conv+BN "
-        f"and the device's autocast as predict.py; {study.args.speed_rounds} interleaved rounds of "
-        f"{study.args.speed_images} images on {study.devices[0]}, fastest round per variant",
-        "- Δ: mean over seeds of (attention - none) for the same seed (same data order, augmentation and initial "
+        f"- data `{stored['data']}`, {stored['epochs']} epochs per run, seeds 0..{stored['seeds'] - 1}, train.py "
+        f"flags: `{flags}`",
+        f"- factors: {factors}",
+        f"- baseline: {base} (the first level of each factor unless `--baseline NAME=LEVEL` says otherwise)",
+        f"- scored by eval.py on the `{stored['eval_split']}` split with each run's `{stored['evaluate']}.pth`",
+        f"- {counts[0]} of {counts[1]} runs finished; their run time summed {run_seconds / 60:.1f} min",
+        f"- images/s: {timing}",
+        "- Δ: mean over seeds of (variant - baseline) for the same seed (same data order, augmentation and initial "
         "weights of the shared layers), with a 95% Student-t interval; **better** / **worse** when the whole "
-        "interval lies above / below 0, else **within noise**",
-        "- GFLOPs from torch.utils.flop_counter count convolutions and matrix products; the attention blocks' "
-        "pooling, sigmoids and products are not in them (images/s shows their cost)", ""])
+        "interval lies above / below 0, else **within noise**. A factor level's Δ is averaged over the other "
+        "factors' levels; an interaction is how much a level's gain changes with another factor's level",
+        f"- seeds for ±{args.detect:g}: how many seeds a true difference of {args.detect:g} would need for its 95% "
+        "interval to exclude 0 with 80% power, at the spread of the per-seed differences observed here (Student t)",
+        "- GFLOPs from torch.utils.flop_counter count convolutions and matrix products; attention blocks' pooling, "
+        "sigmoids and products are not in them (images/s shows their cost)", ""])
 
 
-def write_report(study: Study, rows: list[dict], results: list[dict], command: str, wall_seconds: float) -> str:
-    """ablation.csv, ablation_runs.csv, ablation.md and ablation.png in the study folder; returns the table."""
-    folder = study.folder.path
-    write_csv(rows, folder / "ablation.csv")
-    write_csv(results, folder / "ablation_runs.csv", RUN_COLUMNS)
-    plot_study(rows, folder / "ablation.png")
-    table = format_table(rows)
-    text = report_header(study, results, command, wall_seconds) + "\n" + table + "\n\n![ablation](ablation.png)\n"
-    (folder / "ablation.md").write_text(text, encoding="utf-8")
-    return table
+def write_report(folder: StudyFolder, stored: dict, args: argparse.Namespace, command: str, device: str
+                 ) -> tuple[str, int]:
+    """Every report file for the runs of the study's whole grid that have finished; returns the Markdown body and
+    the number of runs still missing. Hold folder.locked() around it."""
+    if "grid" not in stored:
+        raise StudyError(f"{folder.path} was made before study.json recorded its plan; run the study's own command "
+                         "once more (it keeps every finished run, and writes the report)")
+    runs = plan_runs(stored["grid"], stored["seeds"])
+    finished = {run: result for run in runs if (result := folder.result(run)) is not None}
+    if not finished:
+        raise StudyError(f"no run of the study in {folder.path} has finished; see the messages above and "
+                         f"{folder.path / 'console'}")
+    design = Design(stored["grid"], parse_baseline(args.baseline, stored["grid"]), args.detect)
+    scores = {(run.variant, run.seed): result for run, result in finished.items()}
+    measured = measure_variants(folder, finished, device, args.speed_images, args.speed_rounds)
+    tables = {"variants": variant_rows(design, scores, measured, args.metric),
+              "effects": effect_rows(design, scores), "interactions": interaction_rows(design, scores),
+              "runs": [run_row(result, run.variant, run.name) for run, result in finished.items()]}
+    run_seconds = sum(r.get("train_seconds", 0) + r.get("eval_seconds", 0) for r in finished.values())
+    header = report_header(stored, args, design.baseline, (len(finished), len(runs)), run_seconds, command, device)
+    body = write_files(folder.path, header, design.factors, tables, args.metric, args.detect)
+    return body, len(runs) - len(finished)
+
+
+def report_only(args: argparse.Namespace, command: str) -> int:
+    """--report: the study folder's own settings, nothing trained."""
+    folder = StudyFolder(args.study)
+    if not (folder.path / "study.json").is_file():
+        raise MissingFileError(f"--study {args.study} holds no study.json; give the folder of a study")
+    device = device_slots(args.devices, 1)[0].device
+    with folder.locked():
+        body, missing = write_report(folder, folder.read_settings(), args, command, device)
+    print(body)
+    print(f"study written to {folder.path} (ablation.md, ablation*.csv, ablation.png)")
+    if missing:
+        LOGGER.error("%d runs of the study have not finished yet; the report covers the others", missing)
+        return 1
+    return 0
+
+
+def check_report_options(args: argparse.Namespace) -> None:
+    if not args.detect > 0:
+        raise ConfigError(f"--detect {args.detect}: give the difference to detect, in mAP (e.g. 0.02)")
 
 
 def run_study(args: argparse.Namespace, train_flags: list[str], command: str) -> int:
-    """Plan, train and evaluate what is missing, then measure and write the report; 1 when runs are missing."""
-    if args.seeds < 1 or args.epochs < 1:
-        raise ConfigError(f"--seeds and --epochs must be at least 1 (got {args.seeds} and {args.epochs})")
-    check_train_flags(train_flags)
+    """Plan, train and evaluate what is missing (this shard's part), then write the report; 1 when runs of this
+    command are missing."""
+    check_report_options(args)
+    if args.report:
+        return report_only(args, command)
+    factors = study_factors(args.vary, args.phi, args.at)
+    check_train_flags(train_flags, tuple(f.name for f in factors if f.name not in STUDY_FLAGS))
     if not Path(args.data).exists():
         raise MissingFileError(f"--data {args.data} not found; give a VOCdevkit, images/+annotations/ folder or "
-                                "COCO json, as for train.py")
-    study = Study(args, train_flags)
-    study.folder.lock()
-    study.folder.check_settings(study.settings())
-    start = time.perf_counter()
+                               "COCO json, as for train.py")
+    study = Study(args, train_flags, factors)
+    parse_baseline(args.baseline, study.grid)  # a bad --baseline fails before hours of training
+    with study.folder.locked():
+        study.folder.record(study.settings(), study.grid, args.seeds)
     try:
         study.execute()
     except KeyboardInterrupt:
         LOGGER.warning("interrupted: the runs in flight saved their last.pth; run the same command to continue")
         raise
-    results = study.results()
-    if not results:
-        raise StudyError(f"no run of the study in {study.folder.path} has finished; see the messages above and "
-                           f"{study.folder.path / 'console'}")
-    measured = measure_variants(study, results)
-    rows = summarise(results, measured, [run.variant for run in study.runs])
-    table = write_report(study, rows, results, command, time.perf_counter() - start)
-    print(table)
-    print(f"study written to {study.folder.path} (ablation.md, ablation.csv, ablation.png)")
-    missing = len(study.runs) - len(results)
-    if missing:
-        LOGGER.error("%d of %d runs did not finish; run the same command to retry them", missing, len(study.runs))
+    missing_here = sum(study.folder.result(run) is None for run in study.todo)
+    if study.shard and any(study.folder.result(run) is None for run in study.runs):
+        done = sum(study.folder.result(run) is not None for run in study.runs)
+        LOGGER.info("shard %d/%d finished its part: %d of the study's %d runs are done; the last shard to finish, or "
+                    "--report, writes the report", *study.shard, done, len(study.runs))
+    else:
+        with study.folder.locked():
+            body, _ = write_report(study.folder, study.folder.read_settings(), args, command,
+                                   study.slots[0].eval_device)
+        print(body)
+        print(f"study written to {study.folder.path} (ablation.md, ablation*.csv, ablation.png)")
+    if missing_here:
+        LOGGER.error("%d of this command's %d runs did not finish; run the same command to retry them", missing_here,
+                     len(study.todo))
         return 1
     return 0
 

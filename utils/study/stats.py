@@ -1,8 +1,10 @@
-"""Small statistics for comparing training runs: Student's t quantile (no scipy), paired differences, verdicts."""
+"""Small statistics for comparing training runs: Student's t quantile (no scipy), paired differences, verdicts, and
+how many seeds a difference of a given size needs (a power estimate)."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Sequence
 
 
@@ -92,9 +94,34 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     """b - a paired element-wise (e.g. by seed), with a Student-t interval for the mean difference."""
     if len(a) != len(b) or not a:
         raise ValueError(f"paired_difference needs two equally long, non-empty sequences, got {len(a)} and {len(b)}")
-    differences = [y - x for x, y in zip(a, b, strict=True)]
+    return mean_interval([y - x for x, y in zip(a, b, strict=True)], confidence)
+
+
+def mean_interval(differences: Sequence[float], confidence: float = 0.95) -> PairedDifference:
+    """The mean of per-seed differences (or of any per-seed contrast) with its Student-t interval."""
+    if not differences:
+        raise ValueError("mean_interval needs at least one value")
     mean, std = mean_std(differences)
     if std is None:
         return PairedDifference(mean, None, None, 1)
     half = t_quantile(0.5 + confidence / 2.0, len(differences) - 1) * std / math.sqrt(len(differences))
     return PairedDifference(mean, mean - half, mean + half, len(differences))
+
+
+def seeds_needed(std: float | None, difference: float, confidence: float = 0.95, power: float = 0.8) -> int | None:
+    """Seeds n for which a true mean difference `difference` gives a `confidence` interval that excludes 0 with
+    probability `power`, when the per-seed differences spread with standard deviation `std`:
+
+        the smallest n >= 2 with (t(1 - alpha/2, n - 1) + t(power, n - 1)) * std / sqrt(n) <= |difference|
+
+    (the usual approximation for a paired t-test, alpha = 1 - confidence). None when `std` is unknown (one seed).
+    Student's t quantiles exceed the normal ones, so the search starts at the normal-approximation n."""
+    if std is None:
+        return None
+    if difference == 0:
+        raise ValueError("seeds_needed needs a difference other than 0")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2.0) + NormalDist().inv_cdf(power)
+    n = max(2, math.floor((z * std / abs(difference)) ** 2))
+    while (t_quantile(0.5 + confidence / 2.0, n - 1) + t_quantile(power, n - 1)) * std / math.sqrt(n) > abs(difference):
+        n += 1
+    return n

@@ -10,7 +10,7 @@ that lie nearest the centre, and objectness learns the IoU of the predicted box 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,65 +20,13 @@ from torchvision.ops import box_iou, complete_box_iou_loss
 from utils.common.errors import ConfigError
 from utils.model.config import ModelConfig
 from utils.model.decode import decode_boxes, make_grid
+from utils.train.loss_config import LossConfig
 
 # Objectness weight of a head by its stride: the reference's 0.4 for stride 32 (13x13 at 416) and 1.0 for stride 16;
 # 4.0 for stride 8 is YOLOv5's value for P3, for a three-head variant.
 HEAD_BALANCE = {32: 0.4, 16: 1.0, 8: 4.0}
-BOX_RATIO = 0.05
-ASSIGNERS = ("best_anchor", "ratio")
-OBJ_TARGETS = ("one", "iou")
 # The two cells next to the centre cell that lie nearest the box centre, as (dx, dy): left or right, up or down.
 NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1))
-
-
-@dataclass
-class LossConfig:
-    """How ground truths become positives and how the terms are weighed. The defaults are the reference's loss.
-
-    assign: "best_anchor" (the reference, Darknet: each box is a positive of its best width/height-IoU anchor only,
-    in its centre cell; one positive per box, or two when that anchor is in two heads' masks) or "ratio" (YOLOv5:
-    every anchor of every head whose width and height are both within a factor `anchor_ratio` of the box's).
-    neighbour_cells: "ratio" also makes the two cells beside the centre cell nearest the centre positives (3 cells
-    per matched anchor). Their predicted centres must reach into the next cell, so this needs
-    ModelConfig.scale_x_y >= 2 (centre offset 2 sigmoid - 0.5 in (-0.5, 1.5), YOLOv5's and Scaled-YOLOv4's).
-    obj_target: "one" (the reference) or "iou": a positive's objectness target is the CIoU of its predicted box with
-    its ground truth (detached, clamped at 0), so the score ranks boxes by how well they fit (YOLOv5's gr = 1).
-    ignore_threshold: negatives whose decoded box overlaps a ground truth of their image by IoU above this are left
-    out of the objectness loss (the reference's 0.5); 1.0 or more leaves none out (YOLOv5).
-    Gains: box = box_gain x sum over heads; obj = obj_gain x (h w / 416^2) x sum of HEAD_BALANCE[stride] x obj_head;
-    cls = cls_gain x nc / 80 x sum over heads (the reference: 0.05, 5, 1).
-    """
-
-    assign: str = "best_anchor"
-    anchor_ratio: float = 4.0
-    neighbour_cells: bool = False
-    obj_target: str = "one"
-    ignore_threshold: float = 0.5
-    box_gain: float = BOX_RATIO
-    obj_gain: float = 5.0
-    cls_gain: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.assign not in ASSIGNERS:
-            raise ConfigError(f"loss assign {self.assign!r}: use one of {', '.join(ASSIGNERS)}")
-        if self.obj_target not in OBJ_TARGETS:
-            raise ConfigError(f"loss obj_target {self.obj_target!r}: use one of {', '.join(OBJ_TARGETS)}")
-        if self.anchor_ratio <= 1.0:
-            raise ConfigError(f"loss anchor_ratio {self.anchor_ratio} must be above 1 (YOLOv5: 4.0)")
-        if self.neighbour_cells and self.assign != "ratio":
-            raise ConfigError("loss neighbour_cells needs assign 'ratio'")
-        for name in ("box_gain", "obj_gain", "cls_gain"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"loss {name} {getattr(self, name)} must be >= 0")
-
-    @classmethod
-    def from_dict(cls, values: dict | None) -> "LossConfig":
-        """From a TrainConfig.loss dict; an unknown key is a ConfigError naming the known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values or {}) - known)
-        if unknown:
-            raise ConfigError(f"unknown loss option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**(values or {}))
 
 
 @dataclass

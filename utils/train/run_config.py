@@ -18,6 +18,7 @@ import torchvision
 import yaml
 
 from utils.common.errors import ConfigError, MissingFileError
+from utils.common.safe_load import load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_CONFIG_BYTES = 1 << 20
@@ -37,15 +38,21 @@ def git_commit(root: Path = ROOT) -> str | None:
     return commit.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def run_info(data: str, classes: list[str]) -> dict[str, Any]:
-    return {"dataset": data, "classes": [str(c) for c in classes], "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "python": platform.python_version(),
-            "git_commit": git_commit()}
+def run_info(data: str, classes: list[str], precision: str | None = None, device: str | None = None
+             ) -> dict[str, Any]:
+    """What the options alone do not say: the data and classes used, the precision the run computed in and on what
+    device, and the versions of the code."""
+    info = {"dataset": data, "classes": [str(c) for c in classes]}
+    if precision is not None:
+        info.update(precision=precision, device=device)
+    return {**info, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "python": platform.python_version(), "git_commit": git_commit()}
 
 
-def write_args_yaml(path: Path, config: Any, classes: list[str]) -> Path:
+def write_args_yaml(path: Path, config: Any, classes: list[str], precision: str | None = None,
+                    device: str | None = None) -> Path:
     """Write `config` (a TrainConfig) with every field resolved, plus run_info, to `path`."""
-    content = _plain({**config.to_dict(), RUN_INFO: run_info(config.data, classes)})
+    content = _plain({**config.to_dict(), RUN_INFO: run_info(config.data, classes, precision, device)})
     text = "# train.py --config this file [flags] re-runs this training; flags override the file\n"
     path.write_text(text + yaml.safe_dump(content, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
@@ -67,12 +74,7 @@ def read_config_file(path: str | Path, fields: set[str]) -> dict[str, Any]:
     if not path.is_file():
         raise MissingFileError(f"--config {path} not found; give an args.yaml of a run or a recipe such as "
                                "model_data/voc_recipe.yaml")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"--config {path}: larger than {MAX_CONFIG_BYTES} bytes; not a training configuration")
-    try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise ConfigError(f"--config {path}: not a valid YAML file; fix its syntax") from None
+    content = load_yaml(path, f"--config {path}", MAX_CONFIG_BYTES) or {}  # bounded: size, aliases, depth
     if not isinstance(content, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option: value")
     content.pop(RUN_INFO, None)

@@ -1,0 +1,197 @@
+"""predict.py --track: multi-object tracking with stable IDs over videos, webcams, streams and image sequences.
+
+Association is ByteTrack (Zhang et al., "ByteTrack: Multi-Object Tracking by Associating Every Detection Box", ECCV
+2022) as implemented by Roboflow's `trackers` package (`ByteTrackTracker`, the successor of supervision's ByteTrack,
+which supervision 0.30 removed): a Kalman filter per track, a first IoU association of the detections scoring at
+least --conf, a second one of the weaker detections (down to --track-low) with the tracks still unmatched, so an
+object whose score dips for a few frames keeps its ID. New tracks need --conf + 0.1 (the reference's new-track
+threshold) and two frames in a row; a lost track waits --track-buffer frames (counted at 30 fps, scaled to the
+source's frame rate) for its object to come back.
+
+Every source of a run has its own tracker (IDs are per source). A live stream that reconnects keeps its tracks when
+the gap is shorter than --track-gap seconds; after a longer gap its objects have moved on, so its tracks end and
+new ones start, with IDs that go on counting (an ID is never reused within one file).
+
+Outputs: tracked detections as float32 ndarray[K, 7] (x1, y1, x2, y2, score, class, track id >= 1) in original-image
+pixels; per source, tracks/<stem>.txt in the MOTChallenge layout `frame,id,x,y,w,h,score,class,-1,-1` (frame
+1-based, its index in the source; x, y the top-left corner; class the model's 0-based index); a summary line per
+source (tracks seen, per class: a track's class is the one it was detected as most often).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import numpy as np
+
+from utils.common.errors import ConfigError, MissingDependencyError
+from utils.common.filenames import safe_stem
+
+LOGGER = logging.getLogger(__name__)
+NEW_TRACK_MARGIN = 0.1  # a new track needs conf + this (ByteTrack's reference: new_track_thresh = track_thresh + 0.1)
+DEFAULT_FPS = 30.0  # ByteTrack's buffer is counted in frames at 30 fps
+TRACK_COLUMNS = 7  # x1, y1, x2, y2, score, class, track id
+
+
+@dataclass
+class TrackOptions:
+    """ByteTrack's settings. Scores are objectness x class probability, as --conf."""
+
+    conf: float = 0.5  # first association; conf + NEW_TRACK_MARGIN starts a track
+    low: float = 0.1  # detections from this score up keep unmatched tracks alive (second association)
+    match_iou: float = 0.2  # least IoU between a track's predicted box and a detection (ByteTrack's 0.8 cost = 1 - IoU)
+    buffer: int = 30  # frames (at 30 fps) that a lost track waits for its object
+    min_frames: int = 2  # frames in a row before a track gets its ID
+    gap_seconds: float = 5.0  # a live source silent for longer (a reconnect) starts its tracks anew
+
+    def check(self) -> TrackOptions:
+        """Self, or ConfigError naming the flag that is out of range."""
+        checks = [(0 < self.conf <= 1, f"--conf {self.conf}: give a score in (0, 1]"),
+                  (0 < self.low <= self.conf, f"--track-low {self.low}: give a score above 0 and at most --conf "
+                                              f"({self.conf})"),
+                  (0 < self.match_iou < 1, f"--track-iou {self.match_iou}: give an IoU between 0 and 1"),
+                  (self.buffer >= 0, f"--track-buffer {self.buffer}: give 0 or more frames"),
+                  (self.gap_seconds > 0, f"--track-gap {self.gap_seconds}: give a number of seconds above 0")]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+def byte_tracker(options: TrackOptions, fps: float | None) -> Any:
+    """A fresh `trackers.ByteTrackTracker` with `options`, its buffer scaled to the source's frame rate."""
+    try:
+        from trackers import ByteTrackTracker  # local: optional dependency, only --track needs it
+    except ImportError as err:
+        raise MissingDependencyError(f"--track needs the trackers package (ByteTrack; {err}): "
+                                     "pip install 'trackers>=2.1,<3'") from err
+    return ByteTrackTracker(lost_track_buffer=options.buffer, frame_rate=fps or DEFAULT_FPS,
+                            track_activation_threshold=min(1.0, options.conf + NEW_TRACK_MARGIN),
+                            minimum_consecutive_frames=options.min_frames, minimum_iou_threshold=options.match_iou,
+                            high_conf_det_threshold=options.conf)
+
+
+def to_supervision(detections: np.ndarray) -> Any:
+    """ndarray[K, 6] (x1, y1, x2, y2, score, class) -> supervision.Detections, with each row's index kept in
+    data["row"] (the tracker may reorder and drop rows)."""
+    import supervision as sv  # the trackers package's own dependency
+
+    return sv.Detections(xyxy=detections[:, :4].astype(np.float32), confidence=detections[:, 4].astype(np.float32),
+                         class_id=detections[:, 5].astype(int), data={"row": np.arange(len(detections))})
+
+
+class SourceTracks:
+    """The tracker of one source, its IDs (1-based, never reused) and each track's classes."""
+
+    def __init__(self, options: TrackOptions, fps: float | None, make_tracker: Callable[[TrackOptions, float | None],
+                                                                                     Any] = byte_tracker):
+        self.options, self.fps, self.make_tracker = options, fps, make_tracker
+        self.tracker = make_tracker(options, fps)
+        self.id_offset = 0  # IDs handed out by earlier trackers of this source (before a long gap)
+        self.classes: dict[int, Counter] = defaultdict(Counter)
+        self.last_update: float | None = None
+
+    def restart(self) -> None:
+        """End every track (the source was silent too long); later IDs continue after the highest so far."""
+        self.id_offset = max(self.classes, default=0)
+        self.tracker = self.make_tracker(self.options, self.fps)
+
+    def update(self, detections: np.ndarray) -> np.ndarray:
+        """One frame's ndarray[K, 6] -> its tracked rows ndarray[K', 7] (detections of no confirmed track dropped),
+        in the detections' order."""
+        result = self.tracker.update(to_supervision(detections))
+        ids = np.asarray(result.tracker_id, dtype=np.int64)
+        confirmed = ids >= 0
+        rows = np.asarray(result.data["row"], dtype=np.int64)[confirmed] if len(result) else np.zeros(0, np.int64)
+        ids = ids[confirmed] + 1 + self.id_offset
+        order = np.argsort(rows, kind="stable")
+        rows, ids = rows[order], ids[order]
+        tracked = np.column_stack([detections[rows, :6], ids]).astype(np.float32).reshape(-1, TRACK_COLUMNS)
+        for track_id, label in zip(ids.tolist(), detections[rows, 5].astype(int).tolist(), strict=True):
+            self.classes[track_id][label] += 1
+        return tracked
+
+    def class_counts(self) -> Counter:
+        """Tracks per class, each track counted once as its most frequent class."""
+        return Counter(counts.most_common(1)[0][0] for counts in self.classes.values())
+
+
+def mot_lines(frame_number: int, tracked: np.ndarray) -> list[str]:
+    """MOTChallenge rows `frame,id,x,y,w,h,score,class,-1,-1` of one frame (frame_number 1-based)."""
+    lines = []
+    for x1, y1, x2, y2, score, label, track_id in tracked.tolist():
+        lines.append(f"{frame_number},{int(track_id)},{x1:.2f},{y1:.2f},{x2 - x1:.2f},{y2 - y1:.2f},{score:.4f},"
+                     f"{int(label)},-1,-1")
+    return lines
+
+
+def sequence_stem(paths: list[Path]) -> str:
+    """The stem of an image sequence's MOTChallenge file: the name of the folder holding its images."""
+    return safe_stem(Path(paths[0]).absolute().parent.name, fallback="images") if paths else "images"
+
+
+class Tracking:
+    """The trackers of a run, one per source, and their MOTChallenge files under save_dir/tracks/ (none when
+    save_dir is None). `live` names the sources whose gaps are measured (stream URLs)."""
+
+    def __init__(self, options: TrackOptions, save_dir: Path | None, class_names: list[str],
+                 fps_of: Callable[[str], float | None] = lambda stem: None, live: frozenset[str] = frozenset(),
+                 make_tracker: Callable[[TrackOptions, float | None], Any] = byte_tracker):
+        self.options, self.class_names, self.fps_of, self.live = options.check(), class_names, fps_of, live
+        self.make_tracker = make_tracker
+        self.folder = Path(save_dir) / "tracks" if save_dir is not None else None
+        self.sources: dict[str, SourceTracks] = {}
+        self._files: dict[str, TextIO] = {}
+        self.written: dict[str, Path] = {}  # source stem -> its MOTChallenge file
+        make_tracker(options, None)  # fail now, before any frame, when the trackers package is missing
+
+    def update(self, stem: str, frame_index: int, detections: np.ndarray) -> np.ndarray:
+        """Track one frame (`frame_index` 0-based in its source) of source `stem`: ndarray[K, 6] -> [K', 7]."""
+        source = self.sources.get(stem)
+        if source is None:
+            source = self.sources[stem] = SourceTracks(self.options, self.fps_of(stem), self.make_tracker)
+        now = time.monotonic()
+        if stem in self.live and source.last_update is not None and now - source.last_update > \
+                self.options.gap_seconds:
+            LOGGER.warning("%s: no frame for %.1f s (over --track-gap %g): its tracks end, new ones start", stem,
+                           now - source.last_update, self.options.gap_seconds)
+            source.restart()
+        source.last_update = now
+        tracked = source.update(detections)
+        self._write(stem, frame_index, tracked)
+        return tracked
+
+    def _write(self, stem: str, frame_index: int, tracked: np.ndarray) -> None:
+        if self.folder is None or not len(tracked):
+            return
+        handle = self._files.get(stem)
+        if handle is None:  # stems are sanitised and unique per run (utils.deploy.sources / streams)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.written[stem] = self.folder / f"{stem}.txt"
+            handle = self._files[stem] = self.written[stem].open("w", encoding="utf-8")
+        handle.write("".join(line + "\n" for line in mot_lines(frame_index + 1, tracked)))
+
+    def summary_lines(self) -> list[str]:
+        """'<source>: 12 tracks (7 circle, 5 square)' per source, in the order the sources first sent a frame."""
+        lines = []
+        for stem, source in self.sources.items():
+            counts = source.class_counts()
+            total = sum(counts.values())
+            ranked = sorted(counts.items(), key=lambda item: (-item[1], self._name(item[0])))  # most first, then A-Z
+            per_class = ", ".join(f"{n} {self._name(label)}" for label, n in ranked)
+            where = f" -> {self.written[stem]}" if stem in self.written else ""
+            lines.append(f"{stem}: {total} track{'s' if total != 1 else ''}" + (f" ({per_class})" if total else "")
+                         + where)
+        return lines
+
+    def _name(self, label: int) -> str:
+        return self.class_names[label] if 0 <= label < len(self.class_names) else str(label)
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()

@@ -1,0 +1,62 @@
+"""Sliced inference's options (SliceOptions) and their flags, the same in eval.py and predict.py: light to import, so
+that --help and a value outside its range answer before torch loads; utils/runtime/slicing.py does the work."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from utils.common.cli import NumberRange
+from utils.common.errors import ConfigError
+
+MERGES = ("nmm", "nms")
+
+
+@dataclass
+class SliceOptions:
+    """Tile side (px), overlap fraction between neighbouring tiles, whether the whole image is also run, the merge
+    ("nmm" or "nms") and how many canvases go through the model at once."""
+
+    size: int = 320
+    overlap: float = 0.2
+    full_image: bool = True
+    merge: str = "nmm"
+    batch: int = 8
+
+    def check(self) -> SliceOptions:
+        """Self, or ConfigError naming the flag that is out of range."""
+        if self.size < 32:
+            raise ConfigError(f"--slice {self.size}: give a tile side of at least 32 px (usually the model's input, "
+                              "e.g. 320 or 416)")
+        if not 0 <= self.overlap < 1:
+            raise ConfigError(f"--slice-overlap {self.overlap}: give a fraction in [0, 1), e.g. 0.2")
+        if self.merge not in MERGES:
+            raise ConfigError(f"--slice-merge {self.merge!r}: choose one of {', '.join(MERGES)}")
+        if self.batch < 1:
+            raise ConfigError(f"--batch-size {self.batch}: give 1 or more")
+        return self
+
+
+# a tile is a model input: at least the coarsest stride, at most nets.yolo.MAX_INPUT_SIDE
+SLICE_SIDE = NumberRange(int, 32, 4096)
+OVERLAP = NumberRange(float, 0, 1, high_open=True)
+
+
+def add_slice_arguments(group: argparse._ArgumentGroup) -> None:
+    """--slice and its options, the same in eval.py and predict.py."""
+    group.add_argument("--slice", type=SLICE_SIDE, default=None, metavar="PX",
+                       help="also detect on overlapping PX x PX tiles of each image at full resolution (SAHI), "
+                            "merged with the whole-image pass; e.g. the model's input size")
+    group.add_argument("--slice-overlap", type=OVERLAP, default=SliceOptions.overlap,
+                       help="overlap of neighbouring tiles, a fraction of --slice")
+    group.add_argument("--slice-merge", choices=MERGES, default=SliceOptions.merge,
+                       help="nmm: greedy non-maximum merging (SAHI's default; boxes overlapping by >= 0.5 of the "
+                            "smaller one become their union, so objects cut by a tile border are joined); nms: "
+                            "keep the best box of each cluster (torchvision batched_nms at --iou)")
+    group.add_argument("--slice-full", action=argparse.BooleanOptionalAction, default=SliceOptions.full_image,
+                       help="also run the whole image letterboxed (large objects)")
+
+
+def slice_options(args: argparse.Namespace) -> SliceOptions:
+    """The SliceOptions that --slice, --slice-overlap, --slice-merge, --slice-full and --batch-size ask for (with
+    --slice, --batch-size counts the tiles of one image that go through the model at once)."""
+    return SliceOptions(args.slice, args.slice_overlap, args.slice_full, args.slice_merge, args.batch_size).check()
