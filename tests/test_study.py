@@ -68,13 +68,25 @@ def test_any_train_option_is_a_factor_parsed_by_its_own_type():
     assert args["mosaic"] == [["--mosaic", "0"], ["--mosaic", "0.5"]]
 
 
+def test_recipes_loss_options_and_multi_scale_ranges_are_factors():
+    factors = study_factors(["recipe=default,yolov5-assign", "loss=obj_target=one;obj_target=iou,ignore_threshold=1",
+                             "multi_scale_range=0.5,1.5;0.75,1.25"], None, None)
+    args = {f.name: [f.train_args(level) for level in f.levels] for f in factors}
+    assert args["recipe"] == [["--recipe", "default"], ["--recipe", "yolov5-assign"]]
+    assert args["loss"] == [["--loss", "obj_target=one"], ["--loss", "obj_target=iou,ignore_threshold=1"]]
+    assert args["multi_scale_range"] == [["--multi-scale-range", "0.5,1.5"], ["--multi-scale-range", "0.75,1.25"]]
+    with pytest.raises(ValueError, match="--loss assign"):
+        study_factors(["loss=assign=nearest"], None, None)
+
+
 @pytest.mark.parametrize("vary, message", [
     (["foo=1,2"], "train.py has no option --foo"),
     (["seed=0,1"], "use --seeds"),
     (["epochs=10,20"], "use --epochs"),
     (["multi_scale=maybe"], "is a switch; give on or off"),
     (["optimizer=sgd,lion"], "choose from sgd, adam, adamw"),
-    (["lr=fast"], "'fast' is not a finite number > 0"),
+    (["lr=fast"], "lr=fast: 'fast' is not a finite number > 0"),
+    (["mosaic=2"], "mosaic=2: '2' is not a number in \\[0, 1\\]"),
     (["input_shape=100"], "--vary input_shape=100"),
     (["phi=none,sk"], "invalid attention 'sk'"),
     (["mosaic"], "give NAME=V1,V2"),

@@ -22,6 +22,8 @@ from nets.yolo import attention_place
 from utils.common.errors import ConfigError
 from utils.model.config import parse_input_shape
 from utils.train import cli as train  # train.py's parser defines what a factor can be
+from utils.train.config import multi_scale_range
+from utils.train.loss_config import parse_loss
 
 NOT_APPLICABLE = "-"
 DEFAULT_ATTENTION = "none"  # a run's attention when phi is not a factor (train.py's default, --phi 0)
@@ -37,7 +39,8 @@ LEVEL_PARSERS: dict[str, Callable[[str], str]] = {
     "phi": attention_name,
     "attention_at": attention_place,
     "input_shape": lambda text: (parse_input_shape(text), text)[1],
-    "multi_scale_range": lambda text: (train.parse_range(text), text)[1],
+    "multi_scale_range": lambda text: (multi_scale_range(text), text)[1],
+    "loss": lambda text: (parse_loss(text), text)[1],  # --vary "loss=obj_target=one;obj_target=iou"
 }
 # train.py options that are a block option under an older flag (--attention-reduction: reduction), as the blocks
 # declare them (AttentionBlock.option_flags)
@@ -103,7 +106,7 @@ def canonical_level(action: argparse.Action, text: str) -> str:
         return "on" if SWITCH_WORDS[word] else "off"
     try:
         value = action.type(text) if callable(action.type) else text
-    except argparse.ArgumentTypeError as err:  # train.py's ranges (utils.common.cli.NumberRange) say what is wrong
+    except argparse.ArgumentTypeError as err:  # the range types (utils.common.cli.NumberRange) say what is wrong
         raise ConfigError(f"{where}: {err}") from None
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: not a valid {getattr(action.type, '__name__', 'value')}") from None

@@ -36,7 +36,7 @@ from utils.common.visualize import draw_detections, image_grid
 from utils.data.loader import save_preview
 from utils.eval.plots import plot_confidence_curves, plot_confusion_matrix, plot_labels
 from utils.model.checkpoint import save_checkpoint, weights_checkpoint
-from utils.train.results import plot_results, write_results_csv
+from utils.train.results import plot_results, write_results
 
 if TYPE_CHECKING:
     from utils.train.trainer import Trainer
@@ -243,10 +243,11 @@ class Checkpoints(Callback):
 
 class ResultsFiles(Callback):
     """results.csv (one row per epoch, rewritten whole from the history, so it always matches last.pth) and
-    results.png (losses, LR, precision/recall and mAP per epoch)."""
+    results.png (losses, LR, precision/recall and mAP per epoch). With --deterministic the wall-clock columns go to
+    timing.csv instead, so that the same command twice writes the same results.csv."""
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        write_results_csv(trainer.state.history, trainer.run_dir / "results.csv")
+        write_results(trainer.state.history, trainer.run_dir, separate_timing=trainer.config.deterministic)
         with atomic_output(trainer.run_dir / "results.png") as partial:
             plot_results(trainer.state.history, partial)
 

@@ -26,7 +26,9 @@ from utils.common.image_io import DEFAULT_MAX_PIXELS
 from utils.data.augment import AugmentConfig
 from utils.data.index import DATA_HELP
 from utils.model.legacy import LEGACY_OPTION_FIELDS, upgrade_legacy_options
-from utils.train.config import AUGMENT_RANGES, FIELD_RANGES, TrainConfig, multi_scale_range
+from utils.train.config import AUGMENT_RANGES, FIELD_RANGES, OPTIMIZERS, TrainConfig, multi_scale_range
+from utils.train.loss_config import LOSS_KEYS, parse_loss
+from utils.train.recipes import DEFAULT_RECIPE, LEGACY_RECIPE, RECIPES, recipe_help
 
 LOGGER = logging.getLogger("train")
 AUGMENT_FLAGS = ("mosaic", "mixup", "hsv_h", "hsv_s", "hsv_v", "flip", "jitter", "mosaic_epochs_fraction")
@@ -37,6 +39,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     _model_arguments(p.add_argument_group("model"))
     _data_arguments(p.add_argument_group("data"))
     _schedule_arguments(p.add_argument_group("schedule"))
+    _recipe_arguments(p.add_argument_group("recipe and loss (utils/train/recipes.py, utils/train/loss_config.py)"))
     _optimiser_arguments(p.add_argument_group("optimiser"))
     _augment_arguments(p.add_argument_group("augmentation (defaults: utils.data.augment.AugmentConfig)"))
     _run_arguments(p.add_argument_group("run: device, precision, output"))
@@ -54,6 +57,9 @@ def _model_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--heads", type=int, choices=(2, 3), default=2,
                        help="detection heads: 2 (strides 32, 16: yolov4-tiny) or 3 (+ stride 8 for small objects: "
                             "Darknet's yolov4-tiny-3l, 9 anchors)")
+    group.add_argument("--scale-x-y", type=FIELD_RANGES["scale_x_y"], default=None,
+                       help="box-centre scale of a new model, Darknet's scale_x_y (default: the recipe's, 1; "
+                            "yolov5-assign: 2, so that centres reach the neighbouring cells it trains)")
     group.add_argument("--input-shape", default="320", help="input size, a multiple of 32: 320, 416 or height,width "
                        "(320 suits the bundled sample on a CPU; VOC: 416)")
     group.add_argument("--anchors", default=None, help="anchors file (w,h, w,h, ... in input pixels; python -m "
@@ -167,8 +173,17 @@ def _schedule_arguments(group: argparse._ArgumentGroup) -> None:
                        help="low,high factors of --input-shape, each in (0, 4]")
 
 
+def _recipe_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--recipe", choices=tuple(RECIPES), default=DEFAULT_RECIPE,
+                       help="the defaults of the loss, augmentation and optimiser options (flags given override "
+                            "one value each): " + recipe_help())
+    group.add_argument("--loss", action="append", type=argument_type(parse_loss), default=None,
+                       metavar="KEY=VALUE,...", help="loss options over the recipe's, repeatable, e.g. "
+                       f"obj_target=iou,ignore_threshold=1 (keys: {', '.join(LOSS_KEYS)}; see LossConfig)")
+
+
 def _optimiser_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default="sgd", help="optimiser")
+    group.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="optimiser (default: the recipe's, sgd)")
     group.add_argument("--lr", type=FIELD_RANGES["lr"], default=None,
                        help="peak LR at batch 64, scaled linearly with the batch size within sane bounds (default: "
                             "0.05 for SGD, which trains the bundled sample from scratch in minutes; 0.01 is the "
@@ -176,13 +191,15 @@ def _optimiser_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--min-lr-ratio", type=FIELD_RANGES["min_lr_ratio"], default=0.01,
                        help="final LR as a fraction of the peak")
     group.add_argument("--lr-schedule", choices=("cos", "step"), default="cos", help="decay after warm-up")
-    group.add_argument("--warmup-epochs", type=FIELD_RANGES["warmup_epochs"], default=3.0,
-                       help="linear LR warm-up length")
+    group.add_argument("--warmup-epochs", type=FIELD_RANGES["warmup_epochs"], default=None,
+                       help="linear LR warm-up length (default: the recipe's, 3)")
     group.add_argument("--momentum", type=FIELD_RANGES["momentum"], default=0.937, help="SGD momentum / Adam beta1")
     group.add_argument("--weight-decay", type=FIELD_RANGES["weight_decay"], default=5e-4,
                        help="on conv and linear weights only")
     group.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True,
                        help="exponential moving average")
+    group.add_argument("--ema-tau", type=FIELD_RANGES["ema_tau"], default=None,
+                       help="EMA decay ramp: decay x (1 - exp(-updates / tau)) (default: the recipe's, 2000)")
     group.add_argument("--grad-clip", type=FIELD_RANGES["grad_clip"], default=0.0, help="max gradient norm (0: off)")
     group.add_argument("--max-bad-steps", type=FIELD_RANGES["max_bad_steps"], default=20,
                        help="consecutive non-finite losses (each skipped) before training stops")
@@ -212,6 +229,9 @@ def _run_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--sync-bn", action="store_true", help="synchronised BatchNorm across DDP processes")
     group.add_argument("--seed", type=FIELD_RANGES["seed"], default=0,
                        help="base random seed (augmentation is seeded per worker)")
+    group.add_argument("--deterministic", action="store_true",
+                       help="deterministic algorithms only (torch.use_deterministic_algorithms): the same command on "
+                            "the same machine gives the same results.csv (wall-clock columns go to timing.csv)")
     group.add_argument("--save-dir", default="logs", help="project folder holding the run folders (as in eval.py "
                        "and predict.py): the run goes to SAVE_DIR/NAME")
     group.add_argument("--name", default="exp", help="run folder name inside --save-dir (exp, exp2, ... never "
@@ -237,10 +257,13 @@ def apply_config_file(parser: argparse.ArgumentParser, path: str) -> dict:
     from utils.train.run_config import config_field_names, read_config_file
 
     values = upgrade_legacy_options(read_config_file(path, config_field_names(TrainConfig) | set(LEGACY_OPTION_FIELDS)))
+    values.setdefault("recipe", LEGACY_RECIPE)  # a file naming no recipe was written before recipes existed
     TrainConfig.from_dict({k: v for k, v in values.items() if k != "input_shape"}, source=f"--config {path}")
     augment = dict(values.pop("augment", None) or {})
     if "attention_options" in values:  # as the flag writes them, so that --attention-option given here adds to them
         values["attention_options"] = [f"{k}={v}" for k, v in (values["attention_options"] or {}).items()]
+    if "loss" in values:  # as the flag parses them, so that --loss given here adds to them
+        values["loss"] = [dict(values["loss"] or {})]
     defaults = {FIELD_FLAGS.get(k, k): v for k, v in values.items()}
     if "input_shape" in defaults:
         defaults["input_shape"] = ",".join(map(str, parse_input_shape(defaults["input_shape"])))
@@ -262,6 +285,7 @@ def config_from_args(args: argparse.Namespace, extra_augment: dict | None = None
                   augment={**(extra_augment or {}),
                            **{k: getattr(args, k) for k in AUGMENT_FLAGS if getattr(args, k) is not None}},
                   patience=args.patience or 0,  # None by default, so that an explicit 0 overrides it on --resume
+                  loss={key: value for given in args.loss or [] for key, value in given.items()},  # the last wins
                   precision=requested_precision(args.precision, not args.amp, "--no-amp"),
                   loggers=list(dict.fromkeys(args.loggers or [])))
     return TrainConfig(**values)

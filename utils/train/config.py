@@ -18,6 +18,8 @@ from utils.common.cli import (
 )
 from utils.common.errors import ConfigError
 from utils.model.legacy import upgrade_legacy_options
+from utils.train.loss_config import LossConfig
+from utils.train.recipes import DEFAULT_RECIPE, LEGACY_RECIPE, RECIPE_FIELDS, get_recipe
 
 below_one = NumberRange(float, 0, 1, high_open=True)  # momentum, EMA decay, label smoothing: 1 would freeze or erase
 # The range of each numeric TrainConfig field: train.py's flags take these as their argparse types, and TrainConfig
@@ -28,7 +30,9 @@ FIELD_RANGES: dict[str, NumberRange] = {
     "patience": non_negative_int, "save_period": non_negative_int, "lr": positive_float, "min_lr_ratio": probability,
     "momentum": below_one, "weight_decay": non_negative_float, "warmup_epochs": non_negative_float,
     "ema_decay": below_one, "grad_clip": non_negative_float, "label_smoothing": below_one,
-    "max_bad_steps": positive_int,
+    "max_bad_steps": positive_int, "ema_tau": positive_float,
+    # utils.model.config.SCALE_X_Y_RANGE (not imported: that module imports torch; tests/test_recipes.py compares)
+    "scale_x_y": NumberRange(float, 1, 2),
 }
 # AugmentConfig fields that train.py has flags for (utils.data.augment: hue as a fraction of the colour circle, at
 # most half of it; aspect jitter U(1 - j, 1 + j), so j < 1)
@@ -36,6 +40,7 @@ AUGMENT_RANGES: dict[str, NumberRange] = {
     "mosaic": probability, "mixup": probability, "hsv_h": NumberRange(float, 0, 0.5), "hsv_s": probability,
     "hsv_v": probability, "flip": probability, "jitter": below_one, "mosaic_epochs_fraction": probability,
 }
+OPTIMIZERS = ("sgd", "adam", "adamw")  # utils.train.optim.build_optimizer
 NONE_MEANS_DEFAULT = ("lr",)  # None: utils.train.optim.DEFAULT_LR
 MULTI_SCALE_FACTOR = NumberRange(float, 0, 4, low_open=True)  # --multi-scale-range low,high
 
@@ -45,6 +50,7 @@ class TrainConfig:
     """Every training option; saved in each checkpoint next to the ModelConfig. Defaults suit the bundled sample."""
 
     data: str = "VOCdevkit"
+    recipe: str = DEFAULT_RECIPE  # utils.train.recipes.RECIPES: fills the None fields of RECIPE_FIELDS, loss, augment
     classes_file: str | None = None
     phi: str = "none"
     attention_at: str = "neck"  # ModelConfig.attention_at
@@ -68,19 +74,23 @@ class TrainConfig:
     patience: int = 0  # validations without fitness improvement before training stops; 0: never stop early
     fitness: str = "map50"  # what best.pth and --patience follow: map50, map50_95 or mix (see FITNESS)
     save_period: int = 0
-    optimizer: str = "sgd"
+    optimizer: str | None = None  # sgd, adam or adamw; None: the recipe's
     lr: float | None = None  # peak LR at batch 64; None: utils.train.optim.DEFAULT_LR (SGD 0.05, Adam/AdamW 1e-3)
     min_lr_ratio: float = 0.01
     momentum: float = 0.937
     weight_decay: float = 5e-4
     lr_schedule: str = "cos"
-    warmup_epochs: float = 3.0
+    warmup_epochs: float | None = None  # None: the recipe's
     ema: bool = True
     ema_decay: float = 0.9999
+    ema_tau: float | None = None  # EMA decay ramp, in updates (utils.train.optim.ema_model); None: the recipe's
     grad_clip: float = 0.0  # max gradient norm; 0 disables
     label_smoothing: float = 0.0
     max_bad_steps: int = 20  # consecutive non-finite losses before training stops
     augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig fields that differ from its defaults
+    loss: dict[str, Any] = field(default_factory=dict)  # LossConfig fields given; resolved: all of them
+    scale_x_y: float | None = None  # ModelConfig.scale_x_y of a new model; None: the recipe's
+    deterministic: bool = False  # torch's deterministic algorithms: the same command gives the same results.csv
     cache: str | None = None
     keep_difficult: bool = False
     sync_bn: bool = False
@@ -93,7 +103,26 @@ class TrainConfig:
     loggers: list[str] = field(default_factory=list)  # --logger: utils.train.loggers.LOGGERS (TensorBoard: always)
 
     def __post_init__(self) -> None:
+        self._resolve_recipe()
         self._check_ranges()
+
+    def _resolve_recipe(self) -> None:
+        """The recipe's values where a field of RECIPE_FIELDS is None, its loss and augmentation under the ones
+        given. Resolving a resolved config changes nothing, so from_dict(to_dict()) is exact."""
+        recipe = get_recipe(self.recipe)
+        for name in RECIPE_FIELDS:
+            if getattr(self, name) is None:
+                setattr(self, name, recipe.train[name])
+        if not isinstance(self.augment, dict):
+            raise ConfigError(f"augment: expected a mapping of AugmentConfig fields, got {self.augment!r}")
+        if not isinstance(self.loss, dict):
+            raise ConfigError(f"loss: expected a mapping of LossConfig fields (--loss KEY=VALUE), got {self.loss!r}")
+        self.augment = {**recipe.augment, **self.augment}
+        self.loss = dataclasses.asdict(LossConfig.from_dict({**recipe.loss, **self.loss}))
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"--optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if not isinstance(self.deterministic, bool):
+            raise ConfigError(f"deterministic: expected true or false, got {self.deterministic!r}")
 
     def _check_ranges(self) -> None:
         """Every number inside its range (FIELD_RANGES, AUGMENT_RANGES), or a ConfigError naming the flag: the one
@@ -123,8 +152,8 @@ class TrainConfig:
         ConfigError that names `source` (the checkpoint)."""
         data = upgrade_legacy_options(data)  # a run saved before attention_options
         known = {f.name for f in dataclasses.fields(cls)}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
+        try:  # one written before recipes existed names none: it trained with the reference recipe
+            return cls(**{"recipe": LEGACY_RECIPE, **{k: v for k, v in data.items() if k in known}})
         except ConfigError as err:
             raise ConfigError(f"{source}: {err}" if source else str(err)) from None
 

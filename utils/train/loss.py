@@ -1,8 +1,12 @@
-"""YOLOv4-tiny training loss: CIoU box, objectness and class BCE per head, as the reference implementation weighs them.
+"""YOLOv4-tiny training loss: CIoU box, objectness and class BCE per head, for any number of heads.
 
-Reference: bubbliiiing/yolov4-tiny-pytorch `nets/yolo_training.py` (YOLOLoss). Same assignment, ignore rule, reductions
-and weights, but vectorised over ground truths, with label smoothing that is really applied, and the input size read
-from the head shapes so multi-scale batches get the right strides and objectness weight.
+`LossConfig()` (the defaults) is the reference implementation's loss: bubbliiiing/yolov4-tiny-pytorch
+`nets/yolo_training.py` (YOLOLoss). Same assignment, ignore rule, reductions and weights, but vectorised over ground
+truths, with label smoothing that is really applied, and the input size read from the head shapes so multi-scale
+batches get the right strides and objectness weight. The other choices (the training recipes of utils/train/recipes.py
+pick them) are YOLOv5's (Jocher et al., ultralytics/yolov5 `utils/loss.py`, ComputeLoss.build_targets): every anchor
+within a width/height ratio of the box is a positive, in every head, also in the two cells next to the centre cell
+that lie nearest the centre, and objectness learns the IoU of the predicted box instead of 1.
 """
 from __future__ import annotations
 
@@ -16,11 +20,13 @@ from torchvision.ops import box_iou, complete_box_iou_loss
 from utils.common.errors import ConfigError
 from utils.model.config import ModelConfig
 from utils.model.decode import decode_boxes, make_grid
+from utils.train.loss_config import LossConfig
 
 # Objectness weight of a head by its stride: the reference's 0.4 for stride 32 (13x13 at 416) and 1.0 for stride 16;
 # 4.0 for stride 8 is YOLOv5's value for P3, for a three-head variant.
 HEAD_BALANCE = {32: 0.4, 16: 1.0, 8: 4.0}
-BOX_RATIO = 0.05
+# The two cells next to the centre cell that lie nearest the box centre, as (dx, dy): left or right, up or down.
+NEIGHBOURS = ((-1, 0), (0, -1), (1, 0), (0, 1))
 
 
 @dataclass
@@ -52,33 +58,55 @@ def assign_anchors(wh: torch.Tensor, anchors: torch.Tensor, used: torch.Tensor) 
     return iou.masked_fill(~used, -1.0).argmax(dim=1)
 
 
+@dataclass
+class HeadPositives:
+    """The positive rows of one head (R rows), each a ground truth at one anchor and one cell.
+
+    gt: Tensor[R] long, row of BatchTargets; slot: Tensor[R] long, anchor position in the head's mask;
+    cell: Tensor[R, 2] long (i, j) = (x, y) grid cell; positive: Tensor[R] bool (rows that count; the reference's
+    layout keeps one row per ground truth and masks the others out, so that it needs no device sync).
+    """
+
+    gt: torch.Tensor
+    slot: torch.Tensor
+    cell: torch.Tensor
+    positive: torch.Tensor
+
+
 class YoloLoss(nn.Module):
     """Called as loss(outputs, targets) -> {"box", "obj", "cls", "total"} (float32 scalars, box + obj + cls == total).
 
-    outputs: YoloBody's heads in config.strides order (stride 32, then 16), each Tensor[B, A*(5+nc), H, W], any dtype.
-    targets: Tensor[M, 6] rows (image index in batch, class, x1, y1, x2, y2) in pixels of this batch's input size.
+    outputs: the model's heads in config.strides order (YoloBody: stride 32, then 16), each Tensor[B, A*(5+nc), H, W],
+    any dtype. targets: Tensor[M, 6] rows (image index in batch, class, x1, y1, x2, y2) in pixels of this batch's
+    input size. options: LossConfig (default: the reference's loss).
 
-    Per head, on the positives (each ground truth at its assigned anchor and cell, see `_positives`): box = mean of
-    (1 - CIoU) between decoded prediction and ground truth; cls = mean over positives and classes of BCE-with-logits
-    against y * (1 - eps) + eps / nc (eps = label_smoothing). obj = mean BCE-with-logits over positives (target 1) and
-    negatives (target 0), leaving out negatives whose decoded box has IoU > ignore_threshold with a ground truth of the
-    same image. Totals: box = 0.05 * sum of heads, cls = nc / 80 * sum, obj = 5 * (h * w / 416^2) * sum of
+    Per head, on the positives (see LossConfig.assign): box = mean of (1 - CIoU) between decoded prediction and ground
+    truth; cls = mean over positives and classes of BCE-with-logits against y * (1 - eps) + eps / nc (eps =
+    label_smoothing). obj = mean BCE-with-logits over positives (target 1, or their CIoU) and negatives (target 0),
+    leaving out negatives whose decoded box has IoU > ignore_threshold with a ground truth of the same image. Totals
+    (reference gains): box = 0.05 * sum of heads, cls = nc / 80 * sum, obj = 5 * (h * w / 416^2) * sum of
     HEAD_BALANCE[stride_l] * obj_l. As in the reference, the head balance weighs only the objectness term.
     """
 
-    def __init__(self, config: ModelConfig, label_smoothing: float = 0.0, ignore_threshold: float = 0.5):
+    def __init__(self, config: ModelConfig, label_smoothing: float = 0.0, ignore_threshold: float | None = None,
+                 options: LossConfig | None = None):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing {label_smoothing} (--label-smoothing) must be in [0, 1)")
+        self.options = options or LossConfig()
+        if self.options.neighbour_cells and config.scale_x_y < 2.0:
+            raise ConfigError(f"loss neighbour_cells needs a model whose scale_x_y is at least 2 (this one: "
+                              f"{config.scale_x_y}): its centres cannot reach the neighbouring cells")
         self.anchors_mask = [list(m) for m in config.anchors_mask]
         self.num_classes = config.num_classes
         self.scale_x_y = config.scale_x_y
         self.label_smoothing = label_smoothing
-        self.ignore_threshold = ignore_threshold
+        self.ignore_threshold = self.options.ignore_threshold if ignore_threshold is None else ignore_threshold
         self.strides = tuple(config.strides)
         self.balance = [HEAD_BALANCE[stride] for stride in self.strides]
-        self.box_ratio = BOX_RATIO
-        self.cls_ratio = config.num_classes / 80
+        self.box_ratio = self.options.box_gain
+        self.obj_gain = self.options.obj_gain
+        self.cls_ratio = self.options.cls_gain * config.num_classes / 80
         anchors = torch.tensor(config.anchors, dtype=torch.float32)
         # slot[l][k]: position of anchor k in head l's mask, -1 when head l does not use it.
         slot = torch.full((len(self.anchors_mask), len(anchors)), -1, dtype=torch.long)
@@ -99,7 +127,7 @@ class YoloLoss(nn.Module):
         with torch.autocast(device.type, enabled=False):
             gt = self.build_targets(targets, outputs[0].shape[0], device)
             parts = [self._head_loss(out.float(), head, gt, input_hw) for head, out in enumerate(outputs)]
-        obj_ratio = 5 * input_hw[0] * input_hw[1] / 416 ** 2
+        obj_ratio = self.obj_gain * input_hw[0] * input_hw[1] / 416 ** 2
         box = self.box_ratio * sum(p[0] for p in parts)
         obj = obj_ratio * sum(self.balance[head] * p[1] for head, p in enumerate(parts))
         cls = self.cls_ratio * sum(p[2] for p in parts)
@@ -136,36 +164,75 @@ class YoloLoss(nn.Module):
         """Unweighted (box, obj, cls) means of one head; box and cls are 0 when the head has no positives."""
         a, (b, _, h, w) = len(self.anchors_mask[head]), output.shape
         # Not decode.reshape_head's permuted copy of the whole head: the loss reads all of channel 4 but only
-        # M rows of the others, so a (free, also for channels_last) view is enough.
+        # the positive rows of the others, so a (free, also for channels_last) view is enough.
         pred = output.reshape(b, a, 5 + self.num_classes, h, w)  # [B, A, 5+nc, H, W]
         stride = output.new_full((2,), input_hw[1] / w)  # (x, y) px per cell; filled on device, no copy
         stride[1] = input_hw[0] / h
         anchors = self.anchors[getattr(self, f"mask{head}")]  # [A, 2]
-        positive, cell, slot, target = self._positives(gt, head, (b, a, h, w), stride)
-        p = pred[gt.image.clamp(0, b - 1), slot, :, cell[:, 1], cell[:, 0]]  # [M, 5+nc], one row per ground truth
-        n = positive.sum().clamp(min=1)
-        box = decode_boxes(p[:, :4], cell, anchors[slot], stride, self.scale_x_y)
-        # Rows that are not positives (maybe degenerate boxes) are compared with their own detached prediction, so
-        # CIoU and its gradient stay finite before torch.where drops them.
-        safe = torch.where(positive[:, None], gt.boxes, box.detach())
-        box_loss = torch.where(positive, complete_box_iou_loss(box, safe), 0.0).sum() / n
-        onehot = p.new_zeros((len(p), self.num_classes)).scatter_(1, gt.cls[:, None], 1.0)
-        smoothed = onehot * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes  # y(1-eps) + eps/nc
-        cls_bce = F.binary_cross_entropy_with_logits(p[:, 5:], smoothed, reduction="none").sum(dim=1)
-        cls_loss = torch.where(positive, cls_bce, 0.0).sum() / (n * self.num_classes)
-        ignored = self._ignored(pred[:, :, :4].permute(0, 1, 3, 4, 2), gt.padded, anchors, stride)
-        weight = (target | ~ignored).float()  # positives and the negatives that are not ignored
-        obj_loss = F.binary_cross_entropy_with_logits(pred[:, :, 4], target.float(), weight=weight,
+        if self.options.assign == "ratio":
+            rows = self._ratio_positives(gt, anchors, (h, w), stride)
+        else:
+            rows = self._best_anchor_positives(gt, head, (b, a, h, w), stride)
+        image = gt.image[rows.gt].clamp(0, b - 1)
+        p = pred[image, rows.slot, :, rows.cell[:, 1], rows.cell[:, 0]]  # [R, 5+nc], one row per candidate
+        box = decode_boxes(p[:, :4], rows.cell, anchors[rows.slot], stride, self.scale_x_y)
+        box_loss, ciou_loss = self._box_loss(box, gt.boxes[rows.gt], rows.positive)
+        cls_loss = self._class_loss(p[:, 5:], gt.cls[rows.gt], rows.positive)
+        quality = ((1 - ciou_loss.detach()).clamp(min=0) if self.options.obj_target == "iou"
+                   else ciou_loss.new_ones(()))
+        target, counted = self._objectness_target(rows, image, quality, (b, a, h, w))
+        if self.ignore_threshold < 1.0:  # positives, and the negatives that are not ignored
+            counted = counted | ~self._ignored(pred[:, :, :4].permute(0, 1, 3, 4, 2), gt.padded, anchors, stride)
+        else:
+            counted = torch.ones_like(counted)
+        weight = counted.float()
+        obj_loss = F.binary_cross_entropy_with_logits(pred[:, :, 4], target, weight=weight,
                                                       reduction="sum") / weight.sum().clamp(min=1)
         return box_loss, obj_loss, cls_loss
 
-    def _positives(self, gt: BatchTargets, head: int, shape: tuple[int, int, int, int], stride: torch.Tensor):
-        """Which ground truths are positives of this head, and where.
+    @staticmethod
+    def _box_loss(box: torch.Tensor, truth: torch.Tensor, positive: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (1 - CIoU) over the positive rows, and 1 - CIoU of every row (Tensor[R]).
 
-        Returns positive Tensor[M] bool, cell Tensor[M, 2] long (i, j) = floor(centre / stride) clamped to the grid,
-        slot Tensor[M] long (anchor position in this head's mask; 0 where unused) and the objectness target
-        Tensor[B, A, H, W] bool. A box whose best anchor is in both masks (anchor 3) is a positive of both heads.
-        When several boxes share image, cell and anchor the LAST row of targets wins (as the reference's overwrite).
+        box, truth: Tensor[R, 4] (x1, y1, x2, y2) input px; positive: Tensor[R] bool.
+        """
+        # Rows that are not positives (maybe degenerate boxes) are compared with their own detached prediction, so
+        # CIoU and its gradient stay finite before torch.where drops them.
+        safe = torch.where(positive[:, None], truth, box.detach())
+        ciou_loss = complete_box_iou_loss(box, safe)
+        return torch.where(positive, ciou_loss, 0.0).sum() / positive.sum().clamp(min=1), ciou_loss
+
+    def _class_loss(self, logits: torch.Tensor, cls: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+        """Mean BCE over positive rows and classes; logits: Tensor[R, nc], cls: Tensor[R] long."""
+        onehot = logits.new_zeros(logits.shape).scatter_(1, cls[:, None], 1.0)
+        smoothed = onehot * (1 - self.label_smoothing) + self.label_smoothing / self.num_classes  # y(1-eps) + eps/nc
+        bce = F.binary_cross_entropy_with_logits(logits, smoothed, reduction="none").sum(dim=1)
+        return torch.where(positive, bce, 0.0).sum() / (positive.sum().clamp(min=1) * self.num_classes)
+
+    @staticmethod
+    def _objectness_target(rows: HeadPositives, image: torch.Tensor, quality: torch.Tensor,
+                           shape: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Objectness targets Tensor[B, A, H, W] float and the positive cells Tensor[B, A, H, W] bool.
+
+        quality: Tensor[R] (or a scalar): each positive row's target (1, or its box's IoU). Where several rows share a
+        cell and anchor the largest wins, an order-free rule: the same targets on every device and in every run.
+        """
+        b, a, h, w = shape
+        key = ((image * a + rows.slot) * h + rows.cell[:, 1]) * w + rows.cell[:, 0]
+        value = torch.where(rows.positive, quality.expand(len(key)), -1.0)
+        target = torch.full((b * a * h * w,), -1.0, dtype=value.dtype, device=key.device)
+        target = target.scatter_reduce(0, key, value, reduce="amax")
+        is_positive = (target >= 0).view(b, a, h, w)
+        return target.clamp(min=0).view(b, a, h, w), is_positive
+
+    def _best_anchor_positives(self, gt: BatchTargets, head: int, shape: tuple[int, int, int, int],
+                               stride: torch.Tensor) -> HeadPositives:
+        """The reference's positives: every ground truth at its assigned anchor (best width/height IoU, see
+        `assign_anchors`) when this head's mask holds it, in the cell of its centre (floor(centre / stride), clamped
+        to the grid). One row per ground truth (no device sync); rows of other heads' anchors are masked out.
+        A box whose best anchor is in both masks (anchor 3) is a positive of both heads. When several boxes share
+        image, cell and anchor the LAST row of targets wins (as the reference's overwrite).
         """
         b, a, h, w = shape
         slot = self.slot[head, gt.anchor]
@@ -178,8 +245,32 @@ class YoloLoss(nn.Module):
         row = torch.arange(len(key), device=key.device)
         winner = torch.full((b * a * h * w,), -1, dtype=torch.long, device=key.device)
         winner = winner.scatter_reduce(0, key, torch.where(candidate, row, -1), reduce="amax")
-        positive = candidate & (winner[key] == row)
-        return positive, cell, slot, (winner >= 0).view(b, a, h, w)
+        return HeadPositives(gt=row, slot=slot, cell=cell, positive=candidate & (winner[key] == row))
+
+    def _ratio_positives(self, gt: BatchTargets, anchors: torch.Tensor, grid_hw: tuple[int, int],
+                         stride: torch.Tensor) -> HeadPositives:
+        """YOLOv5's positives: each ground truth at every anchor of this head within `anchor_ratio` of its width and
+        height, in its centre cell and, with neighbour_cells, the two adjacent cells nearest its centre (left or
+        right, up or down; none beyond the grid). anchors: Tensor[A, 2]. One row per (box, anchor, cell); costs one
+        device sync (the number of rows)."""
+        h, w = grid_hw
+        wh = gt.boxes[:, 2:] - gt.boxes[:, :2]  # [M, 2]
+        ratio = wh[:, None, :] / anchors[None]  # [M, A, 2]
+        match = torch.maximum(ratio, 1 / ratio).amax(dim=2) < self.options.anchor_ratio  # [M, A]
+        match &= gt.valid[:, None]
+        centre = (gt.boxes[:, :2] + gt.boxes[:, 2:]) / 2 / stride  # [M, 2] (x, y) in cells
+        base = torch.stack((centre[:, 0].floor().clamp(0, w - 1), centre[:, 1].floor().clamp(0, h - 1)), dim=1)
+        offsets, use = [(0, 0)], [torch.ones_like(match[:, 0])]
+        if self.options.neighbour_cells:
+            frac, x, y = centre - centre.floor(), centre[:, 0], centre[:, 1]
+            offsets += list(NEIGHBOURS)
+            use += [(frac[:, 0] < 0.5) & (x > 1), (frac[:, 1] < 0.5) & (y > 1),
+                    (frac[:, 0] > 0.5) & (x < w - 1), (frac[:, 1] > 0.5) & (y < h - 1)]
+        keep = match[:, :, None] & torch.stack(use, dim=1)[:, None, :]  # [M, A, cells]
+        gt_row, slot, which = keep.nonzero(as_tuple=True)
+        shift = torch.tensor(offsets, dtype=base.dtype, device=base.device)[which]
+        cell = (base[gt_row] + shift).long()
+        return HeadPositives(gt=gt_row, slot=slot, cell=cell, positive=torch.ones_like(gt_row, dtype=torch.bool))
 
     def _ignored(self, t_xywh: torch.Tensor, padded: torch.Tensor, anchors: torch.Tensor,
                  stride: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,22 @@ def write_results_csv(history: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+# Wall-clock columns: they measure the machine, not the learning (never equal in two runs).
+TIMING_COLUMNS = ("images_per_s", "train_s", "val_s")
+
+
+def write_results(history: list[dict], run_dir: Path, separate_timing: bool = False) -> None:
+    """results.csv of the run; separate_timing (--deterministic): the TIMING_COLUMNS go to timing.csv instead, so
+    that the same command twice writes the same results.csv."""
+    if not separate_timing:
+        write_results_csv(history, run_dir / "results.csv")
+        return
+    write_results_csv([{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in history],
+                      run_dir / "results.csv")
+    write_results_csv([{"epoch": row["epoch"], **{k: v for k, v in row.items() if k in TIMING_COLUMNS}}
+                       for row in history], run_dir / "timing.csv")
+
+
 RESULT_PANELS = (  # (title, results.csv columns drawn in it)
     ("box loss", ("train/box", "val/box")), ("objectness loss", ("train/obj", "val/obj")),
     ("class loss", ("train/cls", "val/cls")), ("total train loss", ("train/total",)), ("learning rate", ("lr",)),

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from nets.summary import model_summary
 from utils.common import distributed as dist_utils
 from utils.common.cli import add_log_file, remove_log_file
+from utils.common.determinism import make_deterministic
 from utils.common.device import autocast, precision_note, resolve_precision, select_device
 from utils.common.errors import ConfigError, DatasetError, MissingFileError, UserError
 from utils.common.image_io import to_model_input
@@ -47,6 +48,7 @@ from utils.train.callbacks import BatchInfo, CallbackList, FinalSummary, default
 from utils.train.config import FITNESS, TrainConfig
 from utils.train.loggers import create_logger
 from utils.train.loss import YoloLoss
+from utils.train.loss_config import LossConfig
 from utils.train.optim import DEFAULT_LR, LRSchedule, build_optimizer, ema_model, scaled_lr, set_lr
 from utils.train.run_config import write_args_yaml
 
@@ -187,7 +189,10 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: dict | None = None, run_dir: Path | None = None,
                  callbacks: Iterable = ()):
         self.config = config
-        self.device = dist_utils.init_distributed(select_device(config.device))
+        device = select_device(config.device)
+        if config.deterministic:
+            make_deterministic(device)
+        self.device = dist_utils.init_distributed(device)
         self.main = dist_utils.is_main_process()
         self.precision = resolve_precision(self.device, config.precision if config.amp else "fp32")
         # before any file is written: a logger whose package is missing is one line, and no run folder
@@ -341,7 +346,7 @@ class Trainer:
             extra = {"anchors": anchors} if anchors else {}
             self.model_config = ModelConfig(classes=self.classes, attention=cfg.phi, input_shape=cfg.input_shape,
                                             attention_at=cfg.attention_at, attention_options=cfg.attention_options,
-                                            heads=cfg.heads, **extra)
+                                            heads=cfg.heads, scale_x_y=cfg.scale_x_y, **extra)
         model = build_model(self.model_config)
         model.initialize_biases(self.model_config.input_shape)
         if cfg.weights and not resume:
@@ -391,10 +396,11 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optimizer, self.base_lr, cfg.momentum, cfg.weight_decay)
         self.schedule = LRSchedule(cfg.epochs, cfg.warmup_epochs, min_ratio=cfg.min_lr_ratio, kind=cfg.lr_schedule)
         self.scaler = make_scaler(self.device, self.precision)
-        self.ema = ema_model(self.model, cfg.ema_decay) if cfg.ema else None
+        self.ema = ema_model(self.model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None
         if self.ema is not None:
             self.ema.requires_grad_(False)
-        self.loss_fn = YoloLoss(self.model_config, label_smoothing=cfg.label_smoothing)
+        self.loss_fn = YoloLoss(self.model_config, label_smoothing=cfg.label_smoothing,
+                                options=LossConfig.from_dict(cfg.loss))
         self.state = TrainState()
         self.bad_streak = 0
         if resume:
