@@ -14,6 +14,7 @@ from nets.attention import attention_name, attention_options
 from nets.yolo import MAX_CLASSES, MAX_INPUT_SIDE, YoloBody, attention_place, check_input_size, head_layout
 from utils.common.errors import ConfigError, MissingFileError
 from utils.common.paths import check_user_path
+from utils.common.text import printable
 from utils.model.legacy import LEGACY_OPTION_FIELDS, upgrade_legacy_options  # noqa: F401 (their old home)
 
 LOGGER = logging.getLogger(__name__)
@@ -153,8 +154,7 @@ def _is_int(value: object) -> bool:
 
 def _cut(value: object, limit: int = 60) -> str:
     """repr(value), cut to `limit` characters: a hostile field can be megabytes long."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+    return printable(repr(value), limit)
 
 
 def build_model(config: ModelConfig) -> YoloBody:
