@@ -157,7 +157,7 @@ def test_canvases_go_in_bounded_batches_and_each_tile_once():
 
 
 @pytest.mark.parametrize("options, message", [
-    (SliceOptions(size=16), "--slice 16"), (SliceOptions(overlap=1.0), "--slice-overlap"),
+    (SliceOptions(size=16), "--slice: 16"), (SliceOptions(overlap=1.0), "--slice-overlap"),
     (SliceOptions(merge="wbf"), "--slice-merge"), (SliceOptions(batch=0), "--batch-size")])
 def test_bad_slice_options_name_their_flag(options, message):
     with pytest.raises(ConfigError, match=message):

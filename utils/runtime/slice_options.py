@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from utils.common.cli import NumberRange
+from utils.common.cli import NumberRange, positive_int
 from utils.common.errors import ConfigError
 
 MERGES = ("nmm", "nms")
+# a tile is a model input: at least the coarsest stride, at most nets.yolo.MAX_INPUT_SIDE
+SLICE_SIDE = NumberRange(int, 32, 4096)
+OVERLAP = NumberRange(float, 0, 1, high_open=True)
 
 
 @dataclass
@@ -24,21 +27,14 @@ class SliceOptions:
 
     def check(self) -> SliceOptions:
         """Self, or ConfigError naming the flag that is out of range."""
-        if self.size < 32:
-            raise ConfigError(f"--slice {self.size}: give a tile side of at least 32 px (usually the model's input, "
-                              "e.g. 320 or 416)")
-        if not 0 <= self.overlap < 1:
-            raise ConfigError(f"--slice-overlap {self.overlap}: give a fraction in [0, 1), e.g. 0.2")
+        self.size = SLICE_SIDE.check(self.size, "--slice")  # the ranges of the flags, for options built in code
+        self.overlap = OVERLAP.check(self.overlap, "--slice-overlap")
         if self.merge not in MERGES:
             raise ConfigError(f"--slice-merge {self.merge!r}: choose one of {', '.join(MERGES)}")
-        if self.batch < 1:
-            raise ConfigError(f"--batch-size {self.batch}: give 1 or more")
+        self.batch = positive_int.check(self.batch, "--batch-size")
         return self
 
 
-# a tile is a model input: at least the coarsest stride, at most nets.yolo.MAX_INPUT_SIDE
-SLICE_SIDE = NumberRange(int, 32, 4096)
-OVERLAP = NumberRange(float, 0, 1, high_open=True)
 
 
 def add_slice_arguments(group: argparse._ArgumentGroup) -> None:
