@@ -14,10 +14,8 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
-import time
 import zlib
 from pathlib import Path
 
@@ -27,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if not __package__:  # run as `python benchmarks/bench_bombs.py`: the repository root is not on sys.path yet
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.peak_memory import run_with_peak_rss  # noqa: E402
 from utils.model.config import ModelConfig, build_model  # noqa: E402
 
 SAMPLE = ROOT / "VOCdevkit" / "VOC2007"
@@ -68,27 +67,15 @@ def tiny_voc_with_bomb(dest: Path, bomb: Path, images: int = 6) -> Path:
 
 
 def run_measured(command: list[str], cwd: Path, timeout: float) -> dict:
-    """Run `command`; exit code, peak RSS (MiB, from wait4), seconds, traceback seen, last output line."""
+    """Run `command`; exit code, its own peak RSS (MiB), seconds, traceback seen, last output line."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
-    start = time.perf_counter()
     with tempfile.TemporaryFile() as out:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = start + timeout
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                process.kill()
-                pid, status, usage = os.wait4(process.pid, 0)
-                break
-            time.sleep(0.05)
-        process.returncode = os.waitstatus_to_exitcode(status)
+        measured = run_with_peak_rss(command, cwd=cwd, env=env, stdout=out, timeout=timeout)
         out.seek(0)
         text = out.read().decode("utf-8", "replace")
     lines = [line for line in text.splitlines() if line.strip()]
-    return {"exit": process.returncode, "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
-            "seconds": round(time.perf_counter() - start, 1), "traceback": "Traceback" in text,
+    return {"exit": measured.exit_code, "peak_rss_mib": round(measured.peak_rss_bytes / 2**20, 1),
+            "seconds": round(measured.seconds, 1), "traceback": "Traceback" in text,
             "last_line": lines[-1][-200:] if lines else ""}
 
 

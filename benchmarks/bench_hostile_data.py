@@ -1,8 +1,9 @@
 """Hostile data files against the data layer: what each one costs (seconds, peak memory) and what comes out of it.
 
 Each case runs in its own child process (memory capped with RLIMIT_AS, time with a timeout) on a small dataset
-written here; the child's peak resident memory comes from os.wait4's rusage. Prints one JSON line per case: exit
-code, seconds (child start to end, imports included), peak RSS in MiB (the imports alone take ~600 MiB: torch),
+written here; the child's own peak resident memory comes from benchmarks.peak_memory (wait4 through a small
+launcher, so this script's size does not count). Prints one JSON line per case: exit code, seconds (child start
+to end, imports included), peak RSS in MiB (the imports alone take ~600 MiB: torch),
 whether a Python traceback was printed, the case's own figures (problem lines, images indexed, mAP of perfect
 detections, `refused` when the data layer refused it with a UserError (the tools' one `error:` line),
 `case_seconds` without the imports) and the last output line.
@@ -26,10 +27,13 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if not __package__:  # run as `python benchmarks/bench_hostile_data.py`: the repository root is not on sys.path yet
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.peak_memory import run_with_peak_rss  # noqa: E402
 
 CHILD = r'''
 import json, logging, sys, time
@@ -89,6 +93,7 @@ def copyfile(src, dst, *args, **kwargs):
 shutil.copyfile = copyfile
 sys.argv = ["utils.convert", *sys.argv[1:]]
 from utils.data.convert import main
+
 main()
 '''
 
@@ -189,34 +194,16 @@ def run_case(case: str, root: Path, memory_gib: float, timeout: float) -> dict:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
         log = Path(tmp) / "out.txt"
-        start = time.perf_counter()
         with open(log, "wb") as sink:
-            child = subprocess.Popen([sys.executable, "-c", CHILD, case, str(data)], cwd=root, env=env, stdout=sink,
-                                     stderr=subprocess.STDOUT, preexec_fn=cap)
-            try:
-                _, status, usage = _wait(child, timeout)
-                code = os.waitstatus_to_exitcode(status)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                _, _, usage = os.wait4(child.pid, 0)
-                code = "timeout"
-        seconds = time.perf_counter() - start
+            measured = run_with_peak_rss([sys.executable, "-c", CHILD, case, str(data)], cwd=root, env=env,
+                                         stdout=sink, timeout=timeout, preexec_fn=cap)
         output = log.read_text(encoding="utf-8", errors="replace")
     result = next((json.loads(line[7:]) for line in output.splitlines() if line.startswith("RESULT ")), None)
     lines = [line for line in output.splitlines() if line.strip()]
-    return {"bench": "hostile_data", "case": case, "root": str(root), "exit": code, "seconds": round(seconds, 2),
-            "peak_rss_mib": round(usage.ru_maxrss / 1024), "traceback": "Traceback" in output, "result": result,
-            "last_line": lines[-1][:300] if lines else ""}
-
-
-def _wait(child: subprocess.Popen, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-        if pid:
-            return pid, status, usage
-        time.sleep(0.05)
-    raise subprocess.TimeoutExpired(child.args, timeout)
+    code = "timeout" if measured.exit_code is None else measured.exit_code
+    return {"bench": "hostile_data", "case": case, "root": str(root), "exit": code,
+            "seconds": round(measured.seconds, 2), "peak_rss_mib": round(measured.peak_rss_bytes / 2**20),
+            "traceback": "Traceback" in output, "result": result, "last_line": lines[-1][:300] if lines else ""}
 
 
 def main(argv: list[str] | None = None) -> int:

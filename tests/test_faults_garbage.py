@@ -8,9 +8,7 @@ metric must not change what it scores. A JPEG cut inside its image data is used 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from benchmarks.peak_memory import run_with_peak_rss
 from tests.fault_helpers import ROOT, TRAIN_FAST, child_env
 from utils.data.index import make_splits
 
@@ -154,14 +153,12 @@ def garbage(tmp_path_factory):
 
 
 def _run(script: str, *args, cwd: Path) -> tuple[int, str, float]:
-    """(exit status, merged output, peak resident memory in GiB) of `python script args` (os.wait4 gives the peak)."""
+    """(exit status, merged output, the command's own peak resident memory in GiB) of `python script args`."""
     log = cwd / f"{script}.out"
     with open(log, "wb") as sink:
-        process = subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, env=child_env(),
-                                   stdout=sink, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, log.read_text(encoding="utf-8", errors="replace"), usage.ru_maxrss / 2**20
+        measured = run_with_peak_rss([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
+                                     env=child_env(), stdout=sink)
+    return measured.exit_code, log.read_text(encoding="utf-8", errors="replace"), measured.peak_rss_bytes / 2**30
 
 
 def _problem_lines(lines: list[str], stem: str) -> list[str]:

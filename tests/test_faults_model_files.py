@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
 import sys
 import zipfile
 import zlib
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.peak_memory import run_with_peak_rss
 from tests.fault_helpers import ROOT, TRAIN_FAST, child_env, tiny_voc
 from tests.synthetic import write_weights
 from utils.model.config import ModelConfig, build_model
@@ -31,19 +31,15 @@ RSS_LIMIT = 2 * GIB  # a command that imported torch and refused the file: well 
 
 
 def run_measured(script: str, *args: object, timeout: float = 300) -> tuple[int, str, int]:
-    """Run `python <script> args` from the repository root: (exit status, output, peak resident bytes of the child,
-    from wait4)."""
+    """Run `python <script> args` from the repository root: (exit status, output, the command's own peak resident
+    bytes; measured through a small launcher, so pytest's own size does not count)."""
     out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"run_{os.getpid()}_{id(args)}.txt"
     with open(out_path, "wb") as sink:
-        process = subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, env=child_env(),
-                                   stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        _, status, usage = os.wait4(process.pid, 0)
-    finally:
-        process.returncode = 0  # reaped by wait4
+        measured = run_with_peak_rss([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
+                                     env=child_env(), stdout=sink, timeout=timeout)
     output = out_path.read_text(encoding="utf-8", errors="replace")
     out_path.unlink()
-    return os.waitstatus_to_exitcode(status), output, usage.ru_maxrss * 1024
+    return measured.exit_code, output, measured.peak_rss_bytes
 
 
 # ------------------------------------------------------------------------------------------------- the files
