@@ -196,3 +196,26 @@ def test_video_truth_lowers_visibility_of_a_covered_shape():
 def test_video_cli(tmp_path, capsys):
     assert main(["--video", "--out", str(tmp_path), "--frames", "3", "--shapes", "2"]) == 0
     assert "wrote" in capsys.readouterr().out and (tmp_path / "shapes_gt.txt").is_file()
+
+
+def test_video_frames_as_voc_carry_the_video_truth(tmp_path):
+    """--video --as-voc: every n-th frame of the same video with its truth rows as VOC objects (1-based boxes,
+    difficult where the tracking scores ignore the row), byte-identical for the same seed."""
+    _, truth = sample_data.generate_video(tmp_path / "video", seed=3, frames=20, shapes=6)
+    assert main(["--video", "--as-voc", "--out", str(tmp_path / "a"), "--seed", "3", "--frames", "20",
+                 "--shapes", "6", "--every", "5"]) == 0
+    sample_data.generate_video_dataset(tmp_path / "b", seed=3, frames=20, shapes=6, every=5)
+    voc, again = tmp_path / "a" / "VOC2007", tmp_path / "b" / "VOC2007"
+    assert sorted(p.name for p in (voc / "JPEGImages").iterdir()) == [f"{f:06d}.jpg" for f in (1, 6, 11, 16)]
+    assert all(p.read_bytes() == (again / p.relative_to(voc)).read_bytes() for p in voc.rglob("*") if p.is_file())
+    rows = [line.split(",") for line in truth.read_text().splitlines()]
+    for frame in (1, 6, 11, 16):
+        objects = ET.parse(voc / "Annotations" / f"{frame:06d}.xml").findall("object")
+        expected = sorted((CLASSES[int(r[7])], int(r[2]) + 1, int(r[3]) + 1, int(r[2]) + int(r[4]),
+                           int(r[3]) + int(r[5]), r[6] == "0") for r in rows if int(r[0]) == frame)
+        found = sorted((o.findtext("name"), *(int(o.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")),
+                        o.findtext("difficult") == "1") for o in objects)
+        assert found == expected
+    splits = {name: (voc / "ImageSets" / "Main" / f"{name}.txt").read_text().split() for name in ("trainval", "test")}
+    assert sorted(splits["trainval"] + splits["test"]) == ["000001", "000006", "000011", "000016"]
+    assert (tmp_path / "a" / "README.md").read_text().startswith(README_TITLE)

@@ -3,6 +3,7 @@
     python -m utils.sample_data [--out VOCdevkit] [--seed 0] [--images 120] [--quality 85]
     python -m utils.sample_data --small-objects --out small_objects --images 40     # large canvases, small shapes
     python -m utils.sample_data --video --out shapes_video --frames 300              # moving shapes + MOT truth
+    python -m utils.sample_data --video --as-voc --out shapes_frames --seed 1        # its frames as a VOC dataset
 
 writes `<out>/VOC2007/{Annotations,JPEGImages,ImageSets/Main}` and `<out>/README.md`. The same seed gives
 byte-identical files (numpy Generator, OpenCV drawing, cv2.imencode, ElementTree), so the committed sample can be
@@ -13,7 +14,8 @@ covering 0-based pixel columns c0..c1 has xmin = c0 + 1 and xmax = c1 + 1 (conti
 inference is for. Its shapes have the sizes the bundled sample's model learned at 320 px, so slicing such a canvas
 into 320 px tiles shows them at a scale the model knows, while letterboxing the whole canvas to 320 px shrinks them
 to 3-12 px. `--video` writes `shapes.mp4`, shapes that enter, cross and leave the frame, and `shapes_gt.txt`, their
-true boxes in the MOTChallenge ground-truth format (see `video_truth`), for measuring a tracker.
+true boxes in the MOTChallenge ground-truth format (see `video_truth`), for measuring a tracker; with `--as-voc`,
+every `--every`-th frame and its truth as a VOC dataset instead, to train the detector that tracking is measured with.
 """
 from __future__ import annotations
 
@@ -441,6 +443,69 @@ def generate_video(out: Path, seed: int = 0, frames: int = 300, shapes: int = 24
     return video, truth
 
 
+def truth_object(row: TruthRow) -> SampleObject:
+    """A video truth row as a VOC object: 1-based inclusive box; a partly hidden shape is truncated, one less than
+    half visible is difficult (the rows the tracking scores ignore)."""
+    x1, y1, x2, y2 = row.box
+    return SampleObject(CLASSES[row.label], (x1 + 1, y1 + 1, x2, y2), row.visibility < 1, not row.scored)
+
+
+def generate_video_dataset(out: Path, seed: int = 0, frames: int = 300, shapes: int = 24, every: int = 3,
+                           quality: int = JPEG_QUALITY) -> dict[str, list[str]]:
+    """Every `every`-th frame of the video `generate_video(seed, frames, shapes)` would write (the same frames, as
+    JPEG instead of mp4), with its truth as VOC annotations: a detector for the tracking demo trains on one seed's
+    frames and is scored on another seed's video. Returns the splits as {name: sorted image ids}."""
+    if frames < 2 or shapes < 1 or seed < 0 or every < 1:
+        raise ValueError(f"need at least 2 frames (got {frames}), 1 shape (got {shapes}), --every >= 1 (got {every}) "
+                         "and a non-negative seed")
+    voc = prepare_output(out)
+    rng = np.random.default_rng(seed)
+    height, width = VIDEO_SIZE
+    moving = moving_shapes(rng, frames, shapes)
+    background = make_background(rng, height, width)
+    ids, counts = [], dict.fromkeys([*CLASSES, "difficult", "truncated", "background"], 0)
+    for frame in range(frames):
+        image = render_frame(rng, background, moving, frame)  # every frame drawn: the noise stream stays the video's
+        if frame % every:
+            continue
+        image_id = f"{frame + 1:06d}"
+        objects = [truth_object(row) for row in video_truth(moving, frame)]
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise RuntimeError(f"OpenCV could not encode {image_id}.jpg")
+        (voc / "JPEGImages" / f"{image_id}.jpg").write_bytes(jpeg.tobytes())
+        (voc / "Annotations" / f"{image_id}.xml").write_bytes(annotation_xml(image_id, height, width, objects))
+        ids.append(image_id)
+        counts["background"] += not objects
+        for obj in objects:
+            counts[obj.name] += 1
+            counts["difficult"] += obj.difficult
+            counts["truncated"] += obj.truncated
+    splits = split_ids(rng, ids)
+    for name, split in splits.items():
+        (voc / "ImageSets" / "Main" / f"{name}.txt").write_text("".join(f"{i}\n" for i in split), encoding="utf-8")
+    command = f"python -m utils.sample_data --video --as-voc --out {out.name} --seed {seed} --frames {frames} " \
+              f"--shapes {shapes} --every {every} --quality {quality}"
+    (out / "README.md").write_text(video_readme_text(command, splits, counts), encoding="utf-8")
+    return splits
+
+
+def video_readme_text(command: str, splits: dict[str, list[str]], counts: dict[str, int]) -> str:
+    sizes = ", ".join(f"{name} {len(ids)}" for name, ids in splits.items())
+    objects = ", ".join(f"{name} {counts[name]}" for name in CLASSES)
+    return f"""{README_TITLE}
+
+Frames of a moving-shapes video ({VIDEO_SIZE[1]}x{VIDEO_SIZE[0]} px) as a Pascal VOC dataset, to train the detector
+that `predict.py --track` is measured with; score it on the video of another seed.
+
+- Splits in `VOC2007/ImageSets/Main/`: {sizes}.
+- Objects: {objects}; {counts['truncated']} partly hidden or cut by the border (truncated), {counts['difficult']} less
+  than half visible (difficult); {counts['background']} frames without shapes.
+
+Regenerate (same seed, same bytes): `{command}`
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(description="Write the deterministic synthetic VOC sample dataset (or, with "
                                      "--video, a video of moving shapes and its MOTChallenge ground truth).")
@@ -459,6 +524,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="--video: number of frames (25 per second)")
     parser.add_argument("--shapes", type=NumberRange(int, 1, 1000), default=24,
                         help="--video: number of shapes (tracks) over the video")
+    parser.add_argument("--as-voc", action="store_true",
+                        help="--video: write the frames (every --every-th) as a VOC dataset instead of an mp4, to "
+                             "train a detector for tracking")
+    parser.add_argument("--every", type=NumberRange(int, 1, 1000), default=3, help="--as-voc: keep every n-th frame")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.video:
@@ -475,11 +544,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_video(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.as_voc:
+        return _write_video_dataset(parser, args)
     try:
         video, truth = generate_video(args.out or Path("shapes_video"), args.seed, args.frames, args.shapes)
     except (ValueError, RuntimeError) as err:
         parser.error(str(err))
     print(f"wrote {video} ({args.frames} frames at {VIDEO_FPS:g} fps) and its ground truth {truth}")
+    return 0
+
+
+def _write_video_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    out = args.out or Path("shapes_frames")
+    try:
+        splits = generate_video_dataset(out, args.seed, args.frames, args.shapes, args.every, args.quality)
+    except (ValueError, RuntimeError, FileExistsError) as err:
+        parser.error(str(err))
+    print(f"wrote {len(splits['trainval']) + len(splits['test'])} frames to {out / 'VOC2007'} ("
+          + ", ".join(f"{name} {len(ids)}" for name, ids in splits.items()) + ")")
     return 0
 
 
