@@ -2,7 +2,7 @@
 same detector on overlapping tiles plus the whole image, merged (eval.py --slice), and how many canvases that is.
 
     python -m utils.sample_data --small-objects --out small_objects --images 16
-    python benchmarks/bench_slice.py --weights logs/video_sample/best.pth --data small_objects --slice 320
+    python benchmarks/bench_slice.py --weights logs/exp/best.pth --data small_objects --slice 320
 
 The images are decoded once before timing (reading is the same for both); the model runs as eval.py runs it
 (unfused, fp32). The modes are interleaved in --rounds rounds, so a shared machine's load weighs on both

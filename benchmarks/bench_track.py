@@ -2,7 +2,11 @@
 number of identities against the truth, and the end-to-end frame rate with tracking against detection alone.
 
     python -m utils.sample_data --video --out shapes_video            # shapes.mp4 + shapes_gt.txt (300 frames)
-    python benchmarks/bench_track.py --weights logs/video_sample/best.pth --video shapes_video/shapes.mp4
+    python -m utils.sample_data --video --as-voc --out shapes_frames --seed 1 --frames 600 --every 2
+    python train.py --data shapes_frames --weights logs/exp/best.pth --input-shape 320 --epochs 15 --name track_frames
+    python benchmarks/bench_track.py --weights logs/track_frames/best.pth --video shapes_video/shapes.mp4 --conf 0.4
+
+(the detector: a sample model fine-tuned on the frames of another seed's video; see docs/results.md)
 
 The scores are TrackEval's CLEAR and Identity metrics (the MOTChallenge evaluation code; `pip install trackeval`) at
 IoU 0.5, with MOTChallenge's preprocessing of ignored truth: a truth row marked 0 (a shape less than half visible:

@@ -57,8 +57,9 @@ def test_tiles_are_sahis_and_cover_the_image(height, width, size, overlap):
     assert covered.all()
 
 
-def greedy_nmm_reference(dets: np.ndarray, threshold: float = 0.5) -> list[list[float]]:
-    """SAHI's GreedyNMMPostprocess spelled out with Python lists: score order, per class, IOS, re-check on merge."""
+def greedy_nmm_reference(dets: np.ndarray, threshold: float = 0.5, union: bool = True) -> list[list[float]]:
+    """SAHI's GreedyNMMPostprocess spelled out with Python lists: score order, per class, IOS, re-check on merge;
+    union=False: its NMSPostprocess with the IOS metric (the taken boxes are dropped)."""
     def ios(a, b):
         inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
         smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
@@ -73,7 +74,7 @@ def greedy_nmm_reference(dets: np.ndarray, threshold: float = 0.5) -> list[list[
         box = row[:4]
         for j in group:
             taken[j] = True
-            if ios(box, rows[j]) >= threshold:
+            if union and ios(box, rows[j]) >= threshold:
                 box = [min(box[0], rows[j][0]), min(box[1], rows[j][1]), max(box[2], rows[j][2]),
                        max(box[3], rows[j][3])]
         out.append([*box, row[4], row[5]])
@@ -92,22 +93,35 @@ def random_detections(seed: int, count: int = 300) -> np.ndarray:
 def test_greedy_nmm_equals_sahis_rule(seed):
     dets = random_detections(seed)
     assert greedy_nmm(dets) == pytest.approx(np.array(greedy_nmm_reference(dets), np.float32), abs=1e-4)
+    suppressed = greedy_nmm(dets, union=False)
+    assert suppressed == pytest.approx(np.array(greedy_nmm_reference(dets, union=False), np.float32), abs=1e-4)
+    assert set(map(tuple, suppressed.tolist())) <= set(map(tuple, dets.tolist()))  # boxes kept as drawn
 
 
 def test_merge_joins_a_box_cut_by_a_tile_border_and_nms_keeps_the_best():
     """The object lies whole in one tile (0.8) and cut by the border of its neighbour (0.9, a part of it): merging
-    gives the whole box with the best score; NMS is torchvision's (here it keeps the cut box)."""
+    gives the whole box with the best score; NMS keeps the best box as it is (here the cut one)."""
     cut, whole = [100, 100, 121, 130, 0.9, 1], [100, 100, 140, 130, 0.8, 1]
     other_class, elsewhere = [100, 100, 140, 130, 0.7, 2], [300, 300, 320, 320, 0.6, 1]
     dets = np.array([whole, cut, other_class, elsewhere], np.float32)
-    merged = merge_detections(dets, "nmm", 0.5, 300)
+    merged = merge_detections(dets, "nmm", 300)
     np.testing.assert_allclose(merged, [[100, 100, 140, 130, 0.9, 1], other_class, elsewhere], atol=1e-6)
-    nms = merge_detections(dets, "nms", 0.5, 300)
-    keep = torchvision.ops.batched_nms(torch.tensor(dets[:, :4]), torch.tensor(dets[:, 4]),
-                                       torch.tensor(dets[:, 5]).long(), 0.5)
-    np.testing.assert_allclose(nms, dets[keep.numpy()])
+    nms = merge_detections(dets, "nms", 300)
+    np.testing.assert_allclose(nms, dets[[1, 2, 3]])
     assert nms[:, 2].tolist() == [121, 140, 320]
-    assert len(merge_detections(random_detections(0), "nmm", 0.5, 7)) == 7
+    assert len(merge_detections(random_detections(0), "nmm", 7)) == 7
+
+
+def test_default_merge_keeps_a_confident_box_among_low_scored_ones_around_it():
+    """Evaluation runs at --conf 0.001, so every object comes with low-scored boxes around it that the detector's own
+    NMS left (IoU < --iou): the default merge drops them and keeps the object's box as drawn; NMM makes it their
+    union."""
+    found = [100, 100, 120, 120, 0.9, 0]
+    around = [[90, 95, 140, 130, 0.01, 0], [100, 100, 160, 118, 0.003, 0], [70, 100, 121, 121, 0.002, 0]]
+    dets = np.array([found, *around], np.float32)
+    merged = merge_detections(dets, SliceOptions().merge, 300)
+    np.testing.assert_allclose(merged[0], found)
+    assert merge_detections(dets, "nmm", 300)[0, :4].tolist() == [70, 95, 160, 130]
 
 
 def oracle_detector(size: int = 128) -> Detector:
@@ -134,7 +148,7 @@ def test_small_objects_are_found_when_sliced_only():
     plain = detector([image])[0]
     iou = torchvision.ops.box_iou(torch.tensor(plain[:, :4]), torch.tensor(truth[:, :4])).numpy()
     assert (iou.max(axis=0, initial=0) >= 0.5).sum() < len(truth)
-    sliced = SlicedDetector(detector, SliceOptions(size=128, overlap=0.2, batch=4))
+    sliced = SlicedDetector(detector, SliceOptions(size=128, overlap=0.2, merge="nmm", batch=4))
     found = sliced([image])[0]
     assert len(found) == len(truth)
     found = found[np.argsort(found[:, 5])]
@@ -195,7 +209,7 @@ def test_eval_slice_measures_the_gain(monkeypatch, tmp_path, capsys):
     plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
     sliced = json.loads((tmp_path / "sliced" / "metrics.json").read_text())
     assert sliced["mAP50"] == pytest.approx(1.0) and plain["mAP50"] < 0.7
-    assert sliced["slice"] == {"size": 128, "overlap": 0.2, "full_image": True, "merge": "nmm", "batch": 8}
+    assert sliced["slice"] == {"size": 128, "overlap": 0.2, "full_image": True, "merge": "nms", "batch": 8}
     assert "slice" not in plain
 
 
