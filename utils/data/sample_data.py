@@ -281,6 +281,27 @@ Train on real data instead: delete this folder and put the official devkit here,
 """
 
 
+def write_pair(voc: Path, image_id: str, image: np.ndarray, objects: list[SampleObject], quality: int,
+               counts: dict[str, int]) -> None:
+    """JPEGImages/<id>.jpg and Annotations/<id>.xml of one RGB image; its objects added to `counts`."""
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode {image_id}.jpg")
+    (voc / "JPEGImages" / f"{image_id}.jpg").write_bytes(jpeg.tobytes())
+    (voc / "Annotations" / f"{image_id}.xml").write_bytes(annotation_xml(image_id, *image.shape[:2], objects))
+    for obj in objects:
+        counts[obj.name] += 1
+        counts["difficult"] += obj.difficult
+        counts["truncated"] += obj.truncated
+
+
+def write_splits(voc: Path, splits: dict[str, list[str]]) -> dict[str, list[str]]:
+    """ImageSets/Main/<split>.txt for each split; returns `splits`."""
+    for name, split in splits.items():
+        (voc / "ImageSets" / "Main" / f"{name}.txt").write_text("".join(f"{i}\n" for i in split), encoding="utf-8")
+    return splits
+
+
 def generate(out: Path, seed: int = 0, images: int = 120, quality: int = JPEG_QUALITY, profile: Profile = BUNDLED
              ) -> dict[str, list[str]]:
     """Write the sample into `out` (see module docstring); return the splits as {name: sorted image ids}."""
@@ -294,18 +315,8 @@ def generate(out: Path, seed: int = 0, images: int = 120, quality: int = JPEG_QU
     for index, image_id in enumerate(ids):
         # Each image has its own stream, so image k looks the same whatever --images is.
         image, objects = make_image(np.random.default_rng([seed, index]), index not in background, profile)
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise RuntimeError(f"OpenCV could not encode {image_id}.jpg")
-        (voc / "JPEGImages" / f"{image_id}.jpg").write_bytes(jpeg.tobytes())
-        (voc / "Annotations" / f"{image_id}.xml").write_bytes(annotation_xml(image_id, *image.shape[:2], objects))
-        for obj in objects:
-            counts[obj.name] += 1
-            counts["difficult"] += obj.difficult
-            counts["truncated"] += obj.truncated
-    splits = split_ids(rng, ids)
-    for name, split in splits.items():
-        (voc / "ImageSets" / "Main" / f"{name}.txt").write_text("".join(f"{i}\n" for i in split), encoding="utf-8")
+        write_pair(voc, image_id, image, objects, quality, counts)
+    splits = write_splits(voc, split_ids(rng, ids))
     (out / "README.md").write_text(readme_text(seed, quality, splits, counts, profile, out.name), encoding="utf-8")
     return splits
 
@@ -470,20 +481,10 @@ def generate_video_dataset(out: Path, seed: int = 0, frames: int = 300, shapes: 
             continue
         image_id = f"{frame + 1:06d}"
         objects = [truth_object(row) for row in video_truth(moving, frame)]
-        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:
-            raise RuntimeError(f"OpenCV could not encode {image_id}.jpg")
-        (voc / "JPEGImages" / f"{image_id}.jpg").write_bytes(jpeg.tobytes())
-        (voc / "Annotations" / f"{image_id}.xml").write_bytes(annotation_xml(image_id, height, width, objects))
+        write_pair(voc, image_id, image, objects, quality, counts)
         ids.append(image_id)
         counts["background"] += not objects
-        for obj in objects:
-            counts[obj.name] += 1
-            counts["difficult"] += obj.difficult
-            counts["truncated"] += obj.truncated
-    splits = split_ids(rng, ids)
-    for name, split in splits.items():
-        (voc / "ImageSets" / "Main" / f"{name}.txt").write_text("".join(f"{i}\n" for i in split), encoding="utf-8")
+    splits = write_splits(voc, split_ids(rng, ids))
     command = f"python -m utils.sample_data --video --as-voc --out {out.name} --seed {seed} --frames {frames} " \
               f"--shapes {shapes} --every {every} --quality {quality}"
     (out / "README.md").write_text(video_readme_text(command, splits, counts), encoding="utf-8")
