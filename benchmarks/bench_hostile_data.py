@@ -93,7 +93,6 @@ def copyfile(src, dst, *args, **kwargs):
 shutil.copyfile = copyfile
 sys.argv = ["utils.convert", *sys.argv[1:]]
 from utils.data.convert import main
-
 main()
 '''
 

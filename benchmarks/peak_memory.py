@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LAUNCHER = r"""
-import json, os, signal, subprocess, sys, time
+import json, os, subprocess, sys, time
 report, limit, command = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
 child = subprocess.Popen(command)
 deadline, timed_out = time.monotonic() + limit, False
@@ -51,7 +51,11 @@ def run_with_peak_rss(command: list[str], *, cwd: Path | str, env: dict | None =
     try:
         launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, report, str(timeout), *map(str, command)],
                                     cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
-        launcher.wait(timeout + 60)  # the launcher kills the command at `timeout`; this only guards the launcher
+        try:
+            launcher.wait(timeout + 60)  # the launcher kills the command at `timeout`; this only guards the launcher
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            raise
         seconds = time.perf_counter() - start
         if launcher.returncode:
             raise RuntimeError(f"could not run {command[:2]} (launcher exit {launcher.returncode}; see its output)")

@@ -430,17 +430,22 @@ def mot_truth_line(row: TruthRow) -> str:
            f"{row.visibility:.3f}"
 
 
+def video_scene(seed: int, frames: int, shapes: int) -> tuple[np.random.Generator, list[MovingShape], np.ndarray]:
+    """The random stream, moving shapes and still background of the video of `seed`: the mp4 and its frames as a
+    VOC dataset start from the same scene, so they show the same frames. The stream goes on to the frames' noise."""
+    rng = np.random.default_rng(seed)
+    moving = moving_shapes(rng, frames, shapes)
+    return rng, moving, make_background(rng, *VIDEO_SIZE)
+
+
 def generate_video(out: Path, seed: int = 0, frames: int = 300, shapes: int = 24) -> tuple[Path, Path]:
     """Write `out`/shapes.mp4 (mp4v, VIDEO_FPS) and `out`/shapes_gt.txt (see mot_truth_line); returns both paths."""
     if frames < 2 or shapes < 1 or seed < 0:
         raise ValueError(f"need at least 2 frames (got {frames}), 1 shape (got {shapes}) and a non-negative seed")
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    height, width = VIDEO_SIZE
-    moving = moving_shapes(rng, frames, shapes)
-    background = make_background(rng, height, width)
+    rng, moving, background = video_scene(seed, frames, shapes)
     video, truth = out / "shapes.mp4", out / "shapes_gt.txt"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS, (width, height))
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS, VIDEO_SIZE[::-1])
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {video} (no mp4v encoder)")
     lines = []
@@ -470,10 +475,7 @@ def generate_video_dataset(out: Path, seed: int = 0, frames: int = 300, shapes: 
         raise ValueError(f"need at least 2 frames (got {frames}), 1 shape (got {shapes}), --every >= 1 (got {every}) "
                          "and a non-negative seed")
     voc = prepare_output(out)
-    rng = np.random.default_rng(seed)
-    height, width = VIDEO_SIZE
-    moving = moving_shapes(rng, frames, shapes)
-    background = make_background(rng, height, width)
+    rng, moving, background = video_scene(seed, frames, shapes)
     ids, counts = [], dict.fromkeys([*CLASSES, "difficult", "truncated", "background"], 0)
     for frame in range(frames):
         image = render_frame(rng, background, moving, frame)  # every frame drawn: the noise stream stays the video's

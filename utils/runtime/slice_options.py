@@ -35,8 +35,6 @@ class SliceOptions:
         return self
 
 
-
-
 def add_slice_arguments(group: argparse._ArgumentGroup) -> None:
     """--slice and its options, the same in eval.py and predict.py."""
     group.add_argument("--slice", type=SLICE_SIDE, default=None, metavar="PX",

@@ -91,13 +91,20 @@ def greedy_nmm(detections: np.ndarray, threshold: float = MATCH_IOS, metric: str
             i, rest = remaining[0], remaining[1:]
             close = overlap_with(boxes[i], boxes[rest], metric) >= threshold
             taken, remaining = rest[close], rest[~close]
-            box = boxes[i].copy()
-            for j in taken if union else ():  # SAHI re-checks each against the grown box before merging it
-                if overlap_with(box, boxes[j:j + 1], metric)[0] >= threshold:
-                    box[:2], box[2:] = np.minimum(box[:2], boxes[j, :2]), np.maximum(box[2:], boxes[j, 2:])
-            dets[i, :4] = box
+            if union:
+                dets[i, :4] = grown_box(boxes[i], boxes[taken], threshold, metric)
             kept.append(int(i))
     return dets[sorted(kept)]
+
+
+def grown_box(box: np.ndarray, candidates: np.ndarray, threshold: float, metric: str) -> np.ndarray:
+    """`box` grown into the union with each of `candidates` (in order) that still overlaps the grown box by
+    >= threshold, as SAHI re-checks each before merging it."""
+    box = box.copy()
+    for other in candidates:
+        if overlap_with(box, other[None], metric)[0] >= threshold:
+            box[:2], box[2:] = np.minimum(box[:2], other[:2]), np.maximum(box[2:], other[2:])
+    return box
 
 
 def merge_detections(detections: np.ndarray, merge: str, max_det: int) -> np.ndarray:
@@ -105,8 +112,7 @@ def merge_detections(detections: np.ndarray, merge: str, max_det: int) -> np.nda
     max_det rows, highest scores first."""
     if not len(detections):
         return detections.reshape(0, 6).astype(np.float32)
-    merged = greedy_nmm(detections, union=merge == "nmm")
-    return merged[np.argsort(-merged[:, 4], kind="stable")][:max_det]
+    return greedy_nmm(detections, union=merge == "nmm")[:max_det]  # rows already in score order
 
 
 class SlicedDetector(BaseDetector):
