@@ -9,6 +9,7 @@ import numpy as np
 from utils.common.text import printable
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+CAPTION_PX_PER_SCALE = 22  # text + baseline height of FONT at scale 1, in pixels (cv2.getTextSize)
 
 
 def class_colors(num_classes: int) -> list[tuple[int, int, int]]:
@@ -28,9 +29,8 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, cl
     `track_ids` [K] the captions start with "#id" and each track has its own colour."""
     canvas = np.ascontiguousarray(image).copy()
     colors = class_colors(len(class_names))
-    thickness = max(1, round(sum(canvas.shape[:2]) / 600))
-    font_scale = max(0.4, thickness / 3)
     corners, labels = np.asarray(boxes).round().astype(int), np.asarray(labels).astype(int)
+    thickness, font_scale = line_and_font_size(canvas.shape[:2], corners)
     for i, (box, label) in enumerate(zip(corners, labels, strict=True)):
         color = colors[label % len(colors)] if track_ids is None else track_color(int(track_ids[i]))
         x1, y1, x2, y2 = box.tolist()
@@ -45,6 +45,20 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, cl
         cv2.rectangle(canvas, (x1, top), (x1 + tw, top + th + base), color, -1)
         cv2.putText(canvas, caption, (x1, top + th), FONT, font_scale, text_color(color), 1, cv2.LINE_AA)
     return canvas
+
+
+def line_and_font_size(image_hw: tuple[int, int], corners: np.ndarray) -> tuple[int, float]:
+    """Box line thickness and caption font scale: grown with the image (as Ultralytics' annotator does), but never
+    much larger than the typical box drawn, so small objects on a large canvas (sliced inference on a 2000 px image)
+    stay visible under their lines and captions. The caption is at most about the median box height tall."""
+    thickness = max(1, round(sum(image_hw) / 600))
+    font_scale = max(0.4, thickness / 3)
+    if len(corners):
+        sides = np.minimum(corners[:, 2] - corners[:, 0], corners[:, 3] - corners[:, 1])
+        typical_side = float(np.median(sides))
+        thickness = max(1, min(thickness, round(typical_side / 12)))
+        font_scale = max(0.4, min(font_scale, typical_side / CAPTION_PX_PER_SCALE))
+    return thickness, font_scale
 
 
 def relative_luminance(color: tuple[int, int, int]) -> float:
