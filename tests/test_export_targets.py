@@ -198,6 +198,20 @@ def test_an_export_without_its_config_is_refused_with_the_fix(exported, tmp_path
 
 # ---- int8 and the targets that cannot run here ----
 
+def fake_quantize_input_ranges(model) -> list[tuple[float, float]]:
+    """(input_low, input_high) of every per-tensor FakeQuantize of an OpenVINO model (its activation quantizers)."""
+    ranges = []
+    for op in model.get_ops():
+        if op.get_type_name() != "FakeQuantize":
+            continue
+        low, high = (op.input_value(i).get_node() for i in (1, 2))
+        if low.get_type_name() == high.get_type_name() == "Constant":
+            low, high = low.get_data(), high.get_data()
+            if low.size == high.size == 1:
+                ranges.append((float(low.ravel()[0]), float(high.ravel()[0])))
+    return ranges
+
+
 @pytest.mark.slow
 def test_openvino_int8_is_calibrated_and_runs(workspace, capsys):
     pytest.importorskip("nncf", reason="nncf is not installed (requirements-export.txt)")
@@ -211,6 +225,9 @@ def test_openvino_int8_is_calibrated_and_runs(workspace, capsys):
     assert config == make_model()[1]
     assert "2 calibration images" in model.get_rt_info("quantization").astype(str)
     assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    # the mixed preset: activations get asymmetric ranges (leaky ReLU's negative side is a tenth of its positive)
+    assert "mixed preset" in model.get_rt_info("quantization").astype(str)
+    assert any(low < 0 < high and abs(low) < 0.5 * high for low, high in fake_quantize_input_ranges(model))
     loaded = load_runnable(int8)
     out = loaded.detector().forward(np.full((2, *SIZE, 3), 114, np.uint8))
     assert out.shape == (2, 3 * (3 * 4 + 6 * 8), 7) and torch.isfinite(out).all()
