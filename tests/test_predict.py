@@ -83,6 +83,25 @@ def test_predict_writes_annotated_images(kind, checkpoint, image_dir, tmp_path, 
     assert f"{len(expected)} image(s):" in out and " cat" in out and "images/s end to end" in out
 
 
+def test_fps_times_the_steady_rate_after_one_untimed_warm_up(checkpoint, image_dir, tmp_path, monkeypatch):
+    calls = []  # (batch size, whether stage times had started counting) of every forward pass
+    real_forward = Detector.forward
+
+    def recording_forward(self, batch):
+        calls.append((len(batch), self.times.images > 0 or self.times.infer > 0))
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(Detector, "forward", recording_forward)
+    assert run_predict("--weights", str(checkpoint), "--source", str(image_dir), "--save-dir", str(tmp_path),
+                       "--batch-size", "2", "--nosave", "--fps") == 0
+    assert calls[0] == (2, False)  # the warm-up, at the run's batch size, outside the timed stages
+    assert [size for size, _ in calls[1:]] == [2, 1]  # then the 3 images, timed as before
+    calls.clear()
+    assert run_predict("--weights", str(checkpoint), "--source", str(image_dir), "--save-dir", str(tmp_path),
+                       "--batch-size", "2", "--nosave") == 0
+    assert [size for size, _ in calls] == [2, 1]  # without --fps no extra pass
+
+
 def test_run_folders_are_numbered(checkpoint, image_dir, tmp_path):
     save_dir = tmp_path / "logs" / "predict"
     for _ in range(2):

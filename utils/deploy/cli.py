@@ -112,7 +112,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "block's map (CBAM spatial gate, CA height x width gates, SE/ECA channel-weighted "
                              "energy); same layout for any checkpoint, to compare models side by side")
     output.add_argument("--show", action="store_true", help="show results in a window (q quits)")
-    output.add_argument("--fps", action="store_true", help="print pre-process / inference / NMS ms and images/s")
+    output.add_argument("--fps", action="store_true",
+                        help="print pre-process / inference / NMS ms and images/s (after one untimed warm-up pass)")
     output.add_argument("--export", choices=EXPORT_TARGETS.names(),
                         help="export the model into the run folder (checked against PyTorch); no detection")
     output.add_argument("--int8", action="store_true",
@@ -274,6 +275,8 @@ def detect(args: argparse.Namespace, save_dir: Path | None, saving: bool,
     try:
         # with --slice, --batch-size counts tiles per forward pass (SliceOptions.batch) and images go one at a time
         images_per_batch = 1 if args.slice is not None else args.batch_size
+        if args.fps:  # --fps reports the steady rate: a runtime's first-call set-up is not an image's time
+            detector.warmup([detector.slicing.batch if isinstance(detector, SlicedDetector) else images_per_batch])
         predict_source(detector, source, writer, images_per_batch, args.heatmap, args.show, tracking)
         if maps_detector is not None:  # a second pass on the hooked copy: the fast path above stays as it is
             write_attention_maps(maps_detector, source, save_dir)

@@ -162,6 +162,12 @@ class BaseDetector:
         """uint8 ndarray[B, H, W, 3] letterboxed canvases -> Tensor[B, N, 5 + nc] (see utils.model.decode)."""
         raise NotImplementedError
 
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        """One untimed forward pass per batch size, so that one-off costs (a runtime's first-call set-up, int8 kernel
+        selection, torch.compile) happen before timing or streaming and not in the first image's time."""
+        for size in batch_sizes:
+            self.forward(np.full((size, *self.input_shape, 3), 114, np.uint8))
+
     def prepare(self, image: np.ndarray, item: Any = None) -> Prepared:
         """Letterbox one RGB uint8 image onto the model input canvas (timed as pre-processing)."""
         start = time.perf_counter()
@@ -239,11 +245,6 @@ class Detector(BaseDetector):
             self.model = torch.compile(self.model, options={"freezing": True}, dynamic=False)
         LOGGER.debug("Detector: %s, %s, %s", "fused+channels_last" if optimize else "plain",
                      self.precision, self.device)
-
-    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
-        """Run once per batch size, so compilation (with compile=True) happens before timing or streaming."""
-        for size in batch_sizes:
-            self.raw_outputs(np.full((size, *self.input_shape, 3), 128, np.uint8))
 
     def to_tensor(self, batch: np.ndarray) -> torch.Tensor:
         """uint8 [B, H, W, 3] -> float [B, 3, H, W] in [0, 1] on this detector's device and memory format."""
