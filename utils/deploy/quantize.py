@@ -78,8 +78,9 @@ def calibration_reader(canvases: Sequence[np.ndarray], input_name: str = "images
 def quantize_onnx(fp32_path: str | Path, out_path: str | Path, canvases: Iterable[np.ndarray],
                   symmetric_int8: bool = False) -> Path:
     """Quantize `fp32_path` (from export_onnx) to int8 at `out_path`, calibrated on `canvases` (uint8 [H, W, 3]
-    letterboxed to the model's input). Activation ranges are min-max: on the sample data it kept mAP50 within
-    0.3 points of fp32 (README, Benchmarks). symmetric_int8: signed int8 activations with zero point 0, the only
+    letterboxed to the model's input). Activation ranges are min-max: entropy and percentile ranges did no better
+    on a trained raccoon model (all about -0.09 mAP50; OpenVINO's int8 with bias correction kept it, see
+    docs/deployment.md), and ranges after the leaky ReLU were slower than fp32. symmetric_int8: signed int8 activations with zero point 0, the only
     QDQ form TensorRT builds int8 engines from (utils.deploy.targets.tensorrt)."""
     try:  # local: optional dependencies (requirements-dev.txt); onnxruntime.quantization also takes ~0.9 s to import
         import onnx
