@@ -80,8 +80,9 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, canvases: Iterabl
     """Quantize `fp32_path` (from export_onnx) to int8 at `out_path`, calibrated on `canvases` (uint8 [H, W, 3]
     letterboxed to the model's input). Activation ranges are min-max: entropy and percentile ranges did no better
     on a trained raccoon model (all about -0.09 mAP50; OpenVINO's int8 with bias correction kept it, see
-    docs/deployment.md), and ranges after the leaky ReLU were slower than fp32. symmetric_int8: signed int8 activations with zero point 0, the only
-    QDQ form TensorRT builds int8 engines from (utils.deploy.targets.tensorrt)."""
+    docs/deployment.md), and ranges after the leaky ReLU were slower than fp32. symmetric_int8: signed int8
+    activations with zero point 0, the only QDQ form TensorRT builds int8 engines from
+    (utils.deploy.targets.tensorrt)."""
     try:  # local: optional dependencies (requirements-dev.txt); onnxruntime.quantization also takes ~0.9 s to import
         import onnx
         from onnxruntime.quantization import (
