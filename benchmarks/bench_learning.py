@@ -19,7 +19,8 @@
 Prints JSON lines: one per run (mAP50, mAP50-95, training seconds, parameters, GFLOPs at the input size), one per
 tool (mean and sample std over seeds), and for each tool against --baseline the mean difference paired by seed with
 its 95% Student-t interval and verdict (utils/study/stats.py, as `python -m utils.ablate`). --markdown FILE also
-writes the table.
+writes the table. `--score RUN_DIR` (repeatable) trains nothing and scores finished train.py runs the same way, e.g.
+the runs of a `python -m utils.ablate` study on the same data.
 """
 from __future__ import annotations
 
@@ -83,6 +84,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="python of the environment with ultralytics (or $ULTRALYTICS_PYTHON); without it the "
                         "Ultralytics tools are skipped with a note")
     p.add_argument("--markdown", default=None, help="also write the summary table to this file")
+    p.add_argument("--score", action="append", metavar="RUN_DIR", default=[],
+                   help="train nothing: score this train.py run folder's best.pth (trained on --data, e.g. by "
+                        "python -m utils.ablate) with the same scorer, one JSON line each; repeatable")
     return p
 
 
@@ -167,6 +171,13 @@ def ours(tool: Tool, seed: int, run_dir: Path, data_yaml: Path, args) -> tuple[d
     start = time.perf_counter()
     run(command, ROOT, log=run_dir.parent / f"{run_dir.name}.log")
     wall = time.perf_counter() - start
+    detections, facts = test_detections(run_dir, data_yaml, args.input_shape)
+    return detections, {**facts, "train_wall_s": wall}
+
+
+def test_detections(run_dir: Path, data_yaml: Path, input_size: int) -> tuple[dict, dict]:
+    """eval.py --save-json of a train.py run's best.pth on the test split: detections by image stem, and the
+    model's size and the run's training seconds."""
     run([sys.executable, "eval.py", "--weights", str(run_dir / "best.pth"), "--data", str(data_yaml), "--split",
          "test", "--save-json", "--save-dir", str(run_dir), "--name", "test"], ROOT,
         log=run_dir.parent / f"{run_dir.name}.log")
@@ -177,8 +188,8 @@ def ours(tool: Tool, seed: int, run_dir: Path, data_yaml: Path, args) -> tuple[d
         detections.setdefault(str(item["image_id"]), []).append([x, y, x + w, y + h, item["score"],
                                                                  item["category_id"]])
     model = load_runnable(run_dir / "best.pth", device="cpu").model
-    facts = {"parameters": count_parameters(model), "gflops": count_gflops(model, (args.input_shape,) * 2),
-             "train_wall_s": wall, **train_seconds(run_dir)}
+    facts = {"parameters": count_parameters(model), "gflops": count_gflops(model, (input_size,) * 2),
+             **train_seconds(run_dir)}
     return detections, facts
 
 
@@ -292,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     images = test_images(data_yaml)
     num_classes = len(load_split(data_yaml, "test").classes)
     truth = ground_truth(images, num_classes)
+    if args.score:
+        for run_dir in map(Path, args.score):
+            detections, facts = test_detections(run_dir.resolve(), data_yaml, args.input_shape)
+            print(json.dumps({"run": str(run_dir), **score(truth, images, detections), **facts}), flush=True)
+        return 0
     cell = study / f"{data_yaml.parent.name}-{args.input_shape}-e{args.epochs}-b{args.batch_size}"
     cell.mkdir(parents=True, exist_ok=True)
     results = []
