@@ -171,11 +171,11 @@ def ours(tool: Tool, seed: int, run_dir: Path, data_yaml: Path, args) -> tuple[d
     start = time.perf_counter()
     run(command, ROOT, log=run_dir.parent / f"{run_dir.name}.log")
     wall = time.perf_counter() - start
-    detections, facts = test_detections(run_dir, data_yaml, args.input_shape)
+    detections, facts = detections_on_test_split(run_dir, data_yaml, args.input_shape)
     return detections, {**facts, "train_wall_s": wall}
 
 
-def test_detections(run_dir: Path, data_yaml: Path, input_size: int) -> tuple[dict, dict]:
+def detections_on_test_split(run_dir: Path, data_yaml: Path, input_size: int) -> tuple[dict, dict]:
     """eval.py --save-json of a train.py run's best.pth on the test split: detections by image stem, and the
     model's size and the run's training seconds."""
     run([sys.executable, "eval.py", "--weights", str(run_dir / "best.pth"), "--data", str(data_yaml), "--split",
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     truth = ground_truth(images, num_classes)
     if args.score:
         for run_dir in map(Path, args.score):
-            detections, facts = test_detections(run_dir.resolve(), data_yaml, args.input_shape)
+            detections, facts = detections_on_test_split(run_dir.resolve(), data_yaml, args.input_shape)
             print(json.dumps({"run": str(run_dir), **score(truth, images, detections), **facts}), flush=True)
         return 0
     cell = study / f"{data_yaml.parent.name}-{args.input_shape}-e{args.epochs}-b{args.batch_size}"
