@@ -109,15 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--truth", type=Path, default=None, help="its ground truth (default: <video stem>_gt.txt)")
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each mode, interleaved (0: scores only)")
     parser.add_argument("--conf", type=float, default=0.5)
+    parser.add_argument("--iou", type=float, default=0.3, help="NMS IoU threshold, as predict.py --iou (default 0.3)")
+    parser.add_argument("--track-iou", type=float, default=TrackOptions.match_iou, help="as predict.py --track-iou")
+    parser.add_argument("--track-buffer", type=int, default=TrackOptions.buffer, help="as predict.py --track-buffer")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     truth = args.truth or args.video.with_name(f"{args.video.stem}_gt.txt")
-    options = TrackOptions(conf=args.conf)
+    options = TrackOptions(conf=args.conf, match_iou=args.track_iou, buffer=args.track_buffer).check()
     detector = load_runnable(args.weights, device=args.device).detector()
     names = detector.config.classes
     with tempfile.TemporaryDirectory() as folder:
-        detector.options = DetectOptions(options.low)  # as predict.py --track sets it
+        detector.options = DetectOptions(options.low, args.iou)  # as predict.py --track sets it
         tracking = Tracking(options, Path(folder), names, lambda stem: 25.0)
         run_video(detector, args.video, tracking)
         tracking.close()
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             result.parent.mkdir(exist_ok=True)
             result.touch()
         scores = mot_scores(truth, result)
-    print(json.dumps({"bench": "track_scores", "video": str(args.video), "conf": args.conf, **scores}))
+    print(json.dumps({"bench": "track_scores", "video": str(args.video), "conf": args.conf, "iou": args.iou, **scores}))
     if args.rounds > 0:
         print_speed(detector, args, options)
     return 0
@@ -138,7 +141,7 @@ def print_speed(detector, args: argparse.Namespace, options: TrackOptions) -> No
     fps: dict[str, list[float]] = {"detect": [], "track": []}
     for _ in range(args.rounds):
         for mode in fps:
-            detector.options = DetectOptions(options.low if mode == "track" else args.conf)
+            detector.options = DetectOptions(options.low if mode == "track" else args.conf, args.iou)
             tracking = Tracking(options, None, names, lambda stem: 25.0) if mode == "track" else None
             frames, seconds = run_video(detector, args.video, tracking)
             fps[mode].append(frames / seconds)
