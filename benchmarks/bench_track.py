@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--truth", type=Path, default=None, help="its ground truth (default: <video stem>_gt.txt)")
     parser.add_argument("--rounds", type=int, default=3, help="timed runs of each mode, interleaved (0: scores only)")
     parser.add_argument("--conf", type=float, default=0.5)
-    parser.add_argument("--iou", type=float, default=0.3, help="NMS IoU threshold, as predict.py --iou (default 0.3)")
+    parser.add_argument("--iou", type=float, default=DetectOptions.iou_thres,
+                        help="NMS IoU threshold, as predict.py --iou")
     parser.add_argument("--track-iou", type=float, default=TrackOptions.match_iou, help="as predict.py --track-iou")
     parser.add_argument("--track-buffer", type=int, default=TrackOptions.buffer, help="as predict.py --track-buffer")
     parser.add_argument("--device", default="cpu")
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             result.parent.mkdir(exist_ok=True)
             result.touch()
         scores = mot_scores(truth, result)
-    print(json.dumps({"bench": "track_scores", "video": str(args.video), "conf": args.conf, "iou": args.iou, **scores}))
+    print(json.dumps({"bench": "track_scores", "video": str(args.video), "conf": args.conf, "iou": args.iou,
+                      "track_iou": options.match_iou, "track_buffer": options.buffer, **scores}))
     if args.rounds > 0:
         print_speed(detector, args, options)
     return 0
