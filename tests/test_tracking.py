@@ -1,4 +1,4 @@
-"""predict.py --track: ByteTrack over the synthetic video's known trajectories (MOTA, ID switches, identities, scored
+"""predict.py --track: each tracker over the synthetic video's known trajectories (MOTA, ID switches, identities, scored
 by TrackEval), one tracker per source, a reconnect gap, the MOTChallenge file, and the command end to end."""
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import torch
 import predict
 from benchmarks.bench_track import drop_ignored, mot_scores, read_mot
 from tests.synthetic import ColourOracle
-from utils.common.errors import MissingDependencyError
+from utils.common.errors import ConfigError, MissingDependencyError
 from utils.data.sample_data import CLASSES, moving_shapes, video_truth
 from utils.deploy import tracking as tracking_module
-from utils.deploy.tracking import Tracking, TrackOptions, mot_lines
+from utils.deploy.tracking import TRACKERS, Tracking, TrackOptions, mot_lines
 from utils.model.config import ModelConfig
 from utils.runtime.loader import Loaded
 
@@ -50,8 +50,14 @@ def truth_file(path: Path, shapes, frames: int) -> Path:
     return path
 
 
+# OC-SORT drops every detection below --conf (no second association for weak ones), so the stand-in's weakly scored
+# 7% are misses for it: MOTA about 0.77 on these videos; the others use them
+LEAST_MOTA = {"ocsort": 0.75}
+
+
+@pytest.mark.parametrize("name", TRACKERS.names())
 @pytest.mark.parametrize("seed", [0, 1])
-def test_bytetrack_follows_known_trajectories(seed, tmp_path):
+def test_trackers_follow_known_trajectories(seed, name, tmp_path):
     """The synthetic video's trajectories through a noisy stand-in detector: MOTA >= 0.9, at most one ID switch per
     ten tracks, and about one identity per true track: within 20% (a false positive next to an object can start a
     short extra track; deterministic: seeded noise, no model)."""
@@ -59,12 +65,13 @@ def test_bytetrack_follows_known_trajectories(seed, tmp_path):
     frames = 200
     shapes = moving_shapes(np.random.default_rng(seed), frames, 20)
     rng = np.random.default_rng(100 + seed)
-    tracking = Tracking(TrackOptions(), tmp_path, list(CLASSES), lambda stem: 25.0)
+    tracking = Tracking(TrackOptions(tracker=name), tmp_path, list(CLASSES), lambda stem: 25.0)
     for frame in range(frames):
         tracking.update("clip", frame, noisy_detections(video_truth(shapes, frame), rng))
     tracking.close()
     scores = mot_scores(truth_file(tmp_path / "gt.txt", shapes, frames), tmp_path / "tracks" / "clip.txt")
-    assert scores["mota"] >= 0.9, scores
+    print(json.dumps({"tracker": name, "seed": seed, **scores}))  # the figures in docs/results.md, with -s
+    assert scores["mota"] >= LEAST_MOTA.get(name, 0.9), scores
     assert scores["id_switches"] <= scores["truth_tracks"] / 10, scores
     assert 0.9 * scores["truth_tracks"] <= scores["tracks"] <= 1.2 * scores["truth_tracks"], scores
 
@@ -144,6 +151,62 @@ def test_weak_detections_keep_a_track_but_never_start_one():
     assert ids == [[], [1.0], [1.0], [1.0], [1.0], [1.0]]
 
 
+@pytest.mark.parametrize("name", TRACKERS.names())
+def test_every_tracker_keeps_the_ids_of_crossing_objects(name):
+    """Each --tracker through the Tracking API: two objects of different classes moving towards each other get two
+    IDs, and each keeps its own over the frames (BoT-SORT also gets the frame, for its camera-motion step)."""
+    tracking = Tracking(TrackOptions(tracker=name), None, ["a", "b"], lambda stem: 25.0)
+    image = np.zeros((240, 320, 3), np.uint8)
+    cv2.rectangle(image, (60, 60), (120, 120), (200, 200, 200), -1)  # texture for the optical flow
+    first_ids: dict[int, float] = {}
+    for frame in range(15):
+        dets = np.array([square(10 + 6 * frame, 40), square(200 - 6 * frame, 90, label=1)], np.float32)
+        tracked = tracking.update("v", frame, dets, image)
+        for row in tracked:
+            first_ids.setdefault(int(row[5]), row[6])
+            assert row[6] == first_ids[int(row[5])], (name, frame, tracked)
+    assert sorted(first_ids) == [0, 1] and first_ids[0] != first_ids[1]
+
+
+@pytest.mark.parametrize("per_class", [False, True])
+def test_per_class_tracking_never_hands_a_track_to_another_class(per_class):
+    """A class-a object stands still, then a class-b object takes its place: one tracker for all classes lets b
+    inherit a's ID; --track-per-class gives b its own, and IDs stay unique across the class trackers."""
+    tracking = Tracking(TrackOptions(per_class=per_class), None, ["a", "b"], lambda stem: 25.0)
+    ids: dict[int, set[float]] = {0: set(), 1: set()}
+    for frame in range(12):
+        label = 0 if frame < 6 else 1
+        dets = np.array([square(50, 50, label), square(200, 150, 1 - label)], np.float32)
+        for row in tracking.update("v", frame, dets):
+            ids[int(row[5])].add(float(row[6]))
+    assert (ids[0] & ids[1] == set()) is per_class, ids
+    if per_class:
+        assert len(ids[0]) == 2 and len(ids[1]) == 2, ids  # a new ID at each place where the class changed
+
+
+def test_unknown_tracker_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown tracker 'deepsort'; expected one of: bytetrack"):
+        TrackOptions(tracker="deepsort").check()
+
+
+def test_only_trackers_that_use_the_frame_get_it_in_bgr(monkeypatch):
+    seen: list = []
+
+    class Recorder:
+        def update(self, detections, frame=None):
+            seen.append(frame)
+            result = detections[:0]
+            result.tracker_id = np.zeros(0, int)
+            return result
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[..., 0] = 255  # red in RGB
+    for name in ("bytetrack", "botsort"):
+        Tracking(TrackOptions(tracker=name), None, ["a"], make_tracker=lambda o, f: Recorder()).update(
+            "v", 0, np.array([square(1, 1)], np.float32), image)
+    assert seen[0] is None and seen[1][0, 0].tolist() == [0, 0, 255]
+
+
 def test_missing_trackers_package_is_one_clear_line(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "trackers", None)
     with pytest.raises(MissingDependencyError, match="pip install 'trackers"):
@@ -198,6 +261,15 @@ def test_predict_track_refuses_bad_settings(monkeypatch, tmp_path, capsys):
     assert predict.main(["--source", str(video), "--track", "--track-low", "0.7", "--save-dir", str(tmp_path)]) == 1
     assert "error: --track-low 0.7" in capsys.readouterr().err
     assert not list(tmp_path.glob("predict*"))
+
+
+def test_tracker_flags_reach_the_track_options():
+    from utils.deploy.cli import get_args_parser, track_options
+    parser = get_args_parser()
+    options = track_options(parser.parse_args(["--track", "--tracker", "ocsort", "--track-per-class"]))
+    assert (options.tracker, options.per_class) == ("ocsort", True)
+    defaults = track_options(parser.parse_args(["--track"]))
+    assert (defaults.tracker, defaults.per_class) == ("bytetrack", False)
 
 
 def test_bench_track_runs(monkeypatch, tmp_path, capsys):

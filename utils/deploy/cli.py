@@ -50,7 +50,7 @@ from utils.deploy.streams import (
     open_any_source,
 )
 from utils.deploy.targets import EXPORT_TARGETS, ExportRequest
-from utils.deploy.tracking import Tracking, TrackOptions
+from utils.deploy.tracking import TRACKERS, Tracking, TrackOptions
 from utils.model.config import ROOT, ModelConfig
 from utils.runtime.detector import BaseDetector, DetectOptions, Detector
 from utils.runtime.loader import load_runnable
@@ -135,8 +135,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def add_track_arguments(group: argparse._ArgumentGroup) -> None:
     defaults = TrackOptions()
     group.add_argument("--track", action="store_true",
-                       help="follow objects from frame to frame with ByteTrack: IDs drawn on the frames, "
+                       help="follow objects from frame to frame (with --tracker): IDs drawn on the frames, "
                             "tracks/<source>.txt in the MOTChallenge layout, tracks per class at the end")
+    group.add_argument("--tracker", default=defaults.tracker, choices=TRACKERS.names(),
+                       help="the association method (docs/prediction.md compares them on a synthetic video)")
     group.add_argument("--track-buffer", type=int, default=defaults.buffer,
                        help="frames (counted at 30 fps) a lost track waits for its object before it ends")
     group.add_argument("--track-iou", type=float, default=defaults.match_iou,
@@ -144,13 +146,17 @@ def add_track_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--track-low", type=float, default=defaults.low,
                        help="detections from this score up (below --conf) keep existing tracks alive; only "
                             "--conf + 0.1 starts a track")
+    group.add_argument("--track-per-class", action="store_true",
+                       help="one tracker per class: a box is never matched to a track of another class (fewer "
+                            "swaps between crossing objects of different classes; a detector that flips an object's "
+                            "class breaks its track)")
     group.add_argument("--track-gap", type=float, default=defaults.gap_seconds,
                        help="seconds without frames after which a reconnecting stream's tracks end")
 
 
 def track_options(args: argparse.Namespace) -> TrackOptions:
-    return TrackOptions(conf=args.conf, low=args.track_low, match_iou=args.track_iou, buffer=args.track_buffer,
-                        gap_seconds=args.track_gap).check()
+    return TrackOptions(tracker=args.tracker, conf=args.conf, low=args.track_low, match_iou=args.track_iou,
+                        buffer=args.track_buffer, gap_seconds=args.track_gap, per_class=args.track_per_class).check()
 
 
 def class_filter(values: list[str] | None, names: list[str]) -> list[int] | None:

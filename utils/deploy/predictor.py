@@ -174,7 +174,7 @@ def predict_source(detector: BaseDetector, source: ImageSource | VideoSource, wr
             for i, (prepared, dets) in enumerate(zip(chunk, results, strict=True)):
                 frame = prepared.item
                 if tracking is not None:
-                    dets = tracking.update(stem_of(frame), frame.index, dets)
+                    dets = tracking.update(stem_of(frame), frame.index, dets, frame.image)
                 annotated = (annotate(detector, frame, dets, None if decoded is None else decoded[i],
                                       prepared.info, heatmap) if need_drawing else None)
                 writer.write(frame, dets[:, :6], annotated, video_stem)

@@ -1,12 +1,12 @@
 """predict.py --track: multi-object tracking with stable IDs over videos, webcams, streams and image sequences.
 
-Association is ByteTrack (Zhang et al., "ByteTrack: Multi-Object Tracking by Associating Every Detection Box", ECCV
-2022) as implemented by Roboflow's `trackers` package (`ByteTrackTracker`, the successor of supervision's ByteTrack,
-which supervision 0.30 removed): a Kalman filter per track, a first IoU association of the detections scoring at
-least --conf, a second one of the weaker detections (down to --track-low) with the tracks still unmatched, so an
-object whose score dips for a few frames keeps its ID. New tracks need --conf + 0.1 (the reference's new-track
-threshold) and two frames in a row; a lost track waits --track-buffer frames (counted at 30 fps, scaled to the
-source's frame rate) for its object to come back.
+Association: ByteTrack by default (Zhang et al., "ByteTrack: Multi-Object Tracking by Associating Every Detection
+Box", ECCV 2022), or another tracker of Roboflow's `trackers` package chosen with --tracker (TRACKERS: SORT,
+OC-SORT, BoT-SORT, C-BIoU), each built from the same TrackOptions. ByteTrack keeps a Kalman filter per track, a first
+IoU association of the detections scoring at least --conf, a second one of the weaker detections (down to
+--track-low) with the tracks still unmatched, so an object whose score dips for a few frames keeps its ID. New tracks
+need --conf + 0.1 (the reference's new-track threshold) and two frames in a row; a lost track waits --track-buffer
+frames (counted at 30 fps, scaled to the source's frame rate) for its object to come back.
 
 Every source of a run has its own tracker (IDs are per source). A live stream that reconnects keeps its tracks when
 the gap is shorter than --track-gap seconds; after a longer gap its objects have moved on, so its tracks end and
@@ -30,26 +30,32 @@ import numpy as np
 
 from utils.common.errors import ConfigError, MissingDependencyError
 from utils.common.filenames import safe_stem
+from utils.common.registry import Registry
 
 LOGGER = logging.getLogger(__name__)
 NEW_TRACK_MARGIN = 0.1  # a new track needs conf + this (ByteTrack's reference: new_track_thresh = track_thresh + 0.1)
 DEFAULT_FPS = 30.0  # ByteTrack's buffer is counted in frames at 30 fps
 TRACK_COLUMNS = 7  # x1, y1, x2, y2, score, class, track id
+ALL_CLASSES = -1  # the key of the one tracker that sees every class (TrackOptions.per_class off)
 
 
 @dataclass
 class TrackOptions:
-    """ByteTrack's settings. Scores are objectness x class probability, as --conf."""
+    """The tracker's settings (ByteTrack's names; TRACKERS maps them onto each tracker's own). Scores are
+    objectness x class probability, as --conf."""
 
+    tracker: str = "bytetrack"  # a name in TRACKERS
     conf: float = 0.5  # first association; conf + NEW_TRACK_MARGIN starts a track
     low: float = 0.1  # detections from this score up keep unmatched tracks alive (second association)
     match_iou: float = 0.2  # least IoU between a track's predicted box and a detection (ByteTrack's 0.8 cost = 1 - IoU)
     buffer: int = 30  # frames (at 30 fps) that a lost track waits for its object
     min_frames: int = 2  # frames in a row before a track gets its ID
     gap_seconds: float = 5.0  # a live source silent for longer (a reconnect) starts its tracks anew
+    per_class: bool = False  # one tracker per class: a box never joins a track of another class
 
     def check(self) -> TrackOptions:
         """Self, or ConfigError naming the flag that is out of range."""
+        TRACKERS.get(self.tracker)  # an unknown name is a ConfigError listing the valid ones
         checks = [(0 < self.conf <= 1, f"--conf {self.conf}: give a score in (0, 1]"),
                   (0 < self.low <= self.conf, f"--track-low {self.low}: give a score above 0 and at most --conf "
                                               f"({self.conf})"),
@@ -62,17 +68,75 @@ class TrackOptions:
         return self
 
 
-def byte_tracker(options: TrackOptions, fps: float | None) -> Any:
-    """A fresh `trackers.ByteTrackTracker` with `options`, its buffer scaled to the source's frame rate."""
+TRACKERS: Registry[Callable[[TrackOptions, float], Any]] = Registry("tracker")
+
+
+def trackers_package() -> Any:
+    """The `trackers` module, or MissingDependencyError with the line to install it."""
     try:
-        from trackers import ByteTrackTracker  # local: optional dependency, only --track needs it
+        import trackers  # local: optional dependency, only --track needs it
     except ImportError as err:
-        raise MissingDependencyError(f"--track needs the trackers package (ByteTrack; {err}): "
-                                     "pip install 'trackers>=2.1,<3'") from err
-    return ByteTrackTracker(lost_track_buffer=options.buffer, frame_rate=fps or DEFAULT_FPS,
-                            track_activation_threshold=min(1.0, options.conf + NEW_TRACK_MARGIN),
-                            minimum_consecutive_frames=options.min_frames, minimum_iou_threshold=options.match_iou,
-                            high_conf_det_threshold=options.conf)
+        raise MissingDependencyError(f"--track needs the trackers package ({err}): pip install 'trackers>=2.1,<3'") \
+            from err
+    return trackers
+
+
+@TRACKERS.register("bytetrack")
+def bytetrack_tracker(options: TrackOptions, fps: float) -> Any:
+    """ByteTrack: two associations (--conf, then down to --track-low), new tracks from --conf + 0.1."""
+    return trackers_package().ByteTrackTracker(
+        lost_track_buffer=options.buffer, frame_rate=fps, track_activation_threshold=new_track_score(options),
+        minimum_consecutive_frames=options.min_frames, minimum_iou_threshold=options.match_iou,
+        high_conf_det_threshold=options.conf)
+
+
+@TRACKERS.register("ocsort")
+def ocsort_tracker(options: TrackOptions, fps: float) -> Any:
+    """OC-SORT (Cao et al., CVPR 2023): a lost track is re-updated from its last observations when it is found again,
+    and the association adds the direction of motion; detections below --conf are not associated."""
+    return trackers_package().OCSORTTracker(
+        lost_track_buffer=options.buffer, frame_rate=fps, minimum_consecutive_frames=options.min_frames,
+        minimum_iou_threshold=options.match_iou, high_conf_det_threshold=options.conf)
+
+
+@TRACKERS.register("botsort")
+def botsort_tracker(options: TrackOptions, fps: float) -> Any:
+    """BoT-SORT (Aharon et al., 2022) without appearance: ByteTrack's two associations on IoU x score, a Kalman state
+    of width and height, and camera-motion compensation (sparse optical flow on the frame)."""
+    return trackers_package().BoTSORTTracker(
+        lost_track_buffer=options.buffer, frame_rate=fps, track_activation_threshold=new_track_score(options),
+        minimum_consecutive_frames=options.min_frames, minimum_iou_threshold_first_assoc=options.match_iou,
+        high_conf_det_threshold=options.conf, enable_cmc=True)
+
+
+USES_FRAME = frozenset({"botsort"})  # trackers given each frame (the others would only pay for its BGR copy)
+
+
+@TRACKERS.register("sort")
+def sort_tracker(options: TrackOptions, fps: float) -> Any:
+    """SORT (Bewley et al., 2016): one IoU association of the detections from --conf; the simplest baseline."""
+    return trackers_package().SORTTracker(
+        lost_track_buffer=options.buffer, frame_rate=fps, track_activation_threshold=options.conf,
+        minimum_consecutive_frames=options.min_frames, minimum_iou_threshold=options.match_iou)
+
+
+@TRACKERS.register("cbiou")
+def cbiou_tracker(options: TrackOptions, fps: float) -> Any:
+    """C-BIoU (Yang et al., WACV 2023): BoT-SORT's cascade on buffered (enlarged) boxes, for fast or irregular
+    motion."""
+    return trackers_package().CBIoUTracker(
+        lost_track_buffer=options.buffer, frame_rate=fps, track_activation_threshold=new_track_score(options),
+        minimum_consecutive_frames=options.min_frames, minimum_iou_threshold_first_assoc=options.match_iou,
+        high_conf_det_threshold=options.conf)
+
+
+def new_track_score(options: TrackOptions) -> float:
+    return min(1.0, options.conf + NEW_TRACK_MARGIN)
+
+
+def new_tracker(options: TrackOptions, fps: float | None) -> Any:
+    """A fresh tracker of kind options.tracker, its buffer scaled to the source's frame rate (30 when unknown)."""
+    return TRACKERS.get(options.tracker)(options, fps or DEFAULT_FPS)
 
 
 def to_supervision(detections: np.ndarray) -> Any:
@@ -85,35 +149,63 @@ def to_supervision(detections: np.ndarray) -> Any:
 
 
 class SourceTracks:
-    """The tracker of one source, its IDs (1-based, never reused) and each track's classes."""
+    """The tracker(s) of one source, its IDs (1-based, never reused) and each track's classes. With
+    options.per_class, each class has its own tracker, so a box is only ever matched to a track of its own class;
+    otherwise one tracker sees every class."""
 
     def __init__(self, options: TrackOptions, fps: float | None, make_tracker: Callable[[TrackOptions, float | None],
-                                                                                     Any] = byte_tracker):
+                                                                                     Any] = new_tracker):
         self.options, self.fps, self.make_tracker = options, fps, make_tracker
-        self.tracker = make_tracker(options, fps)
-        self.id_offset = 0  # IDs handed out by earlier trackers of this source (before a long gap)
+        self.trackers: dict[int, Any] = {}  # class (or ALL_CLASSES) -> its tracker, made when first needed
+        self.ids: dict[tuple[int, int], int] = {}  # (tracker key, the tracker's own ID) -> the ID written out
+        self.next_id = 1  # never reset, not even by restart(): an ID is never reused within a source
         self.classes: dict[int, Counter] = defaultdict(Counter)
         self.last_update: float | None = None
 
     def restart(self) -> None:
         """End every track (the source was silent too long); later IDs continue after the highest so far."""
-        self.id_offset = max(self.classes, default=0)
-        self.tracker = self.make_tracker(self.options, self.fps)
+        self.trackers.clear()
+        self.ids.clear()
 
-    def update(self, detections: np.ndarray) -> np.ndarray:
+    def update(self, detections: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
         """One frame's ndarray[K, 6] -> its tracked rows ndarray[K', 7] (detections of no confirmed track dropped),
-        in the detections' order."""
-        result = self.tracker.update(to_supervision(detections))
-        ids = np.asarray(result.tracker_id, dtype=np.int64)
-        confirmed = ids >= 0
-        rows = np.asarray(result.data["row"], dtype=np.int64)[confirmed] if len(result) else np.zeros(0, np.int64)
-        ids = ids[confirmed] + 1 + self.id_offset
-        order = np.argsort(rows, kind="stable")
-        rows, ids = rows[order], ids[order]
-        tracked = np.column_stack([detections[rows, :6], ids]).astype(np.float32).reshape(-1, TRACK_COLUMNS)
-        for track_id, label in zip(ids.tolist(), detections[rows, 5].astype(int).tolist(), strict=True):
+        in the detections' order. `image` (RGB uint8, optional) is the frame, for trackers that compensate camera
+        motion (BoT-SORT); the others ignore it."""
+        wants_frame = image is not None and self.options.tracker in USES_FRAME
+        frame = np.ascontiguousarray(image[..., ::-1]) if wants_frame else None  # the trackers package reads BGR
+        keys = detections[:, 5].astype(int) if self.options.per_class else np.full(len(detections), ALL_CLASSES)
+        rows, ids = [], []
+        for key in sorted(set(keys.tolist()) | set(self.trackers)):  # every tracker steps, with boxes or without
+            if key not in self.trackers:
+                self.trackers[key] = self.make_tracker(self.options, self.fps)
+            subset = np.flatnonzero(keys == key)
+            key_rows, key_ids = self._step(self.trackers[key], detections[subset], frame)
+            rows.append(subset[key_rows])
+            ids.extend(self._global_id(key, local) for local in key_ids.tolist())
+        rows_all = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        order = np.argsort(rows_all, kind="stable")
+        rows_all, ids_all = rows_all[order], np.asarray(ids, np.int64).reshape(-1)[order]
+        tracked = np.column_stack([detections[rows_all, :6], ids_all]).astype(np.float32).reshape(-1, TRACK_COLUMNS)
+        for track_id, label in zip(ids_all.tolist(), detections[rows_all, 5].astype(int).tolist(), strict=True):
             self.classes[track_id][label] += 1
         return tracked
+
+    @staticmethod
+    def _step(tracker: Any, detections: np.ndarray, frame: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """One tracker's update: (rows of `detections` with a confirmed track, the tracker's IDs of those)."""
+        result = tracker.update(to_supervision(detections), frame=frame)
+        if not len(result):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        ids = np.asarray(result.tracker_id, dtype=np.int64)
+        confirmed = ids >= 0
+        return np.asarray(result.data["row"], dtype=np.int64)[confirmed], ids[confirmed]
+
+    def _global_id(self, key: int, local_id: int) -> int:
+        """The written ID of a tracker's track: the next unused one (1, 2, ...) the first time it is confirmed."""
+        if (key, local_id) not in self.ids:
+            self.ids[(key, local_id)] = self.next_id
+            self.next_id += 1
+        return self.ids[(key, local_id)]
 
     def class_counts(self) -> Counter:
         """Tracks per class, each track counted once as its most frequent class."""
@@ -140,7 +232,7 @@ class Tracking:
 
     def __init__(self, options: TrackOptions, save_dir: Path | None, class_names: list[str],
                  fps_of: Callable[[str], float | None] = lambda stem: None, live: frozenset[str] = frozenset(),
-                 make_tracker: Callable[[TrackOptions, float | None], Any] = byte_tracker):
+                 make_tracker: Callable[[TrackOptions, float | None], Any] = new_tracker):
         self.options, self.class_names, self.fps_of, self.live = options.check(), class_names, fps_of, live
         self.make_tracker = make_tracker
         self.folder = Path(save_dir) / "tracks" if save_dir is not None else None
@@ -149,8 +241,10 @@ class Tracking:
         self.written: dict[str, Path] = {}  # source stem -> its MOTChallenge file
         make_tracker(options, None)  # fail now, before any frame, when the trackers package is missing
 
-    def update(self, stem: str, frame_index: int, detections: np.ndarray) -> np.ndarray:
-        """Track one frame (`frame_index` 0-based in its source) of source `stem`: ndarray[K, 6] -> [K', 7]."""
+    def update(self, stem: str, frame_index: int, detections: np.ndarray, image: np.ndarray | None = None
+               ) -> np.ndarray:
+        """Track one frame (`frame_index` 0-based in its source) of source `stem`: ndarray[K, 6] -> [K', 7].
+        `image` is the frame itself (RGB), used by trackers that compensate camera motion."""
         source = self.sources.get(stem)
         if source is None:
             source = self.sources[stem] = SourceTracks(self.options, self.fps_of(stem), self.make_tracker)
@@ -161,7 +255,7 @@ class Tracking:
                            now - source.last_update, self.options.gap_seconds)
             source.restart()
         source.last_update = now
-        tracked = source.update(detections)
+        tracked = source.update(detections, image)
         self._write(stem, frame_index, tracked)
         return tracked
 
