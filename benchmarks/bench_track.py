@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--track-iou", type=float, default=TrackOptions.match_iou, help="as predict.py --track-iou")
     parser.add_argument("--track-buffer", type=int, default=TrackOptions.buffer, help="as predict.py --track-buffer")
     parser.add_argument("--track-per-class", action="store_true", help="as predict.py --track-per-class")
+    parser.add_argument("--track-relink", type=float, default=TrackOptions.relink, help="as predict.py --track-relink")
     parser.add_argument("--keep", type=Path, default=None,
                         help="also copy the tracker's MOTChallenge file here (a file path), to look at its switches")
     parser.add_argument("--device", default="cpu")
@@ -124,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     truth = args.truth or args.video.with_name(f"{args.video.stem}_gt.txt")
     options = TrackOptions(tracker=args.tracker, conf=args.conf, match_iou=args.track_iou,
-                           buffer=args.track_buffer, per_class=args.track_per_class).check()
+                           buffer=args.track_buffer, per_class=args.track_per_class,
+                           relink=args.track_relink).check()
     detector = load_runnable(args.weights, device=args.device).detector()
     names = detector.config.classes
     with tempfile.TemporaryDirectory() as folder:
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(result, args.keep)
     print(json.dumps({"bench": "track_scores", "video": str(args.video), "conf": args.conf, "iou": args.iou,
                       "tracker": options.tracker, "track_iou": options.match_iou, "track_buffer": options.buffer,
-                      "per_class": options.per_class, **scores}))
+                      "per_class": options.per_class, "relink": options.relink, **scores}))
     if args.rounds > 0:
         print_speed(detector, args, options)
     return 0

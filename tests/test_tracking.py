@@ -14,7 +14,7 @@ import predict
 from benchmarks.bench_track import drop_ignored, mot_scores, read_mot
 from tests.synthetic import ColourOracle
 from utils.common.errors import ConfigError, MissingDependencyError
-from utils.data.sample_data import CLASSES, moving_shapes, video_truth
+from utils.data.sample_data import CLASSES, VIDEO_SIZE, moving_shapes, video_truth
 from utils.deploy import tracking as tracking_module
 from utils.deploy.tracking import TRACKERS, Tracking, TrackOptions, mot_lines
 from utils.model.config import ModelConfig
@@ -66,8 +66,9 @@ def test_trackers_follow_known_trajectories(seed, name, tmp_path):
     shapes = moving_shapes(np.random.default_rng(seed), frames, 20)
     rng = np.random.default_rng(100 + seed)
     tracking = Tracking(TrackOptions(tracker=name), tmp_path, list(CLASSES), lambda stem: 25.0)
+    image = np.zeros((*VIDEO_SIZE, 3), np.uint8)  # the frame's size, for re-linking's edge rule
     for frame in range(frames):
-        tracking.update("clip", frame, noisy_detections(video_truth(shapes, frame), rng))
+        tracking.update("clip", frame, noisy_detections(video_truth(shapes, frame), rng), image)
     tracking.close()
     scores = mot_scores(truth_file(tmp_path / "gt.txt", shapes, frames), tmp_path / "tracks" / "clip.txt")
     print(json.dumps({"tracker": name, "seed": seed, **scores}))  # the figures in docs/results.md, with -s
@@ -182,6 +183,58 @@ def test_per_class_tracking_never_hands_a_track_to_another_class(per_class):
     assert (ids[0] & ids[1] == set()) is per_class, ids
     if per_class:
         assert len(ids[0]) == 2 and len(ids[1]) == 2, ids  # a new ID at each place where the class changed
+
+
+def hidden_then_back(tracking: Tracking, back: list[float]) -> list[list[float]]:
+    """A square moves right 6 px a frame for 8 frames, is hidden for 10, then `back` is detected for 6 frames (the
+    Kalman prediction has moved on 60 px: the tracker itself starts a new track); the IDs seen, per frame."""
+    ids = []
+    for frame in range(24):
+        dets = [square(20 + 6 * frame, 60)] if frame < 8 else [back] if frame >= 18 else []
+        ids.append(tracking.update("v", frame, np.array(dets, np.float32).reshape(-1, 6))[:, 6].tolist())
+    return ids
+
+
+@pytest.mark.parametrize("relink", [0.0, 1.0])
+def test_an_object_back_from_hiding_keeps_its_id_by_relinking(relink):
+    """It stopped while hidden, 0.2 of its size past its last box: re-linked to its lost track (--track-relink 1),
+    a new ID without (--track-relink 0)."""
+    ids = hidden_then_back(Tracking(TrackOptions(relink=relink), None, ["a", "b"]), square(20 + 6 * 7 + 6, 60))
+    before, after = {i for frame in ids[:8] for i in frame}, {i for frame in ids[18:] for i in frame}
+    assert before == {1.0} and len(after) == 1
+    assert (after == before) is (relink > 0), ids
+
+
+@pytest.mark.parametrize("back", [square(68, 60, label=1), square(200, 60)], ids=["other class", "too far"])
+def test_relinking_needs_the_same_class_and_a_near_box(back):
+    ids = hidden_then_back(Tracking(TrackOptions(), None, ["a", "b"]), back)
+    assert {i for frame in ids[18:] for i in frame} == {2.0}, ids
+
+
+@pytest.mark.parametrize("edge", ["top", "right"])
+def test_no_relinking_at_the_frame_edge(edge):
+    """One object leaves the picture, another enters at the same place: two IDs. The right edge is known from the
+    frames, the top one always."""
+    tracking = Tracking(TrackOptions(), None, ["a"])
+    image = np.zeros((240, 320, 3), np.uint8)
+    place = (lambda k: square(100, 40 - 4 * k)) if edge == "top" else (lambda k: square(250 + 4 * k, 100))
+    ids = []
+    for frame in range(24):
+        dets = [place(frame)] if frame < 8 else [place(10)] if frame >= 18 else []  # back at the edge
+        ids.append(tracking.update("v", frame, np.array(dets, np.float32).reshape(-1, 6), image)[:, 6].tolist())
+    assert {i for frame in ids[:8] for i in frame} == {1.0} and {i for frame in ids[18:] for i in frame} == {2.0}
+
+
+def test_a_relinked_track_found_again_by_its_tracker_gets_a_new_id():
+    """The lost track lent its ID to a new one; when the tracker then matches the old track too, the two never share
+    an ID within a frame."""
+    tracking = Tracking(TrackOptions(), None, ["a"])
+    for frame in range(30):
+        dets = [square(20 + 6 * frame, 60)] if frame < 8 or frame >= 22 else []
+        if frame >= 18:
+            dets.append(square(20 + 6 * 7 + 6, 60))
+        tracked = tracking.update("v", frame, np.array(dets, np.float32).reshape(-1, 6))
+        assert len(set(tracked[:, 6].tolist())) == len(tracked), (frame, tracked)
 
 
 def test_unknown_tracker_lists_the_known_ones():

@@ -150,13 +150,17 @@ def add_track_arguments(group: argparse._ArgumentGroup) -> None:
                        help="one tracker per class: a box is never matched to a track of another class (fewer "
                             "swaps between crossing objects of different classes; a detector that flips an object's "
                             "class breaks its track)")
+    group.add_argument("--track-relink", type=float, default=defaults.relink,
+                       help="a newly confirmed track takes the ID of a lost track of its class whose last (or "
+                            "extrapolated) position is within this many of its box sizes; 0 turns it off")
     group.add_argument("--track-gap", type=float, default=defaults.gap_seconds,
                        help="seconds without frames after which a reconnecting stream's tracks end")
 
 
 def track_options(args: argparse.Namespace) -> TrackOptions:
     return TrackOptions(tracker=args.tracker, conf=args.conf, low=args.track_low, match_iou=args.track_iou,
-                        buffer=args.track_buffer, gap_seconds=args.track_gap, per_class=args.track_per_class).check()
+                        buffer=args.track_buffer, gap_seconds=args.track_gap, per_class=args.track_per_class,
+                        relink=args.track_relink).check()
 
 
 def class_filter(values: list[str] | None, names: list[str]) -> list[int] | None:

@@ -8,6 +8,10 @@ IoU association of the detections scoring at least --conf, a second one of the w
 need --conf + 0.1 (the reference's new-track threshold) and two frames in a row; a lost track waits --track-buffer
 frames (counted at 30 fps, scaled to the source's frame rate) for its object to come back.
 
+On top of any tracker, re-linking (--track-relink, this project's): a newly confirmed track that starts near where
+a lost track of its class was last seen (or would be, moving on) takes that track's ID, so an object coming back from
+behind another keeps its ID even when the tracker's Kalman prediction has drifted away from it.
+
 Every source of a run has its own tracker (IDs are per source). A live stream that reconnects keeps its tracks when
 the gap is shorter than --track-gap seconds; after a longer gap its objects have moved on, so its tracks end and
 new ones start, with IDs that go on counting (an ID is never reused within one file).
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -52,6 +56,7 @@ class TrackOptions:
     min_frames: int = 2  # frames in a row before a track gets its ID
     gap_seconds: float = 5.0  # a live source silent for longer (a reconnect) starts its tracks anew
     per_class: bool = False  # one tracker per class: a box never joins a track of another class
+    relink: float = 1.0  # a new track continues a lost one of its class this near (in its sizes); 0: never
 
     def check(self) -> TrackOptions:
         """Self, or ConfigError naming the flag that is out of range."""
@@ -61,6 +66,7 @@ class TrackOptions:
                                               f"({self.conf})"),
                   (0 < self.match_iou < 1, f"--track-iou {self.match_iou}: give an IoU between 0 and 1"),
                   (self.buffer >= 0, f"--track-buffer {self.buffer}: give 0 or more frames"),
+                  (self.relink >= 0, f"--track-relink {self.relink}: give 0 (off) or a distance in box sizes"),
                   (self.gap_seconds > 0, f"--track-gap {self.gap_seconds}: give a number of seconds above 0")]
         for ok, message in checks:
             if not ok:
@@ -148,10 +154,47 @@ def to_supervision(detections: np.ndarray) -> Any:
                          class_id=detections[:, 5].astype(int), data={"row": np.arange(len(detections))})
 
 
+@dataclass
+class TrackHistory:
+    """What SourceTracks remembers of one written ID, to recognise it when its object comes back under a new track."""
+
+    last_frame: int
+    centres: deque  # (frame, x, y) of the last RECENT_BOXES boxes
+    sides: deque  # the longer side of the same boxes
+    last_box: np.ndarray | None = None
+
+    def add(self, frame: int, box: np.ndarray) -> None:
+        self.last_frame, self.last_box = frame, box
+        self.centres.append((frame, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
+        self.sides.append(max(box[2] - box[0], box[3] - box[1]))
+
+    def distance(self, frame: int, box: np.ndarray) -> float:
+        """How far `box` is from where this track was last seen or, moving on at its last velocity, would be now,
+        in units of the track's largest recent size (an object coming out from behind another grows back to it)."""
+        (first_frame, x0, y0), (last_frame, x1, y1) = self.centres[0], self.centres[-1]
+        steps = max(1, last_frame - first_frame)
+        gap = frame - last_frame
+        predicted = (x1 + (x1 - x0) / steps * gap, y1 + (y1 - y0) / steps * gap)
+        centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        nearest = min(np.hypot(centre[0] - x, centre[1] - y) for x, y in ((x1, y1), predicted))
+        return float(nearest / max(max(self.sides), 1.0))
+
+
+RECENT_BOXES = 8  # boxes per track kept for its velocity and size
+EDGE_MARGIN = 4.0  # px: a box this near the frame's edge may be leaving or entering the picture, not hiding
+
+
 class SourceTracks:
     """The tracker(s) of one source, its IDs (1-based, never reused) and each track's classes. With
     options.per_class, each class has its own tracker, so a box is only ever matched to a track of its own class;
-    otherwise one tracker sees every class."""
+    otherwise one tracker sees every class.
+
+    Re-linking (options.relink): a tracker gives an object a new track when it comes back from behind another one
+    with a box too far from its Kalman prediction (the prediction drifts while only part of the object shows). When a
+    track is confirmed, the lost tracks of its class (unseen for at most the tracker's buffer) are candidates: the
+    nearest within options.relink of its sizes, from its last position or that position moved on at its last
+    velocity, lends the new track its ID. Neither box may touch the frame's edge: there one object leaves and
+    another enters (the right and bottom edges are known once a frame has been given)."""
 
     def __init__(self, options: TrackOptions, fps: float | None, make_tracker: Callable[[TrackOptions, float | None],
                                                                                      Any] = new_tracker):
@@ -160,35 +203,96 @@ class SourceTracks:
         self.ids: dict[tuple[int, int], int] = {}  # (tracker key, the tracker's own ID) -> the ID written out
         self.next_id = 1  # never reset, not even by restart(): an ID is never reused within a source
         self.classes: dict[int, Counter] = defaultdict(Counter)
+        self.history: dict[int, TrackHistory] = {}  # written ID -> its recent boxes
+        self.lost_frames = int(options.buffer * (fps or DEFAULT_FPS) / DEFAULT_FPS)  # as the trackers count it
+        self.frame = 0  # frames seen by this source's trackers
+        self.frame_size: tuple[int, int] | None = None  # (height, width), from the frames when they are given
         self.last_update: float | None = None
 
     def restart(self) -> None:
         """End every track (the source was silent too long); later IDs continue after the highest so far."""
         self.trackers.clear()
         self.ids.clear()
+        self.history.clear()
 
     def update(self, detections: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
         """One frame's ndarray[K, 6] -> its tracked rows ndarray[K', 7] (detections of no confirmed track dropped),
         in the detections' order. `image` (RGB uint8, optional) is the frame, for trackers that compensate camera
         motion (BoT-SORT); the others ignore it."""
+        if image is not None:
+            self.frame_size = image.shape[:2]
         wants_frame = image is not None and self.options.tracker in USES_FRAME
         frame = np.ascontiguousarray(image[..., ::-1]) if wants_frame else None  # the trackers package reads BGR
         keys = detections[:, 5].astype(int) if self.options.per_class else np.full(len(detections), ALL_CLASSES)
-        rows, ids = [], []
+        matched: list[tuple[int, int, int]] = []  # (row of detections, tracker key, the tracker's ID)
         for key in sorted(set(keys.tolist()) | set(self.trackers)):  # every tracker steps, with boxes or without
             if key not in self.trackers:
                 self.trackers[key] = self.make_tracker(self.options, self.fps)
             subset = np.flatnonzero(keys == key)
             key_rows, key_ids = self._step(self.trackers[key], detections[subset], frame)
-            rows.append(subset[key_rows])
-            ids.extend(self._global_id(key, local) for local in key_ids.tolist())
-        rows_all = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        order = np.argsort(rows_all, kind="stable")
-        rows_all, ids_all = rows_all[order], np.asarray(ids, np.int64).reshape(-1)[order]
-        tracked = np.column_stack([detections[rows_all, :6], ids_all]).astype(np.float32).reshape(-1, TRACK_COLUMNS)
-        for track_id, label in zip(ids_all.tolist(), detections[rows_all, 5].astype(int).tolist(), strict=True):
+            matched.extend((int(row), key, int(local)) for row, local in zip(subset[key_rows], key_ids, strict=True))
+        matched.sort()
+        ids = self._written_ids(detections, matched)
+        rows = np.array([row for row, _, _ in matched], np.int64)
+        tracked = np.column_stack([detections[rows, :6], ids]).astype(np.float32).reshape(-1, TRACK_COLUMNS)
+        for track_id, box, label in zip(ids, detections[rows, :4], detections[rows, 5].astype(int).tolist(),
+                                        strict=True):
             self.classes[track_id][label] += 1
+            self._remember(track_id, box)
+        self.frame += 1
+        self._forget_ended()
         return tracked
+
+    def _written_ids(self, detections: np.ndarray, matched: list[tuple[int, int, int]]) -> list[int]:
+        """The written ID of each matched row: the one its track already has; for a newly confirmed track, a lost
+        track's (re-linking) or the next unused one."""
+        seen = {self.ids[(key, local)] for _, key, local in matched if (key, local) in self.ids}
+        ids = []
+        for row, key, local in matched:
+            if (key, local) not in self.ids:
+                track_id = self._relink(detections[row], exclude=seen)
+                if track_id is None:
+                    track_id, self.next_id = self.next_id, self.next_id + 1
+                else:  # the old track, should its tracker find it again, comes back under a new ID
+                    self.ids = {pair: value for pair, value in self.ids.items() if value != track_id}
+                self.ids[(key, local)] = track_id
+                seen.add(track_id)
+            ids.append(self.ids[(key, local)])
+        return ids
+
+    def _relink(self, detection: np.ndarray, exclude: set[int]) -> int | None:
+        """The lost track of the detection's class nearest to it within options.relink sizes, or None."""
+        if self.options.relink <= 0 or self._at_edge(detection[:4]):
+            return None
+        label, best, best_distance = int(detection[5]), None, self.options.relink
+        for track_id, history in self.history.items():
+            if track_id in exclude or not 0 < self.frame - history.last_frame <= self.lost_frames + 1 \
+                    or self._at_edge(history.last_box):
+                continue
+            if self.classes[track_id].most_common(1)[0][0] != label:
+                continue
+            distance = history.distance(self.frame, detection[:4])
+            if distance <= best_distance:
+                best, best_distance = track_id, distance
+        return best
+
+    def _at_edge(self, box: np.ndarray) -> bool:
+        x1, y1, x2, y2 = box
+        height, width = self.frame_size or (np.inf, np.inf)
+        return bool(min(x1, y1) <= EDGE_MARGIN or x2 >= width - EDGE_MARGIN or y2 >= height - EDGE_MARGIN)
+
+    def _remember(self, track_id: int, box: np.ndarray) -> None:
+        history = self.history.get(track_id)
+        if history is None:
+            history = self.history[track_id] = TrackHistory(self.frame, deque(maxlen=RECENT_BOXES),
+                                                            deque(maxlen=RECENT_BOXES))
+        history.add(self.frame, box.astype(float))
+
+    def _forget_ended(self) -> None:
+        """Drop the histories of tracks lost for longer than any tracker keeps them."""
+        for track_id in [key for key, past in self.history.items()
+                         if self.frame - past.last_frame > self.lost_frames + 1]:
+            del self.history[track_id]
 
     @staticmethod
     def _step(tracker: Any, detections: np.ndarray, frame: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -199,13 +303,6 @@ class SourceTracks:
         ids = np.asarray(result.tracker_id, dtype=np.int64)
         confirmed = ids >= 0
         return np.asarray(result.data["row"], dtype=np.int64)[confirmed], ids[confirmed]
-
-    def _global_id(self, key: int, local_id: int) -> int:
-        """The written ID of a tracker's track: the next unused one (1, 2, ...) the first time it is confirmed."""
-        if (key, local_id) not in self.ids:
-            self.ids[(key, local_id)] = self.next_id
-            self.next_id += 1
-        return self.ids[(key, local_id)]
 
     def class_counts(self) -> Counter:
         """Tracks per class, each track counted once as its most frequent class."""
