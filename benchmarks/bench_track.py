@@ -34,9 +34,10 @@ if not __package__:  # run as `python benchmarks/bench_track.py`: the repository
     sys.path.insert(0, str(ROOT))
 
 from utils.common.errors import MissingDependencyError  # noqa: E402
+from utils.deploy.cli import add_tracker_settings, track_options  # noqa: E402
 from utils.deploy.predictor import ResultWriter, predict_source  # noqa: E402
 from utils.deploy.sources import open_source  # noqa: E402
-from utils.deploy.tracking import TRACKERS, Tracking, TrackOptions  # noqa: E402
+from utils.deploy.tracking import Tracking, TrackOptions  # noqa: E402
 from utils.runtime.detector import DetectOptions  # noqa: E402
 from utils.runtime.loader import load_runnable  # noqa: E402
 
@@ -112,21 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conf", type=float, default=0.5)
     parser.add_argument("--iou", type=float, default=DetectOptions.iou_thres,
                         help="NMS IoU threshold, as predict.py --iou")
-    parser.add_argument("--tracker", default=TrackOptions.tracker, choices=TRACKERS.names(),
-                        help="as predict.py --tracker")
-    parser.add_argument("--track-iou", type=float, default=TrackOptions.match_iou, help="as predict.py --track-iou")
-    parser.add_argument("--track-buffer", type=int, default=TrackOptions.buffer, help="as predict.py --track-buffer")
-    parser.add_argument("--track-per-class", action="store_true", help="as predict.py --track-per-class")
-    parser.add_argument("--track-relink", type=float, default=TrackOptions.relink, help="as predict.py --track-relink")
+    add_tracker_settings(parser.add_argument_group("tracker settings, as predict.py's"))
     parser.add_argument("--keep", type=Path, default=None,
                         help="also copy the tracker's MOTChallenge file here (a file path), to look at its switches")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     truth = args.truth or args.video.with_name(f"{args.video.stem}_gt.txt")
-    options = TrackOptions(tracker=args.tracker, conf=args.conf, match_iou=args.track_iou,
-                           buffer=args.track_buffer, per_class=args.track_per_class,
-                           relink=args.track_relink).check()
+    options = track_options(args)
     detector = load_runnable(args.weights, device=args.device).detector()
     names = detector.config.classes
     with tempfile.TemporaryDirectory() as folder:

@@ -133,10 +133,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def add_track_arguments(group: argparse._ArgumentGroup) -> None:
-    defaults = TrackOptions()
     group.add_argument("--track", action="store_true",
                        help="follow objects from frame to frame (with --tracker): IDs drawn on the frames, "
                             "tracks/<source>.txt in the MOTChallenge layout, tracks per class at the end")
+    add_tracker_settings(group)
+
+
+def add_tracker_settings(group: argparse._ArgumentGroup) -> None:
+    """The tracker's flags (--tracker, --track-*), shared with benchmarks/bench_track.py; track_options reads them."""
+    defaults = TrackOptions()
     group.add_argument("--tracker", default=defaults.tracker, choices=TRACKERS.names(),
                        help="the association method (docs/prediction.md compares them on a synthetic video)")
     group.add_argument("--track-buffer", type=int, default=defaults.buffer,

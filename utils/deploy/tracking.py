@@ -154,33 +154,43 @@ def to_supervision(detections: np.ndarray) -> Any:
                          class_id=detections[:, 5].astype(int), data={"row": np.arange(len(detections))})
 
 
-@dataclass
-class TrackHistory:
-    """What SourceTracks remembers of one written ID, to recognise it when its object comes back under a new track."""
+RECENT_BOXES = 8  # boxes per track kept for its velocity and size
 
-    last_frame: int
-    centres: deque  # (frame, x, y) of the last RECENT_BOXES boxes
-    sides: deque  # the longer side of the same boxes
-    last_box: np.ndarray | None = None
+
+class TrackHistory:
+    """What SourceTracks remembers of one written ID, to recognise it when its object comes back under a new track:
+    its last RECENT_BOXES boxes with their frame numbers."""
+
+    def __init__(self) -> None:
+        self.boxes: deque[tuple[int, np.ndarray]] = deque(maxlen=RECENT_BOXES)
 
     def add(self, frame: int, box: np.ndarray) -> None:
-        self.last_frame, self.last_box = frame, box
-        self.centres.append((frame, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
-        self.sides.append(max(box[2] - box[0], box[3] - box[1]))
+        self.boxes.append((frame, box))
+
+    @property
+    def last_frame(self) -> int:
+        return self.boxes[-1][0]
+
+    @property
+    def last_box(self) -> np.ndarray:
+        return self.boxes[-1][1]
 
     def distance(self, frame: int, box: np.ndarray) -> float:
         """How far `box` is from where this track was last seen or, moving on at its last velocity, would be now,
         in units of the track's largest recent size (an object coming out from behind another grows back to it)."""
-        (first_frame, x0, y0), (last_frame, x1, y1) = self.centres[0], self.centres[-1]
-        steps = max(1, last_frame - first_frame)
-        gap = frame - last_frame
-        predicted = (x1 + (x1 - x0) / steps * gap, y1 + (y1 - y0) / steps * gap)
-        centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
-        nearest = min(np.hypot(centre[0] - x, centre[1] - y) for x, y in ((x1, y1), predicted))
-        return float(nearest / max(max(self.sides), 1.0))
+        (first_frame, first), (last_frame, last) = self.boxes[0], self.boxes[-1]
+        last_centre = box_centre(last)
+        velocity = (last_centre - box_centre(first)) / max(1, last_frame - first_frame)
+        predicted = last_centre + velocity * (frame - last_frame)
+        nearest = min(np.linalg.norm(box_centre(box) - where) for where in (last_centre, predicted))
+        size = max(max(past[2] - past[0], past[3] - past[1]) for _, past in self.boxes)
+        return float(nearest / max(size, 1.0))
 
 
-RECENT_BOXES = 8  # boxes per track kept for its velocity and size
+def box_centre(box: np.ndarray) -> np.ndarray:
+    return (box[:2] + box[2:4]) / 2
+
+
 EDGE_MARGIN = 4.0  # px: a box this near the frame's edge may be leaving or entering the picture, not hiding
 
 
@@ -266,8 +276,7 @@ class SourceTracks:
             return None
         label, best, best_distance = int(detection[5]), None, self.options.relink
         for track_id, history in self.history.items():
-            if track_id in exclude or not 0 < self.frame - history.last_frame <= self.lost_frames + 1 \
-                    or self._at_edge(history.last_box):
+            if track_id in exclude or not self._within_buffer(history) or self._at_edge(history.last_box):
                 continue
             if self.classes[track_id].most_common(1)[0][0] != label:
                 continue
@@ -282,17 +291,16 @@ class SourceTracks:
         return bool(min(x1, y1) <= EDGE_MARGIN or x2 >= width - EDGE_MARGIN or y2 >= height - EDGE_MARGIN)
 
     def _remember(self, track_id: int, box: np.ndarray) -> None:
-        history = self.history.get(track_id)
-        if history is None:
-            history = self.history[track_id] = TrackHistory(self.frame, deque(maxlen=RECENT_BOXES),
-                                                            deque(maxlen=RECENT_BOXES))
-        history.add(self.frame, box.astype(float))
+        self.history.setdefault(track_id, TrackHistory()).add(self.frame, box.astype(float))
 
     def _forget_ended(self) -> None:
         """Drop the histories of tracks lost for longer than any tracker keeps them."""
-        for track_id in [key for key, past in self.history.items()
-                         if self.frame - past.last_frame > self.lost_frames + 1]:
+        for track_id in [key for key, past in self.history.items() if not self._within_buffer(past)]:
             del self.history[track_id]
+
+    def _within_buffer(self, history: TrackHistory) -> bool:
+        """Last seen at most the trackers' buffer ago (histories are updated after the frame is tracked)."""
+        return self.frame - history.last_frame <= self.lost_frames + 1
 
     @staticmethod
     def _step(tracker: Any, detections: np.ndarray, frame: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
