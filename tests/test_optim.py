@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nets.yolo import YoloBody
-from utils.train.optim import LRSchedule, build_optimizer, ema_model, parameter_groups, scaled_lr
+from utils.train.optim import DEFAULT_LR, LRSchedule, build_optimizer, ema_model, parameter_groups, scaled_lr
 
 
 def test_weight_decay_only_on_conv_and_linear_weights():
@@ -73,3 +73,10 @@ def test_lr_bounds_follow_an_explicit_base_rate():
     assert scaled_lr(1e-3, 4, "adam") == pytest.approx(3e-4)  # the reference's floor for Adam
     assert scaled_lr(3e-3, 4, "adam") == pytest.approx(9e-4)  # floor moved with the chosen base
     assert scaled_lr(1e-1, 8, "sgd") == pytest.approx(1.25e-2)
+
+
+@pytest.mark.parametrize("batch", [1, 8, 64, 1024])
+def test_adamw_keeps_its_rate_at_every_batch_size(batch):
+    """AdamW (the default recipe's) is not scaled: its default rate, or the one given, whatever the batch."""
+    assert scaled_lr(DEFAULT_LR["adamw"], batch, "adamw") == DEFAULT_LR["adamw"] == 2e-3
+    assert scaled_lr(5e-4, batch, "adamw") == 5e-4

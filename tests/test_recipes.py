@@ -1,6 +1,7 @@
 """Training recipes (--recipe), the --loss flag and --deterministic: the same command twice, the same results.csv."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 import inspect
 
@@ -15,7 +16,7 @@ from utils.train import cli
 from utils.train.config import FIELD_RANGES, TrainConfig
 from utils.train.loss import YoloLoss
 from utils.train.loss_config import LossConfig, parse_loss
-from utils.train.optim import ema_model
+from utils.train.optim import DEFAULT_LR, ema_model, scaled_lr
 from utils.train.recipes import RECIPE_FIELDS, RECIPES
 from utils.train.results import write_results
 from utils.train.trainer import train
@@ -39,16 +40,16 @@ def test_reference_recipe_is_the_reference_loss_and_augmentation():
     assert (config.scale_x_y, config.optimizer, config.warmup_epochs) == (1.0, "sgd", 3.0)
 
 
-def test_default_recipe_trains_as_before_recipes_existed():
-    """python train.py without --recipe: the reference loss and augmentation, SGD, sigmoid + cell centres and the EMA
-    ramp ema_model had before it took tau; `reference` resolves to the same values today."""
+def test_default_recipe_is_the_reference_with_adamw():
+    """python train.py without --recipe: the reference loss and augmentation, sigmoid + cell centres and the EMA ramp
+    ema_model had before it took tau, trained with AdamW at its unscaled default rate instead of SGD."""
     config = TrainConfig()
     assert config.recipe == "default"
     assert LossConfig(**config.loss) == LossConfig() and config.augment == {}
     tau = inspect.signature(ema_model).parameters["tau"].default
     assert (config.scale_x_y, config.optimizer, config.warmup_epochs, config.ema_tau, config.lr) == (
-        ModelConfig(classes=["a"]).scale_x_y, "sgd", 3.0, tau, None)
-    assert {**TrainConfig(recipe="reference").to_dict(), "recipe": "default"} == config.to_dict()
+        ModelConfig(classes=["a"]).scale_x_y, "adamw", 3.0, tau, None)
+    assert {**TrainConfig(recipe="reference").to_dict(), "recipe": "default", "optimizer": "adamw"} == config.to_dict()
 
 
 def test_yolov5_assign_recipe_builds_its_loss():
@@ -91,9 +92,9 @@ def test_a_config_from_before_recipes_is_the_reference():
 
 def test_resolution_is_exact_and_idempotent():
     config = TrainConfig(recipe="yolov5-assign", augment={"mosaic": 0.25}, loss={"obj_gain": 2.0},
-                         optimizer="adamw")
+                         optimizer="sgd")
     assert TrainConfig.from_dict(config.to_dict()) == config
-    assert config.augment["mosaic"] == 0.25 and config.loss["obj_gain"] == 2.0 and config.optimizer == "adamw"
+    assert config.augment["mosaic"] == 0.25 and config.loss["obj_gain"] == 2.0 and config.optimizer == "sgd"
     assert config.loss["assign"] == RECIPES["yolov5-assign"].loss["assign"]  # the recipe's other loss values stay
     assert config.scale_x_y == RECIPES["yolov5-assign"].train["scale_x_y"]
 
@@ -152,6 +153,19 @@ def test_deterministic_runs_write_the_same_results(tiny_voc, tmp_path):
     assert first == second
     assert "train_s" not in first and "val/mAP50" in first
     assert "train_s" in (runs[0] / "timing.csv").read_text()
+
+
+@pytest.mark.parametrize("recipe,batch", [("default", 2), ("default", 4), ("reference", 2), ("reference", 4)])
+def test_the_rate_a_run_trains_at(tiny_voc, tmp_path, recipe, batch):
+    """The default recipe's AdamW trains at DEFAULT_LR["adamw"] whatever the batch; the reference's SGD rate scales
+    with the batch (a constant schedule, so results.csv's lr column is the peak rate)."""
+    run = train(parse(["--data", str(tiny_voc), "--recipe", recipe, "--input-shape", "64", "--epochs", "1",
+                       "--batch-size", str(batch), "--warmup-epochs", "0", "--min-lr-ratio", "1", "--workers", "0",
+                       "--no-preview", "--save-dir", str(tmp_path)]))
+    rows = list(csv.DictReader((run / "results.csv").read_text().splitlines()))
+    optimizer = RECIPES[recipe].train["optimizer"]
+    assert float(rows[0]["lr"]) == pytest.approx(scaled_lr(DEFAULT_LR[optimizer], batch, optimizer))
+    assert (float(rows[0]["lr"]) == 2e-3) == (recipe == "default")
 
 
 def test_timing_columns_stay_in_results_csv_without_deterministic(tmp_path):

@@ -183,11 +183,12 @@ def _recipe_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def _optimiser_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="optimiser (default: the recipe's, sgd)")
+    group.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="optimiser (default: the recipe's: adamw; sgd for --recipe reference)")
     group.add_argument("--lr", type=FIELD_RANGES["lr"], default=None,
-                       help="peak LR at batch 64, scaled linearly with the batch size within sane bounds (default: "
-                            "0.05 for SGD, which trains the bundled sample from scratch in minutes; 0.01 is the "
-                            "reference's value for VOC with pretrained weights; 1e-3 for Adam/AdamW)")
+                       help="peak LR. AdamW: used as given at any batch size (default 2e-3). SGD and Adam: the rate "
+                            "at batch 64, scaled linearly with the batch size within the reference's bounds (default "
+                            "0.05 for SGD, which trains from scratch in minutes; 0.01 is the reference's value for "
+                            "VOC with pretrained weights; 1e-3 for Adam)")
     group.add_argument("--min-lr-ratio", type=FIELD_RANGES["min_lr_ratio"], default=0.01,
                        help="final LR as a fraction of the peak")
     group.add_argument("--lr-schedule", choices=("cos", "step"), default="cos", help="decay after warm-up")

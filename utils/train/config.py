@@ -75,7 +75,7 @@ class TrainConfig:
     fitness: str = "map50"  # what best.pth and --patience follow: map50, map50_95 or mix (see FITNESS)
     save_period: int = 0
     optimizer: str | None = None  # sgd, adam or adamw; None: the recipe's
-    lr: float | None = None  # peak LR at batch 64; None: utils.train.optim.DEFAULT_LR (SGD 0.05, Adam/AdamW 1e-3)
+    lr: float | None = None  # peak LR (utils.train.optim.scaled_lr); None: utils.train.optim.DEFAULT_LR by optimiser
     min_lr_ratio: float = 0.01
     momentum: float = 0.937
     weight_decay: float = 5e-4

@@ -7,10 +7,11 @@ the checkpoint's train_config), so a run folder reproduces without this table, a
 change an old run.
 
 - `default`: what `python train.py` does: the reference implementation's loss (utils/train/loss_config.py
-  LossConfig's defaults) and augmentation (AugmentConfig's defaults), SGD from LR 0.05 per batch 64.
-- `reference`: the reference implementation's recipe (bubbliiiing/yolov4-tiny-pytorch's loss and augmentation), kept
-  fixed whatever `default` becomes. Today it resolves to the same values as `default`. Checkpoints and args.yaml files
-  written before recipes existed are read as this recipe (they trained with it).
+  LossConfig's defaults) and augmentation (AugmentConfig's defaults), trained with AdamW at LR 2e-3 whatever the
+  batch (Ultralytics' choice for short schedules; measured against SGD in docs/results.md).
+- `reference`: the reference implementation's recipe (bubbliiiing/yolov4-tiny-pytorch's loss and augmentation, SGD
+  from LR 0.05 per batch 64), kept fixed whatever `default` becomes. It differs from `default` in the optimiser only.
+  Checkpoints and args.yaml files written before recipes existed are read as this recipe (they trained with it).
 - `yolov5-assign`: YOLOv5's label assignment and IoU objectness target with YOLOv5's loss gains, centres decoded with
   scale_x_y 2; augmentation and optimiser as `default`. NOT YET SHOWN TO HELP: measure it on your data
   (benchmarks/bench_learning.py, or python -m utils.ablate --vary recipe=default,yolov5-assign).
@@ -41,18 +42,19 @@ class Recipe:
 # TrainConfig fields whose None means "the recipe's value".
 RECIPE_FIELDS = ("scale_x_y", "optimizer", "warmup_epochs", "ema_tau")
 # The values of main's training before recipes existed (scale_x_y 1: sigmoid + cell; utils.train.optim.ema_model's
-# ramp of 2000 updates); --lr stays None (utils.train.optim.DEFAULT_LR by optimiser) under every recipe.
+# ramp of 2000 updates); --lr stays None (utils.train.optim.DEFAULT_LR by optimiser) under every recipe, so a
+# recipe's optimiser brings its own default rate and batch-size rule (utils.train.optim.scaled_lr).
 _REFERENCE_TRAIN = {"scale_x_y": 1.0, "optimizer": "sgd", "warmup_epochs": 3.0, "ema_tau": 2000.0}
 
 RECIPES: dict[str, Recipe] = {
     "default": Recipe(
         description="what python train.py does: the reference implementation's loss (best anchor, one cell, "
-                    "objectness target 1) and augmentation (mosaic and mixup 0.5 until 70%), SGD",
-        train=dict(_REFERENCE_TRAIN),
+                    "objectness target 1) and augmentation (mosaic and mixup 0.5 until 70%), AdamW at LR 2e-3",
+        train={**_REFERENCE_TRAIN, "optimizer": "adamw"},
     ),
     "reference": Recipe(
-        description="the reference implementation's recipe, kept fixed (today the same values as default); "
-                    "configs written before recipes existed are read as this one",
+        description="the reference implementation's recipe, kept fixed: default's loss and augmentation with SGD "
+                    "at LR 0.05 per batch 64; configs written before recipes existed are read as this one",
         train=dict(_REFERENCE_TRAIN),
     ),
     "yolov5-assign": Recipe(
@@ -60,7 +62,7 @@ RECIPES: dict[str, Recipe] = {
                     "scale_x_y 2) with IoU objectness targets and YOLOv5's loss gains; augmentation and optimiser "
                     "as default. Not yet shown to help: measure with benchmarks/bench_learning.py or python -m "
                     "utils.ablate --vary recipe=default,yolov5-assign",
-        train={**_REFERENCE_TRAIN, "scale_x_y": 2.0},
+        train={**_REFERENCE_TRAIN, "optimizer": "adamw", "scale_x_y": 2.0},
         loss={"assign": "ratio", "anchor_ratio": 4.0, "neighbour_cells": True, "obj_target": "iou",
               "ignore_threshold": 1.0, "box_gain": 0.05, "obj_gain": 1.0, "cls_gain": 0.5},
     ),
