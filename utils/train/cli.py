@@ -183,7 +183,8 @@ def _recipe_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def _optimiser_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="optimiser (default: the recipe's: adamw; sgd for --recipe reference)")
+    group.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                       help="optimiser (default: the recipe's: adamw; sgd for --recipe reference)")
     group.add_argument("--lr", type=FIELD_RANGES["lr"], default=None,
                        help="peak LR. AdamW: used as given at any batch size (default 2e-3). SGD and Adam: the rate "
                             "at batch 64, scaled linearly with the batch size within the reference's bounds (default "
