@@ -15,7 +15,8 @@ from tests.paths import ROOT
 from tests.synthetic import make_voc
 from utils.model.checkpoint import load_checkpoint, save_checkpoint
 from utils.train import trainer as engine
-from utils.train.config import TrainConfig
+from utils.train import cli
+from utils.train.config import FITNESS, TrainConfig
 from utils.train.loss import YoloLoss
 from utils.train.trainer import NonFiniteLossError, Trainer, train
 
@@ -140,7 +141,8 @@ def test_ddp_two_processes_on_gloo(tiny_voc, tmp_path):
 
 
 def scripted_fitness(monkeypatch, values: list[float]):
-    """Validation runs for real, but reports mAP50 values[k] at its k-th call: the fitness follows a known script.
+    """Validation runs for real, but reports mAP50 values[k] at its k-th call: with --fitness map50 the fitness follows
+    a known script.
     Patched where the engine calls it (utils.train.trainer imports evaluate at module level)."""
     real, calls = engine.evaluate, []
 
@@ -157,7 +159,7 @@ def test_patience_stops_at_the_expected_epoch_and_resume_says_so(tiny_voc, tmp_p
     # best at epoch 2, then 2 validations without improvement: --patience 2 stops after epoch 4 of 8
     caplog.set_level(logging.INFO)
     calls = scripted_fitness(monkeypatch, [0.1, 0.3, 0.3, 0.2, 0.25, 0.29, 0.28, 0.9])
-    run_dir = train(tiny_config(tiny_voc, tmp_path, epochs=8, patience=2))
+    run_dir = train(tiny_config(tiny_voc, tmp_path, epochs=8, patience=2, fitness="map50"))
     last, best = load_checkpoint(run_dir / "last.pth"), load_checkpoint(run_dir / "best.pth")
     assert len(calls) == 4 and last["epoch"] == 4 and best["epoch"] == 2
     assert last["stop_reason"] and "--patience 2" in last["stop_reason"] and last["best_epoch"] == 2
@@ -180,6 +182,14 @@ def test_patience_stops_at_the_expected_epoch_and_resume_says_so(tiny_voc, tmp_p
     assert len(calls) == 6 and final["epoch"] == 6 and "--patience 4" in final["stop_reason"]
     assert [row["epoch"] for row in final["history"]] == [1, 2, 3, 4, 5, 6]
     assert load_checkpoint(run_dir / "best.pth")["epoch"] == 2
+
+
+def test_default_fitness_weighs_box_quality():
+    """mAP50 saturates (1.0 on an easy val split long before training ends) while mAP50-95 still climbs; the default
+    fitness, 0.1 mAP50 + 0.9 mAP50-95, keeps following the better boxes."""
+    assert TrainConfig().fitness == "mix"
+    assert cli.config_from_args(cli.get_args_parser().parse_args([])).fitness == "mix"
+    assert FITNESS["mix"]({"mAP50": 1.0, "mAP50_95": 0.74}) > FITNESS["mix"]({"mAP50": 1.0, "mAP50_95": 0.55})
 
 
 @pytest.mark.parametrize("name, expected", [("map50", 0.5), ("map50_95", 0.3), ("mix", 0.32)])

@@ -72,7 +72,7 @@ class TrainConfig:
     precision: str = "auto"  # utils.common.device.PRECISIONS; auto: bf16/fp16 on CUDA, fp32 elsewhere
     eval_period: int = 1
     patience: int = 0  # validations without fitness improvement before training stops; 0: never stop early
-    fitness: str = "map50"  # what best.pth and --patience follow: map50, map50_95 or mix (see FITNESS)
+    fitness: str = "mix"  # what best.pth and --patience follow: map50, map50_95 or mix (see FITNESS)
     save_period: int = 0
     optimizer: str | None = None  # sgd, adam or adamw; None: the recipe's
     lr: float | None = None  # peak LR (utils.train.optim.scaled_lr); None: utils.train.optim.DEFAULT_LR by optimiser
