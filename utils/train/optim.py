@@ -18,8 +18,9 @@ DEFAULT_LR = {"sgd": 5e-2, "adam": 1e-3, "adamw": 2e-3}
 # The reference's bounds for its default rates (SGD 1e-2, Adam 1e-3); scaled_lr moves them with the base rate.
 REFERENCE_LR = {"sgd": 1e-2, "adam": 1e-3}
 LR_BOUNDS = {"sgd": (5e-4, 5e-2), "adam": (3e-4, 1e-3)}
-# AdamW (not in the reference) keeps its rate at every batch size, as Ultralytics does: Adam's update is normalised
-# per parameter, so the gradient noise of a small batch does not call for a smaller step the way SGD's does.
+# AdamW (not in the reference) keeps its rate at every batch size: Adam's update is normalised per parameter, so a
+# small batch's noisier gradient does not call for a proportionally smaller step the way SGD's does. (Ultralytics
+# keeps the rate too, but accumulates small batches up to 64 before a step; measured here at batch 8 without that.)
 UNSCALED = ("adamw",)
 
 
