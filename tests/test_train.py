@@ -14,8 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.paths import ROOT
 from tests.synthetic import make_voc
 from utils.model.checkpoint import load_checkpoint, save_checkpoint
-from utils.train import trainer as engine
 from utils.train import cli
+from utils.train import trainer as engine
 from utils.train.config import FITNESS, TrainConfig
 from utils.train.loss import YoloLoss
 from utils.train.trainer import NonFiniteLossError, Trainer, train
