@@ -26,7 +26,7 @@ from utils.common.image_io import DEFAULT_MAX_PIXELS
 from utils.data.augment import AugmentConfig
 from utils.data.index import DATA_HELP
 from utils.model.legacy import LEGACY_OPTION_FIELDS, upgrade_legacy_options
-from utils.train.config import AUGMENT_RANGES, FIELD_RANGES, OPTIMIZERS, TrainConfig, multi_scale_range
+from utils.train.config import AUGMENT_RANGES, FIELD_RANGES, FITNESS, OPTIMIZERS, TrainConfig, multi_scale_range
 from utils.train.loss_config import LOSS_KEYS, parse_loss
 from utils.train.recipes import DEFAULT_RECIPE, LEGACY_RECIPE, RECIPES, recipe_help
 
@@ -163,7 +163,7 @@ def _schedule_arguments(group: argparse._ArgumentGroup) -> None:
                             "validation costs more than about a fifth of an epoch (see val_s in results.csv)")
     group.add_argument("--patience", type=FIELD_RANGES["patience"], default=None,
                        help="stop when the fitness has not improved for N validations in a row (default 0: never)")
-    group.add_argument("--fitness", choices=("map50", "map50_95", "mix"), default="mix",
+    group.add_argument("--fitness", choices=tuple(FITNESS), default=TrainConfig.fitness,
                        help="what best.pth keeps and --patience follows: val mAP50, mAP50-95, or (default) mix = 0.1 "
                             "mAP50 + 0.9 mAP50-95, which keeps rewarding tighter boxes after mAP50 saturates")
     group.add_argument("--multi-scale", action="store_true",

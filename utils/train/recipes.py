@@ -45,12 +45,13 @@ RECIPE_FIELDS = ("scale_x_y", "optimizer", "warmup_epochs", "ema_tau")
 # ramp of 2000 updates); --lr stays None (utils.train.optim.DEFAULT_LR by optimiser) under every recipe, so a
 # recipe's optimiser brings its own default rate and batch-size rule (utils.train.optim.scaled_lr).
 _REFERENCE_TRAIN = {"scale_x_y": 1.0, "optimizer": "sgd", "warmup_epochs": 3.0, "ema_tau": 2000.0}
+_DEFAULT_TRAIN = {**_REFERENCE_TRAIN, "optimizer": "adamw"}  # measured: docs/results.md, "AdamW against SGD"
 
 RECIPES: dict[str, Recipe] = {
     "default": Recipe(
         description="what python train.py does: the reference implementation's loss (best anchor, one cell, "
                     "objectness target 1) and augmentation (mosaic and mixup 0.5 until 70%), AdamW at LR 2e-3",
-        train={**_REFERENCE_TRAIN, "optimizer": "adamw"},
+        train=dict(_DEFAULT_TRAIN),
     ),
     "reference": Recipe(
         description="the reference implementation's recipe, kept fixed: default's loss and augmentation with SGD "
@@ -62,7 +63,7 @@ RECIPES: dict[str, Recipe] = {
                     "scale_x_y 2) with IoU objectness targets and YOLOv5's loss gains; augmentation and optimiser "
                     "as default. Not yet shown to help: measure with benchmarks/bench_learning.py or python -m "
                     "utils.ablate --vary recipe=default,yolov5-assign",
-        train={**_REFERENCE_TRAIN, "optimizer": "adamw", "scale_x_y": 2.0},
+        train={**_DEFAULT_TRAIN, "scale_x_y": 2.0},
         loss={"assign": "ratio", "anchor_ratio": 4.0, "neighbour_cells": True, "obj_target": "iou",
               "ignore_threshold": 1.0, "box_gain": 0.05, "obj_gain": 1.0, "cls_gain": 0.5},
     ),
